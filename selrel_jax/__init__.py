@@ -1,0 +1,42 @@
+"""selrel_jax: selective relevance for 3D-CNN activity recognition, in JAX and Flax.
+
+Layout is NTHWC everywhere: clips and relevance maps are (N, T, H, W, C).
+
+Example::
+
+    import selrel_jax as sr
+    sel = sr.selective_relevance(relevance, sigma=1.0)   # motion relevance
+    bias = sr.spatial_bias(relevance, sel)               # share that was static
+"""
+
+from selrel_jax.errors import (
+    DTypeError,
+    NonFiniteError,
+    OptionError,
+    SelrelError,
+    ShapeError,
+)
+from selrel_jax.selective import (
+    motion_mask,
+    selective_relevance,
+    spatial_bias,
+    static_relevance,
+    temporal_gradient,
+    validate_relevance,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DTypeError",
+    "NonFiniteError",
+    "OptionError",
+    "SelrelError",
+    "ShapeError",
+    "motion_mask",
+    "selective_relevance",
+    "spatial_bias",
+    "static_relevance",
+    "temporal_gradient",
+    "validate_relevance",
+]

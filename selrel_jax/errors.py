@@ -1,0 +1,28 @@
+"""The library's one exception family.
+
+Every error the library raises on bad input is a :class:`SelrelError`, a
+``ValueError`` subclass, so callers can catch one type; the CLI turns it into a
+one-line message and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+
+class SelrelError(ValueError):
+    """Base class of every error selrel_jax raises on bad input or state."""
+
+
+class ShapeError(SelrelError):
+    """An array has the wrong rank or size for the operation."""
+
+
+class DTypeError(SelrelError):
+    """An array has a dtype the operation does not accept."""
+
+
+class OptionError(SelrelError):
+    """An option (keyword argument, method name, rule parameter) is unknown or out of range."""
+
+
+class NonFiniteError(SelrelError):
+    """An array holds NaN or infinite values."""

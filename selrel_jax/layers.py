@@ -1,0 +1,87 @@
+"""Layer primitives shared by the model zoo and the relevance engine.
+
+Relevance propagation needs to see every operation that redistributes
+relevance: residual sums (Norm rule), average pooling (Norm rule) and max
+pooling (winner takes all). Flax modules are visible to the engine; plain
+functional calls are not. So models built for explanation use these modules:
+
+* ``x + y`` written inline in a model is invisible to the engine: the gradient
+  would copy relevance to both branches instead of splitting it. Use ``Sum()``.
+* ``nn.avg_pool`` / ``jnp.mean`` written inline are likewise invisible; use
+  ``AvgPool`` / ``GlobalAvgPool``.
+* ``nn.max_pool`` inline happens to be right (max pooling is explained by its
+  plain gradient), but ``MaxPool`` keeps module paths readable.
+
+Layout is NTHWC (channels last), as everywhere in the library.
+
+Example::
+
+    class Block(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            y = nn.relu(nn.Conv(x.shape[-1], (3, 3, 3), padding=1)(x))
+            return Sum()(x, y)
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from selrel_jax.errors import ShapeError
+
+__all__ = ["AvgPool", "GlobalAvgPool", "MaxPool", "Padding", "Sum"]
+
+Padding = str | Sequence[tuple[int, int]]
+
+
+class Sum(nn.Module):
+    """Elementwise sum of two or more same-shaped arrays (residual connections)."""
+
+    @nn.compact
+    def __call__(self, *xs: jax.Array) -> jax.Array:
+        if len(xs) < 2:
+            raise ShapeError(f"Sum needs at least two inputs; got {len(xs)}")
+        shapes = {tuple(x.shape) for x in xs}
+        if len(shapes) != 1:
+            raise ShapeError(f"Sum inputs must share one shape; got {sorted(shapes)}")
+        return functools.reduce(operator.add, xs)
+
+
+class MaxPool(nn.Module):
+    """Max pooling over the spatio-temporal axes; padding pads with -inf."""
+
+    window: Sequence[int]
+    strides: Sequence[int] | None = None
+    padding: Padding = "VALID"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        strides = tuple(self.strides) if self.strides is not None else tuple(self.window)
+        return nn.max_pool(x, tuple(self.window), strides, self.padding)
+
+
+class AvgPool(nn.Module):
+    """Average pooling over the spatio-temporal axes (padding counts as zeros)."""
+
+    window: Sequence[int]
+    strides: Sequence[int] | None = None
+    padding: Padding = "VALID"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        strides = tuple(self.strides) if self.strides is not None else tuple(self.window)
+        return nn.avg_pool(x, tuple(self.window), strides, self.padding, count_include_pad=True)
+
+
+class GlobalAvgPool(nn.Module):
+    """Mean over every axis between batch and channels: (N, ..., C) -> (N, C)."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return jnp.mean(x, axis=tuple(range(1, x.ndim - 1)))
