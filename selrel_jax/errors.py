@@ -26,3 +26,7 @@ class OptionError(SelrelError):
 
 class NonFiniteError(SelrelError):
     """An array holds NaN or infinite values."""
+
+
+class CheckpointError(SelrelError):
+    """A checkpoint or weight file is missing, corrupt, incomplete or inconsistent."""

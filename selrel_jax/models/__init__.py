@@ -1,0 +1,33 @@
+"""Model zoo: C3D, compact C3D and torchvision's video ResNets in Flax.
+
+Every model takes NTHWC clips (already normalised as its :class:`ModelInfo`
+says) and returns logits; ``train=False`` is deterministic.
+
+Example::
+
+    from selrel_jax import models
+    model = models.create("c3d_small", num_classes=8, clip_size=(16, 64, 64))
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 16, 64, 64, 3)))
+    info = models.ModelInfo.for_arch("c3d_small", 8, crop_size=(64, 64))
+    models.save("runs/c3d_small", info, variables)
+    model, variables, info = models.load("runs/c3d_small")
+"""
+
+from selrel_jax.errors import CheckpointError
+from selrel_jax.models.c3d import C3D, C3DSmall
+from selrel_jax.models.checkpoint import load, save, shipped_checkpoints
+from selrel_jax.models.info import ModelInfo, numeric_class_names
+from selrel_jax.models.registry import ARCHS, create
+
+__all__ = [
+    "ARCHS",
+    "C3D",
+    "C3DSmall",
+    "CheckpointError",
+    "ModelInfo",
+    "create",
+    "load",
+    "numeric_class_names",
+    "save",
+    "shipped_checkpoints",
+]

@@ -1,0 +1,120 @@
+"""C3D (Tran et al. 2015) as in the popular PyTorch port, and a compact variant.
+
+Both take NTHWC clips. ``C3D`` keeps the port's module names (conv1 ... conv5b,
+fc6, fc7, fc8) so imported weights map one to one; fc6's input size follows
+from ``clip_size``. ``C3DSmall`` is a few conv stages and a global average
+pool, small enough to train on a laptop CPU in minutes.
+
+Example::
+
+    model = C3D(num_classes=487)
+    variables = model.init(key, jnp.zeros((1, 16, 112, 112, 3)), train=False)
+    logits = model.apply(variables, clips, train=False)
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+
+from selrel_jax.layers import GlobalAvgPool, MaxPool
+
+__all__ = ["C3D", "C3DSmall", "c3d_fc6_features"]
+
+_C3D_CONVS = (
+    ("conv1", 64),
+    ("conv2", 128),
+    ("conv3a", 256),
+    ("conv3b", 256),
+    ("conv4a", 512),
+    ("conv4b", 512),
+    ("conv5a", 512),
+    ("conv5b", 512),
+)
+# Pool after these convs: (window == strides, padding) per the port.
+_C3D_POOLS = {
+    "conv1": ((1, 2, 2), "VALID"),
+    "conv2": ((2, 2, 2), "VALID"),
+    "conv3b": ((2, 2, 2), "VALID"),
+    "conv4b": ((2, 2, 2), "VALID"),
+    "conv5b": ((2, 2, 2), ((0, 0), (1, 1), (1, 1))),
+}
+
+
+def scaled(channels: int, width: float) -> int:
+    """Channel count ``channels * width``, at least 1."""
+    return max(1, round(channels * width))
+
+
+def _pooled(size: int, window: int, pad: int) -> int:
+    return (size + 2 * pad - window) // window + 1
+
+
+def c3d_pool5_size(clip_size: tuple[int, int, int]) -> tuple[int, int, int]:
+    """(T, H, W) after C3D's pool5 for clips of ``clip_size`` (convs keep size)."""
+    t, h, w = clip_size
+    for window, padding in _C3D_POOLS.values():
+        pads = (0, 0, 0) if padding == "VALID" else tuple(p[0] for p in padding)
+        t, h, w = (_pooled(s, k, p) for s, k, p in zip((t, h, w), window, pads, strict=True))
+    return t, h, w
+
+
+def c3d_fc6_features(clip_size: tuple[int, int, int], width: float = 1.0) -> int:
+    """Input size of fc6: 8192 for full-width C3D at 16x112x112."""
+    t, h, w = c3d_pool5_size(clip_size)
+    return t * h * w * scaled(512, width)
+
+
+class C3D(nn.Module):
+    """C3D with the PyTorch port's layer names; ReLU after every conv, fc6 and fc7."""
+
+    num_classes: int = 487
+    width: float = 1.0
+    clip_size: tuple[int, int, int] = (16, 112, 112)
+    dropout_rate: float = 0.5
+    hidden: int = 4096
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        for name, channels in _C3D_CONVS:
+            x = nn.relu(nn.Conv(scaled(channels, self.width), (3, 3, 3), padding=1, name=name)(x))
+            if name in _C3D_POOLS:
+                window, padding = _C3D_POOLS[name]
+                x = MaxPool(window, window, padding, name=f"pool{name[4]}")(x)
+        # fc6 reads the NTHWC flatten; torch_import permutes the port's
+        # NCDHW-ordered fc6 rows so that imported weights give the same logits.
+        x = x.reshape((x.shape[0], -1))
+        hidden = scaled(self.hidden, self.width)
+        x = nn.relu(nn.Dense(hidden, name="fc6")(x))
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        x = nn.relu(nn.Dense(hidden, name="fc7")(x))
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        return nn.Dense(self.num_classes, name="fc8")(x)
+
+
+class C3DSmall(nn.Module):
+    """Compact C3D-style net: 4 conv stages (16/32/64/64 channels at width 1).
+
+    Pools (1,2,2) after conv1 and (2,2,2) after conv2 and conv3, then global
+    average pooling, dropout and one dense layer, so any clip of at least
+    4 frames and 8x8 pixels works.
+    """
+
+    num_classes: int
+    width: float = 1.0
+    clip_size: tuple[int, int, int] = (16, 64, 64)
+    dropout_rate: float = 0.3
+    channels: tuple[int, ...] = (16, 32, 64, 64)
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        pools = {1: (1, 2, 2), 2: (2, 2, 2), 3: (2, 2, 2)}
+        for i, channels in enumerate(self.channels, start=1):
+            x = nn.relu(
+                nn.Conv(scaled(channels, self.width), (3, 3, 3), padding=1, name=f"conv{i}")(x)
+            )
+            if i in pools:
+                x = MaxPool(pools[i], name=f"pool{i}")(x)
+        x = GlobalAvgPool(name="global_pool")(x)
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        return nn.Dense(self.num_classes, name="fc")(x)

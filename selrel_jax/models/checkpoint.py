@@ -1,0 +1,188 @@
+"""Checkpoint io: an orbax checkpoint of the variables plus ``info.json``.
+
+A checkpoint directory holds ``info.json`` (:class:`ModelInfo`) and
+``variables/`` (orbax). ``load`` rebuilds the model from the metadata, checks
+the stored arrays against the parameters that model needs, and returns
+``(model, variables, info)``. Names resolve to ``checkpoints/<name>/`` in the
+source tree first, then to the copy installed with the package.
+
+Example::
+
+    save("runs/c3d_small", info, variables)
+    model, variables, info = load("runs/c3d_small")
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+from selrel_jax.errors import CheckpointError, SelrelError
+from selrel_jax.models.info import ModelInfo
+from selrel_jax.models.registry import create
+
+__all__ = ["load", "save", "shipped_checkpoints"]
+
+INFO_FILE = "info.json"
+VARIABLES_DIR = "variables"
+
+
+def _plain(tree: Any) -> Any:
+    if isinstance(tree, Mapping):
+        return {str(k): _plain(v) for k, v in tree.items()}
+    return tree
+
+
+def _flat(tree: Any) -> dict[str, Any]:
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {"/".join(str(getattr(k, "key", k)) for k in path): leaf for path, leaf in leaves}
+
+
+def build(info: ModelInfo) -> nn.Module:
+    """The model ``info`` describes (arch, num_classes, width, clip size)."""
+    kw = dict(info.extra.get("model_kwargs", {}))
+    return create(info.arch, info.num_classes, width=info.width, clip_size=info.clip_size, **kw)
+
+
+def expected_shapes(model: nn.Module, info: ModelInfo) -> dict[str, tuple[tuple[int, ...], Any]]:
+    """Path -> (shape, dtype) of every variable ``model`` needs for ``info``'s clips."""
+    clips = jax.ShapeDtypeStruct((1, *info.clip_size, 3), np.float32)
+    abstract = jax.eval_shape(lambda c: model.init(jax.random.key(0), c, train=False), clips)
+    return {k: (tuple(v.shape), v.dtype) for k, v in _flat(_plain(abstract)).items()}
+
+
+def check_variables(model: nn.Module, info: ModelInfo, variables: Any, where: str) -> None:
+    """Raise CheckpointError listing every missing, unexpected or misshaped array."""
+    want = expected_shapes(model, info)
+    have = {
+        k: (tuple(np.shape(v)), np.asarray(v).dtype) for k, v in _flat(_plain(variables)).items()
+    }
+    missing = sorted(set(want) - set(have))
+    unexpected = sorted(set(have) - set(want))
+    wrong = sorted(
+        f"{k}: {have[k][0]} vs {want[k][0]}"
+        for k in set(want) & set(have)
+        if have[k][0] != want[k][0]
+    )
+    if missing or unexpected or wrong:
+        parts = [
+            f"missing {missing}" if missing else "",
+            f"unexpected {unexpected}" if unexpected else "",
+        ]
+        parts.append(f"wrong shapes (stored vs expected) {wrong}" if wrong else "")
+        raise CheckpointError(
+            f"variables in {where} do not match {info.arch} (num_classes={info.num_classes}, "
+            f"width={info.width}, clip {info.clip_size}): " + "; ".join(p for p in parts if p)
+        )
+
+
+def save(directory: str | pathlib.Path, info: ModelInfo, variables: Any) -> pathlib.Path:
+    """Write ``variables`` (orbax) and ``info`` (``info.json``) to ``directory``.
+
+    The variables are checked against the model ``info`` describes first, so a
+    saved checkpoint always loads. Existing files in ``directory`` are replaced.
+    """
+    import orbax.checkpoint as ocp
+
+    if not isinstance(info, ModelInfo):
+        raise SelrelError(f"save needs a ModelInfo; got {type(info).__name__}")
+    directory = pathlib.Path(directory).expanduser().resolve()
+    if directory.exists() and not directory.is_dir():
+        raise CheckpointError(f"checkpoint path exists and is not a directory: {directory}")
+    tree = jax.tree_util.tree_map(np.asarray, _plain(variables))
+    check_variables(build(info), info, tree, "save()")
+    directory.mkdir(parents=True, exist_ok=True)
+    with ocp.PyTreeCheckpointer() as checkpointer:
+        checkpointer.save(directory / VARIABLES_DIR, tree, force=True)
+    (directory / INFO_FILE).write_text(json.dumps(info.to_dict(), indent=2) + "\n")
+    return directory
+
+
+def shipped_checkpoints() -> dict[str, pathlib.Path]:
+    """Name -> directory of every checkpoint shipped with the package.
+
+    The source tree's top-level ``checkpoints/`` comes first; the copy an
+    installed wheel carries (package ``selrel_jax._checkpoints``) fills in
+    the rest.
+    """
+    found: dict[str, pathlib.Path] = {}
+    for root in _checkpoint_roots():
+        if root.is_dir():
+            for child in sorted(root.iterdir()):
+                if (child / INFO_FILE).is_file():
+                    found.setdefault(child.name, child)
+    return found
+
+
+def _checkpoint_roots() -> list[pathlib.Path]:
+    roots = [pathlib.Path(__file__).resolve().parents[2] / "checkpoints"]
+    try:
+        from importlib.resources import files
+
+        roots.append(pathlib.Path(str(files("selrel_jax._checkpoints"))))
+    except (ModuleNotFoundError, TypeError):
+        pass
+    return roots
+
+
+def _resolve(name_or_path: str | pathlib.Path) -> pathlib.Path:
+    path = pathlib.Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path.resolve()
+    shipped = shipped_checkpoints()
+    if isinstance(name_or_path, str) and name_or_path in shipped:
+        return shipped[name_or_path]
+    raise CheckpointError(
+        f"no checkpoint named or at {str(name_or_path)!r}; shipped checkpoints: {sorted(shipped)}"
+    )
+
+
+def read_info(directory: pathlib.Path) -> ModelInfo:
+    """Parse ``directory/info.json``; any problem is a CheckpointError naming the file."""
+    path = directory / INFO_FILE
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {directory} has no {INFO_FILE}")
+    try:
+        return ModelInfo.from_dict(json.loads(path.read_text()))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"corrupt metadata {path}: {e}") from None
+    except (SelrelError, TypeError) as e:
+        raise CheckpointError(f"invalid metadata {path}: {e}") from None
+
+
+def load(name_or_path: str | pathlib.Path) -> tuple[nn.Module, dict[str, Any], ModelInfo]:
+    """Load a checkpoint by shipped name or directory -> ``(model, variables, info)``.
+
+    Example::
+
+        model, variables, info = load("c3d_small_synthetic")
+        logits = model.apply(variables, clips, train=False)
+    """
+    import orbax.checkpoint as ocp
+
+    directory = _resolve(name_or_path)
+    info = read_info(directory)
+    try:
+        model = build(info)
+    except SelrelError as e:
+        raise CheckpointError(
+            f"metadata in {directory / INFO_FILE} names no buildable model: {e}"
+        ) from None
+    var_dir = directory / VARIABLES_DIR
+    if not var_dir.is_dir():
+        raise CheckpointError(f"checkpoint {directory} has no {VARIABLES_DIR}/ directory")
+    try:
+        with ocp.PyTreeCheckpointer() as checkpointer:
+            restored = checkpointer.restore(var_dir)
+    except Exception as e:  # orbax/tensorstore raise many types for broken files
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"corrupt or incomplete checkpoint {var_dir}: {first}") from None
+    variables = jax.tree_util.tree_map(np.asarray, _plain(restored))
+    check_variables(model, info, variables, str(var_dir))
+    return model, variables, info

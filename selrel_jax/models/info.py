@@ -1,0 +1,163 @@
+"""Model metadata: what a checkpoint expects of its input and what its outputs mean.
+
+Data pipelines take these values as plain parameters (data code never imports
+models), so a :class:`ModelInfo` is the one place that says how to prepare
+clips for a model: clip length and frame step, crop size, channel order, the
+range raw pixels are scaled to, and the per-channel mean and std.
+
+Example::
+
+    info = ModelInfo.for_arch("r3d_18", num_classes=400, class_names=names)
+    info.to_dict()                      # JSON-ready
+    ModelInfo.from_dict(info.to_dict()) == info
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from selrel_jax.errors import SelrelError
+
+__all__ = [
+    "C3D_MEAN_BGR",
+    "KINETICS_MEAN",
+    "KINETICS_STD",
+    "ModelInfo",
+    "numeric_class_names",
+]
+
+# torchvision's video models were trained on RGB clips scaled to [0, 1].
+KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
+KINETICS_STD = (0.22803, 0.22145, 0.216989)
+# The Sports-1M C3D weights expect BGR pixels in [0, 255] minus the Caffe mean
+# of the training set (per channel, BGR order), and no scaling by a std.
+C3D_MEAN_BGR = (90.25, 97.66, 101.41)
+
+
+def numeric_class_names(num_classes: int) -> tuple[str, ...]:
+    """Placeholder names ``class_0 ... class_{n-1}`` for heads without a label list."""
+    return tuple(f"class_{i}" for i in range(num_classes))
+
+
+def _floats(values: Sequence[float], what: str, length: int) -> tuple[float, ...]:
+    out = tuple(float(v) for v in values)
+    if len(out) != length or not all(math.isfinite(v) for v in out):
+        raise SelrelError(f"ModelInfo {what} must be {length} finite numbers; got {values!r}")
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    """Metadata stored next to every checkpoint (``info.json``).
+
+    ``class_names`` may be given empty: it is then filled with
+    :func:`numeric_class_names` so that ``len(class_names) == num_classes``.
+    ``value_range`` is the range raw uint8 pixels are scaled to before the
+    mean is subtracted and the std divided; ``mean``/``std`` are in that range
+    and in ``channel_order``.
+    """
+
+    arch: str
+    num_classes: int
+    class_names: tuple[str, ...] = ()
+    width: float = 1.0
+    clip_length: int = 16
+    frame_step: int = 1
+    fps: float | None = None
+    crop_size: tuple[int, int] = (112, 112)
+    channel_order: str = "RGB"
+    value_range: tuple[float, float] = (0.0, 1.0)
+    mean: tuple[float, float, float] = KINETICS_MEAN
+    std: tuple[float, float, float] = KINETICS_STD
+    extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        put = object.__setattr__
+        if not isinstance(self.num_classes, int) or self.num_classes < 1:
+            raise SelrelError(
+                f"ModelInfo num_classes must be a positive int; got {self.num_classes!r}"
+            )
+        names = tuple(str(n) for n in self.class_names) or numeric_class_names(self.num_classes)
+        if len(names) != self.num_classes:
+            raise SelrelError(
+                f"ModelInfo has {len(names)} class names for num_classes={self.num_classes}"
+            )
+        put(self, "class_names", names)
+        if not (isinstance(self.width, int | float) and self.width > 0):
+            raise SelrelError(f"ModelInfo width must be positive; got {self.width!r}")
+        put(self, "width", float(self.width))
+        for field in ("clip_length", "frame_step"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or value < 1:
+                raise SelrelError(f"ModelInfo {field} must be a positive int; got {value!r}")
+        if self.fps is not None:
+            put(self, "fps", _floats([self.fps], "fps", 1)[0])
+        crop = tuple(int(v) for v in self.crop_size)
+        if len(crop) != 2 or min(crop) < 1:
+            raise SelrelError(f"ModelInfo crop_size must be (H, W) > 0; got {self.crop_size!r}")
+        put(self, "crop_size", crop)
+        if self.channel_order not in ("RGB", "BGR"):
+            raise SelrelError(
+                f"ModelInfo channel_order must be 'RGB' or 'BGR'; got {self.channel_order!r}"
+            )
+        put(self, "value_range", _floats(self.value_range, "value_range", 2))
+        put(self, "mean", _floats(self.mean, "mean", 3))
+        std = _floats(self.std, "std", 3)
+        if min(std) <= 0:
+            raise SelrelError(f"ModelInfo std must be positive; got {self.std!r}")
+        put(self, "std", std)
+        put(self, "extra", dict(self.extra))
+
+    @property
+    def clip_size(self) -> tuple[int, int, int]:
+        """(T, H, W) of the clips the model takes."""
+        return (self.clip_length, *self.crop_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict (tuples become lists)."""
+        out = dataclasses.asdict(self)
+        out["extra"] = dict(self.extra)
+        return json.loads(json.dumps(out))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelInfo:
+        """Inverse of :meth:`to_dict`; unknown or missing keys raise SelrelError."""
+        if not isinstance(data, Mapping):
+            raise SelrelError(f"ModelInfo data must be a mapping; got {type(data).__name__}")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - fields)
+        if unknown:
+            raise SelrelError(f"ModelInfo has unknown keys {unknown}")
+        missing = sorted(k for k in ("arch", "num_classes") if k not in data)
+        if missing:
+            raise SelrelError(f"ModelInfo is missing keys {missing}")
+        kw = dict(data)
+        for key in ("class_names", "crop_size", "value_range", "mean", "std"):
+            if key in kw:
+                kw[key] = tuple(kw[key])
+        return cls(**kw)
+
+    @classmethod
+    def for_arch(cls, arch: str, num_classes: int, **overrides: Any) -> ModelInfo:
+        """Defaults of the published weights for ``arch``, with ``overrides`` applied.
+
+        torchvision ResNets: RGB in [0, 1], Kinetics-400 mean/std, 16 frames at
+        112x112. ``c3d``: BGR in [0, 255], Sports-1M mean, std 1, 16 frames at
+        112x112. ``c3d_small``: RGB in [0, 1], mean 0.5 and std 0.25 (trained
+        here from scratch).
+        """
+        defaults: dict[str, Any] = {}
+        if arch == "c3d":
+            defaults = dict(
+                channel_order="BGR",
+                value_range=(0.0, 255.0),
+                mean=C3D_MEAN_BGR,
+                std=(1.0, 1.0, 1.0),
+            )
+        elif arch == "c3d_small":
+            defaults = dict(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+        return cls(arch=arch, num_classes=num_classes, **{**defaults, **overrides})
