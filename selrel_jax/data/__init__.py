@@ -1,0 +1,31 @@
+"""Data: the synthetic motion benchmark, video files, and grain input pipelines.
+
+Layout is NTHWC: clips are uint8 RGB (N, T, H, W, 3) until :func:`normalize` turns them
+into float32 model inputs, with the normalisation passed in as parameters (data code
+never imports models).
+
+Example::
+
+    from selrel_jax import data
+    source = data.load_source("synthetic_motion", "train")      # built on first use
+    clip = source[0]["video"]                                   # uint8 (16, 48, 48, 3)
+    x = data.normalize(clip, mean=0.45, std=0.225)              # float32
+"""
+
+from selrel_jax.data import synthetic_motion
+from selrel_jax.data._normalize import normalize
+from selrel_jax.data._sources import (
+    DATA_DIR_ENV,
+    default_data_dir,
+    load_source,
+    synthetic_motion_builder,
+)
+
+__all__ = [
+    "DATA_DIR_ENV",
+    "default_data_dir",
+    "load_source",
+    "normalize",
+    "synthetic_motion",
+    "synthetic_motion_builder",
+]

@@ -1,0 +1,352 @@
+"""Synthetic motion benchmark: classes that only motion tells apart, with exact motion masks.
+
+Each clip shows one textured object on a textured, slowly varying background with mild
+noise. The class is the object's motion (translation direction or rotation sense); its
+shape, texture, colours, size, speed, position and orientation, and the background, are
+drawn independently of the class. The scene is a torus: an object leaving one edge
+re-enters at the opposite one, so the object's position is uniform over the frame at
+*every* time step for every class, and the orientation is uniform too. Hence no single
+frame, at any index, carries class information (only the ``biased`` config adds a static
+cue, the background hue, in its train and validation splits).
+
+Everything is procedural and deterministic: example ``index`` of ``split`` under ``seed``
+is drawn from ``np.random.default_rng([seed, split_id, index])``, so the same config and
+seed give the same bytes, and any example can be regenerated alone.
+
+Per example (layout THWC, as everywhere in selrel_jax):
+
+- ``video``: uint8 (T, H, W, 3) RGB.
+- ``label``: int32 class index into :data:`CLASS_NAMES`.
+- ``mask``: bool (T, H, W), the exact motion mask: pixels where the rendered object layer
+  (object RGB plus coverage, background excluded) at frame t differs from frame t-1 or
+  t+1 (the first and last frames use their one neighbour). In-place rotation counts.
+- ``boxes``: float32 (T, 4), the object's axis-aligned extent per frame as
+  ``(y0, x0, y1, x1)`` in pixels (pixel centres at ``i + 0.5``). Because the scene wraps,
+  the box may extend past the frame edge; the part beyond reappears on the opposite side.
+
+Example::
+
+    from selrel_jax.data import synthetic_motion as sm
+    data = sm.generate_split("tiny", "test", seed=1, count=12)
+    data["video"].shape   # (12, 8, 32, 32, 3)
+    sm.CLASS_NAMES[data["label"][0]]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+import numpy as np
+
+from selrel_jax.errors import OptionError
+
+__all__ = [
+    "CLASS_NAMES",
+    "CONFIGS",
+    "SPLITS",
+    "MotionConfig",
+    "generate_example",
+    "generate_split",
+    "get_config",
+    "motion_mask_from_layer",
+    "render_object_layer",
+]
+
+CLASS_NAMES: tuple[str, ...] = (
+    "translate_left",
+    "translate_right",
+    "translate_up",
+    "translate_down",
+    "rotate_clockwise",
+    "rotate_counterclockwise",
+)
+
+SPLITS: tuple[str, ...] = ("train", "validation", "test")
+
+# Unit displacement per class in (y, x) pixels with y pointing down, and rotation sense
+# (+1 is clockwise on screen because y points down).
+_DIRECTIONS = np.array([[0, -1], [0, 1], [-1, 0], [1, 0], [0, 0], [0, 0]], dtype=np.float64)
+_SPIN = np.array([0, 0, 0, 0, 1, -1], dtype=np.float64)
+
+
+@dataclasses.dataclass(frozen=True)
+class MotionConfig:
+    """Parameters of one synthetic_motion variant.
+
+    Speeds are in units of the frame's shorter side per frame (translation) and degrees
+    per frame (rotation); ``noise_std`` is on the 0..255 scale.
+    """
+
+    name: str
+    frames: int = 16
+    height: int = 48
+    width: int = 48
+    biased: bool = False
+    seed: int = 0
+    split_sizes: Mapping[str, int] = dataclasses.field(
+        default_factory=lambda: {"train": 4800, "validation": 600, "test": 1200}
+    )
+    speed_range: tuple[float, float] = (0.03, 0.05)
+    spin_range: tuple[float, float] = (9.0, 16.0)
+    size_range: tuple[float, float] = (0.16, 0.24)
+    noise_std: float = 3.0
+    description: str = ""
+
+
+CONFIGS: dict[str, MotionConfig] = {
+    "default": MotionConfig(
+        name="default",
+        description="16 frames of 48x48; 6 motion classes; no static cue.",
+    ),
+    "biased": MotionConfig(
+        name="biased",
+        biased=True,
+        description=(
+            "As default, but in train and validation the background hue determines the "
+            "class; in test the hue is random, so a model that took the shortcut fails."
+        ),
+    ),
+    "tiny": MotionConfig(
+        name="tiny",
+        frames=8,
+        height=32,
+        width=32,
+        split_sizes={"train": 48, "validation": 12, "test": 24},
+        speed_range=(0.05, 0.08),
+        description="8 frames of 32x32, a few dozen examples: for tests.",
+    ),
+    "tiny_biased": MotionConfig(
+        name="tiny_biased",
+        frames=8,
+        height=32,
+        width=32,
+        biased=True,
+        split_sizes={"train": 48, "validation": 12, "test": 24},
+        speed_range=(0.05, 0.08),
+        description="tiny with the biased config's static cue: for tests.",
+    ),
+}
+
+
+def get_config(config: str | MotionConfig) -> MotionConfig:
+    """The :class:`MotionConfig` named ``config`` (or ``config`` itself)."""
+    if isinstance(config, MotionConfig):
+        return config
+    if config not in CONFIGS:
+        raise OptionError(
+            f"unknown synthetic_motion config {config!r}; expected one of {sorted(CONFIGS)}"
+        )
+    return CONFIGS[config]
+
+
+def _split_id(split: str) -> int:
+    if split not in SPLITS:
+        raise OptionError(f"unknown split {split!r}; expected one of {list(SPLITS)}")
+    return SPLITS.index(split)
+
+
+def _hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Vectorised HSV -> RGB in [0, 1]; the last axis of the result is the channel."""
+    h = np.asarray(h, dtype=np.float64) % 1.0
+    k = (np.array([5.0, 3.0, 1.0]) + 6.0 * h[..., None]) % 6.0
+    f = np.clip(np.minimum(k, 4.0 - k), 0.0, 1.0)
+    return np.asarray(v)[..., None] * (1.0 - np.asarray(s)[..., None] * f)
+
+
+def render_object_layer(
+    height: int,
+    width: int,
+    centers: np.ndarray,
+    angles: np.ndarray,
+    half_size: tuple[float, float],
+    shape: str,
+    cell: tuple[float, float],
+    colors: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Render the object alone, frame by frame, on the torus.
+
+    Args:
+      height, width: frame size.
+      centers: (T, 2) object centre per frame in pixels (y, x); wrapped modulo the size.
+      angles: (T,) orientation per frame in radians (positive turns clockwise on screen).
+      half_size: the object's half extents (a, b) along its own axes (u, v).
+      shape: "ellipse", "rectangle" or "diamond".
+      cell: checker cell size (along u, along v) of the texture, in pixels.
+      colors: (2, 3) uint8 colours of the checker.
+
+    Returns:
+      ``(coverage, rgb)``: bool (T, H, W) and uint8 (T, H, W, 3), zero outside the object.
+    """
+    centers = np.asarray(centers, dtype=np.float64)
+    angles = np.asarray(angles, dtype=np.float64)
+    ys = np.arange(height, dtype=np.float64) + 0.5
+    xs = np.arange(width, dtype=np.float64) + 0.5
+    # Shortest displacement on the torus from the centre to each pixel centre.
+    dy = (ys[None, :] - centers[:, 0:1] + height / 2) % height - height / 2  # (T, H)
+    dx = (xs[None, :] - centers[:, 1:2] + width / 2) % width - width / 2  # (T, W)
+    cos = np.cos(angles)[:, None, None]
+    sin = np.sin(angles)[:, None, None]
+    # Object coordinates: rotate the displacement by -angle.
+    u = cos * dx[:, None, :] + sin * dy[:, :, None]
+    v = -sin * dx[:, None, :] + cos * dy[:, :, None]
+    a, b = half_size
+    if shape == "ellipse":
+        coverage = (u / a) ** 2 + (v / b) ** 2 <= 1.0
+    elif shape == "rectangle":
+        coverage = (np.abs(u) <= a) & (np.abs(v) <= b)
+    elif shape == "diamond":
+        coverage = np.abs(u) / a + np.abs(v) / b <= 1.0
+    else:
+        raise OptionError(f"unknown object shape {shape!r}")
+    parity = (np.floor(u / cell[0]) + np.floor(v / cell[1])).astype(np.int64) % 2
+    rgb = np.asarray(colors, dtype=np.uint8)[parity]
+    rgb[~coverage] = 0
+    return coverage, rgb
+
+
+def motion_mask_from_layer(coverage: np.ndarray, rgb: np.ndarray) -> np.ndarray:
+    """Pixels where the object layer at frame t differs from frame t-1 or t+1.
+
+    ``coverage`` bool (T, H, W) and ``rgb`` (T, H, W, C) form the object layer; the first
+    and last frames compare with their one neighbour. Returns bool (T, H, W).
+    """
+    layer = np.concatenate([coverage[..., None].astype(np.int16), rgb.astype(np.int16)], -1)
+    changed = np.any(layer[1:] != layer[:-1], axis=-1)  # (T-1, H, W): t vs t+1
+    mask = np.zeros(coverage.shape, dtype=bool)
+    mask[:-1] |= changed
+    mask[1:] |= changed
+    return mask
+
+
+def _object_extent(shape: str, a: float, b: float, angles: np.ndarray) -> np.ndarray:
+    """Half extents (ey, ex) of the rotated shape's bounding box, per angle: (T, 2)."""
+    c, s = np.abs(np.cos(angles)), np.abs(np.sin(angles))
+    if shape == "ellipse":
+        ex = np.sqrt((a * c) ** 2 + (b * s) ** 2)
+        ey = np.sqrt((a * s) ** 2 + (b * c) ** 2)
+    elif shape == "rectangle":
+        ex = a * c + b * s
+        ey = a * s + b * c
+    else:  # diamond: the extreme points are the four vertices
+        ex = np.maximum(a * c, b * s)
+        ey = np.maximum(a * s, b * c)
+    return np.stack([ey, ex], axis=-1)
+
+
+_SHAPES = ("ellipse", "rectangle", "diamond")
+
+
+def _background(rng: np.random.Generator, cfg: MotionConfig, hue: float) -> np.ndarray:
+    """Textured, slowly varying background, float32 (T, H, W, 3) in [0, 1]."""
+    t_count, h, w = cfg.frames, cfg.height, cfg.width
+    ys = (np.arange(h) + 0.5) / h
+    xs = (np.arange(w) + 0.5) / w
+    t = np.arange(t_count, dtype=np.float64)
+    # Three plane waves drifting slowly in random directions; each is separable as
+    # Re(e^{i ky y} e^{i kx x} e^{i (phase + drift t)}), which keeps this cheap.
+    waves = np.zeros((t_count, h, w), dtype=np.complex64)
+    for _ in range(3):
+        fy, fx = rng.integers(-3, 4, size=2)
+        phase = rng.uniform(0, 2 * np.pi)
+        drift = rng.uniform(-0.06, 0.06)  # radians per frame
+        ey = np.exp(2j * np.pi * fy * ys).astype(np.complex64)
+        ex = np.exp(2j * np.pi * fx * xs).astype(np.complex64)
+        et = np.exp(1j * (phase + drift * t)).astype(np.complex64)
+        waves += et[:, None, None] * (ey[:, None] * ex[None, :])[None]
+    pattern = waves.real / 3
+    grain = rng.uniform(-1.0, 1.0, size=(h, w)).astype(np.float32)  # static fine texture
+    base = _hsv_to_rgb(hue, rng.uniform(0.25, 0.5), rng.uniform(0.3, 0.55)).astype(np.float32)
+    tint = _hsv_to_rgb(hue + 0.5, 0.5, 0.5).astype(np.float32) - 0.25
+    ramp = 1.0 + rng.uniform(-0.08, 0.08) * (t / max(t_count - 1, 1) - 0.5)
+    shade = ramp.astype(np.float32)[:, None, None] * (1.0 + 0.25 * pattern + 0.08 * grain)
+    background = shade[..., None] * base + 0.08 * pattern[..., None] * tint
+    return np.clip(background, 0.0, 1.0)
+
+
+def generate_example(
+    config: str | MotionConfig, split: str, seed: int, index: int
+) -> dict[str, np.ndarray]:
+    """Example ``index`` of ``split`` under ``seed``: dict of video, label, mask, boxes."""
+    cfg = get_config(config)
+    rng = np.random.default_rng([int(seed), _split_id(split), int(index)])
+    num_classes = len(CLASS_NAMES)
+    label = int(index) % num_classes
+    t_count, h, w = cfg.frames, cfg.height, cfg.width
+    side = float(min(h, w))
+    t = np.arange(t_count, dtype=np.float64)
+
+    # Motion: the class decides direction / rotation sense only.
+    speed = rng.uniform(*cfg.speed_range) * side
+    spin = np.deg2rad(rng.uniform(*cfg.spin_range))
+    start = rng.uniform(0.0, 1.0, size=2) * np.array([h, w])
+    centers = start[None, :] + speed * t[:, None] * _DIRECTIONS[label][None, :]
+    centers = centers % np.array([h, w], dtype=np.float64)
+    angles = rng.uniform(0.0, 2 * np.pi) + _SPIN[label] * spin * t
+
+    # Appearance: independent of the class.
+    shape = _SHAPES[rng.integers(len(_SHAPES))]
+    a = rng.uniform(*cfg.size_range) * side
+    b = a * rng.uniform(0.45, 0.7)
+    if shape == "diamond":
+        a, b = a * 1.2, b * 1.2
+    cell = (rng.uniform(0.18, 0.35) * a * 2, rng.uniform(0.3, 0.6) * b * 2)
+    obj_hue = rng.uniform()
+    obj_colors = _hsv_to_rgb(
+        np.array([obj_hue, obj_hue + rng.uniform(0.3, 0.7)]),
+        np.array([rng.uniform(0.6, 1.0), rng.uniform(0.5, 1.0)]),
+        np.array([rng.uniform(0.85, 1.0), rng.uniform(0.55, 0.8)]),
+    )
+    obj_colors = np.round(obj_colors * 255).astype(np.uint8)
+
+    if cfg.biased and split != "test":
+        bg_hue = (label + rng.uniform(-0.3, 0.3)) / num_classes
+    else:
+        bg_hue = rng.uniform()
+    background = _background(rng, cfg, bg_hue)
+
+    coverage, obj_rgb = render_object_layer(
+        h, w, centers, angles, (a, b), shape, cell, obj_colors
+    )
+    frames = np.where(coverage[..., None], obj_rgb.astype(np.float32), background * 255.0)
+    frames += np.float32(cfg.noise_std) * rng.standard_normal(frames.shape, dtype=np.float32)
+    video = np.clip(np.round(frames), 0, 255).astype(np.uint8)
+
+    extent = _object_extent(shape, a, b, angles)
+    boxes = np.concatenate([centers - extent, centers + extent], axis=-1).astype(np.float32)
+    return {
+        "video": video,
+        "label": np.int32(label),
+        "mask": motion_mask_from_layer(coverage, obj_rgb),
+        "boxes": boxes,
+    }
+
+
+def generate_split(
+    config: str | MotionConfig, split: str, seed: int, count: int | None = None
+) -> dict[str, np.ndarray]:
+    """The first ``count`` examples of ``split`` under ``seed``, stacked.
+
+    Returns ``{"video": uint8 (N,T,H,W,3), "label": int32 (N,), "mask": bool (N,T,H,W),
+    "boxes": float32 (N,T,4)}``. ``count`` defaults to the config's split size; labels
+    cycle through the classes, so any ``count`` that is a multiple of
+    ``len(CLASS_NAMES)`` is balanced. The TFDS builder stores exactly
+    ``generate_split(config, split, config.seed)``.
+    """
+    cfg = get_config(config)
+    _split_id(split)
+    n = cfg.split_sizes[split] if count is None else int(count)
+    if n < 0:
+        raise OptionError(f"count must be >= 0, got {count}")
+    t_count, h, w = cfg.frames, cfg.height, cfg.width
+    out = {
+        "video": np.empty((n, t_count, h, w, 3), np.uint8),
+        "label": np.empty((n,), np.int32),
+        "mask": np.empty((n, t_count, h, w), bool),
+        "boxes": np.empty((n, t_count, 4), np.float32),
+    }
+    for i in range(n):
+        example = generate_example(cfg, split, seed, i)
+        for key, value in example.items():
+            out[key][i] = value
+    return out
