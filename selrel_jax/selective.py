@@ -148,7 +148,9 @@ def _clip_mask(x, sigma, temporal_padding, threshold, ddof):
 
 
 def _per_clip(fn, x, *args):
-    return jax.vmap(fn, in_axes=(0,) + (None,) * len(args))(x, *args) if x.ndim == 5 else fn(x, *args)
+    return (
+        jax.vmap(fn, in_axes=(0,) + (None,) * len(args))(x, *args) if x.ndim == 5 else fn(x, *args)
+    )
 
 
 @functools.partial(jax.jit, static_argnames=("temporal_padding",))

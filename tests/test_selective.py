@@ -1,0 +1,306 @@
+"""Selective relevance against an independent float64 SciPy oracle written from the spec."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import ndimage
+
+import selrel_jax as sr
+
+# --- the oracle: the spec's 3x3x3 temporal Sobel operator, cross-correlation, padding 1 ---
+
+_PLANE = np.array([[1, 2, 1], [2, 4, 2], [1, 2, 1]], dtype=np.float64)
+_KERNEL = np.stack([_PLANE, np.zeros((3, 3)), -_PLANE])  # planes at t-1, t, t+1
+
+
+def oracle_abs_d(rel: np.ndarray, temporal_padding: str = "zero") -> np.ndarray:
+    r = np.asarray(rel, np.float64)
+    if r.ndim == 4:
+        r = r.sum(axis=-1)
+    if temporal_padding == "edge":
+        r = np.pad(r, ((1, 1), (0, 0), (0, 0)), mode="edge")
+        return np.abs(ndimage.correlate(r, _KERNEL, mode="constant", cval=0.0)[1:-1])
+    return np.abs(ndimage.correlate(r, _KERNEL, mode="constant", cval=0.0))
+
+
+def oracle_threshold(g: np.ndarray, sigma: float, threshold: str = "clip", ddof: int = 1):
+    if threshold == "frame":
+        return sigma * g.std(axis=(1, 2), ddof=ddof, keepdims=True)
+    return sigma * g.std(ddof=ddof)
+
+
+def random_relevance(seed: int, shape, dtype=np.float32) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    # Sparse, heavy-tailed, signed: like real relevance maps.
+    x = rng.standard_normal(shape) * (rng.random(shape) < 0.3) * rng.exponential(1.0, shape)
+    return x.astype(dtype)
+
+
+SHAPES = [(3, 4, 5), (8, 16, 16, 3), (5, 9, 7, 1), (16, 12, 20, 3), (6, 1, 1)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("temporal_padding", ["zero", "edge"])
+def test_temporal_gradient_matches_oracle(shape, temporal_padding):
+    rel = random_relevance(hash(shape) % 2**32, shape)
+    got = np.asarray(sr.temporal_gradient(rel, temporal_padding=temporal_padding))
+    want = oracle_abs_d(rel, temporal_padding)
+    assert got.shape == shape[:3]
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("shape", SHAPES[:4])
+@pytest.mark.parametrize("sigma", [0.0, 0.5, 1.0, 2.5])
+@pytest.mark.parametrize("threshold", ["clip", "frame"])
+@pytest.mark.parametrize("temporal_padding", ["zero", "edge"])
+def test_mask_and_selection_match_oracle(shape, sigma, threshold, temporal_padding):
+    rel = random_relevance(7 + len(shape), shape)
+    g = oracle_abs_d(rel, temporal_padding)
+    thr = oracle_threshold(g, sigma, threshold)
+    want = g > thr
+    # Voxels within rounding of the threshold may go either way in float32.
+    decided = np.abs(g - thr) > 1e-5 * max(g.max(), 1e-30)
+    opts = dict(threshold=threshold, temporal_padding=temporal_padding)
+    mask = np.asarray(sr.motion_mask(rel, sigma, **opts))
+    assert mask.dtype == np.bool_ and mask.shape == shape[:3]
+    np.testing.assert_array_equal(mask[decided], want[decided])
+
+    sel = np.asarray(sr.selective_relevance(rel, sigma, **opts))
+    static = np.asarray(sr.static_relevance(rel, sigma, **opts))
+    assert sel.shape == rel.shape and sel.dtype == rel.dtype
+    m = mask if rel.ndim == 3 else mask[..., None]
+    np.testing.assert_array_equal(sel, np.where(m, rel, 0))
+    np.testing.assert_array_equal(static, rel - sel)
+
+
+def test_ddof_is_used():
+    rel = random_relevance(3, (4, 3, 3))
+    g = oracle_abs_d(rel)
+    for ddof in (0, 1, 2):
+        want = g > g.std(ddof=ddof)
+        decided = np.abs(g - g.std(ddof=ddof)) > 1e-5 * g.max()
+        got = np.asarray(sr.motion_mask(rel, 1.0, ddof=ddof))
+        np.testing.assert_array_equal(got[decided], want[decided])
+
+
+def test_spatial_bias_matches_definition():
+    rel = random_relevance(11, (3, 6, 8, 8, 3))
+    sel = np.asarray(sr.selective_relevance(rel, 1.0))
+    got = np.asarray(sr.spatial_bias(rel, sel))
+    want = 1 - np.abs(sel).sum(axis=(1, 2, 3, 4)) / np.abs(rel).sum(axis=(1, 2, 3, 4))
+    assert got.shape == (3,)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    single = sr.spatial_bias(rel[0], sel[0])
+    assert single.shape == ()
+    np.testing.assert_allclose(single, want[0], rtol=1e-5)
+    assert float(sr.spatial_bias(rel[0], rel[0])) == 0.0
+    assert float(sr.spatial_bias(rel[0], np.zeros_like(rel[0]))) == 1.0
+
+
+def test_all_zero_and_constant_relevance_never_nan():
+    zeros = np.zeros((2, 5, 6, 6, 3), np.float32)
+    sel = np.asarray(sr.selective_relevance(zeros, 1.0))
+    np.testing.assert_array_equal(sel, 0)
+    np.testing.assert_array_equal(np.asarray(sr.spatial_bias(zeros, sel)), 0)
+    for padding in ("zero", "edge"):
+        for threshold in ("clip", "frame"):
+            const = np.full((5, 6, 6), 3.0, np.float32)
+            opts = dict(temporal_padding=padding, threshold=threshold)
+            out = np.asarray(sr.selective_relevance(const, 1.0, **opts))
+            assert np.isfinite(out).all()
+            assert np.isfinite(np.asarray(sr.spatial_bias(const, out))).all()
+    edge = np.asarray(sr.motion_mask(np.full((5, 6, 6), 3.0, np.float32), temporal_padding="edge"))
+    assert not edge.any()
+
+
+# --- invariants ---
+
+clip_shapes = st.tuples(
+    st.integers(3, 8), st.integers(1, 9), st.integers(1, 9), st.sampled_from([0, 1, 3])
+)
+
+
+def _shape(t, h, w, c):
+    return (t, h, w) if c == 0 else (t, h, w, c)
+
+
+@settings(max_examples=30, deadline=None)
+@given(clip_shapes, st.integers(0, 2**31 - 1), st.floats(0.0, 3.0))
+def test_static_clip_selects_only_end_frames_with_zero_padding(dims, seed, sigma):
+    frame = random_relevance(seed, _shape(1, *dims[1:]))
+    clip = np.repeat(frame, dims[0], axis=0)
+    mask = np.asarray(sr.motion_mask(clip, sigma))
+    assert not mask[1:-1].any()
+    assert not np.asarray(sr.motion_mask(clip, sigma, temporal_padding="edge")).any()
+    assert not np.asarray(sr.temporal_gradient(clip, temporal_padding="edge")).any()
+
+
+@settings(max_examples=30, deadline=None)
+@given(clip_shapes, st.integers(0, 2**31 - 1), st.integers(-6, 6), st.floats(0.0, 3.0))
+def test_power_of_two_scaling_leaves_mask_unchanged(dims, seed, k, sigma):
+    rel = random_relevance(seed, _shape(*dims))
+    for threshold in ("clip", "frame"):
+        if threshold == "frame" and dims[1] * dims[2] < 2:
+            continue
+        a = np.asarray(sr.motion_mask(rel, sigma, threshold=threshold))
+        b = np.asarray(sr.motion_mask(rel * np.float32(2.0**k), sigma, threshold=threshold))
+        np.testing.assert_array_equal(a, b)
+
+
+@settings(max_examples=30, deadline=None)
+@given(clip_shapes, st.integers(0, 2**31 - 1), st.sampled_from(["zero", "edge"]))
+def test_time_reversal_reverses_abs_d(dims, seed, padding):
+    rel = random_relevance(seed, _shape(*dims))
+    fwd = np.asarray(sr.temporal_gradient(rel, temporal_padding=padding))
+    rev = np.asarray(sr.temporal_gradient(rel[::-1], temporal_padding=padding))
+    np.testing.assert_array_equal(rev, fwd[::-1])
+
+
+# --- transformations ---
+
+
+def test_jit_equals_eager_with_traced_sigma():
+    rel = random_relevance(5, (2, 6, 10, 10, 3))
+    for fn in (sr.selective_relevance, sr.static_relevance, sr.motion_mask):
+        eager = np.asarray(fn(rel, 1.5, threshold="frame"))
+        jitted = np.asarray(jax.jit(lambda x, s, fn=fn: fn(x, s, threshold="frame"))(rel, 1.5))
+        np.testing.assert_array_equal(eager, jitted)
+    g = jax.jit(sr.temporal_gradient, static_argnames="temporal_padding")
+    np.testing.assert_array_equal(np.asarray(g(rel)), np.asarray(sr.temporal_gradient(rel)))
+    bias = jax.jit(sr.spatial_bias)(rel, sr.selective_relevance(rel))
+    np.testing.assert_array_equal(
+        np.asarray(bias), np.asarray(sr.spatial_bias(rel, sr.selective_relevance(rel)))
+    )
+
+
+def test_vmap_and_batch_equal_loop():
+    batch = random_relevance(9, (4, 5, 8, 8, 2))
+    loop = np.stack([np.asarray(sr.selective_relevance(c, 1.0)) for c in batch])
+    np.testing.assert_array_equal(np.asarray(sr.selective_relevance(batch, 1.0)), loop)
+    vm = jax.vmap(lambda c: sr.selective_relevance(c, 1.0))(batch)
+    np.testing.assert_array_equal(np.asarray(vm), loop)
+    sigmas = jnp.array([0.5, 1.0, 1.5, 2.0])
+    per_sigma = jax.vmap(lambda c, s: sr.motion_mask(c, s))(batch, sigmas)
+    want = np.stack(
+        [np.asarray(sr.motion_mask(c, float(s))) for c, s in zip(batch, sigmas, strict=True)]
+    )
+    np.testing.assert_array_equal(np.asarray(per_sigma), want)
+    g = np.stack([np.asarray(sr.temporal_gradient(c)) for c in batch])
+    np.testing.assert_array_equal(np.asarray(sr.temporal_gradient(batch)), g)
+
+
+def test_bfloat16_agrees_with_float32():
+    rel = random_relevance(13, (2, 8, 24, 24, 3))
+    for threshold in ("clip", "frame"):
+        m32 = np.asarray(sr.motion_mask(rel, 1.0, threshold=threshold))
+        m16 = np.asarray(sr.motion_mask(jnp.asarray(rel, jnp.bfloat16), 1.0, threshold=threshold))
+        assert (m32 == m16).mean() >= 0.99
+    sel = sr.selective_relevance(jnp.asarray(rel, jnp.bfloat16), 1.0)
+    assert sel.dtype == jnp.bfloat16 and sel.shape == rel.shape
+    assert sr.temporal_gradient(jnp.asarray(rel, jnp.bfloat16)).dtype == jnp.bfloat16
+
+
+def test_deterministic():
+    rel = random_relevance(17, (2, 6, 12, 12, 3))
+    a = np.asarray(sr.selective_relevance(rel, 1.0))
+    b = np.asarray(sr.selective_relevance(rel, 1.0))
+    assert a.tobytes() == b.tobytes()
+
+
+def test_sharded_equals_single_device():
+    code = textwrap.dedent(
+        """
+        import numpy as np, jax
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+        import selrel_jax as sr
+        assert jax.device_count() == 2, jax.devices()
+        rel = np.random.default_rng(0).standard_normal((4, 6, 10, 10, 3)).astype(np.float32)
+        mesh = Mesh(np.array(jax.devices()), ("batch",))
+        x = jax.device_put(rel, NamedSharding(mesh, P("batch")))
+        sel = jax.jit(lambda x: sr.selective_relevance(x, 1.0))(x)
+        assert len(sel.sharding.device_set) == 2
+        want = sr.selective_relevance(rel, 1.0)
+        np.testing.assert_array_equal(np.asarray(sel), np.asarray(want))
+        # Partitioned reductions may sum in another order: equal to rounding.
+        np.testing.assert_allclose(np.asarray(sr.spatial_bias(x, sel)),
+                                   np.asarray(sr.spatial_bias(rel, want)), rtol=1e-5)
+        print("ok")
+        """
+    )
+    env = dict(
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().endswith("ok")
+
+
+# --- bad input ---
+
+
+@pytest.mark.parametrize(
+    "x, match",
+    [
+        (np.zeros((4, 4), np.float32), r"rank 3 .*got shape \(4, 4\) float32"),
+        (np.zeros((2, 3, 4, 4, 3, 1), np.float32), r"rank 3 .*got shape \(2, 3, 4, 4, 3, 1\)"),
+        (np.zeros((2, 4, 4), np.float32), r"T >= 3.*got T=2"),
+        (np.zeros((1, 2, 4, 4, 3), np.float32), r"T >= 3.*got T=2"),
+        (np.zeros((4, 4, 4), np.int32), r"floating.*int32"),
+        (np.zeros((4, 4, 4), bool), r"floating.*bool"),
+        (np.zeros((4, 4, 4), np.complex64), r"floating.*complex64"),
+    ],
+)
+def test_bad_relevance_raises(x, match):
+    for fn in (sr.temporal_gradient, sr.motion_mask, sr.selective_relevance, sr.static_relevance):
+        with pytest.raises(sr.SelrelError, match=match):
+            fn(x)
+    with pytest.raises(sr.SelrelError, match=match):
+        sr.spatial_bias(x, x)
+
+
+def test_bad_options_raise():
+    x = np.zeros((4, 5, 5), np.float32)
+    with pytest.raises(sr.SelrelError, match=r"sigma must be >= 0; got -1.0"):
+        sr.selective_relevance(x, -1.0)
+    with pytest.raises(sr.SelrelError, match=r"sigma must be >= 0; got nan"):
+        sr.motion_mask(x, float("nan"))
+    with pytest.raises(sr.SelrelError, match=r"sigma must be a scalar"):
+        sr.motion_mask(x, np.ones(3))
+    with pytest.raises(sr.SelrelError, match=r"temporal_padding must be one of .*'reflect'"):
+        sr.selective_relevance(x, temporal_padding="reflect")
+    with pytest.raises(sr.SelrelError, match=r"temporal_padding"):
+        sr.temporal_gradient(x, temporal_padding="wrap")
+    with pytest.raises(sr.SelrelError, match=r"threshold must be one of .*'pixel'"):
+        sr.static_relevance(x, threshold="pixel")
+    with pytest.raises(sr.SelrelError, match=r"ddof"):
+        sr.motion_mask(x, ddof=-1)
+    with pytest.raises(sr.SelrelError, match=r"frame std needs more than ddof=1 values; got 1"):
+        sr.motion_mask(np.zeros((4, 1, 1), np.float32), threshold="frame")
+    with pytest.raises(sr.SelrelError, match=r"same shape"):
+        sr.spatial_bias(x, x[:3])
+    assert issubclass(sr.SelrelError, ValueError)
+
+
+def test_validate_relevance_counts_bad_values():
+    x = np.zeros((4, 5, 5, 3), np.float32)
+    assert sr.validate_relevance(x).shape == x.shape
+    x[0, 0, 0, 0] = np.nan
+    x[1, 1, 1, 1] = np.inf
+    x[2, 2, 2, 2] = -np.inf
+    with pytest.raises(sr.NonFiniteError, match=r"3 non-finite values \(1 NaN, 2 infinite\)"):
+        sr.validate_relevance(x)
+    with pytest.raises(sr.SelrelError, match="rank"):
+        sr.validate_relevance(np.zeros(3, np.float32))
