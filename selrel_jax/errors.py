@@ -30,3 +30,7 @@ class NonFiniteError(SelrelError):
 
 class CheckpointError(SelrelError):
     """A checkpoint or weight file is missing, corrupt, incomplete or inconsistent."""
+
+
+class DataError(SelrelError):
+    """A data file or dataset cannot be found, opened or decoded."""

@@ -10,9 +10,12 @@ Example::
     source = data.load_source("synthetic_motion", "train")      # built on first use
     clip = source[0]["video"]                                   # uint8 (16, 48, 48, 3)
     x = data.normalize(clip, mean=0.45, std=0.225)              # float32
+    loader = data.make_loader(source, batch_size=32, seed=0, mean=0.45, std=0.225)
 """
 
 from selrel_jax.data import synthetic_motion
+from selrel_jax.data._folder import VIDEO_EXTENSIONS, VideoFolder
+from selrel_jax.data._loader import ArraySource, make_loader
 from selrel_jax.data._normalize import normalize
 from selrel_jax.data._sources import (
     DATA_DIR_ENV,
@@ -20,12 +23,32 @@ from selrel_jax.data._sources import (
     load_source,
     synthetic_motion_builder,
 )
+from selrel_jax.data._video import (
+    SAMPLING_MODES,
+    center_crop,
+    clip_indices,
+    count_frames,
+    read_video,
+    video_fps,
+    write_video,
+)
 
 __all__ = [
     "DATA_DIR_ENV",
+    "SAMPLING_MODES",
+    "VIDEO_EXTENSIONS",
+    "ArraySource",
+    "VideoFolder",
+    "center_crop",
+    "clip_indices",
+    "count_frames",
     "default_data_dir",
     "load_source",
+    "make_loader",
     "normalize",
+    "read_video",
     "synthetic_motion",
     "synthetic_motion_builder",
+    "video_fps",
+    "write_video",
 ]
