@@ -17,6 +17,13 @@ from selrel_jax.data import synthetic_motion
 from selrel_jax.data._folder import VIDEO_EXTENSIONS, VideoFolder
 from selrel_jax.data._loader import ArraySource, make_loader
 from selrel_jax.data._normalize import normalize
+from selrel_jax.data._sample import (
+    render_sample_clip,
+    sample_clip_info,
+    sample_clip_path,
+    sample_clip_truth,
+    sample_example,
+)
 from selrel_jax.data._sources import (
     DATA_DIR_ENV,
     default_data_dir,
@@ -47,6 +54,11 @@ __all__ = [
     "make_loader",
     "normalize",
     "read_video",
+    "render_sample_clip",
+    "sample_clip_info",
+    "sample_clip_path",
+    "sample_clip_truth",
+    "sample_example",
     "synthetic_motion",
     "synthetic_motion_builder",
     "video_fps",

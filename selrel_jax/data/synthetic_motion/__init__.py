@@ -185,8 +185,9 @@ def render_object_layer(
     # Shortest displacement on the torus from the centre to each pixel centre.
     dy = (ys[None, :] - centers[:, 0:1] + height / 2) % height - height / 2  # (T, H)
     dx = (xs[None, :] - centers[:, 1:2] + width / 2) % width - width / 2  # (T, W)
-    cos = np.cos(angles)[:, None, None]
-    sin = np.sin(angles)[:, None, None]
+    dy, dx = dy.astype(np.float32), dx.astype(np.float32)
+    cos = np.cos(angles).astype(np.float32)[:, None, None]
+    sin = np.sin(angles).astype(np.float32)[:, None, None]
     # Object coordinates: rotate the displacement by -angle.
     u = cos * dx[:, None, :] + sin * dy[:, :, None]
     v = -sin * dx[:, None, :] + cos * dy[:, :, None]
