@@ -34,8 +34,8 @@ __all__ = [
 KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
 KINETICS_STD = (0.22803, 0.22145, 0.216989)
 # The Sports-1M C3D weights expect BGR pixels in [0, 255] minus the Caffe mean
-# of the training set (per channel, BGR order), and no scaling by a std.
-C3D_MEAN_BGR = (90.25, 97.66, 101.41)
+# cube (per channel, BGR order, as the common PyTorch ports use it), std 1.
+C3D_MEAN_BGR = (90.0, 98.0, 102.0)
 
 
 def numeric_class_names(num_classes: int) -> tuple[str, ...]:

@@ -9,6 +9,7 @@ import flax.linen as nn
 
 from selrel_jax.errors import OptionError, SelrelError
 from selrel_jax.models.c3d import C3D, C3DSmall
+from selrel_jax.models.resnet3d import RESNET_ARCHS, VideoResNet
 
 __all__ = ["ARCHS", "create"]
 
@@ -23,7 +24,22 @@ def _c3d_small(
     return C3DSmall(num_classes=num_classes, width=width, clip_size=clip_size, **kw)
 
 
-_BUILDERS: dict[str, Callable[..., nn.Module]] = {"c3d": _c3d, "c3d_small": _c3d_small}
+def _resnet(arch: str) -> Callable[..., nn.Module]:
+    def build(
+        num_classes: int, width: float, clip_size: tuple[int, int, int], **kw: Any
+    ) -> nn.Module:
+        return VideoResNet(
+            arch=arch, num_classes=num_classes, width=width, clip_size=clip_size, **kw
+        )
+
+    return build
+
+
+_BUILDERS: dict[str, Callable[..., nn.Module]] = {
+    "c3d": _c3d,
+    "c3d_small": _c3d_small,
+    **{arch: _resnet(arch) for arch in RESNET_ARCHS},
+}
 
 ARCHS: tuple[str, ...] = ("c3d", "c3d_small", "r3d_18", "mc3_18", "r2plus1d_18")
 

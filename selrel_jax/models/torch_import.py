@@ -1,0 +1,270 @@
+"""Import PyTorch state_dicts: torchvision's video ResNets and the C3D port.
+
+``from_torch_state_dict`` maps each torch key to its Flax variable with a
+per-architecture table, converts layouts (conv kernels (O, I, kT, kH, kW) ->
+(kT, kH, kW, I, O), dense (O, I) -> (I, O), BatchNorm weight/bias/running
+statistics -> scale/bias/mean/var), permutes C3D's fc6 rows from the NCDHW
+flatten order to NTHWC, and reports every missing, unexpected or misshaped
+key at once. torch itself is only needed when values are torch tensors.
+
+Example::
+
+    state = torch.load("r3d_18-b3b3357e.pth", weights_only=True)
+    model, variables = from_torch_state_dict("r3d_18", state)
+    logits = model.apply(variables, clips, train=False)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from selrel_jax.errors import CheckpointError, OptionError
+from selrel_jax.models.c3d import c3d_pool5_size, scaled
+from selrel_jax.models.registry import ARCHS, create
+from selrel_jax.models.resnet3d import BLOCKS_PER_STAGE, RESNET_ARCHS, fc_init
+
+__all__ = ["from_torch_state_dict", "strip_prefix", "torch_layout"]
+
+_BN_LEAVES = {
+    "weight": ("params", "scale"),
+    "bias": ("params", "bias"),
+    "running_mean": ("batch_stats", "mean"),
+    "running_var": ("batch_stats", "var"),
+}
+_HEADS = {"c3d": "fc8", "c3d_small": "fc", **{a: "fc" for a in RESNET_ARCHS}}
+# Key whose output channels fix the width: (torch key, channels at width 1).
+_WIDTH_KEYS = {
+    "c3d": ("conv1.weight", 64),
+    "c3d_small": ("conv1.weight", 16),
+    "r3d_18": ("stem.0.weight", 64),
+    "mc3_18": ("stem.0.weight", 64),
+    "r2plus1d_18": ("stem.3.weight", 64),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One torch module (key prefix) and the Flax module path it fills."""
+
+    torch: str
+    kind: str  # "conv", "conv_bias", "bn", "dense", "fc6"
+    flax: tuple[str, ...]
+
+
+def _resnet_layout(arch: str) -> Iterator[Entry]:
+    if arch == "r2plus1d_18":
+        yield Entry("stem.0", "conv", ("stem_conv_spatial",))
+        yield Entry("stem.1", "bn", ("stem_bn_spatial",))
+        yield Entry("stem.3", "conv", ("stem_conv_temporal",))
+        yield Entry("stem.4", "bn", ("stem_bn_temporal",))
+    else:
+        yield Entry("stem.0", "conv", ("stem_conv",))
+        yield Entry("stem.1", "bn", ("stem_bn",))
+    for stage, blocks in enumerate(BLOCKS_PER_STAGE, start=1):
+        for b in range(blocks):
+            t, f = f"layer{stage}.{b}", f"layer{stage}_{b}"
+            for i in (1, 2):
+                if arch == "r2plus1d_18":
+                    yield Entry(f"{t}.conv{i}.0.0", "conv", (f, f"conv{i}", "conv_spatial"))
+                    yield Entry(f"{t}.conv{i}.0.1", "bn", (f, f"conv{i}", "bn_mid"))
+                    yield Entry(f"{t}.conv{i}.0.3", "conv", (f, f"conv{i}", "conv_temporal"))
+                else:
+                    yield Entry(f"{t}.conv{i}.0", "conv", (f, f"conv{i}"))
+                yield Entry(f"{t}.conv{i}.1", "bn", (f, f"bn{i}"))
+            if b == 0 and stage > 1:
+                yield Entry(f"{t}.downsample.0", "conv", (f, "downsample_conv"))
+                yield Entry(f"{t}.downsample.1", "bn", (f, "downsample_bn"))
+    yield Entry("fc", "dense", ("fc",))
+
+
+def torch_layout(arch: str) -> tuple[Entry, ...]:
+    """The key table of ``arch``: torchvision's names for the ResNets, the C3D port's for C3D."""
+    if arch in RESNET_ARCHS:
+        return tuple(_resnet_layout(arch))
+    if arch == "c3d":
+        convs = ("conv1", "conv2", "conv3a", "conv3b", "conv4a", "conv4b", "conv5a", "conv5b")
+        dense = (Entry("fc6", "fc6", ("fc6",)), Entry("fc7", "dense", ("fc7",)))
+        return (
+            *(Entry(c, "conv_bias", (c,)) for c in convs),
+            *dense,
+            Entry("fc8", "dense", ("fc8",)),
+        )
+    if arch == "c3d_small":
+        convs = tuple(Entry(f"conv{i}", "conv_bias", (f"conv{i}",)) for i in range(1, 5))
+        return (*convs, Entry("fc", "dense", ("fc",)))
+    raise OptionError(f"unknown model arch {arch!r}; expected one of {list(ARCHS)}")
+
+
+def strip_prefix(state_dict: Mapping[str, Any], prefix: str = "module.") -> dict[str, Any]:
+    """Drop ``prefix`` (DataParallel's ``module.``) from every key that has it."""
+    return {(k[len(prefix) :] if k.startswith(prefix) else k): v for k, v in state_dict.items()}
+
+
+def _to_numpy(key: str, value: Any) -> np.ndarray:
+    if hasattr(value, "detach"):  # a torch tensor; torch is imported by whoever made it
+        value = value.detach().cpu()
+        if str(value.dtype) == "torch.bfloat16":
+            value = value.float()
+        value = value.numpy()
+    array = np.asarray(value)
+    if not np.issubdtype(array.dtype, np.floating):
+        raise CheckpointError(
+            f"state_dict[{key!r}] must be floating point; got dtype {array.dtype}"
+        )
+    return array.astype(np.float32)
+
+
+def _torch_shape(kind: str, leaf: str, flax_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The torch shape that converts to ``flax_shape`` (for error messages)."""
+    if leaf == "weight" and kind in ("conv", "conv_bias"):
+        *kernel, i, o = flax_shape
+        return (o, i, *kernel)
+    if leaf == "weight" and kind in ("dense", "fc6"):
+        return flax_shape[::-1]
+    return flax_shape
+
+
+def _convert(kind: str, leaf: str, array: np.ndarray, fc6_grid: tuple[int, ...]) -> np.ndarray:
+    if leaf != "weight" or kind == "bn":
+        return array
+    if kind in ("conv", "conv_bias"):
+        if array.ndim != 5:
+            return array  # caught by the shape check
+        return array.transpose(2, 3, 4, 1, 0)
+    if kind == "fc6" and array.ndim == 2 and array.shape[1] == int(np.prod(fc6_grid)):
+        # torch flattens pool5 as (C, T, H, W); the Flax model flattens (T, H, W, C).
+        c, t, h, w = fc6_grid
+        rows = array.reshape(array.shape[0], c, t, h, w).transpose(2, 3, 4, 1, 0)
+        return rows.reshape(t * h * w * c, array.shape[0])
+    return array.T
+
+
+def _leaves(kind: str) -> dict[str, tuple[str, str]]:
+    if kind == "bn":
+        return _BN_LEAVES
+    if kind == "conv":
+        return {"weight": ("params", "kernel")}
+    return {"weight": ("params", "kernel"), "bias": ("params", "bias")}
+
+
+def _infer_width(arch: str, state: Mapping[str, np.ndarray]) -> float:
+    key, base = _WIDTH_KEYS[arch]
+    if key not in state or np.ndim(state[key]) < 1:
+        raise CheckpointError(
+            f"state_dict for {arch} has no usable {key!r} to infer its width from"
+        )
+    return state[key].shape[0] / base
+
+
+def _limited(items: list[str], limit: int = 12) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
+
+
+def from_torch_state_dict(
+    arch: str,
+    state_dict: Mapping[str, Any],
+    num_classes: int | None = None,
+    *,
+    drop_head: bool = False,
+    width: float | None = None,
+    clip_size: tuple[int, int, int] = (16, 112, 112),
+    seed: int = 0,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Convert a PyTorch state_dict to ``(model, variables)`` with identical logits.
+
+    ``arch`` is one of c3d, c3d_small, r3d_18, mc3_18, r2plus1d_18. Values may
+    be torch tensors or numpy arrays; ``num_batches_tracked`` entries and a
+    ``module.`` prefix are ignored. ``num_classes`` defaults to the
+    checkpoint's head; a different value needs ``drop_head=True``, which
+    replaces the head by a fresh one (initialised from ``seed``). ``width`` is
+    inferred from the first conv unless given; ``clip_size`` (T, H, W) is the
+    clip C3D's fc6 was trained on (16x112x112 gives fc6's 8192 inputs).
+    Missing, unexpected or misshaped keys raise one CheckpointError listing
+    them all.
+    """
+    if arch not in ARCHS:
+        raise OptionError(f"unknown model arch {arch!r}; expected one of {list(ARCHS)}")
+    if not isinstance(state_dict, Mapping):
+        raise CheckpointError(f"state_dict must be a mapping; got {type(state_dict).__name__}")
+    state = {
+        k: _to_numpy(k, v)
+        for k, v in strip_prefix(state_dict).items()
+        if not k.endswith("num_batches_tracked")
+    }
+    layout = torch_layout(arch)
+    head = _HEADS[arch]
+    head_weight = state.get(f"{head}.weight")
+    ckpt_classes = (
+        head_weight.shape[0] if head_weight is not None and head_weight.ndim == 2 else None
+    )
+    if num_classes is None:
+        num_classes = ckpt_classes
+        if num_classes is None:
+            raise CheckpointError(
+                f"state_dict has no 2-D {head + '.weight'!r}; pass num_classes with drop_head=True"
+            )
+    elif ckpt_classes is not None and ckpt_classes != num_classes and not drop_head:
+        raise CheckpointError(
+            f"checkpoint head {head!r} has {ckpt_classes} classes but num_classes={num_classes}; "
+            "pass drop_head=True to replace the head"
+        )
+    if width is None:
+        width = _infer_width(arch, state)
+    model = create(arch, num_classes, width=width, clip_size=tuple(clip_size))
+    dummy = jax.ShapeDtypeStruct((1, *clip_size, 3), jnp.float32)
+    abstract = jax.eval_shape(lambda c: model.init(jax.random.key(0), c, train=False), dummy)
+    fc6_grid = (scaled(512, width), *c3d_pool5_size(tuple(clip_size))) if arch == "c3d" else ()
+
+    variables: dict[str, dict[str, Any]] = {}
+    used, missing, wrong = set(), [], []
+    for entry in layout:
+        if drop_head and entry.torch == head:
+            used.update(k for k in state if k.startswith(head + "."))
+            continue
+        for leaf, (collection, name) in _leaves(entry.kind).items():
+            key = f"{entry.torch}.{leaf}"
+            want = abstract[collection]
+            for part in (*entry.flax, name):
+                want = want[part]
+            if key not in state:
+                missing.append(key)
+                continue
+            used.add(key)
+            value = _convert(entry.kind, leaf, state[key], fc6_grid)
+            if value.shape != tuple(want.shape):
+                expected = _torch_shape(entry.kind, leaf, tuple(want.shape))
+                wrong.append(f"{key} {tuple(state[key].shape)} (expected {expected})")
+                continue
+            node = variables.setdefault(collection, {})
+            for part in entry.flax:
+                node = node.setdefault(part, {})
+            node[name] = jnp.asarray(value)
+    unexpected = sorted(set(state) - used)
+    if missing or unexpected or wrong:
+        problems = [
+            f"missing keys: {_limited(missing)}" if missing else "",
+            f"unexpected keys: {_limited(unexpected)}" if unexpected else "",
+            f"wrong shapes: {_limited(wrong)}" if wrong else "",
+        ]
+        raise CheckpointError(
+            f"state_dict does not fit {arch} (width {width:g}, {num_classes} classes): "
+            + "; ".join(p for p in problems if p)
+        )
+    if drop_head:
+        features = abstract["params"][head]["kernel"].shape[0]
+        init = fc_init if arch in RESNET_ARCHS else nn.initializers.lecun_normal()
+        fresh = nn.Dense(num_classes, kernel_init=init).init(
+            jax.random.key(seed), jnp.zeros((1, features), jnp.float32)
+        )
+        variables["params"][head] = fresh["params"]
+    if jax.tree_util.tree_structure(variables) != jax.tree_util.tree_structure(abstract):
+        raise RuntimeError(f"torch_layout({arch!r}) does not cover every variable of the model")
+    return model, variables
