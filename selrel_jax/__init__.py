@@ -9,6 +9,20 @@ Example::
     bias = sr.spatial_bias(relevance, sel)               # share that was static
 """
 
+from selrel_jax.attribution import (
+    AlphaBeta,
+    Composite,
+    Epsilon,
+    Flat,
+    Gamma,
+    Norm,
+    Pass,
+    WSquare,
+    ZBox,
+    ZPlus,
+    explain,
+    make_explainer,
+)
 from selrel_jax.errors import (
     DTypeError,
     NonFiniteError,
@@ -28,11 +42,23 @@ from selrel_jax.selective import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "AlphaBeta",
+    "Composite",
     "DTypeError",
+    "Epsilon",
+    "Flat",
+    "Gamma",
     "NonFiniteError",
+    "Norm",
     "OptionError",
+    "Pass",
     "SelrelError",
     "ShapeError",
+    "WSquare",
+    "ZBox",
+    "ZPlus",
+    "explain",
+    "make_explainer",
     "motion_mask",
     "selective_relevance",
     "spatial_bias",

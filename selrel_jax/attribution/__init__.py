@@ -1,0 +1,71 @@
+"""Attribution methods for Flax video models: LRP and the gradient family.
+
+* :mod:`~selrel_jax.attribution.rules`: Epsilon, ZPlus, AlphaBeta, Gamma, ZBox,
+  Flat, WSquare, Norm, Pass, Gradient.
+* :mod:`~selrel_jax.attribution.composites`: layer -> rule maps (Zennit's names).
+* :mod:`~selrel_jax.attribution.engine`: :func:`lrp`, the jax.vjp transform
+  (BatchNorm merging, activations as Pass).
+* :mod:`~selrel_jax.attribution.gradients`: gradient, gradient x input,
+  integrated gradients, SmoothGrad, Grad-CAM 3D.
+* :func:`explain`: one entry point by method name.
+
+Example::
+
+    import jax
+    from selrel_jax.attribution import composites, explain, lrp
+    rel = explain(model, variables, clips, method="lrp.epsilon_plus_flat")
+    fn = jax.jit(lrp(model, composites.epsilon_gamma_box(low=-2.0, high=2.0)))
+"""
+
+from selrel_jax.attribution import composites, gradients, rules
+from selrel_jax.attribution.composites import (
+    Composite,
+    epsilon_alpha2_beta1,
+    epsilon_alpha2_beta1_flat,
+    epsilon_gamma_box,
+    epsilon_plus,
+    epsilon_plus_flat,
+)
+from selrel_jax.attribution.engine import UnsupportedLayerError, lrp
+from selrel_jax.attribution.explain import METHODS, explain, make_explainer
+from selrel_jax.attribution.rules import (
+    AlphaBeta,
+    Epsilon,
+    Flat,
+    Gamma,
+    Gradient,
+    Norm,
+    Pass,
+    Rule,
+    WSquare,
+    ZBox,
+    ZPlus,
+)
+
+__all__ = [
+    "METHODS",
+    "AlphaBeta",
+    "Composite",
+    "Epsilon",
+    "Flat",
+    "Gamma",
+    "Gradient",
+    "Norm",
+    "Pass",
+    "Rule",
+    "UnsupportedLayerError",
+    "WSquare",
+    "ZBox",
+    "ZPlus",
+    "composites",
+    "epsilon_alpha2_beta1",
+    "epsilon_alpha2_beta1_flat",
+    "epsilon_gamma_box",
+    "epsilon_plus",
+    "epsilon_plus_flat",
+    "explain",
+    "gradients",
+    "lrp",
+    "make_explainer",
+    "rules",
+]

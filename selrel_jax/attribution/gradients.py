@@ -1,0 +1,211 @@
+"""The gradient family: gradient, gradient x input, integrated gradients,
+SmoothGrad and Grad-CAM 3D.
+
+Each function takes ``apply_fn(clips) -> logits`` (a closure over a Flax
+model's variables, a Flax NNX model, any JAX function), the clips (N,T,H,W,C)
+and the target classes (N,) (None: the predicted class), and differentiates the
+target logit (not its probability), as Zennit does. All are pure JAX: they
+compose with ``jax.jit``, ``jax.vmap`` and sharding.
+
+Example::
+
+    from selrel_jax.attribution import gradients
+    apply_fn = lambda x: model.apply(variables, x)
+    ig = gradients.integrated_gradients(apply_fn, clips, None, steps=32)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from selrel_jax.attribution.composites import CONV_TYPES
+from selrel_jax.attribution.engine import one_hot_seed, path_str
+from selrel_jax.errors import OptionError, ShapeError
+
+__all__ = [
+    "grad_cam",
+    "gradient",
+    "gradient_x_input",
+    "integrated_gradients",
+    "smoothgrad",
+    "target_gradient",
+]
+
+ApplyFn = Callable[[jax.Array], jax.Array]
+
+
+def _predicted(apply_fn: ApplyFn, clips: jax.Array, target):
+    return jnp.argmax(apply_fn(clips), axis=-1) if target is None else target
+
+
+def target_gradient(apply_fn: ApplyFn, clips: jax.Array, target) -> jax.Array:
+    """d logits[n, target[n]] / d clips[n] for every n (one backward pass)."""
+    logits, pull = jax.vjp(apply_fn, clips)
+    (grad,) = pull(one_hot_seed(logits, target))
+    return grad
+
+
+def gradient(apply_fn: ApplyFn, clips: jax.Array, target=None) -> jax.Array:
+    """Input gradient of the target logit."""
+    return target_gradient(apply_fn, clips, target).astype(jnp.float32)
+
+
+def gradient_x_input(apply_fn: ApplyFn, clips: jax.Array, target=None) -> jax.Array:
+    """Input gradient times input."""
+    return (target_gradient(apply_fn, clips, target) * clips).astype(jnp.float32)
+
+
+def _check_positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise OptionError(f"{name} must be a positive int; got {value!r}")
+    return value
+
+
+def _mean_over(fn: Callable, count: int, chunk: int, like: jax.Array) -> jax.Array:
+    """mean_{i < count} fn(i), evaluating ``chunk`` indices at once (vmapped)."""
+    n_chunks = math.ceil(count / chunk)
+    index = jnp.arange(n_chunks * chunk).reshape(n_chunks, chunk)
+
+    def body(total, idx):
+        values = jax.vmap(fn)(idx)
+        weights = (idx < count).astype(values.dtype).reshape((chunk,) + (1,) * like.ndim)
+        return total + jnp.sum(values * weights, axis=0), None
+
+    total, _ = jax.lax.scan(body, jnp.zeros(like.shape, like.dtype), index)
+    return total / count
+
+
+def integrated_gradients(
+    apply_fn: ApplyFn,
+    clips: jax.Array,
+    target=None,
+    *,
+    steps: int = 20,
+    baseline=None,
+    chunk_size: int | None = None,
+) -> jax.Array:
+    """(x - baseline) * mean_i grad(baseline + alpha_i (x - baseline)),
+    alpha_i = i / steps for i = 1..steps (right Riemann sum). ``baseline``:
+    None (zeros), a scalar or anything broadcastable to the clips.
+    ``chunk_size`` interpolation steps run at once (vmapped); None: one at a
+    time (least memory)."""
+    steps = _check_positive_int("steps", steps)
+    chunk = 1 if chunk_size is None else min(_check_positive_int("chunk_size", chunk_size), steps)
+    target = _predicted(apply_fn, clips, target)
+    base = jnp.zeros_like(clips) if baseline is None else jnp.asarray(baseline, clips.dtype)
+    try:
+        base = jnp.broadcast_to(base, clips.shape)
+    except ValueError:
+        raise ShapeError(
+            f"baseline of shape {jnp.shape(baseline)} does not broadcast to clips {clips.shape}"
+        ) from None
+    diff = clips - base
+
+    def grad_at(i):
+        alpha = (i + 1).astype(clips.dtype) / steps
+        return target_gradient(apply_fn, base + alpha * diff, target)
+
+    return (diff * _mean_over(grad_at, steps, chunk, clips)).astype(jnp.float32)
+
+
+def smoothgrad(
+    apply_fn: ApplyFn,
+    clips: jax.Array,
+    target=None,
+    *,
+    samples: int = 20,
+    noise_level: float = 0.1,
+    seed: int = 0,
+) -> jax.Array:
+    """Mean input gradient over ``samples`` noisy copies; noise std =
+    ``noise_level * (max - min)`` of each clip. Sample i draws its noise from
+    ``fold_in(key(seed), i)`` with the shape of one clip, shared across the
+    batch, so a batch gives the same maps as one call per clip."""
+    samples = _check_positive_int("samples", samples)
+    if not isinstance(noise_level, int | float) or noise_level < 0:
+        raise OptionError(f"noise_level must be a number >= 0; got {noise_level!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise OptionError(f"seed must be an int; got {seed!r}")
+    target = _predicted(apply_fn, clips, target)
+    axes = tuple(range(1, clips.ndim))
+    span = jnp.max(clips, axis=axes, keepdims=True) - jnp.min(clips, axis=axes, keepdims=True)
+    std = noise_level * span
+    key = jax.random.key(seed)
+
+    def grad_at(i):
+        noise = jax.random.normal(jax.random.fold_in(key, i), clips.shape[1:], clips.dtype)
+        return target_gradient(apply_fn, clips + std * noise, target)
+
+    return _mean_over(grad_at, samples, 1, clips).astype(jnp.float32)
+
+
+def _module_calls(apply_fn: ApplyFn, clips: jax.Array) -> list[tuple[str, nn.Module, tuple]]:
+    calls = []
+
+    def record(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        if context.method_name == "__call__" and hasattr(out, "shape"):
+            calls.append((path_str(tuple(context.module.path)), context.module, out.shape))
+        return out
+
+    def run(x):
+        with nn.intercept_methods(record):
+            return apply_fn(x)
+
+    jax.eval_shape(run, jax.ShapeDtypeStruct(clips.shape, clips.dtype))
+    return calls
+
+
+def grad_cam(apply_fn: ApplyFn, clips: jax.Array, target=None, *, layer: str | None = None):
+    """Grad-CAM 3D on the Flax linen module at path ``layer`` (default: the last
+    ``nn.Conv`` called). Channel weights = target-logit gradient averaged over
+    the layer's (T, H, W); map = ReLU(sum_c w_c A_c), resized trilinearly to the
+    clips' (T, H, W), divided by the clips' channel count C and broadcast over
+    channels (so summing over channels gives the map)."""
+    calls = _module_calls(apply_fn, clips)
+    if layer is None:
+        convs = [c for c in calls if isinstance(c[1], CONV_TYPES)]
+        if not convs:
+            raise OptionError("grad_cam found no nn.Conv layer in the model; pass layer=<path>")
+        layer = convs[-1][0]
+    shapes = [shape for path, _, shape in calls if path == layer]
+    if not shapes:
+        known = ", ".join(sorted({c[0] for c in calls}))
+        raise OptionError(f"grad_cam layer {layer!r} not found; module paths: {known}")
+    if len(shapes) > 1:
+        raise OptionError(f"grad_cam layer {layer!r} is called {len(shapes)} times; pick another")
+    shape = shapes[0]
+    if len(shape) != clips.ndim or shape[0] != clips.shape[0]:
+        raise ShapeError(
+            f"grad_cam layer {layer!r} outputs shape {shape}; needs (N, T, H, W, C) like clips "
+            f"{clips.shape}"
+        )
+
+    def with_delta(delta):
+        captured = []
+
+        def add(next_fun, args, kwargs, context):
+            out = next_fun(*args, **kwargs)
+            if context.method_name == "__call__" and path_str(tuple(context.module.path)) == layer:
+                out = out + delta
+                captured.append(out)
+            return out
+
+        with nn.intercept_methods(add):
+            logits = apply_fn(clips)
+        return logits, captured[0]
+
+    delta = jnp.zeros(shape, clips.dtype)
+    logits, pull, acts = jax.vjp(with_delta, delta, has_aux=True)
+    (grads,) = pull(one_hot_seed(logits, target))
+    spatial = tuple(range(1, acts.ndim - 1))
+    weights = jnp.mean(grads, axis=spatial, keepdims=True)
+    cam = jax.nn.relu(jnp.sum(weights * acts, axis=-1))
+    cam = jax.image.resize(cam, clips.shape[:-1], method="trilinear")
+    cam = cam[..., None] / clips.shape[-1]
+    return jnp.broadcast_to(cam, clips.shape).astype(jnp.float32)
