@@ -46,6 +46,7 @@ __all__ = [
     "CONFIGS",
     "SPLITS",
     "MotionConfig",
+    "example_scene",
     "generate_example",
     "generate_split",
     "get_config",
@@ -265,25 +266,25 @@ def _background(rng: np.random.Generator, cfg: MotionConfig, hue: float) -> np.n
     return np.clip(background, 0.0, 1.0)
 
 
-def generate_example(
-    config: str | MotionConfig, split: str, seed: int, index: int
-) -> dict[str, np.ndarray]:
-    """Example ``index`` of ``split`` under ``seed``: dict of video, label, mask, boxes."""
-    cfg = get_config(config)
+def _draw_scene(
+    cfg: MotionConfig, split: str, seed: int, index: int
+) -> tuple[dict, np.random.Generator]:
+    """Draw the example's object and motion; returns them and the rng (for the rest)."""
     rng = np.random.default_rng([int(seed), _split_id(split), int(index)])
     num_classes = len(CLASS_NAMES)
     label = int(index) % num_classes
-    t_count, h, w = cfg.frames, cfg.height, cfg.width
+    h, w = cfg.height, cfg.width
     side = float(min(h, w))
-    t = np.arange(t_count, dtype=np.float64)
+    t = np.arange(cfg.frames, dtype=np.float64)
 
     # Motion: the class decides direction / rotation sense only.
     speed = rng.uniform(*cfg.speed_range) * side
     spin = np.deg2rad(rng.uniform(*cfg.spin_range))
     start = rng.uniform(0.0, 1.0, size=2) * np.array([h, w])
-    centers = start[None, :] + speed * t[:, None] * _DIRECTIONS[label][None, :]
-    centers = centers % np.array([h, w], dtype=np.float64)
-    angles = rng.uniform(0.0, 2 * np.pi) + _SPIN[label] * spin * t
+    velocity = speed * _DIRECTIONS[label]
+    centers = (start[None, :] + t[:, None] * velocity[None, :]) % np.array([h, w], float)
+    angular_velocity = _SPIN[label] * spin
+    angles = rng.uniform(0.0, 2 * np.pi) + angular_velocity * t
 
     # Appearance: independent of the class.
     shape = _SHAPES[rng.integers(len(_SHAPES))]
@@ -298,26 +299,64 @@ def generate_example(
         np.array([rng.uniform(0.6, 1.0), rng.uniform(0.5, 1.0)]),
         np.array([rng.uniform(0.85, 1.0), rng.uniform(0.55, 0.8)]),
     )
-    obj_colors = np.round(obj_colors * 255).astype(np.uint8)
-
     if cfg.biased and split != "test":
         bg_hue = (label + rng.uniform(-0.3, 0.3)) / num_classes
     else:
         bg_hue = rng.uniform()
-    background = _background(rng, cfg, bg_hue)
+    scene = {
+        "label": label,
+        "centers": centers,
+        "angles": angles,
+        "velocity": velocity,
+        "angular_velocity": angular_velocity,
+        "shape": shape,
+        "half_size": (a, b),
+        "cell": cell,
+        "colors": np.round(obj_colors * 255).astype(np.uint8),
+        "background_hue": bg_hue % 1.0,
+    }
+    return scene, rng
 
+
+def example_scene(config: str | MotionConfig, split: str, seed: int, index: int) -> dict:
+    """The hidden parameters of an example: what its frames were rendered from.
+
+    Keys: ``label``; ``centers`` (T, 2) object centre (y, x) in pixels, wrapped;
+    ``angles`` (T,) orientation in radians (increasing = clockwise on screen);
+    ``velocity`` (2,) in pixels per frame (y, x); ``angular_velocity`` in radians per
+    frame; ``shape``, ``half_size``, ``cell``, ``colors`` (the object's appearance);
+    ``background_hue`` in [0, 1).
+    """
+    return _draw_scene(get_config(config), split, seed, index)[0]
+
+
+def generate_example(
+    config: str | MotionConfig, split: str, seed: int, index: int
+) -> dict[str, np.ndarray]:
+    """Example ``index`` of ``split`` under ``seed``: dict of video, label, mask, boxes."""
+    cfg = get_config(config)
+    scene, rng = _draw_scene(cfg, split, seed, index)
+    background = _background(rng, cfg, scene["background_hue"])
     coverage, obj_rgb = render_object_layer(
-        h, w, centers, angles, (a, b), shape, cell, obj_colors
+        cfg.height,
+        cfg.width,
+        scene["centers"],
+        scene["angles"],
+        scene["half_size"],
+        scene["shape"],
+        scene["cell"],
+        scene["colors"],
     )
     frames = np.where(coverage[..., None], obj_rgb.astype(np.float32), background * 255.0)
     frames += np.float32(cfg.noise_std) * rng.standard_normal(frames.shape, dtype=np.float32)
     video = np.clip(np.round(frames), 0, 255).astype(np.uint8)
 
-    extent = _object_extent(shape, a, b, angles)
+    extent = _object_extent(scene["shape"], *scene["half_size"], scene["angles"])
+    centers = scene["centers"]
     boxes = np.concatenate([centers - extent, centers + extent], axis=-1).astype(np.float32)
     return {
         "video": video,
-        "label": np.int32(label),
+        "label": np.int32(scene["label"]),
         "mask": motion_mask_from_layer(coverage, obj_rgb),
         "boxes": boxes,
     }
