@@ -28,6 +28,7 @@ from selrel_jax.data._sources import (
     DATA_DIR_ENV,
     default_data_dir,
     load_source,
+    load_tfds_videos,
     synthetic_motion_builder,
 )
 from selrel_jax.data._video import (
@@ -51,6 +52,7 @@ __all__ = [
     "count_frames",
     "default_data_dir",
     "load_source",
+    "load_tfds_videos",
     "make_loader",
     "normalize",
     "read_video",

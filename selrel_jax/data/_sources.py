@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from selrel_jax.errors import OptionError
+from selrel_jax.errors import DataError, OptionError
 
 DATA_DIR_ENV = "SELREL_DATA_DIR"
 
@@ -100,3 +100,41 @@ def load_source(name: str, split: str, data_dir: str | os.PathLike | None = None
             f"cannot load dataset {name!r} split {split!r} as a data source: "
             f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         ) from e
+
+
+def load_tfds_videos(
+    name: str,
+    split: str,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    download: bool = True,
+    **load_kwargs: Any,
+):
+    """Iterate a TFDS video builder that needs TensorFlow (e.g. ``"ucf101"``).
+
+    Optional path, for builders whose ``Video`` features and tfrecord files can only be
+    read by ``tfds.load``: install the ``[tf]`` extra (``pip install "selrel-jax[tf]"``).
+    Returns ``tfds.as_numpy(tfds.load(name, split=split, ...))``: an iterable of NumPy
+    example dicts (for ucf101: ``{"video": uint8 (T,H,W,3), "label": int64}``); cut
+    clips with :func:`clip_indices` and :func:`center_crop`. ``data_dir`` defaults to
+    :func:`default_data_dir`; ``load_kwargs`` go to ``tfds.load``.
+
+    Example::
+
+        for example in load_tfds_videos("ucf101/ucf101_1_256", "test"):
+            frames = example["video"][clip_indices(len(example["video"]), 16)[0]]
+    """
+    try:
+        import tensorflow  # noqa: F401
+    except ImportError as e:
+        raise DataError(
+            f"dataset {name!r} needs TensorFlow (tfds.load); install it with "
+            "pip install 'selrel-jax[tf]'"
+        ) from e
+    import tensorflow_datasets as tfds
+
+    root = pathlib.Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
+    dataset = tfds.load(
+        name, split=split, data_dir=os.fspath(root), download=download, **load_kwargs
+    )
+    return tfds.as_numpy(dataset)
