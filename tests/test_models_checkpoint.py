@@ -6,9 +6,9 @@ import json
 import shutil
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
+from model_test_utils import numpy_variables
 
 from selrel_jax import models
 from selrel_jax.errors import CheckpointError, SelrelError
@@ -19,7 +19,7 @@ CLIP = (4, 16, 16)
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     model = models.create("c3d_small", 5, width=0.5, clip_size=CLIP)
-    variables = model.init(jax.random.key(0), jnp.zeros((1, *CLIP, 3)), train=False)
+    variables = numpy_variables(model, (1, *CLIP, 3))
     info = models.ModelInfo.for_arch(
         "c3d_small",
         5,
@@ -31,6 +31,10 @@ def trained(tmp_path_factory):
     )
     directory = models.save(tmp_path_factory.mktemp("ck") / "c3d_small", info, variables)
     return model, variables, info, directory
+
+
+def _predict(model, variables, clips):
+    return jax.jit(lambda v, c: model.apply(v, c, train=False))(variables, clips)
 
 
 def _leaves(tree):
@@ -49,7 +53,7 @@ def test_round_trip_is_bitwise(trained):
         assert np.array_equal(np.asarray(x), y)
     clips = jax.random.normal(jax.random.key(1), (2, *CLIP, 3))
     np.testing.assert_array_equal(
-        model.apply(variables, clips, train=False), model2.apply(variables2, clips, train=False)
+        _predict(model, variables, clips), _predict(model2, variables2, clips)
     )
 
 
@@ -138,10 +142,11 @@ def test_create_rejects_unknown_arch():
 def test_c3d_small_trains_mode_and_shapes():
     model = models.create("c3d_small", 8, clip_size=(16, 48, 48))
     clips = jax.random.normal(jax.random.key(0), (2, 16, 48, 48, 3))
-    variables = model.init(jax.random.key(1), clips, train=False)
-    logits = model.apply(variables, clips, train=False)
+    variables = numpy_variables(model, clips.shape, seed=1)
+    logits = _predict(model, variables, clips)
     assert logits.shape == (2, 8)
-    dropped = model.apply(variables, clips, train=True, rngs={"dropout": jax.random.key(2)})
+    train = jax.jit(lambda v, c, k: model.apply(v, c, train=True, rngs={"dropout": k}))
+    dropped = train(variables, clips, jax.random.key(2))
     assert dropped.shape == (2, 8) and not np.allclose(dropped, logits)
     n_params = sum(x.size for x in jax.tree_util.tree_leaves(variables))
     assert n_params * 4 < 30e6

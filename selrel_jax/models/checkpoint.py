@@ -108,8 +108,8 @@ def shipped_checkpoints() -> dict[str, pathlib.Path]:
     """Name -> directory of every checkpoint shipped with the package.
 
     The source tree's top-level ``checkpoints/`` comes first; the copy an
-    installed wheel carries (package ``selrel_jax._checkpoints``) fills in
-    the rest.
+    installed wheel carries (``selrel_jax/_checkpoints/``, put there by
+    setup.py) fills in the rest.
     """
     found: dict[str, pathlib.Path] = {}
     for root in _checkpoint_roots():
@@ -121,13 +121,12 @@ def shipped_checkpoints() -> dict[str, pathlib.Path]:
 
 
 def _checkpoint_roots() -> list[pathlib.Path]:
-    roots = [pathlib.Path(__file__).resolve().parents[2] / "checkpoints"]
-    try:
-        from importlib.resources import files
-
-        roots.append(pathlib.Path(str(files("selrel_jax._checkpoints"))))
-    except (ModuleNotFoundError, TypeError):
-        pass
+    package = pathlib.Path(__file__).resolve().parents[1]
+    repository = package.parent
+    roots = []
+    if (repository / "pyproject.toml").is_file():  # running from a source checkout
+        roots.append(repository / "checkpoints")
+    roots.append(package / "_checkpoints")  # the copy setup.py puts into wheels
     return roots
 
 
