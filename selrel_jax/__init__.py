@@ -24,6 +24,7 @@ from selrel_jax.attribution import (
     make_explainer,
 )
 from selrel_jax.errors import (
+    DataError,
     DTypeError,
     NonFiniteError,
     OptionError,
@@ -45,6 +46,7 @@ __all__ = [
     "AlphaBeta",
     "Composite",
     "DTypeError",
+    "DataError",
     "Epsilon",
     "Flat",
     "Gamma",
