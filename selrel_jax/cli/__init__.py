@@ -39,3 +39,5 @@ def main() -> None:
     except SelrelError as e:
         typer.echo(f"selrel: error: {e}", err=True)
         sys.exit(2)
+
+from selrel_jax.cli import convert  # noqa: E402, F401

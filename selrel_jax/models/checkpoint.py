@@ -45,8 +45,12 @@ def _flat(tree: Any) -> dict[str, Any]:
 
 
 def build(info: ModelInfo) -> nn.Module:
-    """The model ``info`` describes (arch, num_classes, width, clip size)."""
-    kw = dict(info.extra.get("model_kwargs", {}))
+    """The model ``info`` describes: arch, classes, width, clip, ``extra["model_kwargs"]``."""
+    # JSON turns tuples (e.g. C3DSmall's channels) into lists; modules want tuples.
+    kw = {
+        k: tuple(v) if isinstance(v, list) else v
+        for k, v in dict(info.extra.get("model_kwargs", {})).items()
+    }
     return create(info.arch, info.num_classes, width=info.width, clip_size=info.clip_size, **kw)
 
 
