@@ -274,7 +274,7 @@ def test_tiny_builder_round_trip_through_tfds_data_source(tmp_path):
     assert len(files_a) == 3 and files_a == _record_files(tmp_path / "b")
 
 
-def test_load_source_cache_location(tmp_path, monkeypatch):
+def test_load_source_cache_location(tmp_path, monkeypatch, capfd):
     from selrel_jax.data import DATA_DIR_ENV, default_data_dir, load_source
 
     monkeypatch.delenv(DATA_DIR_ENV, raising=False)
@@ -285,6 +285,7 @@ def test_load_source_cache_location(tmp_path, monkeypatch):
     source = load_source("synthetic_motion/tiny", "validation")
     assert len(source) == 12
     assert (tmp_path / "env" / "synthetic_motion" / "tiny").is_dir()
+    assert capfd.readouterr().out == ""  # build messages stay off stdout (CLI JSON lines)
     with pytest.raises(OptionError, match="huge"):
         load_source("synthetic_motion/huge", "train", data_dir=tmp_path)
     with pytest.raises(OptionError, match="'dev'"):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -84,7 +86,9 @@ def load_source(name: str, split: str, data_dir: str | os.PathLike | None = None
         if split not in SPLITS:
             raise OptionError(f"unknown split {split!r}; expected one of {list(SPLITS)}")
         builder = synthetic_motion_builder(config or "default", data_dir)
-        builder.download_and_prepare()
+        # tfds prints its build messages on stdout; keep stdout for results (CLI JSON).
+        with contextlib.redirect_stdout(sys.stderr):
+            builder.download_and_prepare()
         return _LabelAsInt32(builder.as_data_source(split))
     import tensorflow_datasets as tfds
 
