@@ -297,3 +297,21 @@ def test_configs_as_documented():
     assert dataclasses.replace(sm.CONFIGS["biased"], biased=False, name="default",
                                description="") == dataclasses.replace(
         sm.CONFIGS["default"], description="")
+
+
+def test_custom_config_builds_under_its_name(tmp_path):
+    from selrel_jax.data import synthetic_motion_builder
+
+    mine = dataclasses.replace(
+        sm.CONFIGS["tiny"], name="mine", seed=5, height=24, width=40,
+        split_sizes={"train": 6, "validation": 6, "test": 7},
+    )
+    builder = synthetic_motion_builder(mine, data_dir=tmp_path)
+    builder.download_and_prepare()
+    source = builder.as_data_source("test")
+    expected = sm.generate_split(mine, "test", seed=5)
+    assert len(source) == 7 and source[6]["video"].shape == (8, 24, 40, 3)
+    np.testing.assert_array_equal(source[6]["video"], expected["video"][6])
+    assert (tmp_path / "synthetic_motion" / "mine").is_dir()
+    with pytest.raises(OptionError, match="'tiny'"):
+        synthetic_motion_builder(dataclasses.replace(mine, name="tiny"), data_dir=tmp_path)

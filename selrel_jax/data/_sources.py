@@ -7,11 +7,14 @@ import os
 import pathlib
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from selrel_jax.errors import DataError, OptionError
+
+if TYPE_CHECKING:
+    from selrel_jax.data.synthetic_motion import MotionConfig
 
 DATA_DIR_ENV = "SELREL_DATA_DIR"
 
@@ -50,16 +53,43 @@ class _LabelAsInt32(Sequence):
         return f"{type(self).__name__}({self._source!r})"
 
 
-def synthetic_motion_builder(config: str = "default", data_dir: str | os.PathLike | None = None):
-    """The (not yet prepared) TFDS builder of ``synthetic_motion/<config>``."""
-    from selrel_jax.data.synthetic_motion import CONFIGS
-    from selrel_jax.data.synthetic_motion.synthetic_motion_dataset_builder import Builder
+def synthetic_motion_builder(
+    config: str | MotionConfig = "default", data_dir: str | os.PathLike | None = None
+):
+    """The (not yet prepared) TFDS builder of ``synthetic_motion/<config>``.
 
+    ``config`` is a registered config name or your own
+    :class:`~selrel_jax.data.synthetic_motion.MotionConfig` (size, frame count, split
+    sizes, seed...), built under its ``name``. ``data_dir`` defaults to
+    :func:`default_data_dir`.
+
+    Example::
+
+        from selrel_jax.data.synthetic_motion import CONFIGS
+        import dataclasses
+        big = dataclasses.replace(CONFIGS["default"], name="big64", height=64, width=64)
+        builder = synthetic_motion_builder(big)
+        builder.download_and_prepare()
+        source = builder.as_data_source("test")
+    """
+    from selrel_jax.data.synthetic_motion import CONFIGS, MotionConfig
+    from selrel_jax.data.synthetic_motion.synthetic_motion_dataset_builder import (
+        Builder,
+        SyntheticMotionConfig,
+    )
+
+    root = pathlib.Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
+    if isinstance(config, MotionConfig):
+        if config.name in CONFIGS and CONFIGS[config.name] != config:
+            raise OptionError(
+                f"custom MotionConfig named {config.name!r} differs from the registered "
+                "config of that name; give it another name"
+            )
+        return Builder(config=SyntheticMotionConfig(config), data_dir=os.fspath(root))
     if config not in CONFIGS:
         raise OptionError(
             f"unknown synthetic_motion config {config!r}; expected one of {sorted(CONFIGS)}"
         )
-    root = pathlib.Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
     return Builder(config=config, data_dir=os.fspath(root))
 
 
