@@ -8,7 +8,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from selrel_jax.data._video import _pair, clip_indices, count_frames, read_video
+from selrel_jax.data._video import (
+    _pair,
+    clip_indices,
+    count_frames,
+    header_frame_count,
+    read_video,
+)
 from selrel_jax.errors import DataError, OptionError
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg")
@@ -110,10 +116,20 @@ class VideoFolder(Sequence):
         if not -len(self) <= index < len(self):
             raise IndexError(f"clip index {index} out of range for {len(self)} clips")
         v, c = self._clips[index]
-        frames = read_video(self.paths[v], size=self.size, crop=self.crop)
-        indices = self._indices(len(frames))
+        path = self.paths[v]
+        # Decode only up to the last frame needed when the header gives the length; a
+        # video that ends sooner than its header says is re-sampled on what decoded.
+        stated = header_frame_count(path)
+        needed = None
+        if stated > 0:
+            indices = self._indices(stated)
+            needed = int(indices[min(c, len(indices) - 1)].max()) + 1
+        frames = read_video(path, size=self.size, crop=self.crop, max_frames=needed)
+        if needed is None or len(frames) < needed:
+            indices = self._indices(len(frames))
+        clip = indices[min(c, len(indices) - 1)]
         return {
-            "video": frames[indices[min(c, len(indices) - 1)]],
+            "video": frames[clip],
             "label": np.int32(self.labels[v]),
             "video_index": np.int32(v),
             "clip_index": np.int32(c),

@@ -99,18 +99,21 @@ def video_fps(path: str | os.PathLike) -> float | None:
     return float(rate) if rate else None
 
 
-def count_frames(path: str | os.PathLike) -> int:
-    """Number of decodable frames (from the header when it says, else by decoding)."""
+def header_frame_count(path: str | os.PathLike) -> int:
+    """Frame count the container's header states (0 when it does not say)."""
     import av
 
     try:
         with av.open(os.fspath(path)) as container:
-            stream = container.streams.video[0]
-            if stream.frames > 0:
-                return int(stream.frames)
-            return sum(1 for _ in container.decode(stream))
+            return int(container.streams.video[0].frames)
     except (av.FFmpegError, OSError, IndexError) as e:
         raise DataError(f"cannot open video {path}: {type(e).__name__}: {e}") from e
+
+
+def count_frames(path: str | os.PathLike) -> int:
+    """Number of frames: from the header when it says, else by decoding."""
+    stated = header_frame_count(path)
+    return stated if stated > 0 else len(read_video(path))
 
 
 def write_video(
