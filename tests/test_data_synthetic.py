@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from selrel_jax.data import synthetic_motion as sm
-from selrel_jax.errors import OptionError
+from selrel_jax.errors import DataError, OptionError
 
 
 def _digest(arrays: dict) -> str:
@@ -290,6 +290,8 @@ def test_load_source_cache_location(tmp_path, monkeypatch, capfd):
         load_source("synthetic_motion/huge", "train", data_dir=tmp_path)
     with pytest.raises(OptionError, match="'dev'"):
         load_source("synthetic_motion/tiny", "dev", data_dir=tmp_path)
+    with pytest.raises(DataError, match="'no_such_dataset'"):
+        load_source("no_such_dataset", "train", data_dir=tmp_path)
 
 
 def test_configs_as_documented():

@@ -130,9 +130,11 @@ def load_source(name: str, split: str, data_dir: str | os.PathLike | None = None
             download=False,
         )
     except Exception as e:  # tfds raises many types; report one clear error
-        raise OptionError(
-            f"cannot load dataset {name!r} split {split!r} as a data source: "
-            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        first_line = str(e).strip().splitlines()[0].rstrip(" :.") if str(e).strip() else ""
+        raise DataError(
+            f"cannot load dataset {name!r} split {split!r} as a random-access source "
+            f"({type(e).__name__}: {first_line}); it must be a TFDS dataset prepared in "
+            "array_record format (TensorFlow-only builders: load_tfds_videos, extra [tf])"
         ) from e
 
 
