@@ -73,6 +73,10 @@ def test_resize_shorter_side_then_centre_crop(tmp_path):
     assert data.read_video(path, crop=(12, 20)).shape == (3, 12, 20, 3)
     with pytest.raises(ShapeError, match="larger"):
         data.read_video(path, crop=64)
+    with pytest.raises(OptionError, match="size"):
+        data.read_video(path, size=0)
+    with pytest.raises(OptionError, match="crop"):
+        data.read_video(path, crop=(1, 2, 3))
 
 
 def test_clip_indices_by_mode():

@@ -57,6 +57,12 @@ def read_video(
     """
     import av
 
+    if size is not None and int(size) < 1:
+        raise OptionError(f"size must be a positive int, got {size!r}")
+    if max_frames is not None and int(max_frames) < 1:
+        raise OptionError(f"max_frames must be >= 1, got {max_frames!r}")
+    if crop is not None:
+        _pair("crop", crop)
     path = pathlib.Path(path)
     if not path.is_file():
         raise DataError(f"video file not found: {path}")
