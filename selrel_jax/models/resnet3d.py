@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax
 
+from selrel_jax.errors import OptionError
 from selrel_jax.layers import GlobalAvgPool, Sum
 from selrel_jax.models.c3d import scaled
 
@@ -119,12 +120,18 @@ class BasicBlock(nn.Module):
 
 
 class VideoResNet(nn.Module):
-    """r3d_18 / mc3_18 / r2plus1d_18 with channel counts scaled by ``width``."""
+    """r3d_18 / mc3_18 / r2plus1d_18 with channel counts scaled by ``width``.
+
+    ``blocks`` (BasicBlocks per stage) is (2, 2, 2, 2) for the published
+    18-layer nets; (1, 1, 1, 1) keeps every kind of layer (identity and
+    downsampled residuals) at half the depth, for fast tests.
+    """
 
     arch: str = "r3d_18"
     num_classes: int = 400
     width: float = 1.0
     clip_size: tuple[int, int, int] = (16, 112, 112)
+    blocks: tuple[int, ...] = BLOCKS_PER_STAGE
 
     def _stem(self, x: jax.Array, train: bool) -> jax.Array:
         stem_planes = scaled(64, self.width)
@@ -138,11 +145,13 @@ class VideoResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        if len(self.blocks) != len(STAGE_PLANES) or min(self.blocks) < 1:
+            raise OptionError(
+                f"blocks must be 4 positive counts (one per stage); got {self.blocks}"
+            )
         x = self._stem(x, train)
         in_planes = scaled(64, self.width)
-        for stage, (planes, blocks) in enumerate(
-            zip(STAGE_PLANES, BLOCKS_PER_STAGE, strict=True), 1
-        ):
+        for stage, (planes, blocks) in enumerate(zip(STAGE_PLANES, self.blocks, strict=True), 1):
             planes = scaled(planes, self.width)
             stride = 1 if stage == 1 else 2
             for b in range(blocks):
