@@ -8,20 +8,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from attr_test_utils import clips, random_variables
 
 import selrel_jax as sr
 from selrel_jax.errors import SelrelError
 from selrel_jax.layers import GlobalAvgPool
-
-
-def random_variables(model, x, seed, scale=0.5):
-    rng = np.random.default_rng(seed)
-    shapes = jax.eval_shape(model.init, jax.random.key(0), x)
-    return jax.tree.map(lambda s: rng.normal(size=s.shape).astype(np.float32) * scale, shapes)
-
-
-def clips(shape, seed=0):
-    return jnp.asarray(np.random.default_rng(seed).normal(size=shape), jnp.float32)
 
 
 class SmoothNet(nn.Module):

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from attr_test_utils import clips, random_variables
 
 import selrel_jax as sr
 from selrel_jax.attribution import Composite, UnsupportedLayerError, composites, lrp, rules
@@ -28,16 +29,6 @@ LRP_METHODS = [
     "lrp.epsilon_alpha2_beta1",
     "lrp.epsilon_alpha2_beta1_flat",
 ]
-
-
-def random_variables(model, x, seed, scale=0.5):
-    rng = np.random.default_rng(seed)
-    shapes = jax.eval_shape(model.init, jax.random.key(0), x)
-    return jax.tree.map(lambda s: rng.normal(size=s.shape).astype(np.float32) * scale, shapes)
-
-
-def clips(shape, seed=0):
-    return jnp.asarray(np.random.default_rng(seed).normal(size=shape), jnp.float32)
 
 
 class ConvNet(nn.Module):
@@ -412,7 +403,10 @@ SHARDING_SCRIPT = textwrap.dedent(
     import jax, jax.numpy as jnp, numpy as np
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
     import selrel_jax as sr
-    from tests.test_lrp_engine import ResNet, clips, random_variables, with_positive_batch_stats
+    import sys
+    sys.path.insert(0, "tests")
+    from attr_test_utils import clips, random_variables
+    from test_lrp_engine import ResNet, with_positive_batch_stats
     assert jax.device_count() == 2
     model = ResNet(batchnorm=True)
     x = clips((4, 2, 4, 4, 2), 19)

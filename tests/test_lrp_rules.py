@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from attr_test_utils import random_variables
 
 from selrel_jax.attribution import composites, rules
 from selrel_jax.attribution.engine import relevance_vjp
@@ -105,13 +106,6 @@ class Single(nn.Module):
     def __call__(self, x):
         y = self.layer(x)
         return y.reshape(y.shape[0], -1)
-
-
-def random_variables(model, x, seed):
-    """Signed random weights and biases (NumPy: no eager JAX compiles in tests)."""
-    rng = np.random.default_rng(seed)
-    shapes = jax.eval_shape(model.init, jax.random.key(0), x)
-    return jax.tree.map(lambda s: rng.normal(size=s.shape).astype(np.float32) * 0.5, shapes)
 
 
 def engine_relevance(layer, rule, x, R, key):
