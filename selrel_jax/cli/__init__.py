@@ -40,4 +40,4 @@ def main() -> None:
         typer.echo(f"selrel: error: {e}", err=True)
         sys.exit(2)
 
-from selrel_jax.cli import convert  # noqa: E402, F401
+from selrel_jax.cli import convert, evaluate, train  # noqa: E402, F401
