@@ -24,6 +24,7 @@ from selrel_jax.attribution import (
     make_explainer,
 )
 from selrel_jax.errors import (
+    CheckpointError,
     DataError,
     DTypeError,
     NonFiniteError,
@@ -44,6 +45,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AlphaBeta",
+    "CheckpointError",
     "Composite",
     "DTypeError",
     "DataError",
