@@ -432,3 +432,39 @@ def test_sharded_batch_equals_unsharded():
     out = subprocess.run([sys.executable, "-c", SHARDING_SCRIPT], env=env, cwd=root,
                          capture_output=True, text=True, timeout=300)  # fmt: skip
     assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
+
+
+# ---------------------------------------------------------------- properties
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+class BiasFreeMlp(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        h = nn.relu(nn.Dense(8, use_bias=False)(x.reshape(x.shape[0], -1)))
+        h = Sum()(nn.relu(nn.Dense(8, use_bias=False)(h)), h)
+        return nn.Dense(4, use_bias=False)(h)
+
+
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 2**16), target=st.integers(0, 3),
+       method=st.sampled_from(["lrp.epsilon", "lrp.zplus"]))  # fmt: skip
+def test_conservation_property_bias_free_nets(seed, target, method):
+    model = BiasFreeMlp()
+    x = clips((1, 2, 2, 2, 2), seed)
+    v = random_variables(model, x, seed + 1)
+    fn = _conserving_explainer(method)
+    rel = fn(v, x, jnp.array([target]))
+    np.testing.assert_allclose(float(rel.sum()), 1.0, rtol=1e-4)
+
+
+_EXPLAINERS: dict = {}
+
+
+def _conserving_explainer(method):
+    if method not in _EXPLAINERS:
+        option = {"epsilon": 1e-9} if method == "lrp.epsilon" else {"stabilizer": 1e-9}
+        _EXPLAINERS[method] = jax.jit(sr.make_explainer(BiasFreeMlp(), method, **option))
+    return _EXPLAINERS[method]

@@ -25,6 +25,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -104,7 +105,7 @@ class Rule:
 
 
 def _check_stabilizer(name: str, value: float) -> None:
-    if not isinstance(value, int | float) or not value >= 0:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0:
         raise OptionError(f"{name} must be a number >= 0; got {value!r}")
 
 
@@ -154,7 +155,9 @@ class AlphaBeta(Rule):
 
     def __post_init__(self) -> None:
         _check_stabilizer("stabilizer", self.stabilizer)
-        if not (self.beta >= 0 and abs(self.alpha - self.beta - 1.0) < 1e-9):
+        ok = all(isinstance(v, numbers.Real) and not isinstance(v, bool)
+                 for v in (self.alpha, self.beta))  # fmt: skip
+        if not (ok and self.beta >= 0 and abs(self.alpha - self.beta - 1.0) < 1e-9):
             raise OptionError(
                 f"AlphaBeta needs alpha - beta = 1 and beta >= 0; got alpha={self.alpha!r}, "
                 f"beta={self.beta!r}"
@@ -200,7 +203,9 @@ class Gamma(Rule):
 
     def __post_init__(self) -> None:
         _check_stabilizer("stabilizer", self.stabilizer)
-        if not (isinstance(self.gamma, int | float) and self.gamma >= 0):
+        if isinstance(self.gamma, bool) or not (
+            isinstance(self.gamma, numbers.Real) and self.gamma >= 0
+        ):
             raise OptionError(f"gamma must be a number >= 0; got {self.gamma!r}")
 
     def relevance(self, fn, xs, params, y, R, nonneg, arrays):
