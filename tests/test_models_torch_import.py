@@ -83,6 +83,13 @@ def test_c3d_thin_small_clip_parity_with_numpy_values():
     _assert_close_relative(_logits(model, variables, clips), _torch_logits(module, clips))
 
 
+def test_c3d_small_parity():
+    module = build("c3d_small", num_classes=4, width=0.5)
+    model, variables = models.from_torch_state_dict("c3d_small", module.state_dict())
+    clips = _clips((2, 8, 24, 24, 3), seed=7)
+    _assert_close_relative(_logits(model, variables, clips), _torch_logits(module, clips))
+
+
 @pytest.fixture(scope="module")
 def thin_state():
     return build("mc3_18", num_classes=5, width=0.125).state_dict()

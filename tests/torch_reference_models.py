@@ -57,6 +57,24 @@ class C3D(nn.Module):
         return self.fc8(h)
 
 
+class C3DSmall(nn.Module):
+    """selrel_jax's compact C3D: conv1-4 with ReLU, max pools, global mean, fc."""
+
+    def __init__(self, num_classes, width=1.0):
+        super().__init__()
+        c = [3] + [ch(n, width) for n in (16, 32, 64, 64)]
+        for i in range(1, 5):
+            setattr(self, f"conv{i}", nn.Conv3d(c[i - 1], c[i], 3, padding=1))
+        self.pools = {1: nn.MaxPool3d((1, 2, 2)), 2: nn.MaxPool3d(2), 3: nn.MaxPool3d(2)}
+        self.fc = nn.Linear(c[4], num_classes)
+
+    def forward(self, x):
+        for i in range(1, 5):
+            x = torch.relu(getattr(self, f"conv{i}")(x))
+            x = self.pools[i](x) if i in self.pools else x
+        return self.fc(x.mean(dim=(2, 3, 4)))
+
+
 def conv3d_simple(i, o, mid, stride=1):
     return nn.Conv3d(i, o, 3, stride, 1, bias=False)
 
@@ -161,4 +179,6 @@ def build(arch: str, num_classes: int, width: float, clip_size=(16, 112, 112), s
     torch.manual_seed(seed)
     if arch == "c3d":
         return C3D(num_classes, width, clip_size).eval()
+    if arch == "c3d_small":
+        return C3DSmall(num_classes, width).eval()
     return randomise_batchnorm(VideoResNet(arch, num_classes, width), seed)
