@@ -411,7 +411,7 @@ def fit(
         raise ShapeError(
             f"clips are {clip_shape[:3]} (T, H, W) but the model takes {info.clip_size}"
         )
-    out = Path(out_dir)
+    out = Path(out_dir).resolve()  # orbax wants absolute paths
     out.mkdir(parents=True, exist_ok=True)
 
     steps_per_epoch = n // config.batch_size

@@ -70,7 +70,18 @@ def train(
     """
     from selrel_jax.errors import SelrelError
 
-    command = shlex.join(["selrel", *sys.argv[1:]])
+    # every setting spelled out, so the recorded command reproduces the run exactly
+    words = ["selrel", "train", "--dataset", dataset, "--out", str(out), "--epochs", str(epochs),
+             "--arch", arch, "--width", str(width)]  # fmt: skip
+    for option in model_option or []:
+        words += ["--model-option", option]
+    words += ["--batch-size", str(batch_size), "--lr", str(lr), "--weight-decay",
+              str(weight_decay), "--warmup-epochs", str(warmup_epochs), "--seed", str(seed),
+              "--checkpoint-every", str(checkpoint_every)]  # fmt: skip
+    for flag, value in (("--limit", limit), ("--data-dir", data_dir), ("--export", export)):
+        if value is not None:
+            words += [flag, str(value)]
+    command = shlex.join(words)
     try:
         summary = _train(
             dataset=dataset, out=out, epochs=epochs, arch=arch, width=width,
