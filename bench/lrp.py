@@ -6,7 +6,9 @@ alternating the two methods on every repeat, and reported as medians. Peak
 memory is the maximum resident set size (``ru_maxrss``) of a fresh subprocess
 that loads the model, compiles and runs one method once, so each number
 includes the model (random weights, 78M parameters), the clips and XLA's
-compile-time memory.
+compile-time memory. "XLA temp" is the compiled function's own buffer plan
+(``memory_analysis().temp_size_in_bytes``: intermediates beyond arguments and
+outputs), the cleaner comparison. Takes 10-15 minutes on a busy 2-core CPU.
 
 Usage: ``python bench/lrp.py [--batches 1 8] [--repeats 3] [--no-memory]``
 """
@@ -77,7 +79,7 @@ def peak_memory(method: str, batch: int) -> float:
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
 
 
-def time_batch(batch: int, repeats: int) -> dict[str, list[float]]:
+def time_batch(batch: int, repeats: int) -> tuple[dict[str, list[float]], dict[str, float]]:
     import jax
 
     model, variables, clips, target = setup(batch)
@@ -89,6 +91,10 @@ def time_batch(batch: int, repeats: int) -> dict[str, list[float]]:
             return fns[name](variables, clips).block_until_ready()
         return fns[name](variables, clips, target).block_until_ready()
 
+    temp = {}
+    for name in METHODS:  # XLA's buffer plan: temporaries beyond arguments and outputs
+        analysis = fns[name].lower(variables, clips, target).compile().memory_analysis()
+        temp[name] = getattr(analysis, "temp_size_in_bytes", float("nan")) / 2**20
     for name in fns:  # compile + warm up
         run(name)
     times: dict[str, list[float]] = {name: [] for name in fns}
@@ -97,7 +103,7 @@ def time_batch(batch: int, repeats: int) -> dict[str, list[float]]:
             start = time.perf_counter()
             run(name)
             times[name].append(time.perf_counter() - start)
-    return times
+    return times, temp
 
 
 def main() -> None:
@@ -118,10 +124,11 @@ def main() -> None:
     print(f"# medians of {args.repeats} alternating repeats after warm-up; peak = max RSS "
           "of a fresh process (model + clips + compile + one run)")  # fmt: skip
     print("| batch | forward (s) | gradient (s) | LRP epsilon_plus_flat (s) | LRP / gradient "
-          "| peak gradient (MiB) | peak LRP (MiB) |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|")
+          "| peak RSS gradient (MiB) | peak RSS LRP (MiB) | XLA temp gradient (MiB) "
+          "| XLA temp LRP (MiB) |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
     for batch in args.batches:
-        times = time_batch(batch, args.repeats)
+        times, temp = time_batch(batch, args.repeats)
         med = {k: statistics.median(v) for k, v in times.items()}
         if args.no_memory:
             mem = {m: float("nan") for m in METHODS}
@@ -130,7 +137,8 @@ def main() -> None:
         lrp, grad = med["lrp.epsilon_plus_flat"], med["gradient"]
         mem_grad, mem_lrp = mem["gradient"], mem["lrp.epsilon_plus_flat"]
         print(f"| {batch} | {med['forward']:.2f} | {grad:.2f} | {lrp:.2f} | {lrp / grad:.2f}x "
-              f"| {mem_grad:.0f} | {mem_lrp:.0f} |", flush=True)  # fmt: skip
+              f"| {mem_grad:.0f} | {mem_lrp:.0f} | {temp['gradient']:.0f} "
+              f"| {temp['lrp.epsilon_plus_flat']:.0f} |", flush=True)  # fmt: skip
         print(f"#   raw: {json.dumps({k: [round(t, 3) for t in v] for k, v in times.items()})}",
               flush=True)  # fmt: skip
 

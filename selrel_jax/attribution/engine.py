@@ -340,6 +340,11 @@ class _Pass:
         if rule is None:
             return next_fun(*args, **kwargs)
         nonneg = bool(args) and all(self.nonneg(x) for x in args)
+        if not args and not isinstance(rule, Gradient):
+            raise OptionError(
+                f"module '{path_str(path)}' was called without positional inputs; the engine "
+                f"propagates relevance to positional arguments only"
+            )
         if isinstance(rule, Gradient):
             out = next_fun(*args, **kwargs)
         else:
