@@ -436,7 +436,7 @@ def test_sharded_batch_equals_unsharded():
 
 # ---------------------------------------------------------------- properties
 
-from hypothesis import given, settings  # noqa: E402
+from hypothesis import assume, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 
@@ -455,6 +455,13 @@ def test_conservation_property_bias_free_nets(seed, target, method):
     model = BiasFreeMlp()
     x = clips((1, 2, 2, 2, 2), seed)
     v = random_variables(model, x, seed + 1)
+    # Relevance is conserved where the top layer's denominator is not ~0 (hidden
+    # units with a zero denominator are dead ReLUs and receive no relevance).
+    logits, state = model.apply(v, x, capture_intermediates=True, mutable=["intermediates"])
+    hidden = state["intermediates"]["Sum_0"]["__call__"][0][0]
+    top = v["params"]["Dense_2"]["kernel"][:, target]
+    denominator = logits[0, target] if method == "lrp.epsilon" else hidden @ jnp.maximum(top, 0)
+    assume(abs(float(denominator)) > 1e-3)
     fn = _conserving_explainer(method)
     rel = fn(v, x, jnp.array([target]))
     np.testing.assert_allclose(float(rel.sum()), 1.0, rtol=1e-4)
