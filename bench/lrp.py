@@ -3,12 +3,12 @@
 Both are jit-compiled pure functions of (variables, clips, target) from
 ``selrel_jax.make_explainer``; timings are taken in one process, side by side,
 alternating the two methods on every repeat, and reported as medians. Peak
-memory is the maximum resident set size (``ru_maxrss``) of a fresh subprocess
-that loads the model, compiles and runs one method once, so each number
-includes the model (random weights, 78M parameters), the clips and XLA's
-compile-time memory. "XLA temp" is the compiled function's own buffer plan
+memory is the growth of the maximum resident set size (``ru_maxrss``) of a
+fresh subprocess from after loading the model (random weights, 78M
+parameters) and clips to after compiling and running one method once. "XLA
+temp" is the compiled function's own buffer plan
 (``memory_analysis().temp_size_in_bytes``: intermediates beyond arguments and
-outputs), the cleaner comparison. Takes 10-15 minutes on a busy 2-core CPU.
+outputs). Takes 10-15 minutes on a busy 2-core CPU.
 
 Usage: ``python bench/lrp.py [--batches 1 8] [--repeats 3] [--no-memory]``
 """
@@ -61,12 +61,18 @@ def compiled(model, method: str):
     return jax.jit(sr.make_explainer(model, method))
 
 
+def _max_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def worker(method: str, batch: int) -> None:
-    """Subprocess: compile and run one method once; print peak RSS in MiB."""
+    """Subprocess: compile and run one method once; print the peak RSS in MiB
+    above the RSS after loading the model and clips."""
     model, variables, clips, target = setup(batch)
+    loaded = _max_rss_mib()
     fn = compiled(model, method)
     fn(variables, clips, target).block_until_ready()
-    print(json.dumps({"peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    print(json.dumps({"peak_mib": _max_rss_mib() - loaded}))
 
 
 def peak_memory(method: str, batch: int) -> float:
@@ -111,6 +117,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--memory-only", action="store_true")
     parser.add_argument("--worker", choices=METHODS)
     args = parser.parse_args()
     if args.worker:
@@ -121,13 +128,18 @@ def main() -> None:
 
     print(f"# C3D (487 classes), clips (N, 16, 112, 112, 3), jax {jax.__version__}, "
           f"{platform.processor() or platform.machine()}, devices: {jax.devices()}")  # fmt: skip
-    print(f"# medians of {args.repeats} alternating repeats after warm-up; peak = max RSS "
-          "of a fresh process (model + clips + compile + one run)")  # fmt: skip
+    print(f"# medians of {args.repeats} alternating repeats after warm-up; peak RSS = growth "
+          "of max RSS over model + clips loaded (compile + one run)")  # fmt: skip
     print("| batch | forward (s) | gradient (s) | LRP epsilon_plus_flat (s) | LRP / gradient "
           "| peak RSS gradient (MiB) | peak RSS LRP (MiB) | XLA temp gradient (MiB) "
           "| XLA temp LRP (MiB) |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|")
     for batch in args.batches:
+        if args.memory_only:
+            mem = {m: peak_memory(m, batch) for m in METHODS}
+            print(f"| {batch} | peak RSS gradient {mem['gradient']:.0f} MiB "
+                  f"| LRP {mem['lrp.epsilon_plus_flat']:.0f} MiB |", flush=True)  # fmt: skip
+            continue
         times, temp = time_batch(batch, args.repeats)
         med = {k: statistics.median(v) for k, v in times.items()}
         if args.no_memory:
