@@ -53,30 +53,33 @@ class Sum(nn.Module):
         return functools.reduce(operator.add, xs)
 
 
-class MaxPool(nn.Module):
+class _WindowPool(nn.Module):
+    """Fields shared by the windowed pools; ``strides`` defaults to ``window``."""
+
+    window: Sequence[int]
+    strides: Sequence[int] | None = None
+    padding: Padding = "VALID"
+
+    def _window_and_strides(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        window = tuple(self.window)
+        return window, tuple(self.strides) if self.strides is not None else window
+
+
+class MaxPool(_WindowPool):
     """Max pooling over the spatio-temporal axes; padding pads with -inf."""
 
-    window: Sequence[int]
-    strides: Sequence[int] | None = None
-    padding: Padding = "VALID"
-
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        strides = tuple(self.strides) if self.strides is not None else tuple(self.window)
-        return nn.max_pool(x, tuple(self.window), strides, self.padding)
+        return nn.max_pool(x, *self._window_and_strides(), self.padding)
 
 
-class AvgPool(nn.Module):
+class AvgPool(_WindowPool):
     """Average pooling over the spatio-temporal axes (padding counts as zeros)."""
 
-    window: Sequence[int]
-    strides: Sequence[int] | None = None
-    padding: Padding = "VALID"
-
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        strides = tuple(self.strides) if self.strides is not None else tuple(self.window)
-        return nn.avg_pool(x, tuple(self.window), strides, self.padding, count_include_pad=True)
+        window, strides = self._window_and_strides()
+        return nn.avg_pool(x, window, strides, self.padding, count_include_pad=True)
 
 
 class GlobalAvgPool(nn.Module):
