@@ -1,10 +1,10 @@
-"""Training-step throughput of c3d_small on synthetic_motion clips, with and without input_pool.
+"""Training-step throughput of c3d_small on synthetic_motion clips, with and without a strided conv1.
 
 One full jit-compiled step of ``selrel_jax.train`` (normalise, forward, backward,
 clipping, AdamW) on a batch of uint8 clips, for each model variant, measured
 side by side in one process with alternating repeats (medians reported), so a
 shared or busy CPU slows every variant alike. The shipped checkpoints use
-``input_pool=(1, 2, 2)``.
+``stem_stride=(1, 2, 2)``.
 
 Usage: ``python bench/train.py [--batch 8] [--repeats 5] [--clip 16 48 48]``
 """
@@ -25,7 +25,7 @@ from selrel_jax.train import TrainConfig, _init_state, _train_step_fn, make_opti
 
 VARIANTS = {
     "c3d_small": {},
-    "c3d_small input_pool=(1,2,2)": {"input_pool": (1, 2, 2)},
+    "c3d_small stem_stride=(1,2,2)": {"stem_stride": (1, 2, 2)},
     "c3d_small channels=(8,16,32,64)": {"channels": (8, 16, 32, 64)},
 }
 

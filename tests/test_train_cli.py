@@ -13,7 +13,7 @@ from selrel_jax.data import synthetic_motion
 
 TRAIN = [
     "train", "--dataset", "synthetic_motion/tiny_biased", "--epochs", "2", "--batch-size", "8",
-    "--width", "0.25", "--model-option", "input_pool=[1,2,2]", "--lr", "0.01",
+    "--width", "0.25", "--model-option", "stem_stride=[1,2,2]", "--lr", "0.01",
     "--out", "run", "--no-progress",
 ]  # fmt: skip
 
@@ -36,7 +36,7 @@ def test_train_exports_a_model_that_evaluate_reads(tmp_path, monkeypatch):
     _, _, info = models.load(tmp_path / "run" / "model")
     assert info.class_names == synthetic_motion.CLASS_NAMES
     assert info.clip_size == (8, 32, 32)
-    assert info.extra["model_kwargs"] == {"input_pool": [1, 2, 2]}  # JSON
+    assert info.extra["model_kwargs"] == {"stem_stride": [1, 2, 2]}  # JSON
     assert info.extra["dataset"] == "synthetic_motion/tiny_biased"
     assert info.extra["command"].startswith("selrel train --dataset synthetic_motion/tiny_biased")
     assert info.extra["test_accuracy"] == summary["test_accuracy"]
@@ -65,7 +65,7 @@ def test_train_exports_a_model_that_evaluate_reads(tmp_path, monkeypatch):
     [
         (["--limit", "0"], "--limit"),
         (["--epochs", "0"], "epochs"),
-        (["--model-option", "input_pool"], "KEY=VALUE"),
+        (["--model-option", "stem_stride"], "KEY=VALUE"),
         (["--dataset", "synthetic_motion/nope"], "nope"),
     ],
 )
