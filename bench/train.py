@@ -1,4 +1,4 @@
-"""Training-step throughput of c3d_small on synthetic_motion clips, with and without a strided conv1.
+"""Training-step throughput of c3d_small on synthetic_motion clips, plain and with a strided conv1.
 
 One full jit-compiled step of ``selrel_jax.train`` (normalise, forward, backward,
 clipping, AdamW) on a batch of uint8 clips, for each model variant, measured
