@@ -41,8 +41,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     n, r = args.clips, args.repeats
-    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"load {os.getloadavg()[0]:.1f}")
+    print(
+        f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"load {os.getloadavg()[0]:.1f}"
+    )
     print(f"{'measurement':<24}{'value':>12}  unit")
     for config in ("tiny", "default"):
         rate = _median_rate(lambda c=config: sm.generate_split(c, "train", 0, n), n, r)
@@ -56,10 +58,13 @@ def main() -> None:
         print(f"{'read tfds (tiny)':<24}{rate:>12.1f}  clips/s")
     arrays = sm.generate_split("default", "train", 0, n)
     for workers in (0, 2):
+
         def run(w=workers):
-            for batch in data.make_loader(arrays, batch_size=32, seed=0, mean=0.45,
-                                          std=0.225, worker_count=w):
+            for batch in data.make_loader(
+                arrays, batch_size=32, seed=0, mean=0.45, std=0.225, worker_count=w
+            ):
                 np.asarray(batch["video"])
+
         rate = _median_rate(run, n, r)
         print(f"{f'loader workers={workers}':<24}{rate:>12.1f}  clips/s")
 

@@ -285,9 +285,7 @@ def _variables(state: Mapping[str, Any]) -> dict[str, Any]:
     return {"params": state["params"], **state["model_state"]}
 
 
-def _train_step_fn(
-    model: nn.Module, tx: optax.GradientTransformation, info: ModelInfo
-) -> Callable:
+def _train_step_fn(model: nn.Module, tx: optax.GradientTransformation, info: ModelInfo) -> Callable:
     prepare = normalizer(info)
 
     def step_fn(state: dict[str, Any], video: jax.Array, label: jax.Array) -> dict[str, Any]:
@@ -461,8 +459,10 @@ def fit(
             epoch_done = step % steps_per_epoch == 0
             if progress and (step % 5 == 0 or epoch_done):
                 seen = int(state["epoch_seen"])
-                rate = (step - session_start_step) * config.batch_size / (
-                    time.perf_counter() - started
+                rate = (
+                    (step - session_start_step)
+                    * config.batch_size
+                    / (time.perf_counter() - started)
                 )
                 bar.set_postfix(
                     epoch=f"{(step - 1) // steps_per_epoch + 1}/{config.epochs}",

@@ -39,8 +39,7 @@ def test_normalize_accepts_jax_arrays_and_scalars():
 
     clips = np.arange(48, dtype=np.uint8).reshape(1, 4, 4, 3)
     out = data.normalize(jnp.asarray(clips), mean=0.5, std=0.25)
-    np.testing.assert_allclose(np.asarray(out), (clips / 255.0 - 0.5) / 0.25, rtol=1e-5,
-                               atol=1e-5)
+    np.testing.assert_allclose(np.asarray(out), (clips / 255.0 - 0.5) / 0.25, rtol=1e-5, atol=1e-5)
 
 
 def test_normalize_rejects_bad_input():
@@ -66,8 +65,9 @@ def test_normalize_rejects_bad_input():
 
 def _numbered(n: int) -> dict[str, np.ndarray]:
     """Example i is a clip filled with the value i, labelled i % 6."""
-    video = np.broadcast_to(np.arange(n, dtype=np.uint8)[:, None, None, None, None],
-                            (n, 2, 3, 3, 3)).copy()
+    video = np.broadcast_to(
+        np.arange(n, dtype=np.uint8)[:, None, None, None, None], (n, 2, 3, 3, 3)
+    ).copy()
     return {"video": video, "label": (np.arange(n) % 6).astype(np.int32)}
 
 
@@ -101,8 +101,11 @@ def test_no_shuffle_drop_remainder_and_forever():
     source = _numbered(10)
     plain = list(data.make_loader(source, batch_size=4, seed=0, shuffle=False, **KW))
     assert [_ids(b) for b in plain] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
-    dropped = list(data.make_loader(source, batch_size=4, seed=0, shuffle=False,
-                                    drop_remainder=True, num_epochs=2, **KW))
+    dropped = list(
+        data.make_loader(
+            source, batch_size=4, seed=0, shuffle=False, drop_remainder=True, num_epochs=2, **KW
+        )
+    )
     assert [_ids(b) for b in dropped] == [[0, 1, 2, 3], [4, 5, 6, 7]] * 2
     forever = iter(data.make_loader(source, batch_size=3, seed=0, num_epochs=None, **KW))
     assert len([next(forever) for _ in range(25)]) == 25
@@ -137,8 +140,9 @@ def test_tfds_source_with_two_workers_gives_the_same_batches(tmp_path):
         np.testing.assert_array_equal(a["video"], b["video"])
         np.testing.assert_array_equal(a["label"], b["label"])
     first = in_process[0]
-    expected = np.stack([source[i]["video"] for i in np.random.default_rng([3, 0]).permutation(
-        len(source))[:5]])
+    expected = np.stack(
+        [source[i]["video"] for i in np.random.default_rng([3, 0]).permutation(len(source))[:5]]
+    )
     np.testing.assert_allclose(
         first["video"], data.normalize(expected, mean=(0.4, 0.5, 0.6), std=0.25), rtol=1e-6
     )

@@ -81,8 +81,14 @@ def test_motion_is_what_the_class_says():
 def test_positive_angle_turns_clockwise_on_screen():
     """A horizontal bar turned by a positive angle dips on the right: clockwise."""
     cov, _ = sm.render_object_layer(
-        32, 32, np.array([[16.0, 16.0]]), np.array([0.4]), (10.0, 2.0), "rectangle",
-        (100.0, 100.0), np.array([[255, 0, 0], [255, 0, 0]], np.uint8),
+        32,
+        32,
+        np.array([[16.0, 16.0]]),
+        np.array([0.4]),
+        (10.0, 2.0),
+        "rectangle",
+        (100.0, 100.0),
+        np.array([[255, 0, 0], [255, 0, 0]], np.uint8),
     )
     ys, xs = np.nonzero(cov[0])
     assert ys[xs > 20].mean() > 16 > ys[xs < 12].mean()
@@ -120,8 +126,14 @@ def test_mask_of_a_translating_rectangle_is_known():
     centers = np.array([[y0 + rows / 2, x0 + t + cols / 2] for t in range(frames)])
     colour = np.array([[200, 40, 10], [200, 40, 10]], np.uint8)
     cov, rgb = sm.render_object_layer(
-        h, w, centers, np.zeros(frames), (cols / 2 - 0.25, rows / 2 - 0.25), "rectangle",
-        (3.0, 3.0), colour,
+        h,
+        w,
+        centers,
+        np.zeros(frames),
+        (cols / 2 - 0.25, rows / 2 - 0.25),
+        "rectangle",
+        (3.0, 3.0),
+        colour,
     )
     for t in range(frames):
         box = np.zeros((h, w), bool)
@@ -145,8 +157,14 @@ def test_mask_counts_in_place_rotation():
     frames = 4
     colours = np.array([[250, 0, 0], [0, 0, 250]], np.uint8)
     cov, rgb = sm.render_object_layer(
-        32, 32, np.full((frames, 2), 16.0), np.arange(frames) * np.pi / 2, (4.0, 4.0),
-        "rectangle", (4.0, 4.0), colours,
+        32,
+        32,
+        np.full((frames, 2), 16.0),
+        np.arange(frames) * np.pi / 2,
+        (4.0, 4.0),
+        "rectangle",
+        (4.0, 4.0),
+        colours,
     )
     square = np.zeros((32, 32), bool)
     square[12:20, 12:20] = True
@@ -157,8 +175,14 @@ def test_mask_counts_in_place_rotation():
     np.testing.assert_array_equal(mask, np.broadcast_to(square, mask.shape))
     # The same object at rest: nothing changes, nothing is masked.
     cov, rgb = sm.render_object_layer(
-        32, 32, np.full((frames, 2), 16.0), np.zeros(frames), (4.0, 4.0), "rectangle",
-        (4.0, 4.0), colours,
+        32,
+        32,
+        np.full((frames, 2), 16.0),
+        np.zeros(frames),
+        (4.0, 4.0),
+        "rectangle",
+        (4.0, 4.0),
+        colours,
     )
     assert not sm.motion_mask_from_layer(cov, rgb).any()
 
@@ -219,8 +243,11 @@ def test_single_frames_carry_no_class_information():
     test = sm.generate_split("default", "test", seed=11, count=1200)
     for t in (0, 8, 15):
         acc = _logistic_regression_accuracy(
-            _frame_features(train["video"], t), train["label"],
-            _frame_features(test["video"], t), test["label"], k,
+            _frame_features(train["video"], t),
+            train["label"],
+            _frame_features(test["video"], t),
+            test["label"],
+            k,
         )
         assert acc < chance + 0.05, f"frame {t}: accuracy {acc:.3f}"
 
@@ -296,16 +323,20 @@ def test_load_source_cache_location(tmp_path, monkeypatch, capfd):
 
 def test_configs_as_documented():
     assert sm.CONFIGS["biased"].biased and not sm.CONFIGS["default"].biased
-    assert dataclasses.replace(sm.CONFIGS["biased"], biased=False, name="default",
-                               description="") == dataclasses.replace(
-        sm.CONFIGS["default"], description="")
+    assert dataclasses.replace(
+        sm.CONFIGS["biased"], biased=False, name="default", description=""
+    ) == dataclasses.replace(sm.CONFIGS["default"], description="")
 
 
 def test_custom_config_builds_under_its_name(tmp_path):
     from selrel_jax.data import synthetic_motion_builder
 
     mine = dataclasses.replace(
-        sm.CONFIGS["tiny"], name="mine", seed=5, height=24, width=40,
+        sm.CONFIGS["tiny"],
+        name="mine",
+        seed=5,
+        height=24,
+        width=40,
         split_sizes={"train": 6, "validation": 6, "test": 7},
     )
     builder = synthetic_motion_builder(mine, data_dir=tmp_path)

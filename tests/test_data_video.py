@@ -21,9 +21,7 @@ LEVEL0, LEVEL_STEP = 16, 24  # frame k is grey level 16 + 24 k: decodable frame 
 
 def _frames(count: int, height: int = 32, width: int = 48) -> np.ndarray:
     levels = LEVEL0 + LEVEL_STEP * np.arange(count)
-    return np.broadcast_to(levels[:, None, None, None], (count, height, width, 3)).astype(
-        np.uint8
-    )
+    return np.broadcast_to(levels[:, None, None, None], (count, height, width, 3)).astype(np.uint8)
 
 
 def _identity(frames: np.ndarray) -> list[int]:
@@ -83,15 +81,15 @@ def test_clip_indices_by_mode():
     np.testing.assert_array_equal(data.clip_indices(10, 4), [[3, 4, 5, 6]])
     np.testing.assert_array_equal(data.clip_indices(10, 3, frame_step=2), [[2, 4, 6]])
     np.testing.assert_array_equal(
-        data.clip_indices(10, 4, mode="uniform", num_clips=3), [[0, 1, 2, 3], [3, 4, 5, 6],
-                                                                 [6, 7, 8, 9]]
+        data.clip_indices(10, 4, mode="uniform", num_clips=3),
+        [[0, 1, 2, 3], [3, 4, 5, 6], [6, 7, 8, 9]],
     )
     np.testing.assert_array_equal(
         data.clip_indices(10, 4, mode="sliding"), [[0, 1, 2, 3], [4, 5, 6, 7]]
     )
     np.testing.assert_array_equal(
-        data.clip_indices(10, 4, mode="sliding", stride=3), [[0, 1, 2, 3], [3, 4, 5, 6],
-                                                             [6, 7, 8, 9]]
+        data.clip_indices(10, 4, mode="sliding", stride=3),
+        [[0, 1, 2, 3], [3, 4, 5, 6], [6, 7, 8, 9]],
     )
     # Shorter than a clip: loop-padded.
     np.testing.assert_array_equal(data.clip_indices(3, 7), [[0, 1, 2, 0, 1, 2, 0]])
@@ -156,7 +154,9 @@ def test_video_folder_sliding_uniform_resize_crop_and_loader(tmp_path):
     sliding = data.VideoFolder(root, clip_length=4, sampling="sliding", stride=3)
     assert len(sliding) == 3 + 1 + 2
     assert [_identity(sliding[i]["video"]) for i in range(3)] == [
-        [0, 1, 2, 3], [3, 4, 5, 6], [6, 7, 8, 9]
+        [0, 1, 2, 3],
+        [3, 4, 5, 6],
+        [6, 7, 8, 9],
     ]
     assert [int(sliding[i]["clip_index"]) for i in range(6)] == [0, 1, 2, 0, 0, 1]
     uniform = data.VideoFolder(
@@ -166,8 +166,12 @@ def test_video_folder_sliding_uniform_resize_crop_and_loader(tmp_path):
     assert _identity(uniform[0]["video"]) == [0, 2, 4]
     assert _identity(uniform[1]["video"]) == [5, 7, 9]
     assert uniform[0]["video"].shape == (3, 16, 16, 3)
-    only_b = data.VideoFolder(root, clip_length=2, class_names=["Basketball", "ApplyLipstick"],
-                              split_file=_write(tmp_path / "list.txt", "Basketball/v_c.webm 2\n"))
+    only_b = data.VideoFolder(
+        root,
+        clip_length=2,
+        class_names=["Basketball", "ApplyLipstick"],
+        split_file=_write(tmp_path / "list.txt", "Basketball/v_c.webm 2\n"),
+    )
     assert len(only_b) == 1 and int(only_b[0]["label"]) == 0
     loader = data.make_loader(uniform, batch_size=4, seed=0, mean=0.5, std=0.25)
     batches = list(loader)
@@ -243,6 +247,4 @@ def test_sample_clip_is_the_generator_clip_it_claims():
     tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
     pyproject = pathlib.Path(__file__).parents[1] / "pyproject.toml"
     package_data = tomllib.loads(pyproject.read_text())["tool"]["setuptools"]["package-data"]
-    assert {"sample/*.mp4", "sample/*.json", "sample/*.npz"} <= set(
-        package_data["selrel_jax.data"]
-    )
+    assert {"sample/*.mp4", "sample/*.json", "sample/*.npz"} <= set(package_data["selrel_jax.data"])

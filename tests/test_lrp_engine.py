@@ -73,9 +73,7 @@ class ResNet(nn.Module):
 def with_positive_batch_stats(variables):
     """BatchNorm variances must be positive; give scale/mean some spread."""
     stats = jax.tree.map(lambda v: v, variables["batch_stats"])
-    stats = {
-        k: {"mean": v["mean"], "var": jnp.abs(v["var"]) + 0.5} for k, v in stats.items()
-    }
+    stats = {k: {"mean": v["mean"], "var": jnp.abs(v["var"]) + 0.5} for k, v in stats.items()}
     return {**variables, "batch_stats": stats}
 
 
@@ -193,8 +191,9 @@ def test_tanh_passes_relevance_unchanged():
     x = clips((1, 5), 8)
     model = Mlp("tanh")
     v = random_variables(model, x, 9)
-    rel = np.asarray(lrp(model, composites.uniform(rules.Epsilon(), rules.Epsilon()))(
-        v, x, jnp.array([0])))[0]
+    rel = np.asarray(
+        lrp(model, composites.uniform(rules.Epsilon(), rules.Epsilon()))(v, x, jnp.array([0]))
+    )[0]
     p = jax.tree.map(lambda t: np.asarray(t, np.float64), v["params"])
     a = np.asarray(x[0], np.float64)
     z1 = a @ p["fc1"]["kernel"] + p["fc1"]["bias"]

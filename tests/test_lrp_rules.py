@@ -158,6 +158,7 @@ def layer_matrix(name, params, in_shape):
     layer = LAYERS[name][0]()
     ksize = kernel.shape[:-2]
     padding = layer.padding
+
     def spread(v):
         return (v,) * len(ksize) if isinstance(v, int) else tuple(v or (1,) * len(ksize))
 

@@ -158,4 +158,3 @@ def test_fit_rejects_mismatched_clips(tmp_path):
         fit(model, info, wrong, val, config=TrainConfig(epochs=1), out_dir=tmp_path)
     with pytest.raises(OptionError, match="batch size"):
         fit(model, info, train, val, config=TrainConfig(epochs=1, batch_size=64), out_dir=tmp_path)
-

@@ -40,4 +40,5 @@ def main() -> None:
         typer.echo(f"selrel: error: {e}", err=True)
         sys.exit(2)
 
+
 from selrel_jax.cli import convert, evaluate, train  # noqa: E402, F401

@@ -139,9 +139,7 @@ def _evaluate(model_name, dataset, split, data_seed, limit, data_dir, batch_size
             f"{dataset} has labels up to {int(np.max(label))} but model {model_name!r} "
             f"has {info.num_classes} classes"
         )
-    metrics = evaluate(
-        model, variables, info, clips, batch_size=batch_size, progress=progress
-    )
+    metrics = evaluate(model, variables, info, clips, batch_size=batch_size, progress=progress)
     result = {
         "accuracy": metrics["accuracy"],
         "n": metrics["n"],

@@ -133,9 +133,7 @@ def _train(*, dataset, out, epochs, arch, width, model_kwargs, batch_size, lr, w
             model, info, train_clips, splits["validation"][0],
             config=config, out_dir=out, progress=progress,
         )  # fmt: skip
-        test = evaluate(
-            model, result.best_variables, info, splits["test"][0], progress=progress
-        )
+        test = evaluate(model, result.best_variables, info, splits["test"][0], progress=progress)
         summary = {
             "best_epoch": result.best_epoch,
             "val_accuracy": result.best_val_accuracy,

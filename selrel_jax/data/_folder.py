@@ -59,8 +59,9 @@ class VideoFolder(Sequence):
         if not self.root.is_dir():
             raise DataError(f"video folder not found: {self.root}")
         # Validate the sampling options once, on a dummy video length.
-        clip_indices(1, clip_length, frame_step=frame_step, mode=sampling, num_clips=num_clips,
-                     stride=stride)
+        clip_indices(
+            1, clip_length, frame_step=frame_step, mode=sampling, num_clips=num_clips, stride=stride
+        )
         if crop is not None:
             _pair("crop", crop)
         self.clip_length, self.frame_step = int(clip_length), int(frame_step)

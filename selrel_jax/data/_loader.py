@@ -162,9 +162,7 @@ def make_loader(
         raise OptionError(f"num_epochs must be >= 1 or None, got {num_epochs}")
     if len(source) == 0:
         raise ShapeError("source is empty")
-    normalization = dict(
-        mean=mean, std=std, value_range=value_range, channel_order=channel_order
-    )
+    normalization = dict(mean=mean, std=std, value_range=value_range, channel_order=channel_order)
     normalize(np.zeros((1, 1, 1, 3), np.uint8), **normalization)  # fail now, not in a worker
     batches = NormalizedBatches(
         source,

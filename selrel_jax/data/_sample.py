@@ -93,7 +93,5 @@ def render_sample_clip(directory: str | os.PathLike) -> pathlib.Path:
         "truth_file": SAMPLE_TRUTH_FILE,
     }
     (directory / SAMPLE_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
-    np.savez_compressed(
-        directory / SAMPLE_TRUTH_FILE, mask=example["mask"], boxes=example["boxes"]
-    )
+    np.savez_compressed(directory / SAMPLE_TRUTH_FILE, mask=example["mask"], boxes=example["boxes"])
     return path
