@@ -27,6 +27,7 @@ Example::
 from __future__ import annotations
 
 import functools
+import operator
 from typing import Any, Literal
 
 import jax
@@ -143,7 +144,12 @@ def _abs_sobel_t(r: jax.Array, temporal_padding: str) -> jax.Array:
 
 def _channel_sum(x: jax.Array, ctype: Any) -> jax.Array:
     x = x.astype(ctype)
-    return x if x.ndim == 3 else jnp.sum(x, axis=-1)
+    if x.ndim == 3:
+        return x
+    if x.shape[-1] <= 16:
+        # XLA:CPU reduces a short minor axis ~7x slower than it adds its slices.
+        return functools.reduce(operator.add, [x[..., c] for c in range(x.shape[-1])])
+    return jnp.sum(x, axis=-1)
 
 
 def _clip_mask(x, sigma, temporal_padding, threshold, ddof):
@@ -180,7 +186,8 @@ def _split(x, sigma, temporal_padding, threshold, ddof, keep):
             mask = mask[..., None]
         if keep == "static":
             mask = ~mask
-        return jnp.where(mask, clip, jnp.zeros((), clip.dtype))
+        # The spec's R * mask; on XLA:CPU a multiply streams ~1.5x faster than a select.
+        return clip * mask.astype(clip.dtype)
 
     return _per_clip(one, x, sigma)
 

@@ -46,7 +46,7 @@ def random_relevance(seed: int, shape, dtype=np.float32) -> np.ndarray:
     return x.astype(dtype)
 
 
-SHAPES = [(3, 4, 5), (8, 16, 16, 3), (5, 9, 7, 1), (16, 12, 20, 3), (6, 1, 1)]
+SHAPES = [(3, 4, 5), (8, 16, 16, 3), (5, 9, 7, 1), (16, 12, 20, 3), (6, 1, 1), (4, 6, 6, 20)]
 
 
 @pytest.mark.parametrize("shape", SHAPES)
