@@ -164,7 +164,7 @@ def load(name_or_path: str | pathlib.Path) -> tuple[nn.Module, dict[str, Any], M
 
     Example::
 
-        model, variables, info = load("c3d_small_synthetic")
+        model, variables, info = load("c3d_small_motion")
         logits = model.apply(variables, clips, train=False)
     """
     import orbax.checkpoint as ocp
