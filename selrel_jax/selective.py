@@ -152,8 +152,13 @@ def _channel_sum(x: jax.Array, ctype: Any) -> jax.Array:
     return jnp.sum(x, axis=-1)
 
 
+def _abs_d(clip: jax.Array, temporal_padding: str) -> jax.Array:
+    """|D| of one clip (T, H, W) or (T, H, W, C), in its compute dtype."""
+    return _abs_sobel_t(_channel_sum(clip, _compute_dtype(clip.dtype)), temporal_padding)
+
+
 def _clip_mask(x, sigma, temporal_padding, threshold, ddof):
-    g = _abs_sobel_t(_channel_sum(x, _compute_dtype(x.dtype)), temporal_padding)
+    g = _abs_d(x, temporal_padding)
     axes = (1, 2) if threshold == "frame" else (0, 1, 2)
     std = jnp.std(g, axis=axes, ddof=ddof, keepdims=True)
     return g > jnp.asarray(sigma, g.dtype) * std
@@ -167,10 +172,7 @@ def _per_clip(fn, x, *args):
 
 @functools.partial(jax.jit, static_argnames=("temporal_padding",))
 def _temporal_gradient(x, temporal_padding):
-    def one(clip):
-        return _abs_sobel_t(_channel_sum(clip, _compute_dtype(clip.dtype)), temporal_padding)
-
-    return _per_clip(one, x).astype(x.dtype)
+    return _per_clip(_abs_d, x, temporal_padding).astype(x.dtype)
 
 
 @functools.partial(jax.jit, static_argnames=("temporal_padding", "threshold", "ddof"))
