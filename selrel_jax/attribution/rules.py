@@ -97,6 +97,12 @@ class Rule:
     holds the rule's array parameters (:meth:`arrays`), passed through the
     engine's custom VJP as explicit arguments so they may be traced values."""
 
+    def __post_init__(self) -> None:
+        # Every rule's denominator stabiliser is checked here, whatever its name.
+        for name in ("epsilon", "stabilizer"):
+            if hasattr(self, name):
+                _check_stabilizer(name, getattr(self, name))
+
     def arrays(self) -> dict[str, jax.Array]:
         return {}
 
@@ -114,9 +120,6 @@ class Epsilon(Rule):
     """R_j = a_j sum_k w_jk R_k / S(z_k), z including the bias."""
 
     epsilon: float = 1e-6
-
-    def __post_init__(self) -> None:
-        _check_stabilizer("epsilon", self.epsilon)
 
     def relevance(self, fn, xs, params, y, R, nonneg, arrays):
         x = _single(xs, self)
@@ -154,7 +157,7 @@ class AlphaBeta(Rule):
     stabilizer: float = 1e-6
 
     def __post_init__(self) -> None:
-        _check_stabilizer("stabilizer", self.stabilizer)
+        super().__post_init__()
         ok = all(isinstance(v, numbers.Real) and not isinstance(v, bool)
                  for v in (self.alpha, self.beta))  # fmt: skip
         if not (ok and self.beta >= 0 and abs(self.alpha - self.beta - 1.0) < 1e-9):
@@ -181,9 +184,6 @@ class ZPlus(Rule):
 
     stabilizer: float = 1e-6
 
-    def __post_init__(self) -> None:
-        _check_stabilizer("stabilizer", self.stabilizer)
-
     def relevance(self, fn, xs, params, y, R, nonneg, arrays):
         x = _single(xs, self)
 
@@ -202,7 +202,7 @@ class Gamma(Rule):
     stabilizer: float = 1e-6
 
     def __post_init__(self) -> None:
-        _check_stabilizer("stabilizer", self.stabilizer)
+        super().__post_init__()
         if isinstance(self.gamma, bool) or not (
             isinstance(self.gamma, numbers.Real) and self.gamma >= 0
         ):
@@ -236,9 +236,6 @@ class ZBox(Rule):
     low: Any
     high: Any
     stabilizer: float = 1e-6
-
-    def __post_init__(self) -> None:
-        _check_stabilizer("stabilizer", self.stabilizer)
 
     def arrays(self):
         return {"low": jnp.asarray(self.low), "high": jnp.asarray(self.high)}
@@ -274,9 +271,6 @@ class WSquare(Rule):
 
     stabilizer: float = 1e-6
 
-    def __post_init__(self) -> None:
-        _check_stabilizer("stabilizer", self.stabilizer)
-
     def relevance(self, fn, xs, params, y, R, nonneg, arrays):
         x = _single(xs, self)
         return _ones_rule(fn, x, params, R, self.stabilizer, jnp.square, jnp.square)
@@ -288,9 +282,6 @@ class Flat(Rule):
 
     stabilizer: float = 1e-6
 
-    def __post_init__(self) -> None:
-        _check_stabilizer("stabilizer", self.stabilizer)
-
     def relevance(self, fn, xs, params, y, R, nonneg, arrays):
         x = _single(xs, self)
         return _ones_rule(fn, x, params, R, self.stabilizer, jnp.ones_like, None)
@@ -301,9 +292,6 @@ class Norm(Rule):
     """Proportional split for sums and average pooling: R_i = x_i * VJP_i(R / S(y))."""
 
     stabilizer: float = 1e-6
-
-    def __post_init__(self) -> None:
-        _check_stabilizer("stabilizer", self.stabilizer)
 
     def relevance(self, fn, xs, params, y, R, nonneg, arrays):
         c = R / stabilize(y, self.stabilizer)
