@@ -245,6 +245,6 @@ def test_sample_clip_is_the_generator_clip_it_claims():
     np.testing.assert_array_equal(truth["mask"], regenerated["mask"])
     np.testing.assert_array_equal(truth["boxes"], regenerated["boxes"])
     tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
-    pyproject = pathlib.Path(__file__).parents[1] / "pyproject.toml"
+    pyproject = pathlib.Path(__file__).parents[2] / "pyproject.toml"
     package_data = tomllib.loads(pyproject.read_text())["tool"]["setuptools"]["package-data"]
     assert {"sample/*.mp4", "sample/*.json", "sample/*.npz"} <= set(package_data["selrel_jax.data"])

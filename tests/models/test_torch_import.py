@@ -11,10 +11,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from torch_reference_models import build  # noqa: E402
-
 from selrel_jax import models  # noqa: E402
 from selrel_jax.errors import CheckpointError, SelrelError  # noqa: E402
+from tests.torch_reference_models import build  # noqa: E402
 
 RESNETS = ("r3d_18", "mc3_18", "r2plus1d_18")
 

@@ -13,7 +13,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from attr_test_utils import clips, random_variables
 
 import selrel_jax as sr
 from selrel_jax.attribution import Composite, UnsupportedLayerError, composites, lrp, rules
@@ -81,18 +80,18 @@ def with_positive_batch_stats(variables):
 
 
 @pytest.mark.parametrize("method", ["lrp.epsilon", "lrp.zplus"])
-def test_bias_free_relu_net_conserves_relevance(method):
+def test_bias_free_relu_net_conserves_relevance(normal_clips, random_variables, method):
     model = ConvNet(bias=False)
-    x = clips((2, 4, 6, 6, 2))
+    x = normal_clips((2, 4, 6, 6, 2))
     variables = random_variables(model, x, 1)
     options = {"epsilon": 1e-9} if method == "lrp.epsilon" else {"stabilizer": 1e-9}
     rel = sr.explain(model, variables, x, jnp.array([0, 2]), method, **options)
     np.testing.assert_allclose(np.asarray(rel.sum(axis=(1, 2, 3, 4))), [1.0, 1.0], rtol=1e-4)
 
 
-def test_residual_sum_splits_relevance_instead_of_duplicating():
+def test_residual_sum_splits_relevance_instead_of_duplicating(normal_clips, random_variables):
     model = ResNet(batchnorm=False)
-    x = clips((1, 3, 5, 5, 2))
+    x = normal_clips((1, 3, 5, 5, 2))
     variables = random_variables(model, x, 2)
     rel = sr.explain(model, variables, x, jnp.array([1]), "lrp.epsilon", epsilon=1e-9)
     np.testing.assert_allclose(float(rel.sum()), 1.0, rtol=1e-4)
@@ -103,9 +102,9 @@ def test_residual_sum_splits_relevance_instead_of_duplicating():
     assert abs(float(copied.sum()) - 1.0) > 1e-2
 
 
-def test_batchnorm_merging_keeps_logits_and_relevance_is_finite():
+def test_batchnorm_merging_keeps_logits_and_relevance_is_finite(normal_clips, random_variables):
     model = ResNet(batchnorm=True)
-    x = clips((2, 3, 5, 5, 2))
+    x = normal_clips((2, 3, 5, 5, 2))
     variables = with_positive_batch_stats(random_variables(model, x, 3))
     logits, pull = relevance_vjp(model, composites.epsilon_plus(), variables, x)
     np.testing.assert_allclose(np.asarray(logits), np.asarray(model.apply(variables, x)),
@@ -114,7 +113,7 @@ def test_batchnorm_merging_keeps_logits_and_relevance_is_finite():
     assert rel.shape == x.shape and bool(jnp.all(jnp.isfinite(rel)))
 
 
-def test_batchnorm_merge_equals_hand_merged_conv():
+def test_batchnorm_merge_equals_hand_merged_conv(normal_clips, random_variables):
     """LRP of conv+BN equals LRP of one conv holding the spec's merged weights."""
 
     class ConvBN(nn.Module):
@@ -130,7 +129,7 @@ def test_batchnorm_merge_equals_hand_merged_conv():
             h = nn.Conv(3, (2, 2), name="conv")(x)
             return nn.Dense(2, name="fc")(nn.relu(h).reshape(x.shape[0], -1))
 
-    x = clips((1, 3, 3, 2), 5)
+    x = normal_clips((1, 3, 3, 2), 5)
     v = with_positive_batch_stats(random_variables(ConvBN(), x, 4))
     p, s = v["params"], v["batch_stats"]["bn"]
     k = p["bn"]["scale"] / np.sqrt(s["var"] + 1e-3)
@@ -166,10 +165,10 @@ def _stab(z):
     return z + 1e-6 * np.where(z >= 0, 1.0, -1.0)
 
 
-def test_activation_passes_relevance_where_relu_input_was_negative():
+def test_activation_passes_relevance_where_relu_input_was_negative(normal_clips, random_variables):
     """Flat on the top layer hands relevance to dead ReLU units; Pass must keep it
     (plain autodiff would multiply it by relu'(z) = 0)."""
-    x = clips((1, 5), 6)
+    x = normal_clips((1, 5), 6)
     model = Mlp("relu")
     v = random_variables(model, x, 7)
     comp = Composite(path_map=(("fc2", rules.Flat()), ("fc1", rules.Epsilon(1e-6))))
@@ -187,8 +186,8 @@ def test_activation_passes_relevance_where_relu_input_was_negative():
     assert np.abs(masked - want).max() > 1e-3 * np.abs(want).max()
 
 
-def test_tanh_passes_relevance_unchanged():
-    x = clips((1, 5), 8)
+def test_tanh_passes_relevance_unchanged(normal_clips, random_variables):
+    x = normal_clips((1, 5), 8)
     model = Mlp("tanh")
     v = random_variables(model, x, 9)
     rel = np.asarray(
@@ -221,7 +220,7 @@ def _count(jaxpr, name):
     return total
 
 
-def test_negative_passes_are_skipped_after_relu():
+def test_negative_passes_are_skipped_after_relu(normal_clips, random_variables):
     class Net(nn.Module):
         visible: bool
 
@@ -232,7 +231,7 @@ def test_negative_passes_are_skipped_after_relu():
             h = nn.Conv(4, (3, 3), padding=1, name="c2")(h)
             return nn.Dense(2, name="fc")(h.reshape(x.shape[0], -1))
 
-    x = clips((1, 4, 4, 2), 10)
+    x = normal_clips((1, 4, 4, 2), 10)
     v = random_variables(Net(True), x, 11)
     comp = composites.uniform(rules.Gamma(0.25), rules.Epsilon())
     fns = [jax.jit(lrp(Net(flag), comp)) for flag in (True, False)]
@@ -249,9 +248,9 @@ def test_negative_passes_are_skipped_after_relu():
 # ---------------------------------------------------------------- composites
 
 
-def test_path_map_and_first_layer_rules():
+def test_path_map_and_first_layer_rules(normal_clips, random_variables):
     model = ConvNet()
-    x = clips((1, 4, 6, 6, 2), 12)
+    x = normal_clips((1, 4, 6, 6, 2), 12)
     v = random_variables(model, x, 13)
     t = jnp.array([1])
     by_first = lrp(model, composites.epsilon_plus_flat())(v, x, t)
@@ -269,9 +268,9 @@ def test_path_map_and_first_layer_rules():
     assert np.abs(np.asarray(a) - np.asarray(by_path)).max() > 1e-6
 
 
-def test_epsilon_gamma_box_uses_bounds():
+def test_epsilon_gamma_box_uses_bounds(normal_clips, random_variables):
     model = ConvNet()
-    x = jnp.clip(clips((1, 4, 6, 6, 2), 14), -1.0, 1.0)
+    x = jnp.clip(normal_clips((1, 4, 6, 6, 2), 14), -1.0, 1.0)
     v = random_variables(model, x, 15)
     a = sr.explain(model, v, x, jnp.array([0]), "lrp.epsilon_gamma_box", low=-1.0, high=1.0)
     b = sr.explain(model, v, x, jnp.array([0]), "lrp.epsilon_gamma_box",
@@ -286,7 +285,7 @@ def test_epsilon_gamma_box_uses_bounds():
 # ---------------------------------------------------------------- errors
 
 
-def test_unsupported_layer_names_path_and_missing_rule():
+def test_unsupported_layer_names_path_and_missing_rule(normal_clips):
     class WithLayerNorm(nn.Module):
         @nn.compact
         def __call__(self, x):
@@ -309,7 +308,7 @@ def test_unsupported_layer_names_path_and_missing_rule():
         def __call__(self, x):
             return nn.Dense(2)(nn.BatchNorm(use_running_average=True, name="bn")(x * 2.0))
 
-    x = clips((1, 3), 16)
+    x = normal_clips((1, 3), 16)
     for model, where in ((WithLayerNorm(), "norm"), (WithCustom(), "inner"),
                          (LoneBatchNorm(), "bn")):  # fmt: skip
         v = model.init(jax.random.key(0), x)
@@ -336,17 +335,17 @@ def test_unsupported_layer_names_path_and_missing_rule():
         ({"method": "lrp.epsilon_alpha2_beta1", "alpha": 3.0, "beta": 1.0}, "alpha - beta"),
     ],
 )
-def test_explain_rejects_bad_input(kwargs, message):
+def test_explain_rejects_bad_input(normal_clips, random_variables, kwargs, message):
     model = ConvNet()
-    x = clips((1, 2, 4, 4, 2))
+    x = normal_clips((1, 2, 4, 4, 2))
     v = random_variables(model, x, 0)
     with pytest.raises(SelrelError, match=message):
         sr.explain(model, v, x, **kwargs)
 
 
-def test_explain_rejects_wrong_rank_and_plain_callable_for_lrp():
+def test_explain_rejects_wrong_rank_and_plain_callable_for_lrp(normal_clips, random_variables):
     model = ConvNet()
-    x = clips((1, 2, 4, 4, 2))
+    x = normal_clips((1, 2, 4, 4, 2))
     v = random_variables(model, x, 0)
     with pytest.raises(SelrelError, match=r"\(N, T, H, W, C\)"):
         sr.explain(model, v, x[0])
@@ -358,9 +357,9 @@ def test_explain_rejects_wrong_rank_and_plain_callable_for_lrp():
 
 
 @pytest.fixture(scope="module")
-def small_problem():
+def small_problem(normal_clips, random_variables):
     model = ResNet(batchnorm=True)
-    x = clips((3, 2, 4, 4, 2), 17)
+    x = normal_clips((3, 2, 4, 4, 2), 17)
     v = with_positive_batch_stats(random_variables(model, x, 18))
     return model, v, x, jnp.array([0, 2, 1])
 
@@ -402,13 +401,11 @@ SHARDING_SCRIPT = textwrap.dedent(
     import jax, jax.numpy as jnp, numpy as np
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
     import selrel_jax as sr
-    import sys
-    sys.path.insert(0, "tests")
-    from attr_test_utils import clips, random_variables
-    from test_lrp_engine import ResNet, with_positive_batch_stats
+    from tests.conftest import _normal_clips as normal_clips, _signed_variables as random_variables
+    from tests.attribution.test_engine import ResNet, with_positive_batch_stats
     assert jax.device_count() == 2
     model = ResNet(batchnorm=True)
-    x = clips((4, 2, 4, 4, 2), 19)
+    x = normal_clips((4, 2, 4, 4, 2), 19)
     v = with_positive_batch_stats(random_variables(model, x, 20))
     t = jnp.array([0, 1, 2, 0])
     fn = jax.jit(sr.make_explainer(model, "lrp.epsilon_plus_flat"))
@@ -427,7 +424,7 @@ SHARDING_SCRIPT = textwrap.dedent(
 def test_sharded_batch_equals_unsharded():
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
            "JAX_PLATFORMS": "cpu"}  # fmt: skip
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     out = subprocess.run([sys.executable, "-c", SHARDING_SCRIPT], env=env, cwd=root,
                          capture_output=True, text=True, timeout=300)  # fmt: skip
     assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
@@ -450,9 +447,9 @@ class BiasFreeMlp(nn.Module):
 @settings(max_examples=8, deadline=None)
 @given(seed=st.integers(0, 2**16), target=st.integers(0, 3),
        method=st.sampled_from(["lrp.epsilon", "lrp.zplus"]))  # fmt: skip
-def test_conservation_property_bias_free_nets(seed, target, method):
+def test_conservation_property_bias_free_nets(normal_clips, random_variables, seed, target, method):
     model = BiasFreeMlp()
-    x = clips((1, 2, 2, 2, 2), seed)
+    x = normal_clips((1, 2, 2, 2, 2), seed)
     v = random_variables(model, x, seed + 1)
     # Relevance is conserved where the top layer's denominator is not ~0 (hidden
     # units with a zero denominator are dead ReLUs and receive no relevance).

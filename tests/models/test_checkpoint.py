@@ -8,7 +8,6 @@ import shutil
 import jax
 import numpy as np
 import pytest
-from model_test_utils import numpy_variables
 
 from selrel_jax import models
 from selrel_jax.errors import CheckpointError, SelrelError
@@ -17,7 +16,7 @@ CLIP = (4, 16, 16)
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(numpy_variables, tmp_path_factory):
     model = models.create("c3d_small", 5, width=0.5, clip_size=CLIP)
     variables = numpy_variables(model, (1, *CLIP, 3))
     info = models.ModelInfo.for_arch(
@@ -139,7 +138,7 @@ def test_create_rejects_unknown_arch():
         models.create("vgg16", 10)
 
 
-def test_c3d_small_trains_mode_and_shapes():
+def test_c3d_small_trains_mode_and_shapes(numpy_variables):
     model = models.create("c3d_small", 8, clip_size=(16, 48, 48))
     clips = jax.random.normal(jax.random.key(0), (2, 16, 48, 48, 3))
     variables = numpy_variables(model, clips.shape, seed=1)

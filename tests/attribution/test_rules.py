@@ -16,7 +16,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from attr_test_utils import random_variables
 
 from selrel_jax.attribution import composites, rules
 from selrel_jax.attribution.engine import relevance_vjp
@@ -108,7 +107,7 @@ class Single(nn.Module):
         return y.reshape(y.shape[0], -1)
 
 
-def engine_relevance(layer, rule, x, R, key):
+def engine_relevance(random_variables, layer, rule, x, R, key):
     model = Single(layer)
     variables = random_variables(model, x, key)
     comp = composites.uniform(rule, rule)
@@ -169,7 +168,7 @@ def layer_matrix(name, params, in_shape):
     return M, mask, np.tile(bias, int(np.prod(out_shape[:-1])))
 
 
-def check(layer_name, rule, low=None, high=None):
+def check(random_variables, layer_name, rule, low=None, high=None):
     make, shape = LAYERS[layer_name]
     rng = np.random.default_rng(len(layer_name))
     x = jnp.asarray(rng.normal(size=shape), jnp.float32)
@@ -180,7 +179,7 @@ def check(layer_name, rule, low=None, high=None):
         low_e, high_e = jnp.broadcast_to(low, shape), jnp.broadcast_to(high, shape)
         x = jnp.clip(x, low_e, high_e)
         rule = rules.ZBox(low, high)
-    got, params = engine_relevance(make(), rule, x, R, kp)
+    got, params = engine_relevance(random_variables, make(), rule, x, R, kp)
     M, mask, b = layer_matrix(layer_name, params, shape[1:])
     for n in range(shape[0]):
         kw = {}
@@ -197,24 +196,24 @@ def check(layer_name, rule, low=None, high=None):
 
 @pytest.mark.parametrize("layer_name", list(LAYERS))
 @pytest.mark.parametrize("rule_name", list(RULES))
-def test_rule_matches_numpy_formula(layer_name, rule_name):
-    check(layer_name, RULES[rule_name])
+def test_rule_matches_numpy_formula(random_variables, layer_name, rule_name):
+    check(random_variables, layer_name, RULES[rule_name])
 
 
 @pytest.mark.parametrize("layer_name", list(LAYERS))
-def test_zbox_matches_numpy_formula_per_channel_bounds(layer_name):
+def test_zbox_matches_numpy_formula_per_channel_bounds(random_variables, layer_name):
     channels = LAYERS[layer_name][1][-1]
     low = -1.0 - jnp.arange(channels, dtype=jnp.float32) * 0.1
-    check(layer_name, None, low=low, high=jnp.float32(1.5))
+    check(random_variables, layer_name, None, low=low, high=jnp.float32(1.5))
 
 
-def test_zbox_elementwise_bounds_on_padded_conv():
+def test_zbox_elementwise_bounds_on_padded_conv(random_variables):
     shape = LAYERS["conv3d_strided_padded"][1]
     low = jnp.asarray(-1.5 - 0.5 * np.random.default_rng(3).uniform(size=shape[1:]), jnp.float32)
-    check("conv3d_strided_padded", None, low=low, high=-low)
+    check(random_variables, "conv3d_strided_padded", None, low=low, high=-low)
 
 
-def test_gamma_matches_formula_on_nonnegative_input():
+def test_gamma_matches_formula_on_nonnegative_input(random_variables):
     """After a ReLU the engine skips the a- passes; the result must not change."""
 
     class ReluConv(nn.Module):

@@ -8,7 +8,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from attr_test_utils import clips, random_variables
 
 import selrel_jax as sr
 from selrel_jax.errors import SelrelError
@@ -24,9 +23,9 @@ class SmoothNet(nn.Module):
 
 
 @pytest.fixture(scope="module")
-def problem():
+def problem(normal_clips, random_variables):
     model = SmoothNet()
-    x = clips((2, 3, 6, 6, 2), 1)
+    x = normal_clips((2, 3, 6, 6, 2), 1)
     v = random_variables(model, x, 2)
     return model, v, x, jnp.array([2, 0])
 
@@ -65,11 +64,11 @@ class GentleNet(nn.Module):
 
 
 @pytest.mark.parametrize("seed", [2, 3])
-def test_integrated_gradients_completeness(seed):
+def test_integrated_gradients_completeness(normal_clips, random_variables, seed):
     model = GentleNet()
-    x = clips((2, 3, 6, 6, 2), seed)
+    x = normal_clips((2, 3, 6, 6, 2), seed)
     v = random_variables(model, x, seed + 10)
-    base = 0.3 * clips(x.shape, 3)
+    base = 0.3 * normal_clips(x.shape, 3)
     for baseline in (None, base):
         b = jnp.zeros_like(x) if baseline is None else base
         change = model.apply(v, x) - model.apply(v, b)
@@ -104,9 +103,9 @@ def test_smoothgrad_is_seeded_and_batch_independent(problem):
     np.testing.assert_allclose(np.asarray(zero_noise), want, rtol=1e-5, atol=1e-7)
 
 
-def test_smoothgrad_statistics_on_quadratic_model():
+def test_smoothgrad_statistics_on_quadratic_model(normal_clips):
     """f_c(x) = sum w_c x^2: the expected noisy gradient is 2 w_c x exactly."""
-    x = clips((1, 2, 3, 3, 2), 5)
+    x = normal_clips((1, 2, 3, 3, 2), 5)
     w = jnp.asarray(np.random.default_rng(6).normal(size=(3, *x.shape[1:])), jnp.float32)
 
     def apply_fn(c):
@@ -146,9 +145,9 @@ class CamNet(nn.Module):
         return nn.Dense(3, name="fc")(GlobalAvgPool()(nn.relu(h)))
 
 
-def test_grad_cam_equals_hand_computation():
+def test_grad_cam_equals_hand_computation(normal_clips, random_variables):
     model = CamNet()
-    x = clips((2, 4, 6, 6, 3), 7)
+    x = normal_clips((2, 4, 6, 6, 3), 7)
     v = random_variables(model, x, 8)
     t = jnp.array([0, 2])
     got = np.asarray(sr.explain(model, v, x, t, "grad_cam"))  # default: last conv = "conv"
@@ -169,9 +168,9 @@ def test_grad_cam_equals_hand_computation():
     np.testing.assert_allclose(np.asarray(plain), got, rtol=1e-6, atol=1e-9)
 
 
-def test_grad_cam_bad_layer_and_jit_vmap():
+def test_grad_cam_bad_layer_and_jit_vmap(normal_clips, random_variables):
     model = CamNet()
-    x = clips((2, 2, 4, 4, 3), 9)
+    x = normal_clips((2, 2, 4, 4, 3), 9)
     v = random_variables(model, x, 10)
     with pytest.raises(SelrelError, match="not found"):
         sr.explain(model, v, x, None, "grad_cam", layer="nope")
@@ -183,7 +182,7 @@ def test_grad_cam_bad_layer_and_jit_vmap():
     np.testing.assert_allclose(np.asarray(mapped)[:, 0], eager, rtol=1e-5, atol=1e-7)
 
 
-def test_gradient_methods_accept_nnx_model():
+def test_gradient_methods_accept_nnx_model(normal_clips):
     from flax import nnx
 
     class Net(nnx.Module):
@@ -195,7 +194,7 @@ def test_gradient_methods_accept_nnx_model():
             return self.fc(jnp.tanh(self.conv(x)).mean(axis=(1, 2, 3)))
 
     net = Net(nnx.Rngs(0))
-    x = clips((2, 2, 4, 4, 2), 11)
+    x = normal_clips((2, 2, 4, 4, 2), 11)
     t = jnp.array([3, 1])
     want = jax.vmap(jax.grad(lambda xi, ti: net(xi[None])[0, ti]))(x, t)
     got = sr.explain(net, None, x, t, "gradient")

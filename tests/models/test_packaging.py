@@ -11,11 +11,10 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from model_test_utils import numpy_variables
 
 from selrel_jax import models
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_class_name_lists():
@@ -27,19 +26,19 @@ def test_class_name_lists():
     assert len(sports) == len(set(sports)) == 487
 
 
-def test_load_by_name_finds_source_tree_checkpoints(tmp_path, monkeypatch):
+def test_load_by_name_finds_source_tree_checkpoints(numpy_variables, tmp_path, monkeypatch):
     from selrel_jax.models import checkpoint
 
     fake_repo = tmp_path / "repo"
     (fake_repo / "checkpoints").mkdir(parents=True)
-    _save_tiny(fake_repo / "checkpoints" / "tiny_source")
+    _save_tiny(numpy_variables, fake_repo / "checkpoints" / "tiny_source")
     monkeypatch.setattr(checkpoint, "_checkpoint_roots", lambda: [fake_repo / "checkpoints"])
     assert "tiny_source" in models.shipped_checkpoints()
     _, _, info = models.load("tiny_source")
     assert info.extra["origin"] == "test"
 
 
-def _save_tiny(directory: Path) -> None:
+def _save_tiny(numpy_variables, directory: Path) -> None:
     model = models.create("c3d_small", 3, width=0.25, clip_size=(4, 16, 16))
     variables = numpy_variables(model, (1, 4, 16, 16, 3))
     info = models.ModelInfo.for_arch(
@@ -48,7 +47,7 @@ def _save_tiny(directory: Path) -> None:
     models.save(directory, info, variables)
 
 
-def test_wheel_ships_checkpoints_and_class_names(tmp_path):
+def test_wheel_ships_checkpoints_and_class_names(numpy_variables, tmp_path):
     # builds offline with the environment's setuptools (bdist_wheel built in since 70.1)
     pytest.importorskip("setuptools", minversion="70.1")
     source = tmp_path / "src"
@@ -60,7 +59,7 @@ def test_wheel_ships_checkpoints_and_class_names(tmp_path):
         source / "selrel_jax",
         ignore=shutil.ignore_patterns("__pycache__", "_checkpoints"),
     )
-    _save_tiny(source / "checkpoints" / "tiny_wheel")
+    _save_tiny(numpy_variables, source / "checkpoints" / "tiny_wheel")
     dist = tmp_path / "dist"
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
-from model_test_utils import numpy_variables
 
 import selrel_jax as sr
 from selrel_jax import models
@@ -53,7 +52,7 @@ def test_method_list_is_the_engines():
 
 
 @pytest.fixture(scope="module", params=sorted(ARCHS))
-def zoo_model(request):
+def zoo_model(numpy_variables, request):
     arch = request.param
     kwargs, clip = ARCHS[arch]
     model = models.create(arch, 5, clip_size=clip, **kwargs)

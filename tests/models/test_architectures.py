@@ -6,7 +6,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from model_test_utils import numpy_variables
 
 from selrel_jax import models
 from selrel_jax.errors import SelrelError
@@ -61,7 +60,7 @@ def test_mc3_keeps_time_after_stem_and_r3d_halves_it():
         assert layer4.shape[1] == frames, arch
 
 
-def test_train_mode_updates_batch_stats():
+def test_train_mode_updates_batch_stats(numpy_variables):
     model = models.create("r3d_18", 3, width=1 / 16, blocks=(1, 1, 1, 1))
     clips = jax.random.normal(jax.random.key(0), (2, 4, 16, 16, 3))
     variables = numpy_variables(model, clips.shape)

@@ -11,10 +11,9 @@ from typer.testing import CliRunner
 
 torch = pytest.importorskip("torch")
 
-from torch_reference_models import build  # noqa: E402
-
 from selrel_jax import models  # noqa: E402
 from selrel_jax.cli import app  # noqa: E402
+from tests.torch_reference_models import build  # noqa: E402
 
 runner = CliRunner()
 

@@ -1,0 +1,79 @@
+"""Small argument checks shared by the whole library.
+
+Each check takes the argument's name (as the caller spells it: ``"steps"``,
+``"--limit"``, ``"ModelInfo width"``), the value, and the error class to raise;
+it returns the value in canonical form so a call site reads as one line::
+
+    steps = positive_int("steps", steps)
+    sigma = real("sigma", sigma, minimum=0.0)
+    mode = one_of("threshold", threshold, ("clip", "frame"))
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Iterable
+from typing import Any, TypeVar
+
+import numpy as np
+
+from selrel_jax.errors import OptionError, SelrelError
+
+__all__ = ["integer", "one_of", "positive_int", "real"]
+
+T = TypeVar("T")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool | np.bool_)
+
+
+def integer(
+    name: str, value: Any, *, minimum: int | None = None, error: type[SelrelError] = OptionError
+) -> int:
+    """``value`` as an int (bools are not ints), at least ``minimum`` when given."""
+    if not _is_int(value) or (minimum is not None and value < minimum):
+        bound = f" >= {minimum}" if minimum is not None else ""
+        raise error(f"{name} must be an int{bound}; got {value!r}")
+    return int(value)
+
+
+def positive_int(name: str, value: Any, error: type[SelrelError] = OptionError) -> int:
+    """``value`` as an int >= 1."""
+    if not _is_int(value) or value < 1:
+        raise error(f"{name} must be a positive int; got {value!r}")
+    return int(value)
+
+
+def real(
+    name: str,
+    value: Any,
+    *,
+    minimum: float | None = None,
+    above: float | None = None,
+    error: type[SelrelError] = OptionError,
+) -> float:
+    """``value`` as a finite float (bools are not numbers), ``>= minimum`` /
+    ``> above`` when given."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_)
+    ok = ok and math.isfinite(value)
+    ok = ok and (minimum is None or value >= minimum) and (above is None or value > above)
+    if not ok:
+        bound = (
+            f" >= {minimum}" if minimum is not None else f" > {above}" if above is not None else ""
+        )
+        raise error(f"{name} must be a finite number{bound}; got {value!r}")
+    return float(value)
+
+
+def one_of(name: str, value: T, choices: Iterable[T], error: type[SelrelError] = OptionError) -> T:
+    """``value`` unchanged if it is one of ``choices``."""
+    choices = tuple(choices)
+    try:
+        known = value in choices
+    except (TypeError, ValueError):  # incomparable (e.g. an array): certainly not a choice
+        known = False
+    if not known:
+        raise error(f"unknown {name} {value!r}; expected one of {', '.join(map(str, choices))}")
+    return value

@@ -1,0 +1,62 @@
+"""Fixtures shared by the whole suite: model variables and clips drawn with NumPy.
+
+``model.init`` compiles JAX's threefry sampler for every parameter shape, which
+costs seconds per model on a busy CPU; tests only need non-trivial values of
+the right shapes, so these fill ``jax.eval_shape(model.init)`` from NumPy.
+Each fixture is a session-scoped factory (stateless, so hypothesis tests may
+use it too).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+
+def _he_variables(model, clip_shape, seed: int = 0):
+    clips = jax.ShapeDtypeStruct(tuple(clip_shape), jnp.float32)
+    abstract = jax.eval_shape(lambda c: model.init(jax.random.key(0), c, train=False), clips)
+    rng = np.random.default_rng(seed)
+
+    def fill(path, leaf):
+        name = path[-1].key
+        if name in ("var", "scale"):
+            value = rng.uniform(0.5, 1.5, leaf.shape)
+        elif name == "kernel":
+            value = rng.standard_normal(leaf.shape) * np.sqrt(2.0 / np.prod(leaf.shape[:-1]))
+        else:
+            value = 0.1 * rng.standard_normal(leaf.shape)
+        return jnp.asarray(value, leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(fill, abstract)
+
+
+def _signed_variables(model, x, seed, scale=0.5):
+    rng = np.random.default_rng(seed)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), x)
+    return jax.tree.map(lambda s: rng.normal(size=s.shape).astype(np.float32) * scale, shapes)
+
+
+def _normal_clips(shape, seed=0):
+    return jnp.asarray(np.random.default_rng(seed).normal(size=shape), jnp.float32)
+
+
+@pytest.fixture(scope="session")
+def numpy_variables():
+    """``(model, clip_shape, seed=0) -> variables`` of a model called with ``train=``:
+    He-scaled kernels, small biases, BatchNorm scale and variance in [0.5, 1.5]."""
+    return _he_variables
+
+
+@pytest.fixture(scope="session")
+def random_variables():
+    """``(model, x, seed, scale=0.5) -> variables``: every leaf signed normal x scale."""
+    return _signed_variables
+
+
+@pytest.fixture(scope="session")
+def normal_clips():
+    """``(shape, seed=0) -> float32 clips`` of standard normal values."""
+    return _normal_clips
