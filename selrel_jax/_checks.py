@@ -75,5 +75,5 @@ def one_of(name: str, value: T, choices: Iterable[T], error: type[SelrelError] =
     except (TypeError, ValueError):  # incomparable (e.g. an array): certainly not a choice
         known = False
     if not known:
-        raise error(f"unknown {name} {value!r}; expected one of {', '.join(map(str, choices))}")
+        raise error(f"{name} must be one of {', '.join(map(str, choices))}; got {value!r}")
     return value

@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from selrel_jax._checks import integer, one_of
 from selrel_jax.errors import DTypeError, NonFiniteError, OptionError, ShapeError
 
 __all__ = [
@@ -81,14 +82,9 @@ def _check_relevance(x: Any, fn: str) -> None:
 
 
 def _check_options(fn: str, temporal_padding: str, threshold: str = "clip", ddof: int = 1) -> None:
-    if temporal_padding not in TEMPORAL_PADDINGS:
-        raise OptionError(
-            f"{fn}: temporal_padding must be one of {TEMPORAL_PADDINGS}; got {temporal_padding!r}"
-        )
-    if threshold not in THRESHOLDS:
-        raise OptionError(f"{fn}: threshold must be one of {THRESHOLDS}; got {threshold!r}")
-    if isinstance(ddof, bool) or not isinstance(ddof, (int, np.integer)) or ddof < 0:
-        raise OptionError(f"{fn}: ddof must be a non-negative int; got {ddof!r}")
+    one_of(f"{fn}: temporal_padding", temporal_padding, TEMPORAL_PADDINGS)
+    one_of(f"{fn}: threshold", threshold, THRESHOLDS)
+    integer(f"{fn}: ddof", ddof, minimum=0)
 
 
 def _check_sigma(fn: str, sigma: Any) -> None:
