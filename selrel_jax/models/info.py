@@ -20,6 +20,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from selrel_jax._checks import one_of, positive_int, real
 from selrel_jax.errors import SelrelError
 
 __all__ = [
@@ -77,33 +78,23 @@ class ModelInfo:
 
     def __post_init__(self) -> None:
         put = object.__setattr__
-        if not isinstance(self.num_classes, int) or self.num_classes < 1:
-            raise SelrelError(
-                f"ModelInfo num_classes must be a positive int; got {self.num_classes!r}"
-            )
+        positive_int("ModelInfo num_classes", self.num_classes, SelrelError)
         names = tuple(str(n) for n in self.class_names) or numeric_class_names(self.num_classes)
         if len(names) != self.num_classes:
             raise SelrelError(
                 f"ModelInfo has {len(names)} class names for num_classes={self.num_classes}"
             )
         put(self, "class_names", names)
-        if not (isinstance(self.width, int | float) and self.width > 0):
-            raise SelrelError(f"ModelInfo width must be positive; got {self.width!r}")
-        put(self, "width", float(self.width))
+        put(self, "width", real("ModelInfo width", self.width, above=0, error=SelrelError))
         for field in ("clip_length", "frame_step"):
-            value = getattr(self, field)
-            if not isinstance(value, int) or value < 1:
-                raise SelrelError(f"ModelInfo {field} must be a positive int; got {value!r}")
+            positive_int(f"ModelInfo {field}", getattr(self, field), SelrelError)
         if self.fps is not None:
-            put(self, "fps", _floats([self.fps], "fps", 1)[0])
+            put(self, "fps", real("ModelInfo fps", self.fps, above=0, error=SelrelError))
         crop = tuple(int(v) for v in self.crop_size)
         if len(crop) != 2 or min(crop) < 1:
             raise SelrelError(f"ModelInfo crop_size must be (H, W) > 0; got {self.crop_size!r}")
         put(self, "crop_size", crop)
-        if self.channel_order not in ("RGB", "BGR"):
-            raise SelrelError(
-                f"ModelInfo channel_order must be 'RGB' or 'BGR'; got {self.channel_order!r}"
-            )
+        one_of("ModelInfo channel_order", self.channel_order, ("RGB", "BGR"), SelrelError)
         put(self, "value_range", _floats(self.value_range, "value_range", 2))
         put(self, "mean", _floats(self.mean, "mean", 3))
         std = _floats(self.std, "std", 3)
