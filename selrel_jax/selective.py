@@ -33,8 +33,9 @@ from typing import Any, Literal
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import checkify
 
-from selrel_jax._checks import integer, one_of
+from selrel_jax._checks import integer, one_of, real
 from selrel_jax.errors import DTypeError, NonFiniteError, OptionError, ShapeError
 
 __all__ = [
@@ -48,6 +49,7 @@ __all__ = [
 
 TemporalPadding = Literal["zero", "edge"]
 Threshold = Literal["clip", "frame"]
+Layout = Literal["THW", "THWC", "NTHW", "NTHWC"]
 
 #: ``"zero"``: the paper's zero padding in time; comparable with published
 #: results, but a static clip shows spurious motion on its first and last frame.
@@ -58,27 +60,58 @@ TEMPORAL_PADDINGS = ("zero", "edge")
 #: ``"clip"``: one threshold for the whole clip (the paper); ``"frame"``: one
 #: threshold per frame, so a frame of slow motion is not drowned by a fast one.
 THRESHOLDS = ("clip", "frame")
-
-_RANK_HELP = "rank 3 (T,H,W), 4 (T,H,W,C) or 5 (N,T,H,W,C)"
+#: How the axes of a relevance array are read. Without ``layout=`` the rank
+#: decides: 3 is one clip (T, H, W), 4 one clip (T, H, W, C), 5 a batch
+#: (N, T, H, W, C). A batch without channels (N, T, H, W), such as the output
+#: of :func:`temporal_gradient` on a batch, needs ``layout="NTHW"``.
+LAYOUTS = {"THW": 3, "THWC": 4, "NTHW": 4, "NTHWC": 5}
+_LAYOUT_OF_RANK = {3: "THW", 4: "THWC", 5: "NTHWC"}
 
 
 def _describe(x: Any) -> str:
     return f"shape {tuple(jnp.shape(x))} {jnp.result_type(x)}"
 
 
-def _check_relevance(x: Any, fn: str) -> None:
+def _traced(x: Any) -> bool:
+    return isinstance(x, jax.core.Tracer)
+
+
+def _as_array(x: Any, fn: str, name: str) -> Any:
+    """Arrays (NumPy, JAX, tracers) pass; nested lists become NumPy arrays if regular."""
+    if hasattr(x, "shape") and hasattr(x, "dtype"):
+        return x
+    try:
+        return np.asarray(x)
+    except ValueError:  # ragged nesting
+        raise ShapeError(f"{fn}: {name} must be an array; got a ragged nested list") from None
+
+
+def _check_relevance(x: Any, fn: str, layout: str | None, name: str = "relevance") -> tuple:
+    """``(array, layout)`` after checking dtype, rank against the layout and T >= 3."""
+    x = _as_array(x, fn, name)
     dtype = jnp.result_type(x)
     if not jnp.issubdtype(dtype, jnp.floating):
-        raise DTypeError(f"{fn}: relevance must be a real floating array; got {_describe(x)}")
-    shape = jnp.shape(x)
-    if len(shape) not in (3, 4, 5):
-        raise ShapeError(f"{fn}: relevance must have {_RANK_HELP}; got {_describe(x)}")
-    t = shape[1] if len(shape) == 5 else shape[0]
+        raise DTypeError(f"{fn}: {name} must be a real floating array; got {_describe(x)}")
+    rank = len(jnp.shape(x))
+    if layout is None:
+        if rank not in _LAYOUT_OF_RANK:
+            raise ShapeError(
+                f"{fn}: {name} must have rank 3 (T,H,W), 4 (T,H,W,C) or 5 (N,T,H,W,C), or pass "
+                f"layout= (one of {', '.join(LAYOUTS)}); got {_describe(x)}"
+            )
+        layout = _LAYOUT_OF_RANK[rank]
+    one_of(f"{fn}: layout", layout, LAYOUTS)
+    if rank != LAYOUTS[layout]:
+        raise ShapeError(
+            f"{fn}: layout {layout!r} needs rank {LAYOUTS[layout]}; {name} has {_describe(x)}"
+        )
+    t = jnp.shape(x)[layout.index("T")]
     if t < 3:
         raise ShapeError(
             f"{fn}: the temporal Sobel operator needs at least 3 frames (T >= 3); "
             f"got T={t} in {_describe(x)}"
         )
+    return x, layout
 
 
 def _check_options(fn: str, temporal_padding: str, threshold: str = "clip", ddof: int = 1) -> None:
@@ -88,25 +121,57 @@ def _check_options(fn: str, temporal_padding: str, threshold: str = "clip", ddof
 
 
 def _check_sigma(fn: str, sigma: Any) -> None:
-    if jnp.ndim(sigma) != 0:
-        raise OptionError(f"{fn}: sigma must be a scalar; got shape {tuple(jnp.shape(sigma))}")
-    try:
-        value = float(sigma)
-    except (TypeError, jax.errors.ConcretizationTypeError):
-        return  # traced under jit: checked by the caller's data, not here
-    if not value >= 0:  # also rejects NaN
-        raise OptionError(f"{fn}: sigma must be >= 0; got {value}")
+    """A concrete sigma must be a real scalar >= 0; a traced one is checked in the
+    computation (an invalid value makes the outputs NaN)."""
+    if _traced(sigma):
+        if jnp.ndim(sigma) != 0 or not jnp.issubdtype(jnp.result_type(sigma), jnp.number):
+            raise OptionError(f"{fn}: sigma must be a real scalar; got {_describe(sigma)}")
+        return
+    if isinstance(sigma, np.ndarray | jax.Array) and sigma.ndim == 0:
+        sigma = sigma.item()
+    real(f"{fn}: sigma", sigma, minimum=0.0)
 
 
-def _check_sample_count(fn: str, x: Any, threshold: str, ddof: int) -> None:
-    shape = jnp.shape(x)
-    t, h, w = shape[1:4] if len(shape) == 5 else shape[:3]
-    count = h * w if threshold == "frame" else t * h * w
+def _check_sample_count(fn: str, x: Any, layout: str, threshold: str, ddof: int) -> None:
+    shape = dict(zip(layout, jnp.shape(x), strict=True))
+    count = shape["H"] * shape["W"] * (1 if threshold == "frame" else shape["T"])
     if count <= ddof:
         raise ShapeError(
             f"{fn}: the {threshold} std needs more than ddof={ddof} values; "
             f"got {count} in {_describe(x)}"
         )
+
+
+@functools.partial(jax.jit, static_argnames=("batched",))
+def _nonfinite_counts(x, batched):
+    """(clips, 2) counts of NaN and infinite values per clip."""
+    x = x if batched else x[None]
+    axes = tuple(range(1, x.ndim))
+    return jnp.stack([jnp.sum(jnp.isnan(x), axes), jnp.sum(jnp.isinf(x), axes)], -1)
+
+
+def _check_finite(fn: str, x: Any, layout: str, name: str = "relevance") -> None:
+    """Concrete input only: NonFiniteError with the count and the clips affected."""
+    if _traced(x):
+        return
+    counts = np.asarray(_nonfinite_counts(x, layout.startswith("N")))
+    bad_clips = np.flatnonzero(counts.sum(-1))
+    if bad_clips.size:
+        nan, inf = (int(v) for v in counts.sum(0))
+        where = f" in clip(s) {bad_clips.tolist()}" if layout.startswith("N") else ""
+        raise NonFiniteError(
+            f"{fn}: {name} holds {nan + inf} non-finite values ({nan} NaN, {inf} infinite)"
+            f"{where} of {_describe(x)}"
+        )
+
+
+def _checked_inputs(fn, relevance, layout, sigma, ddof, threshold, temporal_padding):
+    x, layout = _check_relevance(relevance, fn, layout)
+    _check_options(fn, temporal_padding, threshold, ddof)
+    _check_sigma(fn, sigma)
+    _check_sample_count(fn, x, layout, threshold, ddof)
+    _check_finite(fn, x, layout)
+    return jnp.asarray(x), layout
 
 
 def _compute_dtype(dtype: Any) -> Any:
@@ -154,60 +219,99 @@ def _abs_d(clip: jax.Array, temporal_padding: str) -> jax.Array:
 
 
 def _clip_mask(x, sigma, temporal_padding, threshold, ddof):
+    """``(mask, nonfinite)`` of one clip. A NaN or infinite relevance value makes |D|
+    non-finite next to it, and with it the std: found without another pass over x."""
     g = _abs_d(x, temporal_padding)
     axes = (1, 2) if threshold == "frame" else (0, 1, 2)
     std = jnp.std(g, axis=axes, ddof=ddof, keepdims=True)
-    return g > jnp.asarray(sigma, g.dtype) * std
+    return g > jnp.asarray(sigma, g.dtype) * std, ~jnp.all(jnp.isfinite(std))
 
 
-def _per_clip(fn, x, *args):
-    return (
-        jax.vmap(fn, in_axes=(0,) + (None,) * len(args))(x, *args) if x.ndim == 5 else fn(x, *args)
+def _per_clip(fn, x, batched, *args):
+    return jax.vmap(fn, in_axes=(0,) + (None,) * len(args))(x, *args) if batched else fn(x, *args)
+
+
+def _invalid_sigma(sigma) -> jax.Array:
+    return ~(jnp.asarray(sigma, jnp.float32) >= 0)  # NaN too
+
+
+def _checkify_checks(fn: str, nonfinite: jax.Array, sigma) -> None:
+    checkify.check(~_invalid_sigma(sigma), f"{fn}: sigma must be >= 0; got {{}}", sigma)
+    checkify.check(
+        ~jnp.any(nonfinite),
+        f"{fn}: relevance holds NaN or infinite values (affected clips True): {{}}",
+        nonfinite,
     )
 
 
-@functools.partial(jax.jit, static_argnames=("temporal_padding",))
-def _temporal_gradient(x, temporal_padding):
-    return _per_clip(_abs_d, x, temporal_padding).astype(x.dtype)
+def _nan_where(invalid: jax.Array, out: jax.Array) -> jax.Array:
+    """``out`` with every value of an invalid clip (a leading-axis entry of ``invalid``) NaN."""
+    invalid = jnp.reshape(invalid, invalid.shape + (1,) * (out.ndim - invalid.ndim))
+    return jnp.where(invalid, jnp.asarray(jnp.nan, out.dtype), out)
 
 
-@functools.partial(jax.jit, static_argnames=("temporal_padding", "threshold", "ddof"))
-def _motion_mask(x, sigma, temporal_padding, threshold, ddof):
-    return _per_clip(_clip_mask, x, sigma, temporal_padding, threshold, ddof)
+_STATIC = ("batched", "temporal_padding", "threshold", "ddof", "checked", "fn")
 
 
-@functools.partial(jax.jit, static_argnames=("temporal_padding", "threshold", "ddof", "keep"))
-def _split(x, sigma, temporal_padding, threshold, ddof, keep):
+@functools.partial(jax.jit, static_argnames=("batched", "temporal_padding"))
+def _temporal_gradient(x, batched, temporal_padding):
+    def one(clip):
+        g = _abs_d(clip, temporal_padding)
+        return _nan_where(~jnp.all(jnp.isfinite(g)), g).astype(clip.dtype)
+
+    return _per_clip(one, x, batched)
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _motion_mask(x, sigma, batched, temporal_padding, threshold, ddof, checked, fn):
+    mask, nonfinite = _per_clip(_clip_mask, x, batched, sigma, temporal_padding, threshold, ddof)
+    if checked:
+        _checkify_checks(fn, nonfinite, sigma)
+    invalid = nonfinite | _invalid_sigma(sigma)  # a bool mask can't be NaN: all False
+    return mask & ~jnp.reshape(invalid, invalid.shape + (1,) * (mask.ndim - invalid.ndim))
+
+
+@functools.partial(jax.jit, static_argnames=(*_STATIC, "keep"))
+def _split(x, sigma, batched, temporal_padding, threshold, ddof, checked, fn, keep):
     def one(clip, sigma):
-        mask = _clip_mask(clip, sigma, temporal_padding, threshold, ddof)
+        mask, nonfinite = _clip_mask(clip, sigma, temporal_padding, threshold, ddof)
         if clip.ndim == 4:
             mask = mask[..., None]
         if keep == "static":
             mask = ~mask
         # The spec's R * mask; on XLA:CPU a multiply streams ~1.5x faster than a select.
-        return clip * mask.astype(clip.dtype)
+        return clip * mask.astype(clip.dtype), nonfinite
 
-    return _per_clip(one, x, sigma)
+    out, nonfinite = _per_clip(one, x, batched, sigma)
+    if checked:
+        _checkify_checks(fn, nonfinite, sigma)
+    return _nan_where(nonfinite | _invalid_sigma(sigma), out)
 
 
-def temporal_gradient(relevance: Any, *, temporal_padding: TemporalPadding = "zero") -> jax.Array:
+def temporal_gradient(
+    relevance: Any, *, temporal_padding: TemporalPadding = "zero", layout: Layout | None = None
+) -> jax.Array:
     """Absolute temporal Sobel derivative |D| of the channel-summed relevance.
 
     Args:
-      relevance: (T, H, W), (T, H, W, C) or (N, T, H, W, C) real floating array, T >= 3.
+      relevance: real floating array of one clip (T, H, W) or (T, H, W, C) or a batch
+        (N, T, H, W, C); (N, T, H, W) with ``layout="NTHW"``. T >= 3.
       temporal_padding: ``"zero"`` (the paper) or ``"edge"`` (replicate end
         frames: no spurious motion on the first and last frame).
+      layout: how to read the axes (see :data:`LAYOUTS`); None: by rank.
 
     Returns:
-      |D| with the input's dtype, (T, H, W) for rank 3 and 4, (N, T, H, W) for rank 5.
+      |D| with the input's dtype, (T, H, W) for one clip, (N, T, H, W) for a batch;
+      all NaN for a clip whose |D| is not finite (under jit; eager calls raise).
 
     Example::
 
         g = temporal_gradient(jnp.ones((8, 16, 16, 3)), temporal_padding="edge")  # all 0
     """
-    _check_relevance(relevance, "temporal_gradient")
-    _check_options("temporal_gradient", temporal_padding)
-    return _temporal_gradient(jnp.asarray(relevance), temporal_padding)
+    x, layout = _check_relevance(relevance, "temporal_gradient", layout)
+    one_of("temporal_gradient: temporal_padding", temporal_padding, TEMPORAL_PADDINGS)
+    _check_finite("temporal_gradient", x, layout)
+    return _temporal_gradient(jnp.asarray(x), layout.startswith("N"), temporal_padding)
 
 
 def motion_mask(
@@ -217,32 +321,53 @@ def motion_mask(
     ddof: int = 1,
     threshold: Threshold = "clip",
     temporal_padding: TemporalPadding = "zero",
+    layout: Layout | None = None,
+    checked: bool = False,
 ) -> jax.Array:
     """Boolean motion mask ``|D| > sigma * std(|D|)``.
 
     Args:
-      relevance: (T, H, W), (T, H, W, C) or (N, T, H, W, C) real floating array, T >= 3.
+      relevance: one clip (T, H, W) or (T, H, W, C), or a batch (N, T, H, W, C), or
+        (N, T, H, W) with ``layout="NTHW"``; real floating, T >= 3.
       sigma: degree of selectivity, >= 0 (the paper used about 1 to 3); may be traced.
       ddof: delta degrees of freedom of the mean-centred std (1, as the authors' code).
       threshold: ``"clip"`` (one threshold per clip, the paper) or ``"frame"``.
       temporal_padding: ``"zero"`` (the paper) or ``"edge"``.
+      layout: how to read the axes (see :data:`LAYOUTS`); None: by rank.
+      checked: add ``jax.experimental.checkify`` checks (call it under
+        ``checkify.checkify``): a traced NaN/Inf relevance or negative sigma then
+        raises instead of giving an all-False mask.
 
     Returns:
-      bool mask, (T, H, W) for rank 3 and 4, (N, T, H, W) for rank 5.
+      bool mask, (T, H, W) for one clip, (N, T, H, W) for a batch.
     """
-    _check_relevance(relevance, "motion_mask")
-    _check_options("motion_mask", temporal_padding, threshold, ddof)
-    _check_sigma("motion_mask", sigma)
-    _check_sample_count("motion_mask", relevance, threshold, ddof)
-    return _motion_mask(jnp.asarray(relevance), sigma, temporal_padding, threshold, int(ddof))
+    x, layout = _checked_inputs(
+        "motion_mask", relevance, layout, sigma, ddof, threshold, temporal_padding
+    )
+    return _under_checkify(
+        _motion_mask, "motion_mask", checked,
+        x, sigma, layout.startswith("N"), temporal_padding, threshold, int(ddof),
+    )  # fmt: skip
 
 
-def _split_checked(fn, relevance, sigma, ddof, threshold, temporal_padding, keep):
-    _check_relevance(relevance, fn)
-    _check_options(fn, temporal_padding, threshold, ddof)
-    _check_sigma(fn, sigma)
-    _check_sample_count(fn, relevance, threshold, ddof)
-    return _split(jnp.asarray(relevance), sigma, temporal_padding, threshold, int(ddof), keep)
+def _under_checkify(jitted, fn: str, checked: bool, *args, **kwargs):
+    try:
+        return jitted(*args, checked=bool(checked), fn=fn, **kwargs)
+    except ValueError as e:
+        if checked and "checkify" in str(e):
+            raise OptionError(
+                f"{fn}: checked=True adds checkify checks; call it under "
+                f"jax.experimental.checkify.checkify"
+            ) from None
+        raise
+
+
+def _split_checked(fn, relevance, sigma, ddof, threshold, temporal_padding, layout, checked, keep):
+    x, layout = _checked_inputs(fn, relevance, layout, sigma, ddof, threshold, temporal_padding)
+    return _under_checkify(
+        _split, fn, checked,
+        x, sigma, layout.startswith("N"), temporal_padding, threshold, int(ddof), keep=keep,
+    )  # fmt: skip
 
 
 def selective_relevance(
@@ -252,18 +377,23 @@ def selective_relevance(
     ddof: int = 1,
     threshold: Threshold = "clip",
     temporal_padding: TemporalPadding = "zero",
+    layout: Layout | None = None,
+    checked: bool = False,
 ) -> jax.Array:
     """Motion relevance: ``relevance`` where the motion mask holds, 0 elsewhere.
 
-    Same shape and dtype as ``relevance``; options as :func:`motion_mask`.
+    Same shape and dtype as ``relevance``; options as :func:`motion_mask`. Under
+    jit, a clip with NaN/Inf relevance (or any clip, for a negative or NaN sigma)
+    comes back all NaN; eager calls raise instead.
 
     Example::
 
         sel = selective_relevance(relevance, sigma=2.0, temporal_padding="edge")
     """
     return _split_checked(
-        "selective_relevance", relevance, sigma, ddof, threshold, temporal_padding, "motion"
-    )
+        "selective_relevance", relevance, sigma, ddof, threshold, temporal_padding, layout,
+        checked, "motion",
+    )  # fmt: skip
 
 
 def static_relevance(
@@ -273,59 +403,83 @@ def static_relevance(
     ddof: int = 1,
     threshold: Threshold = "clip",
     temporal_padding: TemporalPadding = "zero",
+    layout: Layout | None = None,
+    checked: bool = False,
 ) -> jax.Array:
     """The complement of :func:`selective_relevance`: ``relevance - selective``.
 
-    Same shape and dtype as ``relevance``; options as :func:`motion_mask`.
+    Same shape and dtype as ``relevance``; options and invalid values as
+    :func:`selective_relevance`.
     """
     return _split_checked(
-        "static_relevance", relevance, sigma, ddof, threshold, temporal_padding, "static"
-    )
+        "static_relevance", relevance, sigma, ddof, threshold, temporal_padding, layout,
+        checked, "static",
+    )  # fmt: skip
 
 
-@jax.jit
-def _spatial_bias(relevance, selective):
-    axes = tuple(range(relevance.ndim - 4, relevance.ndim)) if relevance.ndim == 5 else None
-    ctype = _compute_dtype(relevance.dtype)
-    total = jnp.sum(jnp.abs(relevance.astype(ctype)), axis=axes)
-    kept = jnp.sum(jnp.abs(selective.astype(ctype)), axis=axes)
-    safe = jnp.where(total > 0, total, 1)
-    return jnp.where(total > 0, 1 - kept / safe, 0).astype(ctype)
+@functools.partial(jax.jit, static_argnames=("batched",))
+def _spatial_bias(relevance, selective, batched):
+    """``(bias, not_a_selection)`` per clip; bias NaN where either input is not finite
+    or ``selective`` is not ``relevance`` restricted to some of its voxels."""
+    rel, sel = (relevance, selective) if batched else (relevance[None], selective[None])
+    axes = tuple(range(1, rel.ndim))
+    ctype = _compute_dtype(rel.dtype)
+    rel, sel = rel.astype(ctype), sel.astype(ctype)
+    total = jnp.sum(jnp.abs(rel), axis=axes)
+    kept = jnp.sum(jnp.abs(sel), axis=axes)
+    not_selected = jnp.sum((sel != rel) & (sel != 0), axis=axes)
+    bias = jnp.where(total > 0, 1 - kept / jnp.where(total > 0, total, 1), 0)
+    invalid = ~jnp.isfinite(total) | ~jnp.isfinite(kept) | (not_selected > 0)
+    bias = jnp.where(invalid, jnp.nan, bias)
+    return (bias, not_selected) if batched else (bias[0], not_selected[0])
 
 
-def spatial_bias(relevance: Any, selective: Any) -> jax.Array:
+def spatial_bias(relevance: Any, selective: Any, *, layout: Layout | None = None) -> jax.Array:
     """Share of relevance mass removed by selection: ``1 - |sel|_1 / |rel|_1`` per clip.
 
     The paper's measure of a model's spatial (static appearance) bias; 0 when the
-    relevance is all zero. A scalar for one clip (rank 3 or 4), (N,) for a batch.
+    relevance is all zero. ``selective`` must be ``relevance`` with some voxels set to
+    0 (as :func:`selective_relevance` returns it): anything else, e.g. the arguments
+    swapped, raises (NaN under jit), as do NaN or infinite values. A scalar for one
+    clip, (N,) for a batch.
 
     Example::
 
         bias = spatial_bias(rel, selective_relevance(rel, sigma=1.0))
     """
-    _check_relevance(relevance, "spatial_bias")
-    _check_relevance(selective, "spatial_bias")
-    if jnp.shape(relevance) != jnp.shape(selective):
+    rel, layout = _check_relevance(relevance, "spatial_bias", layout)
+    sel, _ = _check_relevance(selective, "spatial_bias", layout, name="selective")
+    if jnp.shape(rel) != jnp.shape(sel):
         raise ShapeError(
             f"spatial_bias: relevance and selective must have the same shape; "
-            f"got {_describe(relevance)} and {_describe(selective)}"
+            f"got {_describe(rel)} and {_describe(sel)}"
         )
-    return _spatial_bias(jnp.asarray(relevance), jnp.asarray(selective))
+    _check_finite("spatial_bias", rel, layout)
+    _check_finite("spatial_bias", sel, layout, name="selective")
+    batched = layout.startswith("N")
+    bias, not_selected = _spatial_bias(jnp.asarray(rel), jnp.asarray(sel), batched)
+    if not (_traced(rel) or _traced(sel)):
+        counts = np.atleast_1d(np.asarray(not_selected))
+        if counts.any():
+            clips = f" of clip(s) {np.flatnonzero(counts).tolist()}" if batched else ""
+            raise OptionError(
+                f"spatial_bias: selective is not a selection of relevance: {int(counts.sum())} "
+                f"voxels{clips} are neither equal to relevance nor 0 (arguments swapped?)"
+            )
+    return bias
 
 
-def validate_relevance(relevance: Any, name: str = "relevance") -> np.ndarray:
+def validate_relevance(
+    relevance: Any, name: str = "relevance", *, layout: Layout | None = None
+) -> np.ndarray:
     """Eagerly check a relevance map: rank, dtype, and no NaN or infinite values.
 
     Returns the map as a NumPy array; raises :class:`NonFiniteError` with the
-    count of bad values. Not traceable (it inspects values).
+    count of bad values and the clips that hold them. Not traceable (it inspects
+    values).
     """
-    _check_relevance(relevance, "validate_relevance")
-    x = np.asarray(relevance)
-    bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
-    if bad:
-        n_nan = int(np.count_nonzero(np.isnan(x)))
-        raise NonFiniteError(
-            f"validate_relevance: {name} holds {bad} non-finite values "
-            f"({n_nan} NaN, {bad - n_nan} infinite) in {_describe(x)}"
-        )
-    return x
+    x, layout = _check_relevance(relevance, "validate_relevance", layout, name=name)
+    if _traced(x):
+        raise OptionError("validate_relevance inspects values; it can't run under jit")
+    _check_finite("validate_relevance", x, layout, name=name)
+    return np.asarray(x)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import os
 import subprocess
@@ -307,11 +308,11 @@ def test_bad_relevance_raises(x, match):
 
 def test_bad_options_raise():
     x = np.zeros((4, 5, 5), np.float32)
-    with pytest.raises(sr.SelrelError, match=r"sigma must be >= 0; got -1.0"):
+    with pytest.raises(sr.SelrelError, match=r"sigma must be a finite number >= 0.0; got -1.0"):
         sr.selective_relevance(x, -1.0)
-    with pytest.raises(sr.SelrelError, match=r"sigma must be >= 0; got nan"):
+    with pytest.raises(sr.SelrelError, match=r"sigma must be a finite number >= 0.0; got nan"):
         sr.motion_mask(x, float("nan"))
-    with pytest.raises(sr.SelrelError, match=r"sigma must be a scalar"):
+    with pytest.raises(sr.SelrelError, match=r"sigma must be a finite number"):
         sr.motion_mask(x, np.ones(3))
     with pytest.raises(
         sr.SelrelError,
@@ -343,3 +344,152 @@ def test_validate_relevance_counts_bad_values():
         sr.validate_relevance(x)
     with pytest.raises(sr.SelrelError, match="rank"):
         sr.validate_relevance(np.zeros(3, np.float32))
+
+
+# --- invalid values: eager calls raise, traced ones give NaN for the affected clip only ---
+
+FUNCTIONS = {
+    "temporal_gradient": lambda x, s: sr.temporal_gradient(x),
+    "motion_mask": sr.motion_mask,
+    "selective_relevance": sr.selective_relevance,
+    "static_relevance": sr.static_relevance,
+}
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("name", sorted(FUNCTIONS))
+def test_nonfinite_relevance_raises_naming_count_and_clips(name, value):
+    rel = random_relevance(3, (3, 5, 6, 6, 2))
+    rel[1, 2, 3, 3, 0] = value
+    rel[1, 0, 0, 0, 1] = value
+    with pytest.raises(
+        sr.NonFiniteError,
+        match=rf"{name}: relevance holds 2 non-finite values .*in clip\(s\) \[1\]",
+    ):
+        FUNCTIONS[name](rel, 1.0)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_nonfinite_clip_is_all_nan_under_jit_and_other_clips_untouched(value):
+    rel = random_relevance(4, (3, 5, 6, 6, 2))
+    bad = rel.copy()
+    bad[1, 2, 3, 3, 0] = value
+    for name, fn in FUNCTIONS.items():
+        got = np.asarray(jax.jit(fn)(bad, 1.0))
+        want = np.asarray(fn(rel, 1.0))
+        np.testing.assert_array_equal(got[[0, 2]], want[[0, 2]], err_msg=name)
+        if name == "motion_mask":  # a bool can't be NaN: the invalid clip selects nothing
+            assert not got[1].any()
+        else:
+            assert np.isnan(got[1]).all(), name
+    sel = jax.jit(sr.selective_relevance)(bad, 1.0)
+    bias = np.asarray(jax.jit(sr.spatial_bias)(bad, sel))
+    assert np.isnan(bias[1]) and np.isfinite(bias[[0, 2]]).all()
+
+
+def test_traced_negative_or_nan_sigma_gives_nan_not_every_voxel():
+    rel = random_relevance(5, (2, 5, 6, 6, 3))
+    for sigma in (-1.0, np.nan):
+        for fn in (sr.selective_relevance, sr.static_relevance):
+            assert np.isnan(np.asarray(jax.jit(fn)(rel, sigma))).all()
+        assert not np.asarray(jax.jit(sr.motion_mask)(rel, sigma)).any()
+        sel = jax.jit(sr.selective_relevance)(rel, sigma)
+        assert np.isnan(np.asarray(jax.jit(sr.spatial_bias)(rel, sel))).all()
+    per_clip = jax.vmap(sr.selective_relevance)(rel, jnp.array([1.0, -1.0]))
+    np.testing.assert_array_equal(per_clip[0], sr.selective_relevance(rel[0], 1.0))
+    assert np.isnan(np.asarray(per_clip[1])).all()
+
+
+def test_spatial_bias_with_swapped_arguments_raises():
+    rel = random_relevance(6, (2, 6, 8, 8, 3))
+    sel = sr.selective_relevance(rel, 1.0)
+    with pytest.raises(
+        sr.OptionError,
+        match=r"not a selection of relevance: \d+ voxels of clip\(s\) \[0, 1\].*swapped",
+    ):
+        sr.spatial_bias(sel, rel)
+    altered = np.array(sel)
+    altered[1, 0, 0, 0, 0] = rel[1, 0, 0, 0, 0] + 1.0  # neither the relevance nor 0
+    with pytest.raises(sr.OptionError, match=r"1 voxels of clip\(s\) \[1\]"):
+        sr.spatial_bias(rel, altered)
+    bias = np.asarray(jax.jit(sr.spatial_bias)(sel, rel))  # under jit: NaN, never negative
+    assert np.isnan(bias).all()
+
+
+def test_spatial_bias_with_nonfinite_relevance_raises():
+    rel = random_relevance(7, (2, 5, 6, 6, 3))
+    sel = np.asarray(sr.selective_relevance(rel, 1.0)).copy()
+    rel[0, 0, 0, 0, 0] = np.nan
+    with pytest.raises(sr.NonFiniteError, match=r"spatial_bias: relevance holds 1 non-finite"):
+        sr.spatial_bias(rel, sel)
+
+
+@pytest.mark.parametrize("sigma", [None, "2", [1.0], True, 1j])
+def test_sigma_of_the_wrong_type_raises_clearly(sigma):
+    with pytest.raises(sr.OptionError, match=r"motion_mask: sigma must be a finite number"):
+        sr.motion_mask(np.zeros((4, 5, 5), np.float32), sigma)
+
+
+def test_nested_list_relevance_is_read_or_refused_clearly():
+    clip = random_relevance(8, (4, 3, 3)).astype(np.float64)
+    np.testing.assert_array_equal(sr.temporal_gradient(clip.tolist()), sr.temporal_gradient(clip))
+    with pytest.raises(
+        sr.ShapeError, match=r"relevance must be an array; got a ragged nested list"
+    ):
+        sr.selective_relevance([[[0.0, 1.0]], [[0.0]], [[1.0]]])
+    with pytest.raises(sr.DTypeError, match=r"floating"):
+        sr.selective_relevance([[[1, 2]]] * 4)
+
+
+def test_channel_less_batches_need_layout_nthw():
+    rel = random_relevance(9, (3, 6, 7, 7))  # (N, T, H, W)
+    loop = np.stack([np.asarray(sr.selective_relevance(r, 1.0)) for r in rel])
+    np.testing.assert_array_equal(sr.selective_relevance(rel, 1.0, layout="NTHW"), loop)
+    masks = np.stack([np.asarray(sr.motion_mask(r, 1.0)) for r in rel])
+    np.testing.assert_array_equal(sr.motion_mask(rel, 1.0, layout="NTHW"), masks)
+    g = sr.temporal_gradient(random_relevance(9, (3, 6, 7, 7, 3)))  # (N, T, H, W) output
+    np.testing.assert_array_equal(
+        sr.temporal_gradient(g, layout="NTHW"),
+        np.stack([np.asarray(sr.temporal_gradient(c)) for c in np.asarray(g)]),
+    )
+    sel = sr.selective_relevance(rel, 1.0, layout="NTHW")
+    assert sr.spatial_bias(rel, sel, layout="NTHW").shape == (3,)
+
+
+@pytest.mark.parametrize(
+    "shape, layout, match",
+    [
+        ((3, 6, 7, 7), "NTHWC", r"layout 'NTHWC' needs rank 5; relevance has shape \(3, 6, 7, 7\)"),
+        ((6, 7, 7), "NTHW", r"layout 'NTHW' needs rank 4"),
+        ((2, 6, 7, 7), "TNHW", r"layout must be one of THW, THWC, NTHW, NTHWC; got 'TNHW'"),
+        ((4, 2, 7, 7), "NTHW", r"T >= 3.*got T=2"),
+    ],
+)
+def test_layout_that_cannot_be_meant_raises(shape, layout, match):
+    with pytest.raises(sr.SelrelError, match=match):
+        sr.selective_relevance(np.zeros(shape, np.float32), layout=layout)
+
+
+def test_checked_path_raises_under_checkify_with_a_clear_message():
+    from jax.experimental import checkify
+
+    rel = random_relevance(10, (3, 5, 6, 6, 3))
+    fn = jax.jit(checkify.checkify(functools.partial(sr.selective_relevance, checked=True)))
+    err, out = fn(rel, 1.0)
+    err.throw()  # valid input: no error
+    np.testing.assert_array_equal(out, sr.selective_relevance(rel, 1.0))
+    err, _ = fn(rel, -2.0)
+    with pytest.raises(
+        checkify.JaxRuntimeError, match=r"selective_relevance: sigma must be >= 0; got -2"
+    ):
+        err.throw()
+    rel[2, 1, 1, 1, 1] = np.nan
+    err, _ = fn(rel, 1.0)
+    with pytest.raises(checkify.JaxRuntimeError, match=r"NaN or infinite.*\[False False  True\]"):
+        err.throw()
+    mask_fn = checkify.checkify(functools.partial(sr.motion_mask, checked=True))
+    err, _ = jax.jit(mask_fn)(rel, 1.0)
+    with pytest.raises(checkify.JaxRuntimeError, match=r"motion_mask: relevance holds NaN"):
+        err.throw()
+    with pytest.raises(sr.OptionError, match=r"checked=True .*checkify.checkify"):
+        sr.selective_relevance(rel[:2], 1.0, checked=True)
