@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -146,6 +147,32 @@ def _resolve(name_or_path: str | pathlib.Path) -> pathlib.Path:
     )
 
 
+def _drop_closed_loop_reports() -> None:
+    """After a failed restore, tensorstore still hands its pending reads to the asyncio
+    loop orbax has already closed, and Python prints each refusal as an unraisable
+    "Event loop is closed" traceback. Drop exactly those reports; keep every other."""
+    previous = sys.unraisablehook
+    if getattr(previous, "drops_closed_loop_reports", False):
+        return
+
+    def hook(unraisable: Any) -> None:
+        error = unraisable.exc_value
+        if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
+            previous(unraisable)
+
+    hook.drops_closed_loop_reports = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+
+
+def _first_words(error: Exception, limit: int = 200) -> str:
+    """The gist of a storage library's error: its first line, without the spec dump
+    tensorstore appends, at most ``limit`` characters."""
+    text = str(error).strip()
+    first = text.splitlines()[0].split(" [tensorstore_spec=")[0] if text else ""
+    first = first or type(error).__name__
+    return first if len(first) <= limit else first[: limit - 3] + "..."
+
+
 def read_info(directory: pathlib.Path) -> ModelInfo:
     """Parse ``directory/info.json``; any problem is a CheckpointError naming the file."""
     path = directory / INFO_FILE
@@ -173,7 +200,7 @@ def load(name_or_path: str | pathlib.Path) -> tuple[nn.Module, dict[str, Any], M
     info = read_info(directory)
     try:
         model = build(info)
-    except SelrelError as e:
+    except (SelrelError, TypeError) as e:  # TypeError: model_kwargs another arch does not take
         raise CheckpointError(
             f"metadata in {directory / INFO_FILE} names no buildable model: {e}"
         ) from None
@@ -184,8 +211,10 @@ def load(name_or_path: str | pathlib.Path) -> tuple[nn.Module, dict[str, Any], M
         with ocp.PyTreeCheckpointer() as checkpointer:
             restored = checkpointer.restore(var_dir)
     except Exception as e:  # orbax/tensorstore raise many types for broken files
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"corrupt or incomplete checkpoint {var_dir}: {first}") from None
+        _drop_closed_loop_reports()
+        raise CheckpointError(
+            f"corrupt or incomplete checkpoint {var_dir}: {_first_words(e)}"
+        ) from None
     variables = jax.tree_util.tree_map(np.asarray, _plain(restored))
     check_variables(model, info, variables, str(var_dir))
     return model, variables, info

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -101,11 +103,37 @@ def test_corrupt_variables(trained, tmp_path):
         models.load(d)
 
 
+ZEROED_LOAD = """
+import sys, time
+from selrel_jax import models
+try:
+    models.load(sys.argv[1])
+except models.CheckpointError as e:
+    print(e)
+time.sleep(1)  # the storage library's late reports arrive while the process goes on
+"""
+
+
+def test_zeroed_variable_files_give_one_short_error_and_no_stray_tracebacks(trained, tmp_path):
+    d = _copy(trained[3], tmp_path)
+    for f in (d / "variables").rglob("*"):
+        if f.is_file() and f.parent.name == "d":  # the data files; the manifest stays readable
+            f.write_bytes(bytes(f.stat().st_size))
+    out = subprocess.run(
+        [sys.executable, "-c", ZEROED_LOAD, str(d)], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.startswith("corrupt or incomplete checkpoint"), out.stdout
+    assert len(out.stdout) < 400 and "tensorstore_spec" not in out.stdout, out.stdout
+    assert "Traceback" not in out.stderr and "Event loop is closed" not in out.stderr, out.stderr
+
+
 @pytest.mark.parametrize(
     ("change", "needle"),
     [
         ({"num_classes": 7, "class_names": []}, "wrong shapes"),
         ({"arch": "c3d_large"}, "no buildable"),
+        ({"extra": {"model_kwargs": {"stem_stride": [1, 2, 2]}}, "arch": "r3d_18"}, "no buildable"),
     ],
 )
 def test_metadata_not_matching_parameters(trained, tmp_path, change, needle):
