@@ -1,0 +1,237 @@
+"""Scores of relevance maps against independent float64 NumPy oracles written from their
+definitions, their invariants, and their behaviour under jit and vmap."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import selrel_jax as sr
+from selrel_jax import metrics
+
+# --- oracles ---
+
+
+def oracle_gini(clip: np.ndarray) -> float:
+    """Mean absolute difference over twice the mean, over all pairs of voxels: the Gini
+    index's definition, not the sorted formula the library uses."""
+    x = np.abs(np.asarray(clip, np.float64))
+    x = (x.sum(-1) if x.ndim == 4 else x).ravel()
+    if x.sum() == 0:
+        return 0.0
+    return float(np.abs(x[:, None] - x[None, :]).sum() / (2 * x.size * x.sum()))
+
+
+def oracle_frame_mass(clip: np.ndarray) -> np.ndarray:
+    x = np.abs(np.asarray(clip, np.float64))
+    return x.reshape(x.shape[0], -1).sum(-1)
+
+
+def random_relevance(seed: int, shape, dtype=np.float32) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    # Sparse, heavy-tailed, signed: like real relevance maps.
+    x = rng.standard_normal(shape) * (rng.random(shape) < 0.3) * rng.exponential(1.0, shape)
+    return x.astype(dtype)
+
+
+CLIP_SHAPES = [(3, 4, 5), (6, 5, 4, 3), (2, 3, 3, 1), (1, 1, 1), (4, 2, 7, 2)]
+
+
+@pytest.mark.parametrize("shape", CLIP_SHAPES)
+def test_gini_and_frame_mass_match_oracles_for_one_clip(shape):
+    rel = random_relevance(sum(shape), shape)
+    g = np.asarray(metrics.gini(rel))
+    assert g.shape == () and g.dtype == np.float32
+    np.testing.assert_allclose(g, oracle_gini(rel), rtol=1e-5, atol=1e-6)
+    m = np.asarray(metrics.frame_mass(rel))
+    assert m.shape == (shape[0],) and m.dtype == np.float32
+    np.testing.assert_allclose(m, oracle_frame_mass(rel), rtol=1e-5)
+
+
+@pytest.mark.parametrize("layout, shape", [("NTHWC", (3, 5, 4, 4, 2)), ("NTHW", (3, 5, 4, 4))])
+def test_batches_are_scored_per_clip(layout, shape):
+    rel = random_relevance(3, shape)
+    kw = {"layout": layout} if layout == "NTHW" else {}
+    np.testing.assert_allclose(
+        np.asarray(metrics.gini(rel, **kw)), [oracle_gini(c) for c in rel], rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        np.asarray(metrics.frame_mass(rel, **kw)),
+        np.stack([oracle_frame_mass(c) for c in rel]),
+        rtol=1e-5,
+    )
+
+
+def test_gini_special_values():
+    n = 4 * 5 * 6
+    assert float(metrics.gini(np.zeros((4, 5, 6), np.float32))) == 0.0
+    assert float(metrics.gini(np.full((4, 5, 6, 3), -2.5, np.float32))) == pytest.approx(
+        0, abs=1e-6
+    )
+    one = np.zeros((4, 5, 6), np.float32)
+    one[2, 3, 1] = 7.0
+    assert float(metrics.gini(one)) == pytest.approx((n - 1) / n, rel=1e-6)
+    # Channels are summed as magnitudes: opposite signs in one voxel don't cancel.
+    pair = np.zeros((3, 2, 2, 2), np.float32)
+    pair[0, 0, 0] = [1.0, -1.0]
+    assert float(metrics.gini(pair)) == pytest.approx(11 / 12, rel=1e-6)
+
+
+def test_gini_of_low_precision_is_computed_in_float32():
+    rel = random_relevance(4, (5, 8, 8, 3))
+    half = rel.astype(jnp.bfloat16)
+    got = metrics.gini(jnp.asarray(half))
+    assert got.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(got), oracle_gini(half.astype(np.float32)), rtol=1e-5)
+
+
+def test_kept_voxels_is_the_share_of_true():
+    rel = random_relevance(5, (3, 6, 7, 7, 3))
+    mask = sr.motion_mask(rel, 1.0)  # (N, T, H, W): a batch without layout=
+    got = np.asarray(metrics.kept_voxels(mask))
+    assert got.shape == (3,) and got.dtype == np.float32
+    np.testing.assert_allclose(got, np.asarray(mask).mean(axis=(1, 2, 3)), rtol=1e-6)
+    assert float(metrics.kept_voxels(np.asarray(mask)[1])) == pytest.approx(got[1])
+    assert float(metrics.kept_voxels(np.zeros((3, 2, 2), bool))) == 0.0
+    assert float(metrics.kept_voxels(np.ones((3, 2, 2), bool))) == 1.0
+
+
+def test_spatial_bias_is_selectives_and_of_a_video_is_mass_weighted():
+    assert metrics.spatial_bias is sr.spatial_bias
+    rel = random_relevance(6, (4, 5, 6, 6, 3))
+    sel = np.asarray(sr.selective_relevance(rel, 1.0))
+    per_clip = np.asarray(metrics.spatial_bias(rel, sel))
+    video = float(metrics.spatial_bias(rel.reshape(-1, 6, 6, 3), sel.reshape(-1, 6, 6, 3)))
+    weights = np.abs(rel).sum(axis=(1, 2, 3, 4))
+    assert video == pytest.approx(np.average(per_clip, weights=weights), rel=1e-5)
+
+
+# --- invariants ---
+
+clip_dims = st.tuples(
+    st.integers(1, 5), st.integers(1, 5), st.integers(1, 5), st.sampled_from([0, 1, 3])
+)
+
+
+def _clip(dims, seed):
+    t, h, w, c = dims
+    return random_relevance(seed, (t, h, w) if c == 0 else (t, h, w, c))
+
+
+@settings(max_examples=40, deadline=None)
+@given(clip_dims, st.integers(0, 2**31 - 1), st.integers(-8, 8), st.booleans())
+def test_gini_is_scale_and_sign_invariant(dims, seed, k, negate):
+    rel = _clip(dims, seed)
+    factor = np.float32(2.0**k) * (-1 if negate else 1)
+    np.testing.assert_allclose(metrics.gini(rel * factor), metrics.gini(rel), rtol=1e-5, atol=1e-6)
+
+
+@settings(max_examples=40, deadline=None)
+@given(clip_dims, st.integers(0, 2**31 - 1))
+def test_gini_is_permutation_invariant_and_bounded(dims, seed):
+    rel = _clip(dims, seed)
+    voxels = rel.reshape(-1, *rel.shape[3:])
+    shuffled = np.random.default_rng(seed).permutation(voxels).reshape(rel.shape)
+    g = float(metrics.gini(rel))
+    assert float(metrics.gini(shuffled)) == pytest.approx(g, abs=1e-6)
+    n = np.prod(rel.shape[:3])
+    assert -1e-6 <= g <= (n - 1) / n + 1e-6
+
+
+@settings(max_examples=40, deadline=None)
+@given(clip_dims, st.integers(0, 2**31 - 1))
+def test_frame_mass_sums_to_the_clips_mass_and_follows_the_frames(dims, seed):
+    rel = _clip(dims, seed)
+    m = np.asarray(metrics.frame_mass(rel))
+    assert m.sum() == pytest.approx(float(np.abs(rel.astype(np.float64)).sum()), rel=1e-5, abs=1e-6)
+    order = np.random.default_rng(seed).permutation(rel.shape[0])
+    np.testing.assert_allclose(np.asarray(metrics.frame_mass(rel[order])), m[order], rtol=1e-6)
+
+
+# --- transformations ---
+
+
+def test_jit_equals_eager_and_vmap_equals_loop():
+    rel = random_relevance(7, (4, 5, 8, 8, 3))
+    mask = np.asarray(sr.motion_mask(rel, 1.0))
+    for fn, x in ((metrics.gini, rel), (metrics.frame_mass, rel), (metrics.kept_voxels, mask)):
+        eager = np.asarray(fn(x))
+        np.testing.assert_array_equal(np.asarray(jax.jit(fn)(x)), eager)
+        np.testing.assert_allclose(np.asarray(jax.vmap(fn)(x)), eager, rtol=1e-6)
+        np.testing.assert_allclose(np.stack([np.asarray(fn(c)) for c in x]), eager, rtol=1e-6)
+    nthw = rel.sum(-1)
+    gini_nthw = jax.jit(lambda x: metrics.gini(x, layout="NTHW"))(nthw)
+    np.testing.assert_allclose(np.asarray(gini_nthw), [oracle_gini(c) for c in nthw], rtol=1e-5)
+
+
+# --- invalid values and bad input ---
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_nonfinite_relevance_raises_eagerly_and_is_nan_for_its_clip_under_jit(value):
+    bad = random_relevance(8, (3, 4, 5, 5, 2))
+    bad[1, 2, 3, 4, 1] = value
+    for fn in (metrics.gini, metrics.frame_mass):
+        with pytest.raises(sr.NonFiniteError, match=r"clip\(s\) \[1\]"):
+            fn(bad)
+        got = np.asarray(jax.jit(fn)(bad))
+        assert np.isnan(got[1]).all()
+        want = np.asarray(fn(np.delete(bad, 1, axis=0)))
+        np.testing.assert_array_equal(np.delete(got, 1, axis=0), want)
+
+
+@pytest.mark.parametrize("fn", [metrics.gini, metrics.frame_mass])
+@pytest.mark.parametrize(
+    "bad, kwargs, error, message",
+    [
+        (np.ones((3, 4, 5), np.int32), {}, sr.DTypeError, "real floating"),
+        (np.ones((3, 4, 5), bool), {}, sr.DTypeError, "real floating"),
+        (np.ones((4, 5), np.float32), {}, sr.ShapeError, r"rank 3 \(T,H,W\), 4"),
+        (np.ones((1, 2, 3, 4, 5, 6), np.float32), {}, sr.ShapeError, "rank"),
+        (np.ones((3, 4, 5), np.float32), {"layout": "NTHW"}, sr.ShapeError, "needs rank 4"),
+        (np.ones((3, 4, 5), np.float32), {"layout": "TWH"}, sr.OptionError, "layout"),
+        (np.ones((0, 4, 5), np.float32), {}, sr.ShapeError, "empty axis"),
+        (np.ones((2, 3, 4, 5, 0), np.float32), {}, sr.ShapeError, "empty axis"),
+        ([[[1.0, 2.0], [3.0]]], {}, sr.ShapeError, "ragged"),
+    ],
+)
+def test_bad_relevance_raises_one_clear_line(fn, bad, kwargs, error, message):
+    with pytest.raises(error, match=message) as info:
+        fn(bad, **kwargs)
+    assert "\n" not in str(info.value)
+    assert fn.__name__ in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "bad, kwargs, error, message",
+    [
+        (np.ones((3, 4, 5), np.float32), {}, sr.DTypeError, "bool"),
+        (np.ones((3, 4), bool), {}, sr.ShapeError, r"rank 3 \(T,H,W\) or 4 \(N,T,H,W\)"),
+        (np.ones((3, 4, 5, 6, 7), bool), {}, sr.ShapeError, "rank"),
+        (np.ones((3, 4, 5), bool), {"layout": "THWC"}, sr.OptionError, "layout"),
+        (np.ones((3, 4, 5, 6), bool), {"layout": "THW"}, sr.ShapeError, "needs rank 3"),
+    ],
+)
+def test_bad_mask_raises_one_clear_line(bad, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        metrics.kept_voxels(bad, **kwargs)
+
+
+def test_layouts_with_and_without_channels_agree():
+    magnitudes = np.abs(random_relevance(9, (2, 3, 4, 5, 2)))  # summing them keeps the mass
+    summed = magnitudes.sum(-1)
+    for fn in (metrics.gini, metrics.frame_mass):
+        np.testing.assert_allclose(
+            np.asarray(fn(magnitudes, layout="NTHWC")),
+            np.asarray(fn(summed, layout="NTHW")),
+            rtol=1e-6,
+        )
+        np.testing.assert_allclose(
+            np.asarray(fn(magnitudes[0], layout="THWC")),
+            np.asarray(fn(summed[0], layout="THW")),
+            rtol=1e-6,
+        )
