@@ -7,8 +7,13 @@ Example::
     import selrel_jax as sr
     sel = sr.selective_relevance(relevance, sigma=1.0)   # motion relevance
     bias = sr.spatial_bias(relevance, sel)               # share that was static
+    sr.metrics.gini(sel)                                 # more scores
+    sr.viz.panels(frames, {"relevance": relevance, "selective": sel})  # pictures
+
+``selrel_jax.viz`` (matplotlib) is imported on first use of ``sr.viz``.
 """
 
+from selrel_jax import metrics
 from selrel_jax.attribution import (
     AlphaBeta,
     Composite,
@@ -63,10 +68,25 @@ __all__ = [
     "ZPlus",
     "explain",
     "make_explainer",
+    "metrics",
     "motion_mask",
     "selective_relevance",
     "spatial_bias",
     "static_relevance",
     "temporal_gradient",
     "validate_relevance",
+    "viz",
 ]
+
+
+def __getattr__(name: str):
+    # viz pulls in matplotlib (~1 s); `import selrel_jax` stays light for the CLI.
+    if name == "viz":
+        import importlib
+
+        return importlib.import_module("selrel_jax.viz")
+    raise AttributeError(f"module 'selrel_jax' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | {"viz"})
