@@ -11,12 +11,22 @@ Example::
     clip = source[0]["video"]                                   # uint8 (16, 48, 48, 3)
     x = data.normalize(clip, mean=0.45, std=0.225)              # float32
     loader = data.make_loader(source, batch_size=32, seed=0, mean=0.45, std=0.225)
+    clips, class_names = data.load_clips("folder:UCF-101", "train", clip_size=(16, 112, 112))
 """
 
 from selrel_jax.data import synthetic_motion
-from selrel_jax.data._folder import VIDEO_EXTENSIONS, VideoFolder
+from selrel_jax.data._clips import Clips, LazyVideos, load_clips, parse_dataset
+from selrel_jax.data._folder import (
+    SPLIT_NAMES,
+    VIDEO_EXTENSIONS,
+    VideoFolder,
+    class_folders,
+    folder_splits,
+    read_split_file,
+)
 from selrel_jax.data._loader import ArraySource, make_loader
 from selrel_jax.data._normalize import normalize
+from selrel_jax.data._order import batch_indices, batches_per_epoch, epoch_order
 from selrel_jax.data._sample import (
     render_sample_clip,
     sample_clip_info,
@@ -44,17 +54,28 @@ from selrel_jax.data._video import (
 __all__ = [
     "DATA_DIR_ENV",
     "SAMPLING_MODES",
+    "SPLIT_NAMES",
     "VIDEO_EXTENSIONS",
     "ArraySource",
+    "Clips",
+    "LazyVideos",
     "VideoFolder",
+    "batch_indices",
+    "batches_per_epoch",
     "center_crop",
+    "class_folders",
     "clip_indices",
     "count_frames",
     "default_data_dir",
+    "epoch_order",
+    "folder_splits",
+    "load_clips",
     "load_source",
     "load_tfds_videos",
     "make_loader",
     "normalize",
+    "parse_dataset",
+    "read_split_file",
     "read_video",
     "render_sample_clip",
     "sample_clip_info",

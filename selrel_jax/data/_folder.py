@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from selrel_jax._checks import positive_int, real
 from selrel_jax.data._video import (
     _pair,
     clip_indices,
@@ -28,7 +29,8 @@ class VideoFolder(Sequence):
     all windows with ``stride`` (``"sliding"``; frame counts are read when the folder is
     opened). Frames are resized so the shorter side is ``size`` and centre-cropped to
     ``crop``; videos shorter than a clip are loop-padded. ``split_file`` (e.g. UCF-101's
-    ``trainlist01.txt``: lines ``Class/file.avi [label]``) restricts the videos.
+    ``trainlist01.txt``: lines ``Class/file.avi [label]``) or ``videos`` (such relative
+    paths, e.g. one split of :func:`folder_splits`) restricts the videos, in that order.
 
     Items are ``{"video": uint8 (T,H,W,3), "label": int32, "video_index": int32,
     "clip_index": int32}``; ``paths[video_index]`` is the file. Works directly as a
@@ -53,6 +55,7 @@ class VideoFolder(Sequence):
         crop: int | Sequence[int] | None = None,
         class_names: Sequence[str] | None = None,
         split_file: str | os.PathLike | None = None,
+        videos: Sequence[str | os.PathLike] | None = None,
         extensions: Sequence[str] = VIDEO_EXTENSIONS,
     ):
         self.root = pathlib.Path(root)
@@ -62,34 +65,26 @@ class VideoFolder(Sequence):
         clip_indices(
             1, clip_length, frame_step=frame_step, mode=sampling, num_clips=num_clips, stride=stride
         )
+        if size is not None:
+            size = positive_int("size", size)
         if crop is not None:
             _pair("crop", crop)
+        if split_file is not None and videos is not None:
+            raise OptionError("pass split_file or videos, not both")
         self.clip_length, self.frame_step = int(clip_length), int(frame_step)
         self.sampling, self.num_clips, self.stride = sampling, int(num_clips), stride
         self.size, self.crop = size, crop
-        found = sorted(d.name for d in self.root.iterdir() if d.is_dir())
-        self.class_names = tuple(class_names) if class_names is not None else tuple(found)
-        index_of = {name: i for i, name in enumerate(self.class_names)}
-        exts = tuple(e.lower() for e in extensions)
+        found = class_folders(self.root)
+        self.class_names = tuple(class_names) if class_names is not None else found
         if split_file is not None:
-            lines = pathlib.Path(split_file).read_text().split("\n")
-            candidates = [self.root / line.split()[0] for line in lines if line.strip()]
+            videos = read_split_file(split_file)
+        if videos is not None:
+            candidates = [self.root / v for v in videos]
         else:
             candidates = sorted(
                 f for name in found for f in (self.root / name).iterdir() if f.is_file()
             )
-        self.paths: list[pathlib.Path] = []
-        self.labels: list[int] = []
-        for path in candidates:
-            if path.suffix.lower() not in exts:
-                continue
-            cls = path.parent.name
-            if cls not in index_of:
-                raise OptionError(f"video {path} is in class folder {cls!r}, not in class_names")
-            self.paths.append(path)
-            self.labels.append(index_of[cls])
-        if not self.paths:
-            raise DataError(f"no videos with extensions {exts} under {self.root}")
+        self.paths, self.labels = self._labelled(candidates, extensions)
         self._clips: list[tuple[int, int]] = []
         for v, path in enumerate(self.paths):
             if sampling == "center":
@@ -99,6 +94,26 @@ class VideoFolder(Sequence):
             else:
                 k = len(self._indices(count_frames(path)))
             self._clips.extend((v, c) for c in range(k))
+
+    def _labelled(
+        self, candidates: Sequence[pathlib.Path], extensions: Sequence[str]
+    ) -> tuple[list[pathlib.Path], list[int]]:
+        """The video files among ``candidates`` and their class indices."""
+        index_of = {name: i for i, name in enumerate(self.class_names)}
+        exts = tuple(e.lower() for e in extensions)
+        paths: list[pathlib.Path] = []
+        labels: list[int] = []
+        for path in candidates:
+            if path.suffix.lower() not in exts:
+                continue
+            cls = path.parent.name
+            if cls not in index_of:
+                raise OptionError(f"video {path} is in class folder {cls!r}, not in class_names")
+            paths.append(path)
+            labels.append(index_of[cls])
+        if not paths:
+            raise DataError(f"no videos with extensions {exts} under {self.root}")
+        return paths, labels
 
     def _indices(self, num_frames: int) -> np.ndarray:
         return clip_indices(
@@ -112,6 +127,18 @@ class VideoFolder(Sequence):
 
     def __len__(self) -> int:
         return len(self._clips)
+
+    @property
+    def clip_labels(self) -> np.ndarray:
+        """int32 (len(self),): the label of every clip, known without decoding anything."""
+        return np.array([self.labels[v] for v, _ in self._clips], dtype=np.int32)
+
+    @property
+    def clip_shape(self) -> tuple[int, ...] | None:
+        """(T, H, W, 3) of every clip when ``crop`` fixes the frame size, else None."""
+        if self.crop is None:
+            return None
+        return (self.clip_length, *_pair("crop", self.crop), 3)
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         if not -len(self) <= index < len(self):
@@ -141,3 +168,94 @@ class VideoFolder(Sequence):
             f"VideoFolder({str(self.root)!r}, {len(self.paths)} videos, "
             f"{len(self.class_names)} classes, {len(self)} clips)"
         )
+
+
+def class_folders(root: str | os.PathLike) -> tuple[str, ...]:
+    """The sorted names of ``root``'s sub-folders: the classes of a UCF-101-layout folder."""
+    return tuple(sorted(d.name for d in pathlib.Path(root).iterdir() if d.is_dir()))
+
+
+def read_split_file(path: str | os.PathLike) -> list[str]:
+    """Relative video paths (``Class/file.avi``) of a UCF-101 style list, in file order.
+
+    Lines are ``Class/file.avi`` optionally followed by a label, as in ``trainlist01.txt``
+    and ``testlist01.txt``; blank lines are skipped.
+    """
+    path = pathlib.Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read split file {path}: {e}") from None
+    return [line.split()[0] for line in lines if line.strip()]
+
+
+SPLIT_NAMES = ("train", "validation", "test")
+
+
+def _tail(count: int, fraction: float) -> int:
+    """How many of a class's ``count`` videos a ``fraction`` slice takes: at least one (for a
+    non-zero fraction), and never the last one (a class with one video keeps it)."""
+    if count < 2 or fraction == 0:
+        return 0
+    return min(count - 1, max(1, round(count * fraction)))
+
+
+def folder_splits(
+    root: str | os.PathLike,
+    *,
+    split_file: str | os.PathLike | None = None,
+    validation_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    extensions: Sequence[str] = VIDEO_EXTENSIONS,
+) -> dict[str, list[str]]:
+    """Deterministic train / validation / test lists of a UCF-101-layout folder.
+
+    With ``split_file`` (e.g. UCF-101's ``trainlist01.txt``) its videos are the
+    training pool and every other video in the folder is the test split. Without
+    one, the last ``test_fraction`` of each class's sorted videos is the test split
+    and the rest the pool. Validation is then the last ``validation_fraction`` of
+    each class's sorted pool. Slices are contiguous in sorted order, so UCF-101's
+    groups (``v_Class_g08_c01`` ... clips cut from one long video) stay mostly on
+    one side. Each slice takes at least one video of a class with two or more and
+    never a class's last one, so every class keeps a training video (a zero
+    fraction takes none).
+
+    Returns ``{"train": [...], "validation": [...], "test": [...]}`` of paths
+    relative to ``root`` (``"Class/file.mp4"``), sorted.
+    """
+    root = pathlib.Path(root)
+    if not root.is_dir():
+        raise DataError(f"video folder not found: {root}")
+    validation_fraction = real("validation_fraction", validation_fraction, minimum=0.0)
+    test_fraction = real("test_fraction", test_fraction, minimum=0.0)
+    exts = tuple(e.lower() for e in extensions)
+    by_class = {
+        name: sorted(
+            f"{name}/{f.name}"
+            for f in (root / name).iterdir()
+            if f.is_file() and f.suffix.lower() in exts
+        )
+        for name in class_folders(root)
+    }
+    if split_file is not None:
+        listed = set(read_split_file(split_file))
+        known = {v for videos in by_class.values() for v in videos}
+        unknown = sorted(listed - known)
+        if unknown:
+            raise DataError(
+                f"split file {split_file} lists {len(unknown)} videos not under {root}, "
+                f"e.g. {unknown[0]!r}"
+            )
+    splits: dict[str, list[str]] = {name: [] for name in SPLIT_NAMES}
+    for videos in by_class.values():
+        if split_file is not None:
+            pool = [v for v in videos if v in listed]
+            test = [v for v in videos if v not in listed]
+        else:
+            cut = len(videos) - _tail(len(videos), test_fraction)
+            pool, test = videos[:cut], videos[cut:]
+        cut = len(pool) - _tail(len(pool), validation_fraction)
+        splits["train"] += pool[:cut]
+        splits["validation"] += pool[cut:]
+        splits["test"] += test
+    return {name: sorted(videos) for name, videos in splits.items()}

@@ -1,7 +1,8 @@
 """grain input pipelines: seeded shuffling, normalisation, batching, worker processes.
 
-The batch order is computed here, not by grain's samplers: batch ``b`` is epoch
-``b // batches_per_epoch`` of a permutation drawn from ``default_rng([seed, epoch])``.
+The batch order is computed here, not by grain's samplers: batch ``b`` is
+:func:`~selrel_jax.data.batch_indices` (epoch ``b // batches_per_epoch`` of a permutation
+drawn from ``default_rng([seed, epoch])``, the same formula training uses).
 grain then reads batches by index (``MapDataset`` -> ``IterDataset``, ``mp_prefetch`` for
 worker processes), so a batch's contents depend only on the seed, never on the number
 of workers or threads, and iterators can be checkpointed with ``get_state``.
@@ -14,8 +15,10 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from selrel_jax._checks import integer, positive_int
 from selrel_jax.data._normalize import normalize
-from selrel_jax.errors import OptionError, ShapeError
+from selrel_jax.data._order import batch_indices, batches_per_epoch
+from selrel_jax.errors import ShapeError
 
 
 class ArraySource(Sequence):
@@ -66,9 +69,10 @@ class NormalizedBatches(Sequence):
         self.seed = int(seed)
         self.shuffle = shuffle
         self.num_epochs = num_epochs
+        self.drop_remainder = drop_remainder
         self.normalization = dict(normalization)
         n = len(source)
-        self.batches_per_epoch = n // batch_size if drop_remainder else -(-n // batch_size)
+        self.batches_per_epoch = batches_per_epoch(n, batch_size, drop_remainder=drop_remainder)
         if self.batches_per_epoch == 0:
             raise ShapeError(
                 f"source has {n} examples, fewer than one batch of {batch_size} "
@@ -82,14 +86,14 @@ class NormalizedBatches(Sequence):
 
     def indices(self, batch: int) -> np.ndarray:
         """Example indices of batch ``batch``."""
-        epoch, b = divmod(int(batch), self.batches_per_epoch)
-        n = len(self.source)
-        order = (
-            np.random.default_rng([self.seed, epoch]).permutation(n)
-            if self.shuffle
-            else np.arange(n)
+        return batch_indices(
+            self.seed,
+            int(batch),
+            len(self.source),
+            self.batch_size,
+            shuffle=self.shuffle,
+            drop_remainder=self.drop_remainder,
         )
-        return order[b * self.batch_size : (b + 1) * self.batch_size]
 
     def __getitem__(self, batch: int) -> dict[str, np.ndarray]:
         if not 0 <= batch < len(self):
@@ -154,12 +158,10 @@ def make_loader(
     """
     if isinstance(source, Mapping):
         source = ArraySource(source)
-    if batch_size < 1:
-        raise OptionError(f"batch_size must be >= 1, got {batch_size}")
-    if worker_count < 0:
-        raise OptionError(f"worker_count must be >= 0, got {worker_count}")
-    if num_epochs is not None and num_epochs < 1:
-        raise OptionError(f"num_epochs must be >= 1 or None, got {num_epochs}")
+    batch_size = positive_int("batch_size", batch_size)
+    worker_count = integer("worker_count", worker_count, minimum=0)
+    if num_epochs is not None:
+        num_epochs = positive_int("num_epochs", num_epochs)
     if len(source) == 0:
         raise ShapeError("source is empty")
     normalization = dict(mean=mean, std=std, value_range=value_range, channel_order=channel_order)
@@ -173,6 +175,11 @@ def make_loader(
         drop_remainder=drop_remainder,
         normalization=normalization,
     )
+    return _grain_dataset(batches, worker_count, prefetch)
+
+
+def _grain_dataset(batches: NormalizedBatches, worker_count: int, prefetch: int):
+    """grain reads ``batches`` by index: in this process with threads, or in workers."""
     import grain  # slow to import: only when a loader is made
 
     read_options = grain.ReadOptions(

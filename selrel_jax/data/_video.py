@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from selrel_jax._checks import one_of, positive_int
 from selrel_jax.errors import DataError, DTypeError, OptionError, ShapeError
 
 SAMPLING_MODES = ("center", "uniform", "sliding")
@@ -57,10 +58,10 @@ def read_video(
     """
     import av
 
-    if size is not None and int(size) < 1:
-        raise OptionError(f"size must be a positive int, got {size!r}")
-    if max_frames is not None and int(max_frames) < 1:
-        raise OptionError(f"max_frames must be >= 1, got {max_frames!r}")
+    if size is not None:
+        size = positive_int("size", size)
+    if max_frames is not None:
+        max_frames = positive_int("max_frames", max_frames)
     if crop is not None:
         _pair("crop", crop)
     path = pathlib.Path(path)
@@ -196,15 +197,11 @@ def clip_indices(
     Videos shorter than ``span`` are loop-padded: indices wrap around modulo
     ``num_frames``. Returns int64 (K, clip_length).
     """
-    if num_frames < 1:
-        raise OptionError(f"num_frames must be >= 1, got {num_frames}")
-    if clip_length < 1 or frame_step < 1 or num_clips < 1:
-        raise OptionError(
-            "clip_length, frame_step and num_clips must be >= 1, got "
-            f"{clip_length}, {frame_step}, {num_clips}"
-        )
-    if mode not in SAMPLING_MODES:
-        raise OptionError(f"unknown sampling mode {mode!r}; expected one of {SAMPLING_MODES}")
+    num_frames = positive_int("num_frames", num_frames)
+    clip_length = positive_int("clip_length", clip_length)
+    frame_step = positive_int("frame_step", frame_step)
+    num_clips = positive_int("num_clips", num_clips)
+    one_of("sampling mode", mode, SAMPLING_MODES)
     span = (clip_length - 1) * frame_step + 1
     last_start = max(num_frames - span, 0)
     if mode == "center":
@@ -212,9 +209,7 @@ def clip_indices(
     elif mode == "uniform":
         starts = np.round(np.linspace(0, last_start, num_clips)).astype(np.int64)
     else:
-        step = span if stride is None else int(stride)
-        if step < 1:
-            raise OptionError(f"stride must be >= 1, got {stride}")
+        step = span if stride is None else positive_int("stride", stride)
         starts = np.arange(0, last_start + 1, step)
     offsets = np.arange(clip_length) * frame_step
     return (starts[:, None] + offsets[None, :]) % num_frames
