@@ -1,19 +1,41 @@
 """The ``selrel`` command line.
 
-Each subcommand lives in its own module here and registers itself on ``app``;
-``main`` turns library errors into a one-line message and a non-zero exit.
+Each subcommand lives in its own module here and registers itself on ``app``; a
+command only parses its options, makes one library call and prints the result.
+Library errors (:class:`~selrel_jax.errors.SelrelError`) become one line,
+``selrel: error: ...`` on stderr with exit status 2, in one place: the root
+command group, which every invocation (``selrel``, ``main()``, ``CliRunner``)
+goes through.
 """
 
 from __future__ import annotations
 
-import sys
+import shlex
+from collections.abc import Mapping
+from typing import Any
 
 import typer
+from typer.core import TyperGroup
 
 from selrel_jax.errors import SelrelError
 
+ERROR_EXIT_CODE = 2
+
+
+class _SelrelGroup(TyperGroup):
+    """The root group: runs a subcommand and turns a SelrelError into one line."""
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SelrelError as e:
+            typer.echo(f"selrel: error: {e}", err=True)
+            ctx.exit(ERROR_EXIT_CODE)
+
+
 app = typer.Typer(
     name="selrel",
+    cls=_SelrelGroup,
     help="Selective relevance: explain how much of a 3D CNN's decision was motion.",
     no_args_is_help=True,
     add_completion=False,
@@ -26,19 +48,35 @@ def _root() -> None:
     """Selective relevance: explain how much of a 3D CNN's decision was motion."""
 
 
-def fail(message: str, code: int = 2) -> None:
-    """Print ``selrel: error: message`` to stderr and exit with ``code``."""
-    typer.echo(f"selrel: error: {message}", err=True)
-    raise typer.Exit(code)
+def command_line(ctx: typer.Context, values: Mapping[str, Any]) -> str:
+    """``selrel <command> ...`` with every parameter of ``values``, in declaration order.
+
+    Spelled the way the command parses it: ``--name value``, repeated options once
+    per value, ``--flag`` / ``--no-flag`` for booleans; None is left out.
+    """
+    words = ["selrel", ctx.info_name or ctx.command.name or ""]
+    for param in ctx.command.params:
+        value = values.get(param.name)
+        if value is None:
+            continue
+        if param.param_type_name == "argument":
+            words.append(str(value))
+        elif getattr(param, "is_flag", False):
+            if value or param.secondary_opts:
+                words.append(param.opts[0] if value else param.secondary_opts[0])
+        elif getattr(param, "multiple", False):
+            for item in value:
+                words += [param.opts[0], str(item)]
+        elif isinstance(value, tuple | list):
+            words += [param.opts[0], *map(str, value)]
+        else:
+            words += [param.opts[0], str(value)]
+    return shlex.join(words)
 
 
 def main() -> None:
     """Console entry point."""
-    try:
-        app()
-    except SelrelError as e:
-        typer.echo(f"selrel: error: {e}", err=True)
-        sys.exit(2)
+    app()
 
 
 from selrel_jax.cli import convert, evaluate, train  # noqa: E402, F401

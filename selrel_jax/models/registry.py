@@ -11,7 +11,7 @@ from selrel_jax.errors import OptionError, SelrelError
 from selrel_jax.models.c3d import C3D, C3DSmall
 from selrel_jax.models.resnet3d import RESNET_ARCHS, VideoResNet
 
-__all__ = ["ARCHS", "create"]
+__all__ = ["ARCHS", "HEADS", "create"]
 
 
 def _c3d(num_classes: int, width: float, clip_size: tuple[int, int, int], **kw: Any) -> nn.Module:
@@ -42,6 +42,11 @@ _BUILDERS: dict[str, Callable[..., nn.Module]] = {
 }
 
 ARCHS: tuple[str, ...] = ("c3d", "c3d_small", "r3d_18", "mc3_18", "r2plus1d_18")
+
+# The top-level module of each arch that maps features to class logits: what a
+# fine-tune replaces when the class count changes, and all that trains when the
+# backbone is frozen.
+HEADS: dict[str, str] = {"c3d": "fc8", "c3d_small": "fc", **{a: "fc" for a in RESNET_ARCHS}}
 
 
 def create(

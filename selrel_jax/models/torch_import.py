@@ -12,11 +12,16 @@ Example::
     state = torch.load("r3d_18-b3b3357e.pth", weights_only=True)
     model, variables = from_torch_state_dict("r3d_18", state)
     logits = model.apply(variables, clips, train=False)
+
+    # a .pth file straight to a checkpoint directory (what ``selrel convert`` does)
+    convert_torch_file("r3d_18-b3b3357e.pth", "r3d_18", "models/r3d_18")
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import pathlib
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -25,12 +30,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from selrel_jax._checks import one_of
 from selrel_jax.errors import CheckpointError, OptionError
 from selrel_jax.models.c3d import c3d_pool5_size, scaled
-from selrel_jax.models.registry import ARCHS, create
+from selrel_jax.models.checkpoint import INFO_FILE, save
+from selrel_jax.models.classes import kinetics400_class_names, sports1m_class_names
+from selrel_jax.models.info import ModelInfo, numeric_class_names
+from selrel_jax.models.registry import ARCHS, HEADS, create
 from selrel_jax.models.resnet3d import BLOCKS_PER_STAGE, RESNET_ARCHS, fc_init
 
-__all__ = ["from_torch_state_dict", "strip_prefix", "torch_layout"]
+__all__ = [
+    "convert_torch_file",
+    "from_torch_state_dict",
+    "read_torch_state_dict",
+    "strip_prefix",
+    "torch_layout",
+]
 
 _BN_LEAVES = {
     "weight": ("params", "scale"),
@@ -38,7 +53,6 @@ _BN_LEAVES = {
     "running_mean": ("batch_stats", "mean"),
     "running_var": ("batch_stats", "var"),
 }
-_HEADS = {"c3d": "fc8", "c3d_small": "fc", **{a: "fc" for a in RESNET_ARCHS}}
 # Key whose output channels fix the width: (torch key, channels at width 1).
 _WIDTH_KEYS = {
     "c3d": ("conv1.weight", 64),
@@ -200,7 +214,7 @@ def from_torch_state_dict(
         if not k.endswith("num_batches_tracked")
     }
     layout = torch_layout(arch)
-    head = _HEADS[arch]
+    head = HEADS[arch]
     head_weight = state.get(f"{head}.weight")
     ckpt_classes = (
         head_weight.shape[0] if head_weight is not None and head_weight.ndim == 2 else None
@@ -268,3 +282,99 @@ def from_torch_state_dict(
     if jax.tree_util.tree_structure(variables) != jax.tree_util.tree_structure(abstract):
         raise RuntimeError(f"torch_layout({arch!r}) does not cover every variable of the model")
     return model, variables
+
+
+def read_torch_state_dict(path: str | os.PathLike) -> dict[str, Any]:
+    """``torch.load(path, weights_only=True)`` as a flat state_dict.
+
+    Unwraps a ``"state_dict"`` or ``"model"`` entry (training scripts' checkpoints).
+    A missing torch, a missing or unreadable file, or one that holds no state_dict
+    raises CheckpointError.
+    """
+    try:
+        import torch
+    except ImportError:
+        raise CheckpointError(
+            "converting PyTorch weights needs torch: pip install 'selrel-jax[torch]'"
+        ) from None
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file not found: {path}")
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle, zip and torch errors all mean "not a readable .pth"
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"cannot read PyTorch weights {path}: {reason}") from None
+    for wrapper in ("state_dict", "model"):
+        if isinstance(loaded, Mapping) and isinstance(loaded.get(wrapper), Mapping):
+            loaded = loaded[wrapper]
+            break
+    if not isinstance(loaded, Mapping) or not loaded:
+        raise CheckpointError(f"{path} holds no state_dict (got {type(loaded).__name__})")
+    return dict(loaded)
+
+
+# Facts about the published weights that ModelInfo's fields do not cover. torchvision
+# evaluates its Kinetics models on 16-frame clips resampled to 15 fps, resized to
+# 128x171 and centre-cropped to 112x112; C3D used the same resize and crop (at the
+# source videos' frame rate).
+_PUBLISHED: dict[str, dict[str, Any]] = {
+    "c3d": {"resize_size": [128, 171], "trained_on": "Sports-1M"},
+    "c3d_small": {},
+    **{a: {"resize_size": [128, 171], "trained_on": "Kinetics-400"} for a in RESNET_ARCHS},
+}
+_PUBLISHED_FPS = {a: 15.0 for a in RESNET_ARCHS}
+
+
+def _class_names(path: pathlib.Path | None, arch: str, num_classes: int) -> tuple[str, ...]:
+    if path is None:
+        if arch in RESNET_ARCHS and num_classes == 400:
+            return kinetics400_class_names()
+        if arch == "c3d" and num_classes == 487:
+            return sports1m_class_names()
+        return numeric_class_names(num_classes)
+    try:
+        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"cannot read class names {path}: {e}") from None
+    names = [n for n in names if n]
+    if len(names) != num_classes:
+        raise CheckpointError(
+            f"class names {path} has {len(names)} names; the model has {num_classes} classes"
+        )
+    return tuple(names)
+
+
+def convert_torch_file(
+    weights: str | os.PathLike,
+    arch: str,
+    out: str | os.PathLike,
+    *,
+    class_names: str | os.PathLike | None = None,
+    force: bool = False,
+) -> pathlib.Path:
+    """Convert a PyTorch .pth file to a checkpoint directory ``out``; returns it.
+
+    The metadata records the published preprocessing (:meth:`ModelInfo.for_arch`,
+    torchvision's 15 fps, the 128x171 resize) and the class names: ``class_names``
+    (a text file, one name per line in head order), else Kinetics-400 for 400-class
+    ResNets, Sports-1M for the 487-class C3D, else ``class_<i>``. An existing
+    checkpoint in ``out`` needs ``force=True``. Nothing is written on error.
+    """
+    arch = one_of("arch", arch, ARCHS)
+    out = pathlib.Path(out)
+    if (out / INFO_FILE).exists() and not force:
+        raise CheckpointError(f"{out} already holds a checkpoint; pass force to replace it")
+    weights = pathlib.Path(weights)
+    model, variables = from_torch_state_dict(arch, read_torch_state_dict(weights))
+    num_classes = variables["params"][HEADS[arch]]["bias"].shape[0]
+    names_file = None if class_names is None else pathlib.Path(class_names)
+    info = ModelInfo.for_arch(
+        arch,
+        num_classes,
+        class_names=_class_names(names_file, arch, num_classes),
+        width=model.width,
+        fps=_PUBLISHED_FPS.get(arch),
+        extra={**_PUBLISHED[arch], "converted_from": weights.name},
+    )
+    return save(out, info, variables)

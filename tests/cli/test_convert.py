@@ -72,7 +72,7 @@ def _assert_one_line_error(code, stdout, stderr, needle):
     ("args", "needle"),
     [
         (["--arch", "r3d_18"], "state_dict does not fit r3d_18"),
-        (["--arch", "vgg"], "unknown --arch 'vgg'"),
+        (["--arch", "vgg"], "arch must be one of c3d, c3d_small"),
         (
             ["--arch", "mc3_18", "--class-names", "{names}"],
             "has 3 names; the model has 400 classes",
@@ -101,7 +101,7 @@ def test_unreadable_and_missing_weights(tmp_path):
 def test_existing_checkpoint_needs_force(weights, tmp_path):
     out = tmp_path / "ck"
     assert _run(weights[0], "--arch", "mc3_18", "--out", out)[0] == 0
-    _assert_one_line_error(*_run(weights[0], "--arch", "mc3_18", "--out", out), "--force")
+    _assert_one_line_error(*_run(weights[0], "--arch", "mc3_18", "--out", out), "pass force")
     assert _run(weights[0], "--arch", "mc3_18", "--out", out, "--force")[0] == 0
 
 

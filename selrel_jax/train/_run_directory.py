@@ -1,0 +1,147 @@
+"""A training run's directory: its identity (run.json) and its orbax checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from selrel_jax.errors import SelrelError
+
+RUN_FILE = "run.json"
+
+
+def _json(value: Any) -> Any:
+    """``value`` as JSON reads it back (tuples become lists, keys strings)."""
+    return json.loads(json.dumps(value))
+
+
+def differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted paths where two JSON values differ (``config.seed``, ``model.width``)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(old.keys() | new.keys()):
+            path = f"{prefix}.{key}" if prefix else key
+            out += differences(old.get(key), new.get(key), path)
+        return out
+    return [] if old == new else [prefix or "(everything)"]
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _lookup(tree: Any, path: str) -> Any:
+    for key in path.split("."):
+        tree = tree.get(key) if isinstance(tree, dict) else None
+    return tree
+
+
+class RunDirectory:
+    """``run.json`` plus ``checkpoints/latest`` and ``checkpoints/best`` (orbax managers).
+
+    Opening a directory writes ``identity`` to ``run.json``, or, when one is there
+    already, refuses any other identity with one SelrelError naming each setting that
+    differs. Saves are synchronous and atomic (a killed save leaves the previous
+    checkpoint), each manager keeps one step, and a step already saved is not
+    written again (a replay after an interruption produces the same bytes).
+
+    Example::
+
+        with RunDirectory("runs/a", identity) as run:
+            state, meta = run.restore_latest(state) or (state, {"history": []})
+            run.save_latest(state, meta)
+    """
+
+    def __init__(self, path: str | os.PathLike, identity: Mapping[str, Any]):
+        self.path = Path(path).resolve()  # orbax wants absolute paths
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._claim(_json(dict(identity)))
+        self.latest = self._manager("latest")
+        self.best = self._manager("best")
+
+    def _claim(self, identity: dict[str, Any]) -> None:
+        run_file = self.path / RUN_FILE
+        if not run_file.exists():
+            tmp = run_file.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(identity, indent=2, sort_keys=True))
+            os.replace(tmp, run_file)
+            return
+        previous = json.loads(run_file.read_text())
+        changed = differences(previous, identity)
+        if changed:
+            details = ", ".join(
+                f"{p} ({_shown(_lookup(previous, p))} there, {_shown(_lookup(identity, p))} now)"
+                for p in changed
+            )
+            raise SelrelError(
+                f"{self.path} holds a run with other settings: {details}; "
+                "use a new --out directory or the original settings"
+            )
+
+    def _manager(self, name: str) -> ocp.CheckpointManager:
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=1, enable_async_checkpointing=False, cleanup_tmp_directories=True
+        )
+        return ocp.CheckpointManager(
+            self.path / "checkpoints" / name, options=options, item_names=("state", "meta")
+        )
+
+    @staticmethod
+    def _save(manager: ocp.CheckpointManager, state: Any, meta: Mapping[str, Any]) -> None:
+        step = int(state.step)
+        if step in manager.all_steps():
+            return  # written before an interruption; a replay produces the same bytes
+        manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(dict(meta))
+            ),
+        )
+
+    @staticmethod
+    def _restore(manager: ocp.CheckpointManager, template: Any) -> tuple[Any, dict] | None:
+        step = manager.latest_step()
+        if step is None:
+            return None
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+        restored = manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
+            ),
+        )
+        return restored["state"], restored["meta"]
+
+    def save_latest(self, state: Any, meta: Mapping[str, Any]) -> None:
+        """Checkpoint ``state`` (a pytree with a ``step``) and JSON ``meta`` as the latest."""
+        self._save(self.latest, state, meta)
+
+    def save_best(self, state: Any, meta: Mapping[str, Any]) -> None:
+        """Checkpoint ``state`` and ``meta`` as the best so far."""
+        self._save(self.best, state, meta)
+
+    def restore_latest(self, template: Any) -> tuple[Any, dict] | None:
+        """(state, meta) of the latest checkpoint in ``template``'s structure, or None."""
+        return self._restore(self.latest, template)
+
+    def restore_best(self, template: Any) -> tuple[Any, dict] | None:
+        """(state, meta) of the best checkpoint, or None."""
+        return self._restore(self.best, template)
+
+    def close(self) -> None:
+        for manager in (self.latest, self.best):
+            manager.wait_until_finished()
+            manager.close()
+
+    def __enter__(self) -> RunDirectory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
