@@ -4,6 +4,7 @@ interrupted run resumes bit for bit, other settings in the same directory are re
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import signal
@@ -25,12 +26,17 @@ from selrel_jax.train import (
     EpochMetrics,
     RunDirectory,
     TrainConfig,
+    TrainSettings,
     create_train_state,
     eval_step,
     evaluate,
     fit,
+    initial_variables,
     make_optimizer,
     normalizer,
+    parse_model_options,
+    resolve_settings,
+    run_identity,
     train_step,
 )
 from tests.data.folders import write_video_folder
@@ -354,3 +360,59 @@ def test_fit_rejects_mismatched_clips(tmp_path):
     with pytest.raises(OptionError, match="batch size"):
         fit(model, info, train, val, config=TrainConfig(epochs=1, batch_size=64), out_dir=tmp_path)
     assert not (tmp_path / "run.json").exists()
+
+
+def test_initial_variables_list_every_mismatch():
+    model, _ = small_model(3)
+    fresh = random_init(model, seed=0)
+    given = random_init(model, seed=1)
+    given["params"]["extra_layer"] = {"kernel": np.zeros(2, np.float32)}
+    del given["params"]["conv2"]
+    with pytest.raises(CheckpointError, match=r"missing \['params/conv2/bias'.*unexpected"):
+        initial_variables(fresh, given, "fc")
+    same = initial_variables(fresh, random_init(model, seed=1), "fc")
+    assert_bitwise_equal(same, random_init(model, seed=1))
+
+
+def test_run_identity_holds_the_model_configuration_data_and_initial_bytes():
+    model, info = small_model(3, stem_stride=(1, 2, 2))
+    clips = Clips(np.zeros((4, *SMALL, 3), np.uint8), np.arange(4) % 3)
+    config = TrainConfig(epochs=1)
+    given = random_init(model, seed=0)
+    identity = run_identity(model, info, clips, clips, config, given, {"dataset": "folder:x"})
+    assert identity["model"]["module"] == "C3DSmall"
+    assert identity["model"]["stem_stride"] == [1, 2, 2] and identity["model"]["width"] == 0.25
+    assert identity["info"]["mean"] == list(info.mean) and "extra" not in identity["info"]
+    assert identity["config"]["freeze_backbone"] is False and identity["train"]["n"] == 4
+    assert identity["run"] == {"dataset": "folder:x"}
+    given["params"]["fc"]["bias"][0] += 1.0
+    changed = run_identity(model, info, clips, clips, config, given)
+    assert changed["init"] != identity["init"]
+    assert run_identity(model, info, clips, clips, config)["init"] is None
+
+
+def test_resolve_settings_fills_defaults_or_takes_the_checkpoints():
+    scratch = resolve_settings(TrainSettings("folder:videos", "run"), None)
+    assert (scratch.arch, scratch.width, scratch.model_option) == ("c3d_small", 1.0, ())
+    assert (scratch.clip_length, scratch.frame_step, scratch.crop_size) == (16, 1, (112, 112))
+    assert scratch.resize == 112
+    synthetic = resolve_settings(TrainSettings("synthetic_motion", "run"), None)
+    assert synthetic.clip_length is synthetic.crop_size is synthetic.resize is None
+
+    info = models.ModelInfo.for_arch(
+        "r3d_18", 400, width=0.5, clip_length=8, frame_step=2, crop_size=(96, 128),
+        extra={"model_kwargs": {"blocks": [1, 1, 1, 1]}, "resize_size": [128, 171]},
+    )  # fmt: skip
+    settings = TrainSettings("folder:v", "run", init_from="ck", model_option=("blocks=[1,1,1,1]",))
+    tuned = resolve_settings(settings, info)
+    assert (tuned.arch, tuned.width, tuned.model_option) == ("r3d_18", 0.5, ("blocks=[1,1,1,1]",))
+    assert (tuned.clip_length, tuned.frame_step, tuned.crop_size) == (8, 2, (96, 128))
+    assert tuned.resize == 128  # the published resize of converted weights
+    assert resolve_settings(tuned, info) == tuned
+    with pytest.raises(OptionError, match="--frame-step 1 conflicts with --init-from ck"):
+        resolve_settings(dataclasses.replace(settings, frame_step=1), info)
+    with pytest.raises(OptionError, match="--resize applies only to folder:PATH"):
+        resolve_settings(TrainSettings("synthetic_motion", "run", resize=64), None)
+    with pytest.raises(OptionError, match="--model-option must be KEY=VALUE"):
+        TrainSettings("synthetic_motion", "run", model_option=("blocks",))
+    assert parse_model_options(["a=[1,2]", "b=0.5", 'c="x"']) == {"a": (1, 2), "b": 0.5, "c": "x"}

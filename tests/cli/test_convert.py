@@ -109,3 +109,17 @@ def test_missing_torch_is_a_clear_error(weights, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)  # makes `import torch` raise ImportError
     code, stdout, stderr = _run(weights[0], "--arch", "mc3_18", "--out", tmp_path / "ck")
     _assert_one_line_error(code, stdout, stderr, "pip install 'selrel-jax[torch]'")
+
+
+def test_library_calls_raise_checkpoint_errors_and_write_nothing(weights, tmp_path):
+    from selrel_jax.errors import CheckpointError
+    from selrel_jax.models.torch_import import convert_torch_file, read_torch_state_dict
+
+    path, state = weights
+    assert sorted(read_torch_state_dict(path)) == sorted(f"module.{k}" for k in state)
+    with pytest.raises(CheckpointError, match="does not fit r3d_18"):
+        convert_torch_file(path, "r3d_18", tmp_path / "ck")
+    with pytest.raises(CheckpointError, match="not found"):
+        read_torch_state_dict(tmp_path / "missing.pth")
+    assert not (tmp_path / "ck").exists()
+    assert convert_torch_file(path, "mc3_18", tmp_path / "ck") == (tmp_path / "ck").resolve()

@@ -84,6 +84,7 @@ def test_cached_split_matches_direct_computation(model_dir, tmp_path):
         (["--dataset", "synthetic_motion/tiny", "--split", "bogus", "--data-seed", "1"], "bogus"),
         (["--dataset", "synthetic_motion/tiny", "--limit", "0"], "limit must be a positive int"),
         (["--dataset", "not_a_dataset", "--data-seed", "1"], "data_seed works only"),
+        (["--dataset", "synthetic_motion/tiny", "--split-file", "x.txt"], "split_file applies"),
         # the default config's clips are 16x48x48; the model takes 8x32x32
         (["--dataset", "synthetic_motion", "--data-seed", "1", "--limit", "6"], "(8, 32, 32)"),
     ],

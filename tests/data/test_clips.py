@@ -122,3 +122,26 @@ def test_folder_needs_a_clip_size_and_non_empty_splits(folder, tmp_path):
     data.write_video(single / "a" / "v.mp4", np.zeros((3, 8, 8, 3), np.uint8))
     with pytest.raises(DataError, match=r"validation split of folder .* is empty"):
         data.load_clips(f"folder:{single}", "validation", clip_size=(2, 8, 8))
+
+
+def test_data_imports_nothing_from_models_train_or_cli():
+    import ast
+    import pathlib
+
+    package = pathlib.Path(data.__file__).parent
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom | ast.Import):
+                names = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+                names += [a.name for a in node.names] if isinstance(node, ast.Import) else []
+                for name in names:
+                    assert not name.startswith(
+                        ("selrel_jax.models", "selrel_jax.train", "selrel_jax.cli")
+                    ), (path, name)
+
+
+def test_class_folders_are_the_sorted_sub_folders(tmp_path):
+    for name in ("b", "a", "c"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "file.mp4").write_bytes(b"")
+    assert data.class_folders(tmp_path) == ("a", "b", "c")
