@@ -1,12 +1,15 @@
 """Attribution methods for Flax video models: LRP and the gradient family.
 
+* :mod:`~selrel_jax.attribution.types`: the layer vocabulary (conv, dense,
+  primitive layer types; :class:`LayerCall`, what a rule sees of a layer call).
 * :mod:`~selrel_jax.attribution.rules`: Epsilon, ZPlus, AlphaBeta, Gamma, ZBox,
   Flat, WSquare, Norm, Pass, Gradient.
 * :mod:`~selrel_jax.attribution.composites`: layer -> rule maps (Zennit's names).
-* :mod:`~selrel_jax.attribution.engine`: :func:`lrp`, the jax.vjp transform
-  (BatchNorm merging, activations as Pass).
+* :mod:`~selrel_jax.attribution.canonizers`: BatchNorm merged into the layer before it.
+* :mod:`~selrel_jax.attribution.engine`: :func:`lrp`, the jax.vjp transform.
 * :mod:`~selrel_jax.attribution.gradients`: gradient, gradient x input,
   integrated gradients, SmoothGrad, Grad-CAM 3D.
+* :mod:`~selrel_jax.attribution.registry`: methods by name, options from signatures.
 * :func:`explain`: one entry point by method name.
 
 Example::
@@ -17,7 +20,7 @@ Example::
     fn = jax.jit(lrp(model, composites.epsilon_gamma_box(low=-2.0, high=2.0)))
 """
 
-from selrel_jax.attribution import composites, gradients, rules
+from selrel_jax.attribution import canonizers, composites, gradients, registry, rules, types
 from selrel_jax.attribution.composites import (
     Composite,
     epsilon_alpha2_beta1,
@@ -26,8 +29,9 @@ from selrel_jax.attribution.composites import (
     epsilon_plus,
     epsilon_plus_flat,
 )
-from selrel_jax.attribution.engine import UnsupportedLayerError, lrp
+from selrel_jax.attribution.engine import lrp
 from selrel_jax.attribution.explain import METHODS, explain, make_explainer
+from selrel_jax.attribution.registry import register_composite, register_gradient
 from selrel_jax.attribution.rules import (
     AlphaBeta,
     Epsilon,
@@ -41,6 +45,7 @@ from selrel_jax.attribution.rules import (
     ZBox,
     ZPlus,
 )
+from selrel_jax.attribution.types import LayerCall, UnsupportedLayerError
 
 __all__ = [
     "METHODS",
@@ -50,6 +55,7 @@ __all__ = [
     "Flat",
     "Gamma",
     "Gradient",
+    "LayerCall",
     "Norm",
     "Pass",
     "Rule",
@@ -57,6 +63,7 @@ __all__ = [
     "WSquare",
     "ZBox",
     "ZPlus",
+    "canonizers",
     "composites",
     "epsilon_alpha2_beta1",
     "epsilon_alpha2_beta1_flat",
@@ -67,5 +74,9 @@ __all__ = [
     "gradients",
     "lrp",
     "make_explainer",
+    "register_composite",
+    "register_gradient",
+    "registry",
     "rules",
+    "types",
 ]

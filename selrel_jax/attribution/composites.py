@@ -1,15 +1,19 @@
 """Composites: which rule each layer of a model gets.
 
 A :class:`Composite` maps layers to rules by module path (glob patterns over
-``"block1/conv2"``-style paths, first match wins), then for the first linear
-layer (the first ``nn.Conv`` / ``nn.Dense`` the input reaches), then by layer
-type (first match wins), then by the base map every composite shares:
-``Sum``, ``AvgPool``, ``GlobalAvgPool`` -> :class:`~selrel_jax.attribution.rules.Norm`,
-``MaxPool`` and ``nn.Dropout`` -> plain gradient. BatchNorm after a conv/dense
-layer is merged into it by the engine (canonizer) for every composite, and
-activations always get Pass.
+``"block1/conv2"``-style paths, first match wins), then for the first layer
+(the first module of ``first_types``, by default ``nn.Conv`` / ``nn.Dense``,
+that the model calls), then by layer type (first match wins), then by the base
+map every composite shares, :func:`layer_map_base`: ``Sum``, ``AvgPool``,
+``GlobalAvgPool`` -> :class:`~selrel_jax.attribution.rules.Norm`, ``MaxPool``
+and ``nn.Dropout`` -> plain gradient. BatchNorm after a conv/dense layer is
+merged into it by the engine (canonizer) for every composite, and activations
+always get Pass.
 
-The named composites follow Zennit: :func:`epsilon_plus`,
+The named composites follow Zennit and are registered as methods of
+:func:`~selrel_jax.attribution.explain` (``@register_composite("epsilon_plus")``
+-> ``"lrp.epsilon_plus"``); their keyword-only parameters are the method's
+options: :func:`epsilon`, :func:`zplus`, :func:`epsilon_plus`,
 :func:`epsilon_plus_flat`, :func:`epsilon_gamma_box`,
 :func:`epsilon_alpha2_beta1`, :func:`epsilon_alpha2_beta1_flat`.
 
@@ -28,9 +32,11 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import functools
 
 import flax.linen as nn
 
+from selrel_jax.attribution.registry import register_composite
 from selrel_jax.attribution.rules import (
     AlphaBeta,
     Epsilon,
@@ -42,8 +48,15 @@ from selrel_jax.attribution.rules import (
     ZBox,
     ZPlus,
 )
+from selrel_jax.attribution.types import (
+    CONV_TYPES,
+    DENSE_TYPES,
+    GRADIENT_TYPES,
+    LINEAR_TYPES,
+    NORM_TYPES,
+    PRIMITIVE_TYPES,
+)
 from selrel_jax.errors import OptionError
-from selrel_jax.layers import AvgPool, GlobalAvgPool, MaxPool, Sum
 
 __all__ = [
     "CONV_TYPES",
@@ -51,34 +64,52 @@ __all__ = [
     "LINEAR_TYPES",
     "PRIMITIVE_TYPES",
     "Composite",
+    "epsilon",
     "epsilon_alpha2_beta1",
     "epsilon_alpha2_beta1_flat",
     "epsilon_gamma_box",
     "epsilon_plus",
     "epsilon_plus_flat",
+    "layer_map_base",
     "uniform",
+    "zplus",
 ]
 
-CONV_TYPES: tuple[type, ...] = (nn.Conv,)
-DENSE_TYPES: tuple[type, ...] = (nn.Dense,)
-LINEAR_TYPES = CONV_TYPES + DENSE_TYPES
-PRIMITIVE_TYPES = (*LINEAR_TYPES, Sum, AvgPool, GlobalAvgPool, MaxPool, nn.Dropout)
+LayerMap = tuple[tuple[type | tuple[type, ...], Rule], ...]
+
+
+@functools.lru_cache(maxsize=16)
+def layer_map_base(stabilizer: float = 1e-6) -> LayerMap:
+    """The layer map every composite ends with (as Zennit's ``layer_map_base``):
+    sums and average pooling split relevance (Norm), max pooling and dropout
+    keep their plain gradient."""
+    return ((NORM_TYPES, Norm(stabilizer)), (GRADIENT_TYPES, Gradient()))
+
+
+def _check_types(name: str, types: object) -> None:
+    try:  # whatever isinstance accepts: a type, a tuple of types, a union
+        isinstance(None, types)  # type: ignore[arg-type]
+    except TypeError:
+        raise OptionError(f"{name} must be a type or a tuple of types; got {types!r}") from None
 
 
 @dataclasses.dataclass(frozen=True)
 class Composite:
     """Layer -> rule mapping. ``layer_map``: ((type or tuple of types, rule), ...);
     ``path_map``: ((glob pattern, rule), ...); ``first``: rule of the first
-    conv/dense layer (None: no special first rule). ``stabilizer`` is used by
-    the base map's Norm rule."""
+    layer of ``first_types`` the model calls (None: no special first rule;
+    ``first_types`` defaults to conv and dense layers). ``stabilizer`` is used
+    by the base map's Norm rule."""
 
-    layer_map: tuple = ()
-    path_map: tuple = ()
+    layer_map: LayerMap = ()
+    path_map: tuple[tuple[str, Rule], ...] = ()
     first: Rule | None = None
     stabilizer: float = 1e-6
+    first_types: tuple[type, ...] = LINEAR_TYPES
 
     def __post_init__(self) -> None:
         for types, rule in tuple(self.layer_map):
+            _check_types("layer_map key", types)
             if not isinstance(rule, Rule):
                 raise OptionError(f"layer_map entry for {types!r} is not a Rule: {rule!r}")
         for pattern, rule in tuple(self.path_map):
@@ -86,36 +117,58 @@ class Composite:
                 raise OptionError(f"path_map entry for {pattern!r} is not a Rule: {rule!r}")
         if self.first is not None and not isinstance(self.first, Rule):
             raise OptionError(f"first must be a Rule or None; got {self.first!r}")
+        _check_types("first_types", self.first_types)
+        Norm(self.stabilizer)  # checks the stabiliser like every rule's
 
-    def rule_for(self, module: nn.Module, path: str, first: bool, leaf: bool = True) -> Rule | None:
-        """The rule for ``module`` at ``path`` (None: no rule covers it). Path
-        patterns only select ``leaf`` modules (ones that own variables or are
-        primitives), never the containers around them."""
+    def rule_for(self, module: nn.Module, path: str, *, first: bool, leaf: bool) -> Rule | None:
+        """The rule for ``module`` at ``path`` (None: no rule covers it).
+        ``first``: this is the first layer of ``first_types`` the model calls
+        (the engine knows the call order). Path patterns only select ``leaf``
+        modules (ones that own variables or are primitives), never the
+        containers around them."""
         for pattern, rule in self.path_map if leaf else ():
             if fnmatch.fnmatchcase(path, pattern):
                 return rule
-        if first and self.first is not None:
+        if first and self.first is not None and isinstance(module, self.first_types):
             return self.first
-        for types, rule in self.layer_map:
+        for types, rule in (*self.layer_map, *layer_map_base(self.stabilizer)):
             if isinstance(module, types):
                 return rule
-        if isinstance(module, Sum | AvgPool | GlobalAvgPool):
-            return Norm(self.stabilizer)
-        if isinstance(module, MaxPool | nn.Dropout):
-            return Gradient()
         return None
 
 
-def uniform(conv: Rule, dense: Rule, *, stabilizer: float = 1e-6, first: Rule | None = None):
+def uniform(
+    conv: Rule,
+    dense: Rule,
+    *,
+    stabilizer: float = 1e-6,
+    first: Rule | None = None,
+    first_types: tuple[type, ...] = LINEAR_TYPES,
+) -> Composite:
     """One rule for every conv layer, one for every dense layer."""
-    return Composite(((CONV_TYPES, conv), (DENSE_TYPES, dense)), (), first, stabilizer)
+    layer_map = ((CONV_TYPES, conv), (DENSE_TYPES, dense))
+    return Composite(layer_map, (), first, stabilizer, first_types)
 
 
+@register_composite("epsilon")
+def epsilon(*, epsilon: float = 1e-6, stabilizer: float = 1e-6) -> Composite:
+    """Epsilon on every conv and dense layer."""
+    return uniform(Epsilon(epsilon), Epsilon(epsilon), stabilizer=stabilizer)
+
+
+@register_composite("zplus")
+def zplus(*, stabilizer: float = 1e-6) -> Composite:
+    """ZPlus on every conv and dense layer."""
+    return uniform(ZPlus(stabilizer), ZPlus(stabilizer), stabilizer=stabilizer)
+
+
+@register_composite("epsilon_plus")
 def epsilon_plus(*, epsilon: float = 1e-6, stabilizer: float = 1e-6) -> Composite:
     """conv -> ZPlus, dense -> Epsilon."""
     return uniform(ZPlus(stabilizer), Epsilon(epsilon), stabilizer=stabilizer)
 
 
+@register_composite("epsilon_plus_flat")
 def epsilon_plus_flat(*, epsilon: float = 1e-6, stabilizer: float = 1e-6) -> Composite:
     """As epsilon_plus, first conv/dense layer -> Flat."""
     return uniform(
@@ -123,18 +176,25 @@ def epsilon_plus_flat(*, epsilon: float = 1e-6, stabilizer: float = 1e-6) -> Com
     )
 
 
+@register_composite("epsilon_gamma_box")
 def epsilon_gamma_box(
     *, low, high, gamma: float = 0.25, epsilon: float = 1e-6, stabilizer: float = 1e-6
 ) -> Composite:
-    """first conv -> ZBox(low, high), other conv -> Gamma(gamma), dense -> Epsilon."""
+    """First conv -> ZBox(low, high), other conv -> Gamma(gamma), dense -> Epsilon.
+
+    ``low``/``high``: the input bounds in the model's normalised input space
+    (scalar, per channel (C,) or clip-shaped). Only a convolution counts as
+    the first layer, as in Zennit's EpsilonGammaBox."""
     return uniform(
         Gamma(gamma, stabilizer),
         Epsilon(epsilon),
         stabilizer=stabilizer,
         first=ZBox(low, high, stabilizer),
+        first_types=CONV_TYPES,
     )
 
 
+@register_composite("epsilon_alpha2_beta1")
 def epsilon_alpha2_beta1(
     *, alpha: float = 2.0, beta: float = 1.0, epsilon: float = 1e-6, stabilizer: float = 1e-6
 ) -> Composite:
@@ -142,6 +202,7 @@ def epsilon_alpha2_beta1(
     return uniform(AlphaBeta(alpha, beta, stabilizer), Epsilon(epsilon), stabilizer=stabilizer)
 
 
+@register_composite("epsilon_alpha2_beta1_flat")
 def epsilon_alpha2_beta1_flat(
     *, alpha: float = 2.0, beta: float = 1.0, epsilon: float = 1e-6, stabilizer: float = 1e-6
 ) -> Composite:

@@ -6,40 +6,29 @@ How it works
 It runs ``model.apply`` under ``flax.linen.intercept_methods``; every module
 call that a composite maps to a rule is replaced by a ``jax.custom_vjp``
 function whose forward pass is the real layer and whose backward pass is the
-rule (:mod:`selrel_jax.attribution.rules`). ``jax.vjp`` of the whole model,
-seeded with the one-hot target, then carries relevance (not gradient) from
-rule layer to rule layer. Model code stays plain Flax, and the result is an
-ordinary JAX function: it jit-compiles, vmaps and accepts sharded inputs.
+rule (:mod:`selrel_jax.attribution.rules`, told about the call by a
+:class:`~selrel_jax.attribution.types.LayerCall`). ``jax.vjp`` of the whole
+model, seeded with the one-hot target, then carries relevance (not gradient)
+from rule layer to rule layer. Model code stays plain Flax, and the result is
+an ordinary JAX function: it jit-compiles, vmaps and accepts sharded inputs.
 
 Before that, an abstract trace (``jax.eval_shape``, no FLOPs) plans the pass:
-it finds the first conv/dense layer (for composites' ``first`` rule), pairs
-every ``nn.BatchNorm`` with the conv/dense layer whose output it receives
-(canonizer: the pair is replaced by one layer with merged weights
-``W * gamma / sqrt(var + eps)`` and bias ``(b - mean) * gamma / sqrt(var + eps)
-+ beta``; the BatchNorm then passes its input through), and raises
-:class:`UnsupportedLayerError` for any module that owns variables but has no
-rule (e.g. ``nn.LayerNorm``), naming its path.
+it finds the composite's first layer (the first module of its ``first_types``
+called), pairs every ``nn.BatchNorm`` with the conv/dense layer whose output it
+receives (:mod:`~selrel_jax.attribution.canonizers`: the pair runs as one layer
+with merged weights under the layer's rule, the BatchNorm passes its input
+through) and raises :class:`UnsupportedLayerError` for any module that owns
+variables but has no rule (e.g. ``nn.LayerNorm``), naming its path.
 
-Activations
------------
-Models call activations functionally (``nn.relu(x)``). Plain autodiff would
-multiply the backward quantity by ``relu'(z) = 1[z > 0]`` (or ``tanh'(z)`` ...),
-while LRP's Pass rule hands relevance through unchanged. They differ for
-relevance arriving at units whose activation input was <= 0 (rules that do not
-multiply by the input: Flat, WSquare, ZBox on a hidden layer) and for every
-non-ReLU activation. So while the forward pass is traced, the activation
-functions of ``jax.nn`` and ``flax.linen`` (``relu``, ``gelu``, ``tanh``, ...)
-are swapped for wrappers with the same forward and an identity backward (Pass).
-Activations reached under other names (``jnp.tanh``, ``jnp.maximum(x, 0)``,
-``from jax.nn import relu`` bound before the trace) are invisible: they get
-their plain gradient. The same wrappers tag outputs of ReLU-like activations
-(relu, relu6, softplus, sigmoid, hard_sigmoid) as non-negative; max/avg pooling,
+While the forward pass is traced, activation functions have an identity
+backward (the Pass rule; :mod:`~selrel_jax.attribution._activations`), and
+outputs of ReLU-like activations are tagged non-negative: max/avg pooling,
 ``Sum`` and dropout keep the tag, and a rule layer whose inputs are all tagged
 skips the passes over the negative part of its input (ZPlus, AlphaBeta, Gamma).
 
 Limits: functional sums and pooling inside a model are invisible (use
 :mod:`selrel_jax.layers`); a conv/dense output feeding a merged BatchNorm must
-not be used anywhere else.
+not be read by another module (detected) nor reused functionally (invisible).
 """
 
 from __future__ import annotations
@@ -47,46 +36,44 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from selrel_jax.attribution.composites import LINEAR_TYPES, PRIMITIVE_TYPES, Composite
+from selrel_jax.attribution._activations import activations_as_pass
+from selrel_jax.attribution.canonizers import BatchNormInfo, BatchNormPairing, merge_batchnorm
+from selrel_jax.attribution.composites import Composite
 from selrel_jax.attribution.rules import Gradient, Rule
-from selrel_jax.errors import OptionError, SelrelError, ShapeError
-from selrel_jax.layers import AvgPool, GlobalAvgPool, MaxPool, Sum
+from selrel_jax.attribution.types import (
+    GRADIENT_TYPES,
+    LINEAR_TYPES,
+    NORM_TYPES,
+    PRIMITIVE_TYPES,
+    LayerCall,
+    LayerFn,
+    UnsupportedLayerError,
+    one_hot_seed,
+    path_str,
+)
+from selrel_jax.errors import OptionError, ShapeError
 
 __all__ = ["UnsupportedLayerError", "lrp", "one_hot_seed", "path_str", "relevance_vjp"]
 
+Path = tuple[str, ...]
 
-class UnsupportedLayerError(SelrelError):
-    """A module owns variables but no rule of the composite covers it."""
+# Layers whose output is >= 0 when every input is (pooling, sums, dropout).
+_SIGN_KEEPING_TYPES = (*NORM_TYPES, *GRADIENT_TYPES)
 
-
-def path_str(path: tuple[str, ...]) -> str:
-    """Module path as written in composites' path patterns: ``"block1/conv2"``."""
-    return "/".join(path) if path else "<root>"
-
-
-def one_hot_seed(logits: jax.Array, target: jax.Array | None) -> jax.Array:
-    """One-hot output relevance (value 1 at the target; predicted class if None)."""
-    if target is None:
-        target = jnp.argmax(logits, axis=-1)
-    return jax.nn.one_hot(target, logits.shape[-1], dtype=logits.dtype)
-
-
-# --------------------------------------------------------------------------
-# Re-entrancy guard: rule backward passes run cloned modules, which must not be
-# intercepted again. Activation state: the engine pass being traced, if any.
-
+# Re-entrancy guard: rule passes run cloned modules, which must not be
+# intercepted again (nor see activations swapped).
 _LOCAL = threading.local()
 
 
 @contextlib.contextmanager
-def _bypass():
+def _bypass() -> Iterator[None]:
     depth = getattr(_LOCAL, "bypass", 0)
     _LOCAL.bypass = depth + 1
     try:
@@ -109,116 +96,41 @@ def _own_variables(module: nn.Module) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _is_leaf(module: nn.Module) -> bool:
+    """Owns variables or is a primitive: path patterns may select it."""
+    return isinstance(module, PRIMITIVE_TYPES) or bool(_own_variables(module))
+
+
 def _apply_clone(clone: nn.Module, kwargs: dict, xs: tuple, params: Mapping) -> jax.Array:
     with _bypass():
         return clone.apply({"params": dict(params)} if params else {}, *xs, **kwargs)
 
 
 # --------------------------------------------------------------------------
-# Activations: Pass rule by swapping the functions while the forward is traced.
-
-_ACTIVATIONS = (
-    "relu", "relu6", "leaky_relu", "elu", "celu", "selu", "gelu", "silu", "swish",
-    "softplus", "sigmoid", "hard_sigmoid", "hard_silu", "hard_swish", "hard_tanh",
-    "tanh", "log_sigmoid", "soft_sign", "mish",
-)  # fmt: skip
-_NONNEG_ACTIVATIONS = frozenset({"relu", "relu6", "softplus", "sigmoid", "hard_sigmoid"})
-_PATCH_LOCK = threading.RLock()
-_PATCH_DEPTH = [0]
-_ORIGINALS: list[tuple[Any, str, Any]] = []
-
-
-def _pass_wrapper(name: str, original: Callable) -> Callable:
-    def activation(x, *args, **kwargs):
-        state = getattr(_LOCAL, "state", None)
-        if state is None or _bypassed():
-            return original(x, *args, **kwargs)
-
-        @jax.custom_vjp
-        def act(v):
-            return original(v, *args, **kwargs)
-
-        act.defvjp(lambda v: (original(v, *args, **kwargs), None), lambda _, g: (g,))
-        out = act(x)
-        if name in _NONNEG_ACTIVATIONS:
-            state.tag(out)
-        return out
-
-    activation.__wrapped__ = original
-    activation.__doc__ = original.__doc__
-    return activation
-
-
-def _namespaces() -> tuple[Any, ...]:
-    import flax.linen.activation as flax_activation
-
-    return (jax.nn, nn, flax_activation)
-
-
-@contextlib.contextmanager
-def _pass_activations():
-    with _PATCH_LOCK:
-        if _PATCH_DEPTH[0] == 0:
-            wrappers: dict[int, Callable] = {}
-            for ns in _namespaces():
-                for name in _ACTIVATIONS:
-                    original = getattr(ns, name, None)
-                    if original is None:
-                        continue
-                    wrapper = wrappers.setdefault(id(original), _pass_wrapper(name, original))
-                    _ORIGINALS.append((ns, name, original))
-                    setattr(ns, name, wrapper)
-        _PATCH_DEPTH[0] += 1
-    try:
-        yield
-    finally:
-        with _PATCH_LOCK:
-            _PATCH_DEPTH[0] -= 1
-            if _PATCH_DEPTH[0] == 0:
-                while _ORIGINALS:
-                    ns, name, original = _ORIGINALS.pop()
-                    setattr(ns, name, original)
-
-
-# --------------------------------------------------------------------------
-# Plan: abstract trace for first layer, BatchNorm merges, unsupported layers.
+# Plan: abstract trace for the first layer, BatchNorm merges, unsupported layers.
 
 
 @dataclasses.dataclass(frozen=True)
-class _BatchNormInfo:
-    path: tuple[str, ...]
-    epsilon: float
-    use_scale: bool
-    use_bias: bool
-
-
-@dataclasses.dataclass
 class _Plan:
-    first: tuple[str, ...] | None = None
-    merges: dict[tuple[str, ...], _BatchNormInfo] = dataclasses.field(default_factory=dict)
-    merged_bns: set[tuple[str, ...]] = dataclasses.field(default_factory=set)
+    first: Path | None
+    merges: Mapping[Path, BatchNormInfo]
+    merged_batchnorms: frozenset[Path]
 
 
-def _check_batchnorm(module: nn.BatchNorm, args: tuple, kwargs: dict) -> None:
-    where = path_str(module.path)
-    use_avg = kwargs.get("use_running_average", args[1] if len(args) > 1 else None)
-    use_avg = module.use_running_average if use_avg is None else use_avg
-    if not use_avg:
-        raise OptionError(
-            f"BatchNorm at '{where}' uses batch statistics (train mode); relevance needs "
-            f"use_running_average=True"
-        )
-    axis = module.axis if isinstance(module.axis, int) else tuple(module.axis)
-    if axis not in (-1, args[0].ndim - 1):
+def _check_covered(composite: Composite, module: nn.Module, path: Path, first: bool) -> None:
+    own = bool(_own_variables(module))
+    rule = composite.rule_for(module, path_str(path), first=first, leaf=_is_leaf(module))
+    if rule is None and own:
         raise UnsupportedLayerError(
-            f"BatchNorm at '{where}' normalises axis {axis!r}; only the channel axis (-1) "
-            f"can be merged into the preceding layer"
+            f"no relevance rule for module '{path_str(path)}' of type "
+            f"{type(module).__name__} (it has parameters); add one to the composite's "
+            f"layer_map or path_map"
         )
 
 
 def _plan(model, composite: Composite, variables, clips, apply_kwargs) -> _Plan:
-    plan = _Plan()
-    linear_outputs: dict[int, tuple[Any, tuple[str, ...]]] = {}
+    pairing = BatchNormPairing()
+    first: list[Path] = []
 
     def intercept(next_fun, args, kwargs, context):
         module = context.module
@@ -226,32 +138,15 @@ def _plan(model, composite: Composite, variables, clips, apply_kwargs) -> _Plan:
             return next_fun(*args, **kwargs)
         path = tuple(module.path)
         if isinstance(module, nn.BatchNorm):
-            _check_batchnorm(module, args, kwargs)
-            source = linear_outputs.get(id(args[0]))
-            if source is None or source[0] is not args[0]:
-                raise UnsupportedLayerError(
-                    f"BatchNorm at '{path_str(path)}' does not directly follow a conv/dense "
-                    f"layer, so it cannot be merged (canonizer); no rule covers it"
-                )
-            plan.merges[source[1]] = _BatchNormInfo(
-                path, float(module.epsilon), bool(module.use_scale), bool(module.use_bias)
-            )
-            plan.merged_bns.add(path)
+            pairing.batchnorm(module, args, kwargs)
             return next_fun(*args, **kwargs)
+        pairing.module_inputs(path, args, kwargs)
         out = next_fun(*args, **kwargs)
         if isinstance(module, LINEAR_TYPES):
-            if plan.first is None:
-                plan.first = path
-            linear_outputs[id(out)] = (out, path)
-        own = bool(_own_variables(module))
-        leaf = own or isinstance(module, PRIMITIVE_TYPES)
-        rule = composite.rule_for(module, path_str(path), path == plan.first, leaf)
-        if rule is None and own:
-            raise UnsupportedLayerError(
-                f"no relevance rule for module '{path_str(path)}' of type "
-                f"{type(module).__name__} (it has parameters); add one to the composite's "
-                f"layer_map or path_map"
-            )
+            pairing.linear_output(path, out)
+        if not first and isinstance(module, composite.first_types):
+            first.append(path)
+        _check_covered(composite, module, path, first=first[:1] == [path])
         return out
 
     def forward(v, x):
@@ -261,34 +156,15 @@ def _plan(model, composite: Composite, variables, clips, apply_kwargs) -> _Plan:
     structs = jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)),
                            (variables, clips))  # fmt: skip
     jax.eval_shape(forward, *structs)
-    return plan
+    pairing.check_reuse()
+    return _Plan(first[0] if first else None, dict(pairing.merges), pairing.merged_batchnorms)
 
 
 # --------------------------------------------------------------------------
 # The relevance pass.
 
 
-def _subtree(tree: Mapping, path: tuple[str, ...]) -> Mapping:
-    for name in path:
-        tree = tree[name]
-    return tree
-
-
-def _merge_batchnorm(params: Mapping, info: _BatchNormInfo, variables: Mapping) -> dict:
-    stats = _subtree(variables["batch_stats"], info.path)
-    bn = _subtree(variables["params"], info.path) if (info.use_scale or info.use_bias) else {}
-    scale = jax.lax.rsqrt(stats["var"] + info.epsilon)
-    if info.use_scale:
-        scale = scale * bn["scale"]
-    kernel = params["kernel"]
-    bias = params.get("bias", jnp.zeros(kernel.shape[-1], kernel.dtype))
-    new_bias = (bias - stats["mean"]) * scale
-    if info.use_bias:
-        new_bias = new_bias + bn["bias"]
-    return {"kernel": kernel * scale.astype(kernel.dtype), "bias": new_bias.astype(kernel.dtype)}
-
-
-def _rule_layer(rule: Rule, fn: Callable, nonneg: bool) -> Callable:
+def _rule_layer(rule: Rule, fn: LayerFn, nonnegative: bool) -> Callable:
     """custom_vjp function: forward = the layer, backward = the rule's relevance."""
 
     @jax.custom_vjp
@@ -301,7 +177,8 @@ def _rule_layer(rule: Rule, fn: Callable, nonneg: bool) -> Callable:
 
     def bwd(res, relevance):
         xs, params, arrays, y = res
-        out = rule.relevance(fn, xs, params, y, relevance, nonneg, arrays)
+        call = LayerCall(fn, xs, params, y, nonnegative, arrays)
+        out = rule.relevance(call, relevance)
         out = tuple(r.astype(x.dtype) for r, x in zip(out, xs, strict=True))
         zeros = jax.tree.map(jnp.zeros_like, (params, arrays))
         return (out, *zeros)
@@ -310,11 +187,9 @@ def _rule_layer(rule: Rule, fn: Callable, nonneg: bool) -> Callable:
     return layer
 
 
-_TAG_KEEPERS = (MaxPool, AvgPool, GlobalAvgPool, Sum, nn.Dropout)
-
-
-class _Pass:
-    """State of one traced relevance pass (interceptor + non-negativity tags)."""
+class _RelevanceTrace:
+    """State of one traced relevance pass: the interceptor that swaps rule
+    layers in, and the non-negativity tags of arrays seen so far."""
 
     def __init__(self, composite: Composite, plan: _Plan, variables: Mapping) -> None:
         self.composite = composite
@@ -333,23 +208,23 @@ class _Pass:
         if context.method_name != "__call__" or _bypassed():
             return next_fun(*args, **kwargs)
         path = tuple(module.path)
-        if path in self.plan.merged_bns:
+        if path in self.plan.merged_batchnorms:
             return args[0]
-        leaf = isinstance(module, PRIMITIVE_TYPES) or bool(_own_variables(module))
-        rule = self.composite.rule_for(module, path_str(path), path == self.plan.first, leaf)
+        first = path == self.plan.first
+        rule = self.composite.rule_for(module, path_str(path), first=first, leaf=_is_leaf(module))
         if rule is None:
             return next_fun(*args, **kwargs)
         nonneg = bool(args) and all(self.nonneg(x) for x in args)
-        if not args and not isinstance(rule, Gradient):
+        if isinstance(rule, Gradient) and path not in self.plan.merges:
+            out = next_fun(*args, **kwargs)  # autodiff as is; a merged layer needs its weights
+        elif not args:
             raise OptionError(
                 f"module '{path_str(path)}' was called without positional inputs; the engine "
                 f"propagates relevance to positional arguments only"
             )
-        if isinstance(rule, Gradient):
-            out = next_fun(*args, **kwargs)
         else:
             out = self._rule_call(module, path, rule, args, kwargs, nonneg)
-        if nonneg and isinstance(module, _TAG_KEEPERS):
+        if nonneg and isinstance(module, _SIGN_KEEPING_TYPES):
             self.tag(out)
         return out
 
@@ -357,7 +232,7 @@ class _Pass:
         params = _own_variables(module).get("params", {})
         overrides = {}
         if path in self.plan.merges:
-            params = _merge_batchnorm(params, self.plan.merges[path], self.variables)
+            params = merge_batchnorm(params, self.plan.merges[path], self.variables)
             if getattr(module, "use_bias", True) is False:
                 overrides["use_bias"] = True
         clone = module.clone(parent=None, **overrides)
@@ -402,16 +277,14 @@ def relevance_vjp(
     merged) and ``pull(output_relevance) -> input relevance`` for any output
     relevance, not only a one-hot one."""
     plan = _plan(model, composite, variables, clips, apply_kwargs)
-    state = _Pass(composite, plan, variables)
+    trace = _RelevanceTrace(composite, plan, variables)
 
     def forward(x):
-        previous = getattr(_LOCAL, "state", None)
-        _LOCAL.state = state
-        try:
-            with _pass_activations(), nn.intercept_methods(state.intercept):
-                return model.apply(variables, x, **apply_kwargs)
-        finally:
-            _LOCAL.state = previous
+        def active() -> bool:
+            return not _bypassed()
+
+        with activations_as_pass(trace.tag, active), nn.intercept_methods(trace.intercept):
+            return model.apply(variables, x, **apply_kwargs)
 
     outputs, pull = jax.vjp(forward, clips)
     return outputs, lambda relevance: pull(relevance)[0]

@@ -21,90 +21,37 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from selrel_jax.attribution import composites, gradients, rules
+# composites and gradients register their methods when imported.
+from selrel_jax.attribution import composites, gradients, registry  # noqa: F401
 from selrel_jax.attribution.engine import lrp
 from selrel_jax.errors import DTypeError, OptionError, ShapeError
 
 __all__ = ["GRADIENT_METHODS", "LRP_METHODS", "METHODS", "explain", "make_explainer"]
 
-_LRP_COMMON = {"epsilon": 1e-6, "stabilizer": 1e-6}
-_ALPHA_BETA = {"alpha": 2.0, "beta": 1.0}
-
-LRP_METHODS: dict[str, tuple[Callable[..., composites.Composite], dict[str, Any]]] = {
-    "lrp.epsilon": (
-        lambda epsilon, stabilizer: composites.uniform(
-            rules.Epsilon(epsilon), rules.Epsilon(epsilon), stabilizer=stabilizer
-        ),
-        _LRP_COMMON,
-    ),
-    "lrp.zplus": (
-        lambda epsilon, stabilizer: composites.uniform(
-            rules.ZPlus(stabilizer), rules.ZPlus(stabilizer), stabilizer=stabilizer
-        ),
-        _LRP_COMMON,
-    ),
-    "lrp.epsilon_plus": (composites.epsilon_plus, _LRP_COMMON),
-    "lrp.epsilon_plus_flat": (composites.epsilon_plus_flat, _LRP_COMMON),
-    "lrp.epsilon_gamma_box": (
-        composites.epsilon_gamma_box,
-        {**_LRP_COMMON, "gamma": 0.25, "low": None, "high": None},
-    ),
-    "lrp.epsilon_alpha2_beta1": (composites.epsilon_alpha2_beta1, {**_LRP_COMMON, **_ALPHA_BETA}),
-    "lrp.epsilon_alpha2_beta1_flat": (
-        composites.epsilon_alpha2_beta1_flat,
-        {**_LRP_COMMON, **_ALPHA_BETA},
-    ),
-}
-
-GRADIENT_METHODS: dict[str, tuple[Callable, dict[str, Any]]] = {
-    "gradient": (gradients.gradient, {}),
-    "gradient_x_input": (gradients.gradient_x_input, {}),
-    "integrated_gradients": (
-        gradients.integrated_gradients,
-        {"steps": 20, "baseline": None, "chunk_size": None},
-    ),
-    "smoothgrad": (gradients.smoothgrad, {"samples": 20, "noise_level": 0.1, "seed": 0}),
-    "grad_cam": (gradients.grad_cam, {"layer": None}),
-}
-
-METHODS = (*GRADIENT_METHODS, *LRP_METHODS)
+GRADIENT_METHODS: tuple[str, ...] = registry.method_names("gradient")
+LRP_METHODS: tuple[str, ...] = registry.method_names("lrp")
+METHODS: tuple[str, ...] = (*GRADIENT_METHODS, *LRP_METHODS)
+# Options that may be arrays: handed to the jitted explainer as traced arguments.
 _ARRAY_OPTIONS = ("low", "high", "baseline")
-
-
-def _resolve(method: str, options: dict[str, Any]) -> tuple[Callable, dict[str, Any]]:
-    if not isinstance(method, str) or method not in METHODS:
-        raise OptionError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    builder, defaults = {**GRADIENT_METHODS, **LRP_METHODS}[method]
-    unknown = sorted(set(options) - set(defaults))
-    if unknown:
-        valid = ", ".join(defaults) or "none"
-        raise OptionError(f"unknown option(s) {unknown} for method {method!r}; valid: {valid}")
-    merged = {**defaults, **options}
-    if method == "lrp.epsilon_gamma_box" and (merged["low"] is None or merged["high"] is None):
-        raise OptionError(
-            "lrp.epsilon_gamma_box needs low= and high= (the input bounds in the model's "
-            "normalised input space: scalar, per channel (C,) or clip-shaped)"
-        )
-    return builder, merged
 
 
 def make_explainer(model: Any, method: str = "lrp.epsilon_plus_flat", **options: Any) -> Callable:
     """The pure function ``(variables, clips, target=None) -> relevance`` of
     ``method`` (see :func:`explain`); ``variables`` is None when ``model`` is a
     plain ``apply_fn(clips) -> logits`` (gradient-family methods only)."""
-    builder, merged = _resolve(method, options)
-    if method in LRP_METHODS:
+    entry, merged = registry.resolve(method, options)
+    if entry.family == "lrp":
         if not hasattr(model, "apply"):
             raise OptionError(
                 f"{method} needs a Flax linen model and its variables; got "
                 f"{type(model).__name__} (plain callables work with gradient methods)"
             )
-        explainer = lrp(model, builder(**merged))
+        explainer = lrp(model, entry.build(**merged))
         return lambda variables, clips, target=None: explainer(variables, clips, target)
 
     def explainer(variables, clips, target=None):
         apply_fn = _apply_fn(model, variables)
-        return builder(apply_fn, clips, target, **merged)
+        return entry.build(apply_fn, clips, target, **merged)
 
     return explainer
 
@@ -174,24 +121,21 @@ def explain(
     gradient-family methods ``model`` may instead be a plain callable
     ``apply_fn(clips) -> logits`` with ``variables=None``.
 
-    Methods: "gradient", "gradient_x_input", "integrated_gradients" (steps=20,
-    baseline=None, chunk_size=None), "smoothgrad" (samples=20, noise_level=0.1,
-    seed=0), "grad_cam" (layer=None: the last conv), "lrp.epsilon",
-    "lrp.zplus", "lrp.epsilon_plus", "lrp.epsilon_plus_flat",
-    "lrp.epsilon_gamma_box" (low, high required; gamma=0.25),
-    "lrp.epsilon_alpha2_beta1" and "lrp.epsilon_alpha2_beta1_flat" (alpha=2,
-    beta=1). LRP methods take epsilon=1e-6 (Epsilon rule) and stabilizer=1e-6.
-    The output relevance is the one-hot target (value 1), as in Zennit.
+    ``method`` is one of :data:`METHODS`: the gradient family
+    (:mod:`~selrel_jax.attribution.gradients`) or ``"lrp.<composite>"``
+    (:mod:`~selrel_jax.attribution.composites`). ``options`` are the
+    keyword-only parameters of that function, with its defaults. LRP seeds
+    the one-hot target (value 1), as Zennit does.
 
     Example::
 
         rel = explain(model, variables, clips, jnp.array([3]), "lrp.epsilon_gamma_box",
                       low=-2.0, high=2.0)
     """
-    _resolve(method, options)
+    entry, _ = registry.resolve(method, options)
     clips = _check_clips(clips)
     apply_fn = _apply_fn(model, variables)
-    if method in LRP_METHODS and variables is None:
+    if entry.family == "lrp" and variables is None:
         raise OptionError(f"{method} needs a Flax linen model and its variables; got None")
     logits = jax.eval_shape(apply_fn, jax.ShapeDtypeStruct(clips.shape, clips.dtype))
     if len(logits.shape) != 2 or logits.shape[0] != clips.shape[0]:

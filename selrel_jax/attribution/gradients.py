@@ -5,7 +5,9 @@ Each function takes ``apply_fn(clips) -> logits`` (a closure over a Flax
 model's variables, a Flax NNX model, any JAX function), the clips (N,T,H,W,C)
 and the target classes (N,) (None: the predicted class), and differentiates the
 target logit (not its probability), as Zennit does. All are pure JAX: they
-compose with ``jax.jit``, ``jax.vmap`` and sharding.
+compose with ``jax.jit``, ``jax.vmap`` and sharding. Each is registered as a
+method of :func:`~selrel_jax.attribution.explain` under its name; its
+keyword-only parameters are the method's options.
 
 Example::
 
@@ -23,8 +25,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from selrel_jax.attribution.composites import CONV_TYPES
-from selrel_jax.attribution.engine import one_hot_seed, path_str
+from selrel_jax._checks import integer, positive_int, real
+from selrel_jax.attribution.registry import register_gradient
+from selrel_jax.attribution.types import CONV_TYPES, one_hot_seed, path_str
 from selrel_jax.errors import OptionError, ShapeError
 
 __all__ = [
@@ -50,20 +53,16 @@ def target_gradient(apply_fn: ApplyFn, clips: jax.Array, target) -> jax.Array:
     return grad
 
 
+@register_gradient("gradient")
 def gradient(apply_fn: ApplyFn, clips: jax.Array, target=None) -> jax.Array:
     """Input gradient of the target logit."""
     return target_gradient(apply_fn, clips, target).astype(jnp.float32)
 
 
+@register_gradient("gradient_x_input")
 def gradient_x_input(apply_fn: ApplyFn, clips: jax.Array, target=None) -> jax.Array:
     """Input gradient times input."""
     return (target_gradient(apply_fn, clips, target) * clips).astype(jnp.float32)
-
-
-def _check_positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise OptionError(f"{name} must be a positive int; got {value!r}")
-    return value
 
 
 def _mean_over(fn: Callable, count: int, chunk: int, like: jax.Array) -> jax.Array:
@@ -80,6 +79,7 @@ def _mean_over(fn: Callable, count: int, chunk: int, like: jax.Array) -> jax.Arr
     return total / count
 
 
+@register_gradient("integrated_gradients")
 def integrated_gradients(
     apply_fn: ApplyFn,
     clips: jax.Array,
@@ -94,8 +94,8 @@ def integrated_gradients(
     None (zeros), a scalar or anything broadcastable to the clips.
     ``chunk_size`` interpolation steps run at once (vmapped); None: one at a
     time (least memory)."""
-    steps = _check_positive_int("steps", steps)
-    chunk = 1 if chunk_size is None else min(_check_positive_int("chunk_size", chunk_size), steps)
+    steps = positive_int("steps", steps)
+    chunk = 1 if chunk_size is None else min(positive_int("chunk_size", chunk_size), steps)
     target = _predicted(apply_fn, clips, target)
     base = jnp.zeros_like(clips) if baseline is None else jnp.asarray(baseline, clips.dtype)
     try:
@@ -113,6 +113,7 @@ def integrated_gradients(
     return (diff * _mean_over(grad_at, steps, chunk, clips)).astype(jnp.float32)
 
 
+@register_gradient("smoothgrad")
 def smoothgrad(
     apply_fn: ApplyFn,
     clips: jax.Array,
@@ -126,11 +127,9 @@ def smoothgrad(
     ``noise_level * (max - min)`` of each clip. Sample i draws its noise from
     ``fold_in(key(seed), i)`` with the shape of one clip, shared across the
     batch, so a batch gives the same maps as one call per clip."""
-    samples = _check_positive_int("samples", samples)
-    if not isinstance(noise_level, int | float) or noise_level < 0:
-        raise OptionError(f"noise_level must be a number >= 0; got {noise_level!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise OptionError(f"seed must be an int; got {seed!r}")
+    samples = positive_int("samples", samples)
+    noise_level = real("noise_level", noise_level, minimum=0.0)
+    seed = integer("seed", seed)
     target = _predicted(apply_fn, clips, target)
     axes = tuple(range(1, clips.ndim))
     span = jnp.max(clips, axis=axes, keepdims=True) - jnp.min(clips, axis=axes, keepdims=True)
@@ -161,6 +160,7 @@ def _module_calls(apply_fn: ApplyFn, clips: jax.Array) -> list[tuple[str, nn.Mod
     return calls
 
 
+@register_gradient("grad_cam")
 def grad_cam(apply_fn: ApplyFn, clips: jax.Array, target=None, *, layer: str | None = None):
     """Grad-CAM 3D on the Flax linen module at path ``layer`` (default: the last
     ``nn.Conv`` called). Channel weights = target-logit gradient averaged over

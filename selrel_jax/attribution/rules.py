@@ -5,16 +5,19 @@ run one or more modified forward passes ``o_i = f(in_i; theta_i)`` of the layer,
 divide the incoming relevance by a stabilised denominator, pull it back with the
 vector-Jacobian product of ``o_i`` (``jax.vjp``) and multiply by the matching
 input. A rule is a small frozen dataclass holding its parameters; its
-``relevance`` method is that recipe, written in terms of a pure layer function
-``fn(xs, params) -> output`` that the engine builds from the Flax module (for
-Conv/Dense ``params`` is ``{"kernel": ..., "bias": ...}``; every leaf not named
-``bias`` counts as a weight).
+``relevance(call, relevance)`` method is that recipe, written in terms of the
+:class:`~selrel_jax.attribution.types.LayerCall` the engine hands it (the layer
+as a pure function ``call.fn(inputs, params)``, its inputs, parameters and
+output).
 
 Rules for linear layers (one input): :class:`Epsilon`, :class:`ZPlus`,
 :class:`AlphaBeta`, :class:`Gamma`, :class:`ZBox`, :class:`Flat`,
 :class:`WSquare`. Rules for parameter-free layers: :class:`Norm` (sums and
 average pooling: proportional split), :class:`Pass` (relevance unchanged) and
 :class:`Gradient` (plain gradient, used for max pooling).
+
+A stabiliser of 0 (``Epsilon(0)`` is LRP-0) is allowed: where a denominator is
+exactly 0 the ratio is 0 (no relevance flows through that unit), never NaN.
 
 Example::
 
@@ -25,13 +28,14 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import numbers
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
+from selrel_jax._checks import real
+from selrel_jax.attribution.types import LayerCall, Params
 from selrel_jax.errors import OptionError
 
 __all__ = [
@@ -40,17 +44,18 @@ __all__ = [
     "Flat",
     "Gamma",
     "Gradient",
+    "LayerCall",
     "Norm",
     "Pass",
     "Rule",
     "WSquare",
     "ZBox",
     "ZPlus",
+    "safe_divide",
     "stabilize",
 ]
 
-Params = Mapping[str, jax.Array]
-LayerFn = Callable[[tuple[jax.Array, ...], Params], jax.Array]
+ParamMap = Callable[[jax.Array], jax.Array]
 
 
 def stabilize(z: jax.Array, eps: float) -> jax.Array:
@@ -58,8 +63,23 @@ def stabilize(z: jax.Array, eps: float) -> jax.Array:
     return z + eps * jnp.where(z >= 0, 1.0, -1.0).astype(z.dtype)
 
 
-def _map_params(params: Params, weight: Callable | None, bias: Callable | None) -> dict:
-    """Apply ``weight`` to every weight leaf and ``bias`` to the bias (None drops it to 0)."""
+def safe_divide(numerator: jax.Array, denominator: jax.Array) -> jax.Array:
+    """numerator / denominator, and 0 where the denominator is exactly 0.
+
+    The inner ``where`` keeps the untaken branch finite, so gradients through
+    this division have no NaN either (a bare ``where(d == 0, 0, n / d)`` has)."""
+    zero = denominator == 0
+    ratio = numerator / jnp.where(zero, jnp.ones_like(denominator), denominator)
+    return jnp.where(zero, jnp.zeros_like(ratio), ratio)
+
+
+def _ratio(relevance: jax.Array, denominator: jax.Array, eps: float) -> jax.Array:
+    """relevance / S(denominator), 0 where S(denominator) = 0 (only when eps = 0)."""
+    return safe_divide(relevance, stabilize(denominator, eps))
+
+
+def _map_params(params: Params, *, weight: ParamMap | None, bias: ParamMap | None) -> dict:
+    """Apply ``weight`` to every weight leaf and ``bias`` to the bias (None: set to 0)."""
     out = {}
     for name, value in params.items():
         fn = bias if name == "bias" else weight
@@ -75,77 +95,89 @@ def _neg(v: jax.Array) -> jax.Array:
     return jnp.minimum(v, 0)
 
 
+def _identity(v: jax.Array) -> jax.Array:
+    return v
+
+
 def _pull(fn: Callable, primals: tuple, cotangent: jax.Array) -> tuple:
     """VJP of ``fn`` at ``primals`` applied to ``cotangent`` (the forward is DCE'd under jit)."""
     _, pull = jax.vjp(fn, *primals)
     return pull(cotangent)
 
 
-def _single(xs: tuple, rule: Rule) -> jax.Array:
-    if len(xs) != 1:
+def _single(call: LayerCall, rule: Rule) -> jax.Array:
+    if len(call.inputs) != 1:
         raise OptionError(
-            f"{type(rule).__name__} applies to one-input layers; this layer has {len(xs)} inputs"
+            f"{type(rule).__name__} applies to one-input layers; this layer has "
+            f"{len(call.inputs)} inputs"
         )
-    return xs[0]
+    return call.inputs[0]
 
 
 class Rule:
-    """Base class. ``relevance(fn, xs, params, y, R, nonneg, arrays)`` returns one
-    relevance array per input in ``xs``. ``y`` is the layer's real output,
-    ``nonneg`` is True when every input is known to be >= 0 (e.g. a ReLU output),
-    so passes over the negative part of the input can be skipped. ``arrays``
-    holds the rule's array parameters (:meth:`arrays`), passed through the
-    engine's custom VJP as explicit arguments so they may be traced values."""
+    """Base class of the relevance rules.
+
+    ``relevance(call, relevance)`` returns one relevance array per input in
+    ``call.inputs`` (see :class:`~selrel_jax.attribution.types.LayerCall`).
+    :meth:`arrays` names the rule's array-valued parameters (e.g. ZBox's
+    bounds); the engine hands them back as ``call.arrays``. Every rule's
+    denominator stabiliser (a field named ``epsilon`` or ``stabilizer``) is
+    checked to be a number >= 0 here, whatever the subclass.
+    """
 
     def __post_init__(self) -> None:
-        # Every rule's denominator stabiliser is checked here, whatever its name.
         for name in ("epsilon", "stabilizer"):
             if hasattr(self, name):
-                _check_stabilizer(name, getattr(self, name))
+                real(f"{type(self).__name__} {name}", getattr(self, name), minimum=0.0)
 
     def arrays(self) -> dict[str, jax.Array]:
         return {}
 
-    def relevance(self, fn, xs, params, y, R, nonneg, arrays):  # pragma: no cover
-        raise NotImplementedError
-
-
-def _check_stabilizer(name: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0:
-        raise OptionError(f"{name} must be a number >= 0; got {value!r}")
+    def relevance(self, call: LayerCall, relevance: jax.Array) -> tuple[jax.Array, ...]:
+        raise NotImplementedError  # pragma: no cover
 
 
 @dataclasses.dataclass(frozen=True)
 class Epsilon(Rule):
-    """R_j = a_j sum_k w_jk R_k / S(z_k), z including the bias."""
+    """R_j = a_j sum_k w_jk R_k / S(z_k), z including the bias. ``epsilon=0`` is LRP-0."""
 
     epsilon: float = 1e-6
 
-    def relevance(self, fn, xs, params, y, R, nonneg, arrays):
-        x = _single(xs, self)
-        c = R / stabilize(y, self.epsilon)
-        (g,) = _pull(lambda v: fn((v,), params), (x,), c)
-        return (x * g,)
+    def relevance(self, call: LayerCall, relevance: jax.Array) -> tuple[jax.Array, ...]:
+        x = _single(call, self)
+        ratio = _ratio(relevance, call.output, self.epsilon)
+        (grad,) = _pull(lambda v: call.fn((v,), call.params), (x,), ratio)
+        return (x * grad,)
 
 
-def _split_passes(fn, params, x, nonneg, w_pos, b_pos, w_neg, c_fn):
-    """Shared core of ZPlus/AlphaBeta/Gamma: the output of
-    ``fn(x+; w_pos, b_pos) + fn(x-; w_neg, 0)`` is the denominator; returns
-    (x+ * VJP_pos(c) + x- * VJP_neg(c)) with c = c_fn(denominator)."""
-    p_pos = _map_params(params, w_pos, b_pos)
-    if nonneg:
-        z = fn((x,), p_pos)
-        (g,) = _pull(lambda v: fn((v,), p_pos), (x,), c_fn(z))
-        return x * g
-    p_neg = _map_params(params, w_neg, None)
-    xp, xn = _pos(x), _neg(x)
+def _split_passes(
+    call: LayerCall,
+    *,
+    positive_input_weight: ParamMap,
+    bias: ParamMap,
+    negative_input_weight: ParamMap,
+    ratio: Callable[[jax.Array], jax.Array],
+) -> jax.Array:
+    """Shared core of ZPlus/AlphaBeta/Gamma. The denominator is
+    ``fn(x+; positive_input_weight(W), bias(b)) + fn(x-; negative_input_weight(W), 0)``;
+    returns ``x+ * VJP+(c) + x- * VJP-(c)`` with ``c = ratio(denominator)``.
+    Known non-negative inputs skip the x- pass (it would be all zeros)."""
+    x = call.inputs[0]
+    fn = call.fn
+    positive = _map_params(call.params, weight=positive_input_weight, bias=bias)
+    if call.nonnegative:
+        denominator = fn((x,), positive)
+        (grad,) = _pull(lambda v: fn((v,), positive), (x,), ratio(denominator))
+        return x * grad
+    negative = _map_params(call.params, weight=negative_input_weight, bias=None)
+    x_pos, x_neg = _pos(x), _neg(x)
 
-    def two(u, v):
-        return fn((u,), p_pos) + fn((v,), p_neg)
+    def both(u, v):
+        return fn((u,), positive) + fn((v,), negative)
 
-    z = two(xp, xn)
-    gp, gn = _pull(two, (xp, xn), c_fn(z))
-    return xp * gp + xn * gn
+    denominator = both(x_pos, x_neg)
+    grad_pos, grad_neg = _pull(both, (x_pos, x_neg), ratio(denominator))
+    return x_pos * grad_pos + x_neg * grad_neg
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,23 +190,27 @@ class AlphaBeta(Rule):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        ok = all(isinstance(v, numbers.Real) and not isinstance(v, bool)
-                 for v in (self.alpha, self.beta))  # fmt: skip
-        if not (ok and self.beta >= 0 and abs(self.alpha - self.beta - 1.0) < 1e-9):
+        alpha = real("AlphaBeta alpha", self.alpha)
+        beta = real("AlphaBeta beta", self.beta)
+        if not (beta >= 0 and abs(alpha - beta - 1.0) < 1e-9):
             raise OptionError(
                 f"AlphaBeta needs alpha - beta = 1 and beta >= 0; got alpha={self.alpha!r}, "
                 f"beta={self.beta!r}"
             )
 
-    def relevance(self, fn, xs, params, y, R, nonneg, arrays):
-        x = _single(xs, self)
+    def relevance(self, call: LayerCall, relevance: jax.Array) -> tuple[jax.Array, ...]:
+        _single(call, self)
 
-        def c_fn(z):
-            return R / stabilize(z, self.stabilizer)
+        def ratio(z):
+            return _ratio(relevance, z, self.stabilizer)
 
-        out = self.alpha * _split_passes(fn, params, x, nonneg, _pos, _pos, _neg, c_fn)
+        out = self.alpha * _split_passes(
+            call, positive_input_weight=_pos, bias=_pos, negative_input_weight=_neg, ratio=ratio
+        )
         if self.beta:
-            out = out - self.beta * _split_passes(fn, params, x, nonneg, _neg, _neg, _pos, c_fn)
+            out = out - self.beta * _split_passes(
+                call, positive_input_weight=_neg, bias=_neg, negative_input_weight=_pos, ratio=ratio
+            )
         return (out,)
 
 
@@ -184,13 +220,16 @@ class ZPlus(Rule):
 
     stabilizer: float = 1e-6
 
-    def relevance(self, fn, xs, params, y, R, nonneg, arrays):
-        x = _single(xs, self)
+    def relevance(self, call: LayerCall, relevance: jax.Array) -> tuple[jax.Array, ...]:
+        _single(call, self)
 
-        def c_fn(z):
-            return R / stabilize(z, self.stabilizer)
+        def ratio(z):
+            return _ratio(relevance, z, self.stabilizer)
 
-        return (_split_passes(fn, params, x, nonneg, _pos, _pos, _neg, c_fn),)
+        out = _split_passes(
+            call, positive_input_weight=_pos, bias=_pos, negative_input_weight=_neg, ratio=ratio
+        )
+        return (out,)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,13 +242,10 @@ class Gamma(Rule):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if isinstance(self.gamma, bool) or not (
-            isinstance(self.gamma, numbers.Real) and self.gamma >= 0
-        ):
-            raise OptionError(f"gamma must be a number >= 0; got {self.gamma!r}")
+        real("Gamma gamma", self.gamma, minimum=0.0)
 
-    def relevance(self, fn, xs, params, y, R, nonneg, arrays):
-        x = _single(xs, self)
+    def relevance(self, call: LayerCall, relevance: jax.Array) -> tuple[jax.Array, ...]:
+        _single(call, self)
         g = self.gamma
 
         def up(v):
@@ -218,12 +254,24 @@ class Gamma(Rule):
         def down(v):
             return v + g * _neg(v)
 
-        def c_for(mask):
-            return lambda z: jnp.where(mask, R / stabilize(z, self.stabilizer), 0.0)
+        def ratio_where(mask):
+            return lambda z: jnp.where(mask, _ratio(relevance, z, self.stabilizer), 0.0)
 
         # o1 + o2 with c+ on units z > 0, then o3 + o4 with c- on units z < 0.
-        plus = _split_passes(fn, params, x, nonneg, up, up, down, c_for(y > 0))
-        minus = _split_passes(fn, params, x, nonneg, down, down, up, c_for(y < 0))
+        plus = _split_passes(
+            call,
+            positive_input_weight=up,
+            bias=up,
+            negative_input_weight=down,
+            ratio=ratio_where(call.output > 0),
+        )
+        minus = _split_passes(
+            call,
+            positive_input_weight=down,
+            bias=down,
+            negative_input_weight=up,
+            ratio=ratio_where(call.output < 0),
+        )
         return (plus + minus,)
 
 
@@ -237,32 +285,41 @@ class ZBox(Rule):
     high: Any
     stabilizer: float = 1e-6
 
-    def arrays(self):
+    def arrays(self) -> dict[str, jax.Array]:
         return {"low": jnp.asarray(self.low), "high": jnp.asarray(self.high)}
 
-    def relevance(self, fn, xs, params, y, R, nonneg, arrays):
-        x = _single(xs, self)
-        low = jnp.broadcast_to(arrays["low"], x.shape).astype(x.dtype)
-        high = jnp.broadcast_to(arrays["high"], x.shape).astype(x.dtype)
-        p_w = _map_params(params, lambda w: w, None)
-        p_pos = _map_params(params, _pos, None)
-        p_neg = _map_params(params, _neg, None)
+    def relevance(self, call: LayerCall, relevance: jax.Array) -> tuple[jax.Array, ...]:
+        x = _single(call, self)
+        low = jnp.broadcast_to(call.arrays["low"], x.shape).astype(x.dtype)
+        high = jnp.broadcast_to(call.arrays["high"], x.shape).astype(x.dtype)
+        fn = call.fn
+        weights = _map_params(call.params, weight=_identity, bias=None)
+        positive = _map_params(call.params, weight=_pos, bias=None)
+        negative = _map_params(call.params, weight=_neg, bias=None)
 
-        def den(a, lo, hi):
-            return fn((a,), p_w) - fn((lo,), p_pos) - fn((hi,), p_neg)
+        def denominator(a, lo, hi):
+            return fn((a,), weights) - fn((lo,), positive) - fn((hi,), negative)
 
-        c = R / stabilize(den(x, low, high), self.stabilizer)
-        gx, glow, ghigh = _pull(den, (x, low, high), c)
-        return (x * gx + low * glow + high * ghigh,)
+        ratio = _ratio(relevance, denominator(x, low, high), self.stabilizer)
+        grad_x, grad_low, grad_high = _pull(denominator, (x, low, high), ratio)
+        return (x * grad_x + low * grad_low + high * grad_high,)
 
 
-def _ones_rule(fn, x, params, R, eps, weight, bias):
-    """Input replaced by ones (zero padding still contributes nothing)."""
-    p = _map_params(params, weight, bias)
+def _ones_rule(
+    call: LayerCall,
+    relevance: jax.Array,
+    *,
+    weight: ParamMap,
+    bias: ParamMap | None,
+    stabilizer: float,
+) -> tuple[jax.Array]:
+    """Input replaced by ones, parameters mapped (zero padding still contributes nothing)."""
+    x = call.inputs[0]
+    params = _map_params(call.params, weight=weight, bias=bias)
     ones = jnp.ones_like(x)
-    c = R / stabilize(fn((ones,), p), eps)
-    (g,) = _pull(lambda v: fn((v,), p), (ones,), c)
-    return (g,)
+    ratio = _ratio(relevance, call.fn((ones,), params), stabilizer)
+    (grad,) = _pull(lambda v: call.fn((v,), params), (ones,), ratio)
+    return (grad,)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -271,9 +328,11 @@ class WSquare(Rule):
 
     stabilizer: float = 1e-6
 
-    def relevance(self, fn, xs, params, y, R, nonneg, arrays):
-        x = _single(xs, self)
-        return _ones_rule(fn, x, params, R, self.stabilizer, jnp.square, jnp.square)
+    def relevance(self, call: LayerCall, relevance: jax.Array) -> tuple[jax.Array, ...]:
+        _single(call, self)
+        return _ones_rule(
+            call, relevance, weight=jnp.square, bias=jnp.square, stabilizer=self.stabilizer
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -282,9 +341,11 @@ class Flat(Rule):
 
     stabilizer: float = 1e-6
 
-    def relevance(self, fn, xs, params, y, R, nonneg, arrays):
-        x = _single(xs, self)
-        return _ones_rule(fn, x, params, R, self.stabilizer, jnp.ones_like, None)
+    def relevance(self, call: LayerCall, relevance: jax.Array) -> tuple[jax.Array, ...]:
+        _single(call, self)
+        return _ones_rule(
+            call, relevance, weight=jnp.ones_like, bias=None, stabilizer=self.stabilizer
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -293,28 +354,28 @@ class Norm(Rule):
 
     stabilizer: float = 1e-6
 
-    def relevance(self, fn, xs, params, y, R, nonneg, arrays):
-        c = R / stabilize(y, self.stabilizer)
-        grads = _pull(lambda *v: fn(v, params), tuple(xs), c)
-        return tuple(x * g for x, g in zip(xs, grads, strict=True))
+    def relevance(self, call: LayerCall, relevance: jax.Array) -> tuple[jax.Array, ...]:
+        ratio = _ratio(relevance, call.output, self.stabilizer)
+        grads = _pull(lambda *v: call.fn(v, call.params), tuple(call.inputs), ratio)
+        return tuple(x * g for x, g in zip(call.inputs, grads, strict=True))
 
 
 @dataclasses.dataclass(frozen=True)
 class Pass(Rule):
     """Relevance passes unchanged (activations; shape-preserving one-input layers)."""
 
-    def relevance(self, fn, xs, params, y, R, nonneg, arrays):
-        x = _single(xs, self)
-        if x.shape != R.shape:
+    def relevance(self, call: LayerCall, relevance: jax.Array) -> tuple[jax.Array, ...]:
+        x = _single(call, self)
+        if x.shape != relevance.shape:
             raise OptionError(
-                f"Pass needs equal input and output shapes; got {x.shape} -> {R.shape}"
+                f"Pass needs equal input and output shapes; got {x.shape} -> {relevance.shape}"
             )
-        return (R,)
+        return (relevance,)
 
 
 @dataclasses.dataclass(frozen=True)
 class Gradient(Rule):
     """Plain gradient: the layer is left to autodiff (max pooling, dropout)."""
 
-    def relevance(self, fn, xs, params, y, R, nonneg, arrays):
-        return _pull(lambda *v: fn(v, params), tuple(xs), R)
+    def relevance(self, call: LayerCall, relevance: jax.Array) -> tuple[jax.Array, ...]:
+        return _pull(lambda *v: call.fn(v, call.params), tuple(call.inputs), relevance)

@@ -1,0 +1,143 @@
+"""Method registry: every attribution method under its name, with its options
+read from its signature.
+
+A method is registered where it is defined: a composite factory with
+``@register_composite("epsilon_plus")`` (method ``"lrp.epsilon_plus"``), a
+gradient-family function with ``@register_gradient("smoothgrad")``. Its
+keyword-only parameters are its options and their defaults are the method's
+defaults; a keyword-only parameter without a default is a required option. So
+the signature is the one place each method's options are written down.
+
+Example::
+
+    from selrel_jax.attribution import Composite, rules
+    from selrel_jax.attribution.registry import register_composite
+
+    @register_composite("all_gamma")
+    def all_gamma(*, gamma: float = 0.25, stabilizer: float = 1e-6) -> Composite:
+        return Composite(layer_map=((nn.Conv, rules.Gamma(gamma, stabilizer)),
+                                    (nn.Dense, rules.Epsilon())))
+
+    explain(model, variables, clips, method="lrp.all_gamma", gamma=0.5)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+from selrel_jax.errors import OptionError
+
+__all__ = [
+    "FAMILIES",
+    "REQUIRED",
+    "Method",
+    "get",
+    "method_names",
+    "register_composite",
+    "register_gradient",
+    "resolve",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+FAMILIES = ("gradient", "lrp")
+
+
+class _Required:
+    """Default of an option the caller must give (a keyword-only parameter without default)."""
+
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+
+REQUIRED: Any = _Required()
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """A registered method: ``build`` is the composite factory (family "lrp")
+    or the gradient function (family "gradient"); ``options`` maps each
+    option to its default (:data:`REQUIRED` when it has none)."""
+
+    name: str
+    family: str
+    build: Callable[..., Any]
+    options: Mapping[str, Any]
+
+    @property
+    def required(self) -> tuple[str, ...]:
+        return tuple(k for k, v in self.options.items() if v is REQUIRED)
+
+    def describe_options(self) -> str:
+        """``"low, high, gamma=0.25, ..."``: required options bare, others ``name=default``."""
+        parts = [k if v is REQUIRED else f"{k}={v!r}" for k, v in self.options.items()]
+        return ", ".join(parts) or "none"
+
+
+_METHODS: dict[str, Method] = {}
+
+
+def keyword_options(fn: Callable[..., Any]) -> dict[str, Any]:
+    """The keyword-only parameters of ``fn`` with their defaults (REQUIRED: none)."""
+    params = inspect.signature(fn).parameters.values()
+    return {
+        p.name: REQUIRED if p.default is p.empty else p.default
+        for p in params
+        if p.kind is p.KEYWORD_ONLY
+    }
+
+
+def _register(name: str, family: str) -> Callable[[F], F]:
+    def decorator(fn: F) -> F:
+        if name in _METHODS and _METHODS[name].build is not fn:
+            raise OptionError(f"method {name!r} is already registered")
+        _METHODS[name] = Method(name, family, fn, keyword_options(fn))
+        return fn
+
+    return decorator
+
+
+def register_composite(name: str) -> Callable[[F], F]:
+    """Register a composite factory (keyword-only options, returns a
+    :class:`~selrel_jax.attribution.composites.Composite`) as method ``"lrp.<name>"``."""
+    return _register(f"lrp.{name}", "lrp")
+
+
+def register_gradient(name: str) -> Callable[[F], F]:
+    """Register ``fn(apply_fn, clips, target=None, *, <options>) -> relevance``
+    as gradient-family method ``name``."""
+    return _register(name, "gradient")
+
+
+def method_names(family: str | None = None) -> tuple[str, ...]:
+    """Registered method names (of one family), gradient family first, each in
+    registration order."""
+    families = FAMILIES if family is None else (family,)
+    return tuple(n for f in families for n, m in _METHODS.items() if m.family == f)
+
+
+def get(name: Any) -> Method:
+    """The method registered as ``name``; OptionError naming the known methods if none."""
+    if not isinstance(name, str) or name not in _METHODS:
+        raise OptionError(f"unknown method {name!r}; choose one of {', '.join(method_names())}")
+    return _METHODS[name]
+
+
+def resolve(name: Any, options: Mapping[str, Any]) -> tuple[Method, dict[str, Any]]:
+    """``(method, options with defaults filled in)``; OptionError for unknown or
+    missing options, naming the method and its valid options."""
+    method = get(name)
+    unknown = sorted(set(options) - set(method.options))
+    if unknown:
+        raise OptionError(
+            f"unknown option(s) {unknown} for method {name!r}; valid: {method.describe_options()}"
+        )
+    merged = {**method.options, **options}
+    missing = [k for k in method.required if merged[k] is REQUIRED]
+    if missing:
+        needed = " and ".join(f"{k}=" for k in missing)
+        raise OptionError(f"method {name!r} needs {needed}; options: {method.describe_options()}")
+    return method, merged

@@ -1,0 +1,91 @@
+"""The attribution package's vocabulary: which Flax modules are convolutions,
+dense layers and parameter-free primitives, how a module path is written, the
+one-hot output relevance, and :class:`LayerCall`, what a rule is told about one
+layer call (like Zennit's ``types.py``).
+
+Everything here is plain data: the gradient family and the LRP engine both
+build on it, and it imports neither.
+
+Example::
+
+    from selrel_jax.attribution.types import CONV_TYPES, path_str
+    isinstance(module, CONV_TYPES)
+    path_str(("layer1_0", "conv1"))  # "layer1_0/conv1"
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from selrel_jax.errors import SelrelError
+from selrel_jax.layers import AvgPool, GlobalAvgPool, MaxPool, Sum
+
+__all__ = [
+    "CONV_TYPES",
+    "DENSE_TYPES",
+    "GRADIENT_TYPES",
+    "LINEAR_TYPES",
+    "NORM_TYPES",
+    "PRIMITIVE_TYPES",
+    "LayerCall",
+    "LayerFn",
+    "Params",
+    "UnsupportedLayerError",
+    "one_hot_seed",
+    "path_str",
+]
+
+CONV_TYPES: tuple[type, ...] = (nn.Conv,)
+DENSE_TYPES: tuple[type, ...] = (nn.Dense,)
+LINEAR_TYPES: tuple[type, ...] = CONV_TYPES + DENSE_TYPES
+# Parameter-free layers that split relevance proportionally (the Norm rule).
+NORM_TYPES: tuple[type, ...] = (Sum, AvgPool, GlobalAvgPool)
+# Parameter-free layers explained by their plain gradient (winner takes all, identity).
+GRADIENT_TYPES: tuple[type, ...] = (MaxPool, nn.Dropout)
+PRIMITIVE_TYPES: tuple[type, ...] = (*LINEAR_TYPES, *NORM_TYPES, *GRADIENT_TYPES)
+
+Params = Mapping[str, jax.Array]
+LayerFn = Callable[[tuple[jax.Array, ...], Params], jax.Array]
+
+
+class UnsupportedLayerError(SelrelError):
+    """A module owns variables but no rule of the composite covers it, or a
+    BatchNorm cannot be merged into the layer before it."""
+
+
+class LayerCall(NamedTuple):
+    """One call of a layer, as a rule sees it.
+
+    ``fn(inputs, params) -> output`` is the layer as a pure function (for
+    Conv/Dense ``params`` is ``{"kernel": ..., "bias": ...}``, BatchNorm
+    already merged; every leaf not named ``bias`` counts as a weight), so a
+    rule can run it with modified inputs or parameters. ``output`` is the
+    layer's real output ``fn(inputs, params)``. ``nonnegative`` is True when
+    every input is known to be >= 0 (e.g. a ReLU output). ``arrays`` holds
+    the rule's array parameters (:meth:`Rule.arrays`), handed through the
+    engine's custom VJP as explicit arguments so they may be traced values.
+    """
+
+    fn: LayerFn
+    inputs: tuple[jax.Array, ...]
+    params: Params
+    output: jax.Array
+    nonnegative: bool
+    arrays: Mapping[str, jax.Array]
+
+
+def path_str(path: tuple[str, ...]) -> str:
+    """Module path as written in composites' path patterns: ``"block1/conv2"``."""
+    return "/".join(path) if path else "<root>"
+
+
+def one_hot_seed(logits: jax.Array, target: jax.Array | None) -> jax.Array:
+    """One-hot output relevance (value 1 at the target; predicted class if None)."""
+    if target is None:
+        target = jnp.argmax(logits, axis=-1)
+    return jax.nn.one_hot(target, logits.shape[-1], dtype=logits.dtype)

@@ -1,0 +1,135 @@
+"""explain / make_explainer: errors on bad input, and the same relevance under
+jit, vmap, batching, sharding and the default target."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import selrel_jax as sr
+from selrel_jax.errors import SelrelError
+from tests.attribution.flax_nets import ConvNet, ResNet, with_positive_batch_stats
+
+# ---------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"method": "lrp.nope"}, "unknown method"),
+        ({"method": "lrp.epsilon", "gamma": 0.3}, "unknown option"),
+        ({"method": "gradient", "epsilon": 0.3}, "unknown option"),
+        ({"target": jnp.array([5])}, "out of range"),
+        ({"target": jnp.array([-1])}, "out of range"),
+        ({"target": jnp.array([0, 1])}, "shape"),
+        ({"target": jnp.array([0.5])}, "int"),
+        ({"method": "lrp.epsilon_alpha2_beta1", "alpha": 3.0, "beta": 1.0}, "alpha - beta"),
+        ({"method": "lrp.zplus", "epsilon": 0.1}, r"'lrp.zplus'; valid: stabilizer=1e-06"),
+        ({"method": "smoothgrad", "samples": 0}, "samples must be a positive int"),
+        ({"method": "smoothgrad", "noise_level": -0.1}, "noise_level must be a finite number"),
+        ({"method": "smoothgrad", "seed": 1.5}, "seed must be an int"),
+        ({"method": "integrated_gradients", "steps": True}, "steps must be a positive int"),
+        ({"method": "integrated_gradients", "chunk_size": 0}, "chunk_size must be a positive"),
+        ({"method": "lrp.epsilon", "epsilon": -1e-3}, "Epsilon epsilon must be a finite number"),
+    ],
+)
+def test_explain_rejects_bad_input(normal_clips, random_variables, kwargs, message):
+    model = ConvNet()
+    x = normal_clips((1, 2, 4, 4, 2))
+    v = random_variables(model, x, 0)
+    with pytest.raises(SelrelError, match=message):
+        sr.explain(model, v, x, **kwargs)
+
+
+def test_explain_rejects_wrong_rank_and_plain_callable_for_lrp(normal_clips, random_variables):
+    model = ConvNet()
+    x = normal_clips((1, 2, 4, 4, 2))
+    v = random_variables(model, x, 0)
+    with pytest.raises(SelrelError, match=r"\(N, T, H, W, C\)"):
+        sr.explain(model, v, x[0])
+    with pytest.raises(SelrelError, match="Flax linen model"):
+        sr.explain(lambda c: model.apply(v, c), None, x, method="lrp.epsilon_plus")
+
+
+# ---------------------------------------------------------------- transformations
+
+
+@pytest.fixture(scope="module")
+def small_problem(normal_clips, random_variables):
+    model = ResNet(batchnorm=True)
+    x = normal_clips((3, 2, 4, 4, 2), 17)
+    v = with_positive_batch_stats(random_variables(model, x, 18))
+    return model, v, x, jnp.array([0, 2, 1])
+
+
+def test_jit_equals_eager_and_batch_equals_single_calls(small_problem):
+    model, v, x, t = small_problem
+    for method in ("lrp.epsilon_plus_flat", "lrp.epsilon_alpha2_beta1"):
+        fn = sr.make_explainer(model, method)
+        eager = np.asarray(fn(v, x, t))
+        jitted = np.asarray(sr.explain(model, v, x, t, method))
+        scale = np.abs(eager).max()
+        np.testing.assert_allclose(jitted, eager, atol=1e-5 * scale)
+        single = jax.jit(fn)
+        singles = np.concatenate([np.asarray(single(v, x[i : i + 1], t[i : i + 1]))
+                                  for i in range(3)])  # fmt: skip
+        np.testing.assert_allclose(singles, eager, atol=1e-5 * scale)
+
+
+def test_vmap_equals_loop(small_problem):
+    model, v, x, t = small_problem
+    fn = sr.make_explainer(model, "lrp.epsilon_plus")
+    xs = jnp.stack([x[:2], x[1:]])
+    ts = jnp.stack([t[:2], t[1:]])
+    mapped = np.asarray(jax.jit(jax.vmap(fn, in_axes=(None, 0, 0)))(v, xs, ts))
+    loop = np.stack([np.asarray(fn(v, xs[i], ts[i])) for i in range(2)])
+    np.testing.assert_allclose(mapped, loop, atol=1e-5 * np.abs(loop).max())
+
+
+def test_predicted_class_is_default_target(small_problem):
+    model, v, x, _ = small_problem
+    predicted = jnp.argmax(model.apply(v, x), axis=-1)
+    a = sr.explain(model, v, x, None, "lrp.epsilon_plus")
+    b = sr.explain(model, v, x, predicted, "lrp.epsilon_plus")
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-9)
+
+
+SHARDING_SCRIPT = textwrap.dedent(
+    """
+    import jax, jax.numpy as jnp, numpy as np
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    import selrel_jax as sr
+    from tests.conftest import _normal_clips as normal_clips, _signed_variables as random_variables
+    from tests.attribution.flax_nets import ResNet, with_positive_batch_stats
+    assert jax.device_count() == 2
+    model = ResNet(batchnorm=True)
+    x = normal_clips((4, 2, 4, 4, 2), 19)
+    v = with_positive_batch_stats(random_variables(model, x, 20))
+    t = jnp.array([0, 1, 2, 0])
+    fn = jax.jit(sr.make_explainer(model, "lrp.epsilon_plus_flat"))
+    want = np.asarray(fn(v, x, t))
+    mesh = Mesh(np.array(jax.devices()), ("batch",))
+    xs = jax.device_put(x, NamedSharding(mesh, P("batch")))
+    ts = jax.device_put(t, NamedSharding(mesh, P("batch")))
+    got = fn(v, xs, ts)
+    assert len(got.sharding.device_set) == 2, got.sharding
+    np.testing.assert_allclose(np.asarray(got), want, atol=1e-5 * np.abs(want).max())
+    print("OK")
+    """
+)
+
+
+def test_sharded_batch_equals_unsharded():
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+           "JAX_PLATFORMS": "cpu"}  # fmt: skip
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = subprocess.run([sys.executable, "-c", SHARDING_SCRIPT], env=env, cwd=root,
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
