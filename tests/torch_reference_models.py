@@ -3,9 +3,21 @@
 Written from torchvision.models.video.resnet and the C3D PyTorch port so that
 their state_dict keys and forward passes are those of the real checkpoints;
 ``width`` thins every channel count with the same rounding as the Flax models.
+``residual_sum`` (video ResNets) is a factory of a parameter-free module that
+sums a stacked last axis, e.g. ``zennit.layer.Sum``: the residual additions
+then run through it (``sum(stack([out, residual], -1))``), so LRP libraries
+see them as layers; the state_dict keys stay the same. Shared by the tests
+and the benchmarks (``bench/lrp.py`` imports it with the repo root on
+``sys.path``).
 """
 
 from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+import types
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -93,7 +105,7 @@ def conv2plus1d(i, o, mid, stride=1):
 
 
 class BasicBlock(nn.Module):
-    def __init__(self, inplanes, planes, builder, stride=1, downsample=None):
+    def __init__(self, inplanes, planes, builder, stride=1, downsample=None, residual_sum=None):
         super().__init__()
         mid = (inplanes * planes * 3 * 3 * 3) // (inplanes * 3 * 3 + 3 * planes)
         self.conv1 = nn.Sequential(
@@ -102,18 +114,23 @@ class BasicBlock(nn.Module):
         self.conv2 = nn.Sequential(builder(planes, planes, mid), nn.BatchNorm3d(planes))
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
+        if residual_sum is not None:  # parameter-free: the state_dict keys stay the same
+            self.sum = residual_sum()
 
     def forward(self, x):
         out = self.conv2(self.conv1(x))
         residual = x if self.downsample is None else self.downsample(x)
+        if hasattr(self, "sum"):
+            return self.relu(self.sum(torch.stack([out, residual], dim=-1)))
         return self.relu(out + residual)
 
 
 class VideoResNet(nn.Module):
     """torchvision's r3d_18 / mc3_18 / r2plus1d_18 with the same module tree."""
 
-    def __init__(self, arch, num_classes=400, width=1.0):
+    def __init__(self, arch, num_classes=400, width=1.0, residual_sum=None):
         super().__init__()
+        self.residual_sum = residual_sum
         w64 = ch(64, width)
         if arch == "r2plus1d_18":
             mid = ch(45, width)
@@ -148,9 +165,10 @@ class VideoResNet(nn.Module):
             downsample = nn.Sequential(
                 nn.Conv3d(self.inplanes, planes, 1, ds, bias=False), nn.BatchNorm3d(planes)
             )
-        blocks = [BasicBlock(self.inplanes, planes, builder, stride, downsample)]
+        rsum = self.residual_sum
+        blocks = [BasicBlock(self.inplanes, planes, builder, stride, downsample, rsum)]
         self.inplanes = planes
-        blocks.append(BasicBlock(planes, planes, builder))
+        blocks.append(BasicBlock(planes, planes, builder, residual_sum=rsum))
         return nn.Sequential(*blocks)
 
     def forward(self, x):
@@ -175,10 +193,44 @@ def randomise_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
     return model.eval()
 
 
-def build(arch: str, num_classes: int, width: float, clip_size=(16, 112, 112), seed: int = 0):
+def build(
+    arch: str,
+    num_classes: int,
+    width: float,
+    clip_size=(16, 112, 112),
+    seed: int = 0,
+    residual_sum: Callable[[], nn.Module] | None = None,
+):
     torch.manual_seed(seed)
     if arch == "c3d":
         return C3D(num_classes, width, clip_size).eval()
     if arch == "c3d_small":
         return C3DSmall(num_classes, width).eval()
-    return randomise_batchnorm(VideoResNet(arch, num_classes, width), seed)
+    return randomise_batchnorm(VideoResNet(arch, num_classes, width, residual_sum), seed)
+
+
+def import_zennit() -> types.SimpleNamespace:
+    """Zennit's ``composites``, ``Gradient`` (attributor), ``SequentialMergeBatchNorm``
+    and ``Sum``. Zennit imports torchvision, which is not installed here, only
+    for two class names of its ResNet canonizer; where torchvision is missing a
+    stand-in provides them while zennit is imported and is removed again."""
+    names = ("torchvision", "torchvision.models", "torchvision.models.resnet")
+    stubbed = importlib.util.find_spec("torchvision") is None
+    if stubbed:
+        stub, models, resnet = (types.ModuleType(n) for n in names)
+        resnet.Bottleneck = resnet.BasicBlock = type("Block", (torch.nn.Module,), {})
+        stub.models, models.resnet = models, resnet
+        sys.modules.update({m.__name__: m for m in (stub, models, resnet)})
+    try:
+        return types.SimpleNamespace(
+            composites=importlib.import_module("zennit.composites"),
+            Gradient=importlib.import_module("zennit.attribution").Gradient,
+            SequentialMergeBatchNorm=importlib.import_module(
+                "zennit.canonizers"
+            ).SequentialMergeBatchNorm,
+            Sum=importlib.import_module("zennit.layer").Sum,
+        )
+    finally:
+        if stubbed:
+            for name in names:
+                sys.modules.pop(name, None)
