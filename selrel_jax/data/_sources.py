@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from selrel_jax._checks import one_of
 from selrel_jax.errors import DataError, OptionError
 
 if TYPE_CHECKING:
@@ -72,7 +73,7 @@ def synthetic_motion_builder(
         builder.download_and_prepare()
         source = builder.as_data_source("test")
     """
-    from selrel_jax.data.synthetic_motion import CONFIGS, MotionConfig
+    from selrel_jax.data.synthetic_motion import CONFIGS, MotionConfig, get_config
     from selrel_jax.data.synthetic_motion.synthetic_motion_dataset_builder import (
         Builder,
         SyntheticMotionConfig,
@@ -86,10 +87,7 @@ def synthetic_motion_builder(
                 "config of that name; give it another name"
             )
         return Builder(config=SyntheticMotionConfig(config), data_dir=os.fspath(root))
-    if config not in CONFIGS:
-        raise OptionError(
-            f"unknown synthetic_motion config {config!r}; expected one of {sorted(CONFIGS)}"
-        )
+    get_config(config)  # a registered name
     return Builder(config=config, data_dir=os.fspath(root))
 
 
@@ -113,8 +111,7 @@ def load_source(name: str, split: str, data_dir: str | os.PathLike | None = None
 
     base, _, config = name.partition("/")
     if base == "synthetic_motion":
-        if split not in SPLITS:
-            raise OptionError(f"unknown split {split!r}; expected one of {list(SPLITS)}")
+        one_of("split", split, SPLITS)
         builder = synthetic_motion_builder(config or "default", data_dir)
         # tfds prints its build messages on stdout; keep stdout for results (CLI JSON).
         with contextlib.redirect_stdout(sys.stderr):

@@ -39,7 +39,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from selrel_jax.errors import OptionError
+from selrel_jax._checks import integer, one_of
 
 __all__ = [
     "CLASS_NAMES",
@@ -134,17 +134,11 @@ def get_config(config: str | MotionConfig) -> MotionConfig:
     """The :class:`MotionConfig` named ``config`` (or ``config`` itself)."""
     if isinstance(config, MotionConfig):
         return config
-    if config not in CONFIGS:
-        raise OptionError(
-            f"unknown synthetic_motion config {config!r}; expected one of {sorted(CONFIGS)}"
-        )
-    return CONFIGS[config]
+    return CONFIGS[one_of("synthetic_motion config", config, sorted(CONFIGS))]
 
 
 def _split_id(split: str) -> int:
-    if split not in SPLITS:
-        raise OptionError(f"unknown split {split!r}; expected one of {list(SPLITS)}")
-    return SPLITS.index(split)
+    return SPLITS.index(one_of("split", split, SPLITS))
 
 
 def _hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -200,7 +194,7 @@ def render_object_layer(
     elif shape == "diamond":
         coverage = np.abs(u) / a + np.abs(v) / b <= 1.0
     else:
-        raise OptionError(f"unknown object shape {shape!r}")
+        one_of("object shape", shape, _SHAPES)
     parity = (np.floor(u / cell[0]) + np.floor(v / cell[1])).astype(np.int64) % 2
     rgb = np.asarray(colors, dtype=np.uint8)[parity]
     rgb[~coverage] = 0
@@ -375,9 +369,7 @@ def generate_split(
     """
     cfg = get_config(config)
     _split_id(split)
-    n = cfg.split_sizes[split] if count is None else int(count)
-    if n < 0:
-        raise OptionError(f"count must be >= 0, got {count}")
+    n = cfg.split_sizes[split] if count is None else integer("count", count, minimum=0)
     t_count, h, w = cfg.frames, cfg.height, cfg.width
     out = {
         "video": np.empty((n, t_count, h, w, 3), np.uint8),
