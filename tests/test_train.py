@@ -235,6 +235,9 @@ def test_run_directory_claims_saves_restores_and_refuses_other_settings(tmp_path
     assert "config.seed (1 there, 2 now)" in str(e.value)
     assert "model.channels (null there, [8] now)" in str(e.value)
     assert "lr" not in str(e.value)
+    many = {"config": {f"k{i}": i for i in range(8)}}
+    with pytest.raises(SelrelError, match=r"config\.k4 \(null there, 4 now\) and 6 more;"):
+        RunDirectory(tmp_path / "run", many)
 
 
 def test_training_lowers_the_loss(tmp_path):

@@ -14,6 +14,7 @@ import orbax.checkpoint as ocp
 from selrel_jax.errors import SelrelError
 
 RUN_FILE = "run.json"
+MAX_SHOWN = 5  # differences named in the refusal (a run.json of an older version differs a lot)
 
 
 def _json(value: Any) -> Any:
@@ -78,8 +79,10 @@ class RunDirectory:
         if changed:
             details = ", ".join(
                 f"{p} ({_shown(_lookup(previous, p))} there, {_shown(_lookup(identity, p))} now)"
-                for p in changed
+                for p in changed[:MAX_SHOWN]
             )
+            if len(changed) > MAX_SHOWN:
+                details += f" and {len(changed) - MAX_SHOWN} more"
             raise SelrelError(
                 f"{self.path} holds a run with other settings: {details}; "
                 "use a new --out directory or the original settings"
