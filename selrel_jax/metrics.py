@@ -42,11 +42,8 @@ from typing import Any, Literal
 import jax
 import jax.numpy as jnp
 
-from selrel_jax._checks import one_of
-from selrel_jax.errors import DTypeError, ShapeError
+from selrel_jax.errors import DTypeError
 from selrel_jax.selective import (
-    _LAYOUT_OF_RANK,
-    LAYOUTS,
     Layout,
     _as_array,
     _check_finite,
@@ -54,6 +51,7 @@ from selrel_jax.selective import (
     _describe,
     _nan_where,
     _per_clip,
+    _resolve_layout,
     spatial_bias,
 )
 
@@ -65,36 +63,12 @@ MaskLayout = Literal["THW", "NTHW"]
 _MASK_LAYOUT_OF_RANK = {3: "THW", 4: "NTHW"}
 
 
-def _check_rank(
-    fn: str, x: Any, layout: str | None, by_rank: dict, layouts: dict, name: str
-) -> str:
-    """The layout (given, or ``by_rank``) after checking the rank and that no clip
-    axis is empty."""
-    rank = len(jnp.shape(x))
-    if layout is None:
-        if rank not in by_rank:
-            described = [f"{r} ({','.join(k)})" for r, k in by_rank.items()]
-            ranks = ", ".join(described[:-1]) + " or " + described[-1]
-            raise ShapeError(
-                f"{fn}: {name} must have rank {ranks}, or pass layout=; got {_describe(x)}"
-            )
-        layout = by_rank[rank]
-    one_of(f"{fn}: layout", layout, layouts)
-    if rank != layouts[layout]:
-        raise ShapeError(
-            f"{fn}: layout {layout!r} needs rank {layouts[layout]}; {name} has {_describe(x)}"
-        )
-    if 0 in (jnp.shape(x)[1:] if layout.startswith("N") else jnp.shape(x)):
-        raise ShapeError(f"{fn}: {name} has an empty axis: {_describe(x)}")
-    return layout
-
-
 def _checked_relevance(fn: str, relevance: Any, layout: str | None) -> tuple[jax.Array, bool]:
     """``(array, batched)`` of a real floating relevance map without NaN/Inf (eager)."""
     x = _as_array(relevance, fn, "relevance")
     if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
         raise DTypeError(f"{fn}: relevance must be a real floating array; got {_describe(x)}")
-    layout = _check_rank(fn, x, layout, _LAYOUT_OF_RANK, LAYOUTS, "relevance")
+    layout = _resolve_layout(fn, x, layout)
     _check_finite(fn, x, layout)
     return jnp.asarray(x), layout.startswith("N")
 
@@ -154,7 +128,9 @@ def kept_voxels(mask: Any, *, layout: MaskLayout | None = None) -> jax.Array:
     m = _as_array(mask, "kept_voxels", "mask")
     if jnp.result_type(m) != jnp.bool_:
         raise DTypeError(f"kept_voxels: mask must be a bool array; got {_describe(m)}")
-    layout = _check_rank("kept_voxels", m, layout, _MASK_LAYOUT_OF_RANK, MASK_LAYOUTS, "mask")
+    layout = _resolve_layout(
+        "kept_voxels", m, layout, name="mask", layouts=MASK_LAYOUTS, by_rank=_MASK_LAYOUT_OF_RANK
+    )
     return _kept_voxels(jnp.asarray(m), layout.startswith("N"))
 
 

@@ -86,25 +86,44 @@ def _as_array(x: Any, fn: str, name: str) -> Any:
         raise ShapeError(f"{fn}: {name} must be an array; got a ragged nested list") from None
 
 
+def _resolve_layout(
+    fn: str,
+    x: Any,
+    layout: str | None,
+    *,
+    name: str = "relevance",
+    layouts: dict[str, int] = LAYOUTS,
+    by_rank: dict[int, str] = _LAYOUT_OF_RANK,
+) -> str:
+    """The layout of ``x`` (given, or by its rank) after checking that the rank fits it
+    and that no axis but the batch axis is empty."""
+    rank = len(jnp.shape(x))
+    if layout is None:
+        if rank not in by_rank:
+            described = [f"{r} ({','.join(k)})" for r, k in by_rank.items()]
+            ranks = ", ".join(described[:-1]) + " or " + described[-1]
+            raise ShapeError(
+                f"{fn}: {name} must have rank {ranks}, or pass layout= (one of "
+                f"{', '.join(layouts)}); got {_describe(x)}"
+            )
+        layout = by_rank[rank]
+    one_of(f"{fn}: layout", layout, layouts)
+    if rank != layouts[layout]:
+        raise ShapeError(
+            f"{fn}: layout {layout!r} needs rank {layouts[layout]}; {name} has {_describe(x)}"
+        )
+    if 0 in (jnp.shape(x)[1:] if layout.startswith("N") else jnp.shape(x)):
+        raise ShapeError(f"{fn}: {name} has an empty axis: {_describe(x)}")
+    return layout
+
+
 def _check_relevance(x: Any, fn: str, layout: str | None, name: str = "relevance") -> tuple:
     """``(array, layout)`` after checking dtype, rank against the layout and T >= 3."""
     x = _as_array(x, fn, name)
     dtype = jnp.result_type(x)
     if not jnp.issubdtype(dtype, jnp.floating):
         raise DTypeError(f"{fn}: {name} must be a real floating array; got {_describe(x)}")
-    rank = len(jnp.shape(x))
-    if layout is None:
-        if rank not in _LAYOUT_OF_RANK:
-            raise ShapeError(
-                f"{fn}: {name} must have rank 3 (T,H,W), 4 (T,H,W,C) or 5 (N,T,H,W,C), or pass "
-                f"layout= (one of {', '.join(LAYOUTS)}); got {_describe(x)}"
-            )
-        layout = _LAYOUT_OF_RANK[rank]
-    one_of(f"{fn}: layout", layout, LAYOUTS)
-    if rank != LAYOUTS[layout]:
-        raise ShapeError(
-            f"{fn}: layout {layout!r} needs rank {LAYOUTS[layout]}; {name} has {_describe(x)}"
-        )
+    layout = _resolve_layout(fn, x, layout, name=name)
     t = jnp.shape(x)[layout.index("T")]
     if t < 3:
         raise ShapeError(
