@@ -77,3 +77,23 @@ def one_of(name: str, value: T, choices: Iterable[T], error: type[SelrelError] =
     if not known:
         raise error(f"{name} must be one of {', '.join(map(str, choices))}; got {value!r}")
     return value
+
+
+def key_json_pairs(flag: str, pairs: Iterable[str]) -> dict[str, Any]:
+    """``["KEY=JSON", ...]`` (a repeatable command-line option) -> ``{KEY: value}``;
+    JSON lists become tuples (hashable, as module fields want them)."""
+    import json
+
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise OptionError(f"{flag} must be KEY=JSON; got {pair!r}")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            raise OptionError(
+                f'{flag} {key}: the value must be JSON (e.g. 0.25, [8,16], "name"); got {text!r}'
+            ) from None
+        out[key] = tuple(value) if isinstance(value, list) else value
+    return out

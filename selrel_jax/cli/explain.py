@@ -1,0 +1,118 @@
+"""``selrel explain``: videos in, relevance pictures, an overlay video and scores out."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from selrel_jax.cli import app
+
+# Literal defaults keep `selrel --help` fast (no JAX import); a test checks that they
+# equal the library's (selrel_jax.video_explanation).
+Videos = Annotated[
+    list[Path] | None,
+    typer.Argument(
+        help="Video files (mp4, avi, webm, mov, gif) or folders of frames; none: the "
+        "bundled sample clip.",
+        show_default=False,
+    ),
+]
+Model = Annotated[str, typer.Option(help="Shipped model name or checkpoint directory.")]
+Method = Annotated[
+    str, typer.Option(help="Relevance method, e.g. lrp.epsilon_plus_flat, gradient, grad_cam.")
+]
+MethodOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        help="Method option as KEY=JSON, repeatable (e.g. epsilon=0.25). lrp.epsilon_gamma_box's "
+        "low/high default to the model's normalised input range."
+    ),
+]
+Sigma = Annotated[float, typer.Option(help="Selectivity: keep |D| > sigma * std(|D|).")]
+TemporalPadding = Annotated[
+    str,
+    typer.Option(
+        help="zero (the paper) or edge. Default edge: overlapping windows would make every "
+        "window's first and last frame look like motion under zero padding."
+    ),
+]
+Threshold = Annotated[str, typer.Option(help="clip (one threshold per window) or frame.")]
+Target = Annotated[
+    str,
+    typer.Option(help="predicted (the video's prediction), a class index or a class name."),
+]
+ClipStride = Annotated[
+    int | None,
+    typer.Option(help="Sampled frames between window starts (default: half the clip length)."),
+]
+BatchSize = Annotated[int, typer.Option(help="Windows per jit-compiled batch.")]
+Out = Annotated[Path, typer.Option(help="Output folder; each video writes OUT/<video-stem>/.")]
+Overwrite = Annotated[bool, typer.Option(help="Replace existing outputs.")]
+SaveArrays = Annotated[
+    bool, typer.Option(help="Also write relevance.npz (per-frame maps, clip logits, scores).")
+]
+Progress = Annotated[bool, typer.Option(help="Progress bars on stderr.")]
+
+
+@app.command()
+def explain(
+    videos: Videos = None,
+    model: Model = "c3d_small_motion",
+    method: Method = "lrp.epsilon_plus_flat",
+    method_option: MethodOption = None,
+    sigma: Sigma = 1.0,
+    temporal_padding: TemporalPadding = "edge",
+    threshold: Threshold = "clip",
+    target: Target = "predicted",
+    clip_stride: ClipStride = None,
+    batch_size: BatchSize = 8,
+    out: Out = Path("selrel_out"),
+    overwrite: Overwrite = False,
+    save_arrays: SaveArrays = False,
+    progress: Progress = True,
+) -> None:
+    """Explain each VIDEO: what the model predicted, where its relevance was, and which part
+    of it was motion. Writes OUT/<stem>/overlay.mp4, filmstrip.png, timeline.png and
+    summary.json; prints one JSON line per video. A bad video is reported and the others
+    still run; the exit code is 2 if any failed."""
+    from selrel_jax._checks import key_json_pairs
+    from selrel_jax.cli import ERROR_EXIT_CODE
+    from selrel_jax.video_explanation import explain_files
+
+    failed = False
+    stdout = sys.stdout  # one JSON line per video; everything else goes to stderr
+    with _one_line_warnings(), contextlib.redirect_stdout(sys.stderr):
+        results = explain_files(
+            videos or [], model=model, out=out, overwrite=overwrite, save_arrays=save_arrays,
+            progress=progress, target=target,
+            method_options=key_json_pairs("--method-option", method_option or []),
+            method=method, sigma=sigma, temporal_padding=temporal_padding,
+            threshold=threshold, clip_stride=clip_stride, batch_size=batch_size,
+        )  # fmt: skip
+        for video, record in results:
+            if isinstance(record, Exception):
+                failed = True
+                typer.echo(f"selrel: error: {video}: {record}", err=True)
+            else:
+                print(json.dumps(record), file=stdout, flush=True)
+    if failed:
+        raise typer.Exit(ERROR_EXIT_CODE)
+
+
+@contextlib.contextmanager
+def _one_line_warnings():
+    """The library's warnings as ``selrel: warning: ...`` lines on stderr."""
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        typer.echo(f"selrel: warning: {message}", err=True)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = show
+        yield
