@@ -1,0 +1,136 @@
+"""``selrel explain``: the main job, from video files to pictures, and its one-line errors."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from selrel_jax import data
+from selrel_jax import video_explanation as ve
+from selrel_jax.cli import app
+from selrel_jax.cli import explain as explain_command
+
+runner = CliRunner()
+
+
+def _run(*args, cwd=None):
+    old = os.getcwd()
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        result = runner.invoke(app, ["explain", "--no-progress", *map(str, args)])
+    finally:
+        os.chdir(old)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_no_arguments_explains_the_bundled_sample_as_its_class(tmp_path):
+    code, stdout, stderr = _run(cwd=tmp_path)
+    assert code == 0, stderr
+    lines = stdout.splitlines()
+    assert len(lines) == 1
+    record = json.loads(lines[0])
+    assert record["predicted"] == data.sample_clip_info()["class_name"]
+    assert record["out"] == os.path.join("selrel_out", "sample_clip")
+    assert 0 <= record["spatial_bias"] <= 1
+    out = tmp_path / "selrel_out" / "sample_clip"
+    assert {"overlay.mp4", "filmstrip.png", "timeline.png", "summary.json", "timings.json"} <= set(
+        os.listdir(out)
+    )
+    timings = json.loads((out / "timings.json").read_text())
+    assert timings["backend"] and timings["device_count"] >= 1
+
+
+def test_epsilon_gamma_box_runs_without_options(tmp_path):
+    code, _stdout, stderr = _run("--method", "lrp.epsilon_gamma_box", "--out", tmp_path)
+    assert code == 0, stderr
+    summary = json.loads((tmp_path / "sample_clip" / "summary.json").read_text())
+    assert summary["method"] == "lrp.epsilon_gamma_box"
+    assert len(summary["method_options"]["low"]) == 3  # the model's normalised pixel range
+
+
+def test_a_bad_video_is_reported_and_the_others_still_run(tmp_path):
+    sample = data.sample_clip_path()
+    code, stdout, stderr = _run(tmp_path / "missing.mp4", sample, "--out", tmp_path / "o",
+                                "--method", "gradient")  # fmt: skip
+    assert code == 2
+    assert stderr.strip().splitlines() == [
+        f"selrel: error: {tmp_path / 'missing.mp4'}: video not found: {tmp_path / 'missing.mp4'}"
+    ]
+    assert [json.loads(line)["video"] for line in stdout.splitlines()] == [str(sample)]
+    assert os.listdir(tmp_path / "o") == ["sample_clip"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model", "no_such_model"], "no checkpoint named or at 'no_such_model'"),
+        (["--method", "lrp.nope"], "unknown method 'lrp.nope'"),
+        (["--method-option", "epsilon=0.1", "--method", "gradient"], "unknown option(s)"),
+        (["--method-option", "epsilon"], "--method-option must be KEY=JSON"),
+        (["--method-option", "epsilon=abc"], "--method-option epsilon: the value must be JSON"),
+        (["--sigma", "-1"], "sigma must be a finite number >= 0.0; got -1.0"),
+        (["--target", "99"], "target 99 out of range for 6 classes"),
+        (["--target", "jumping"], "target 'jumping' is not a class name"),
+        (["--temporal-padding", "wrap"], "temporal_padding must be one of zero, edge"),
+        (["--threshold", "pixel"], "threshold must be one of clip, frame"),
+        (["--clip-stride", "0"], "clip_stride must be a positive int"),
+        (["--batch-size", "0"], "batch_size must be a positive int"),
+    ],
+)
+def test_bad_settings_are_one_line_and_write_nothing(tmp_path, args, message):
+    code, stdout, stderr = _run(*args, "--out", tmp_path / "o")
+    assert code == 2 and stdout == ""
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("selrel: error: "), stderr
+    assert message in lines[0]
+    assert not (tmp_path / "o").exists()
+
+
+def test_existing_output_needs_overwrite(tmp_path):
+    assert _run("--out", tmp_path, "--method", "gradient")[0] == 0
+    before = (tmp_path / "sample_clip" / "summary.json").read_bytes()
+    code, _stdout, stderr = _run("--out", tmp_path, "--method", "gradient_x_input")
+    assert code == 2 and "exists; pass --overwrite to replace it" in stderr
+    assert (tmp_path / "sample_clip" / "summary.json").read_bytes() == before
+    code, _, stderr = _run("--out", tmp_path, "--method", "gradient_x_input", "--overwrite")
+    assert code == 0, stderr
+    summary = json.loads((tmp_path / "sample_clip" / "summary.json").read_text())
+    assert summary["method"] == "gradient_x_input"
+
+
+def test_output_below_a_regular_file_is_one_line_without_traceback(tmp_path):
+    (tmp_path / "file").write_text("x")
+    proc = subprocess.run(
+        [sys.executable, "-c", "from selrel_jax.cli import main; main()", "explain",
+         "--no-progress", "--method", "gradient", "--out", str(tmp_path / "file" / "out")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("selrel: error: ")
+    assert "cannot write output" in proc.stderr
+    assert os.listdir(tmp_path) == ["file"]
+
+
+def test_two_runs_give_identical_summaries(tmp_path):
+    for name in ("a", "b"):
+        assert _run("--out", tmp_path / name, "--method", "gradient_x_input")[0] == 0
+    a, b = (tmp_path / n / "sample_clip" / "summary.json" for n in "ab")
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_command_defaults_are_the_librarys():
+    params = inspect.signature(explain_command.explain).parameters
+    library = inspect.signature(ve.explain_files).parameters
+    video = inspect.signature(ve.explain_video).parameters
+    assert params["model"].default == library["model"].default
+    assert str(params["out"].default) == library["out"].default
+    for name in ("method", "sigma", "temporal_padding", "threshold", "batch_size", "clip_stride"):
+        assert params[name].default == video[name].default, name

@@ -1,0 +1,242 @@
+"""explain_video and save_explanation: windows, per-frame maps, scores, files."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax.numpy as jnp
+import matplotlib.image as mpimg
+import numpy as np
+import pytest
+
+import selrel_jax as sr
+from selrel_jax import data, models
+from selrel_jax import video_explanation as ve
+
+SUMMARY_KEYS = {
+    "video", "model", "method", "method_options", "sigma", "temporal_padding", "threshold",
+    "target", "predicted", "probs", "top5", "spatial_bias", "kept_voxels", "gini_raw",
+    "gini_selective", "clips", "versions", "frames", "fps", "clip_length", "loop_padded",
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def motion_model():
+    return models.load("c3d_small_motion")
+
+
+@pytest.fixture(scope="module")
+def sample_result(motion_model):
+    model, variables, info = motion_model
+    return ve.explain_video(data.sample_clip_path(), model, variables, info)
+
+
+# --- pieces ---
+
+
+@pytest.mark.parametrize(
+    "frames, length, stride, want",
+    [
+        (32, 16, 8, [0, 8, 16]),
+        (33, 16, 8, [0, 8, 16, 17]),  # one more window so the last frame is covered
+        (16, 16, 8, [0]),
+        (5, 16, 8, [0]),  # shorter than a clip: one loop-padded window
+        (40, 16, 16, [0, 16, 24]),
+    ],
+)
+def test_window_starts_cover_every_frame(frames, length, stride, want):
+    starts = ve.window_starts(frames, length, stride)
+    assert starts.tolist() == want
+    covered = np.zeros(max(frames, length), bool)
+    for s in starts:
+        covered[s : s + length] = True
+    assert covered[:frames].all()
+
+
+def test_per_frame_maps_are_the_mean_of_the_windows_covering_each_frame():
+    rng = np.random.default_rng(0)
+    starts = np.array([0, 2, 4])
+    maps = rng.normal(size=(3, 4, 2, 2)).astype(np.float32)  # 3 windows of 4 frames
+    got = ve._per_frame(maps, starts, 8)
+    for f in range(8):
+        covering = [maps[k, f - s] for k, s in enumerate(starts) if s <= f < s + 4]
+        np.testing.assert_allclose(got[f], np.mean(covering, axis=0), rtol=1e-6)
+    # a loop-padded window of 4 over 3 frames: frame 0 appears twice
+    looped = ve._per_frame(maps[:1], np.array([0]), 3)
+    np.testing.assert_allclose(looped[0], (maps[0, 0] + maps[0, 3]) / 2, rtol=1e-6)
+
+
+def test_input_bounds_are_the_normalised_pixel_range(motion_model):
+    info = motion_model[2]
+    low, high = ve.input_bounds(info)
+    extremes = np.array([[[[0, 0, 0], [255, 255, 255]]]], np.uint8)
+    x = np.asarray(data.normalize(extremes, **ve._normalizer(info).keywords))
+    np.testing.assert_allclose(x[0, 0, 0], low, rtol=1e-6)
+    np.testing.assert_allclose(x[0, 0, 1], high, rtol=1e-6)
+
+
+def test_targets_by_name_index_or_prediction():
+    names = ("walk", "run", "jump")
+    assert ve.resolve_target(None, names) is None
+    assert ve.resolve_target("predicted", names) is None
+    assert ve.resolve_target("run", names) == 1
+    assert ve.resolve_target("2", names) == 2
+    assert ve.resolve_target(0, names) == 0
+    with pytest.raises(sr.OptionError, match=r"target 'swim' is not a class name.*walk, run"):
+        ve.resolve_target("swim", names)
+    with pytest.raises(sr.OptionError, match=r"target 3 out of range for 3 classes"):
+        ve.resolve_target("3", names)
+    with pytest.raises(sr.OptionError, match=r"target -1 out of range"):
+        ve.resolve_target(-1, names)
+
+
+def test_output_directories_number_repeated_stems():
+    got = ve.output_directories(["a/clip.mp4", "b/clip.avi", "c/other.mp4", "d/clip"], "out")
+    assert got == [os.path.join("out", n) for n in ("clip", "clip-2", "other", "clip-3")]
+
+
+# --- explain_video ---
+
+
+def test_sample_clip_is_explained_as_its_class(sample_result):
+    r = sample_result
+    assert r.predicted_name == data.sample_clip_info()["class_name"] == r.target_name
+    assert r.frames.shape == (32, 48, 48, 3) and r.relevance.shape == (32, 48, 48)
+    assert r.clip_starts.tolist() == [0, 8, 16] and r.clip_logits.shape == (3, 6)
+    np.testing.assert_allclose(r.probs.sum(), 1.0, rtol=1e-9)
+    np.testing.assert_allclose(r.static, r.relevance - r.selective, atol=1e-6)
+    scores = r.scores()
+    assert 0 < scores["spatial_bias"] < 1 and 0 < scores["kept_voxels"] < 1
+    assert scores["gini_selective"] > scores["gini_raw"]  # selection makes maps sparser
+
+
+def test_window_scores_match_the_library_on_the_same_clip(motion_model, sample_result):
+    model, variables, info = motion_model
+    clip = sample_result.frames[8:24][None]
+    x = data.normalize(clip, mean=info.mean, std=info.std, value_range=info.value_range,
+                       channel_order=info.channel_order)  # fmt: skip
+    rel = sr.explain(model, variables, x, jnp.array([1]), "lrp.epsilon_plus_flat")
+    sel = sr.selective_relevance(rel, 1.0, temporal_padding="edge")
+    s = sample_result.clip_scores
+    np.testing.assert_allclose(s["spatial_bias"][1], sr.spatial_bias(rel, sel)[0], rtol=1e-4)
+    mask = sr.motion_mask(rel, 1.0, temporal_padding="edge")
+    np.testing.assert_allclose(s["kept_voxels"][1], sr.metrics.kept_voxels(mask)[0], rtol=1e-5)
+
+
+def test_array_input_equals_file_input(motion_model, sample_result):
+    model, variables, info = motion_model
+    frames = data.read_video(data.sample_clip_path())
+    r = ve.explain_video(frames, model, variables, info)
+    np.testing.assert_array_equal(r.frames, sample_result.frames)
+    np.testing.assert_allclose(r.relevance, sample_result.relevance, rtol=1e-5, atol=1e-9)
+
+
+def test_larger_frames_are_resized_and_centre_cropped(motion_model):
+    info = motion_model[2]
+    frames = np.random.default_rng(1).integers(0, 256, (16, 96, 128, 3), dtype=np.uint8)
+    fitted, indices, _ = ve.sample_frames(frames, info)
+    assert fitted.shape == (16, 48, 48, 3) and indices.tolist() == list(range(16))
+
+
+def test_short_video_is_loop_padded_with_a_warning(motion_model):
+    model, variables, info = motion_model
+    frames = data.read_video(data.sample_clip_path())[:10]
+    with pytest.warns(ve.SelrelWarning, match=r"10 sampled frames, fewer than .* loop-padded"):
+        r = ve.explain_video(frames, model, variables, info, method="gradient_x_input")
+    assert r.loop_padded and r.relevance.shape == (10, 48, 48)
+    assert np.isfinite(r.relevance).all()
+
+
+def test_explicit_target_is_explained_in_every_window(motion_model):
+    model, variables, info = motion_model
+    frames = data.read_video(data.sample_clip_path())[:16]
+    r = ve.explain_video(frames, model, variables, info, target="rotate_clockwise",
+                         method="gradient")  # fmt: skip
+    assert r.target == 4 and r.predicted == 1
+    np.testing.assert_allclose(r.clip_scores["target_logit"], r.clip_logits[:, 4], rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"method": "lrp.nope"}, sr.OptionError, r"unknown method 'lrp.nope'"),
+        ({"sigma": -1.0}, sr.OptionError, r"sigma must be a finite number >= 0"),
+        ({"sigma": float("nan")}, sr.OptionError, r"sigma"),
+        ({"temporal_padding": "wrap"}, sr.OptionError, r"temporal_padding must be one of"),
+        ({"clip_stride": 0}, sr.OptionError, r"clip_stride must be a positive int"),
+        ({"batch_size": 0}, sr.OptionError, r"batch_size must be a positive int"),
+        ({"epsilon": 0.1, "method": "gradient"}, sr.OptionError, r"unknown option"),
+        ({"target": "swim"}, sr.OptionError, r"not a class name"),
+    ],
+)
+def test_bad_options_raise_before_reading(motion_model, kwargs, error, match):
+    model, variables, info = motion_model
+    with pytest.raises(error, match=match):
+        ve.explain_video("/no/such/video.mp4", model, variables, info, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "video, match",
+    [
+        ("/no/such/video.mp4", r"video not found: /no/such/video.mp4"),
+        (np.zeros((4, 8, 8, 3), np.float32), r"uint8 RGB frames"),
+        (np.zeros((0, 8, 8, 3), np.uint8), r"no frames"),
+    ],
+)
+def test_bad_videos_raise(motion_model, video, match):
+    model, variables, info = motion_model
+    with pytest.raises(sr.SelrelError, match=match):
+        ve.explain_video(video, model, variables, info)
+
+
+# --- files ---
+
+
+def test_saved_files_and_deterministic_summary(sample_result, tmp_path):
+    a = ve.save_explanation(sample_result, tmp_path / "a", model_name="c3d_small_motion")
+    b = ve.save_explanation(sample_result, tmp_path / "b", model_name="c3d_small_motion",
+                            save_arrays=True)  # fmt: skip
+    assert sorted(os.listdir(a)) == ["filmstrip.png", "overlay.mp4", "summary.json",
+                                     "timeline.png"]  # fmt: skip
+    summary = json.loads(open(os.path.join(a, "summary.json")).read())
+    assert set(summary) == SUMMARY_KEYS
+    assert abs(sum(summary["probs"]) - 1) < 1e-5 and 0 <= summary["spatial_bias"] <= 1
+    assert summary["target"] == {"index": 1, "name": "translate_right"}
+    assert [c["start_frame"] for c in summary["clips"]] == [0, 8, 16]
+    assert summary["top5"][0]["name"] == "translate_right"
+    for name in ("summary.json", "filmstrip.png", "timeline.png"):
+        with open(os.path.join(a, name), "rb") as fa, open(os.path.join(b, name), "rb") as fb:
+            assert fa.read() == fb.read(), name
+    overlay = data.read_video(os.path.join(a, "overlay.mp4"))
+    assert overlay.shape[0] == 32 and overlay.shape[2] > 3 * 48
+    assert mpimg.imread(os.path.join(a, "filmstrip.png")).ndim == 3
+    with np.load(os.path.join(b, "relevance.npz")) as arrays:
+        np.testing.assert_array_equal(arrays["selective"], sample_result.selective)
+
+
+def test_existing_output_is_refused_and_kept_without_overwrite(sample_result, tmp_path):
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "keep.txt").write_text("mine")
+    with pytest.raises(sr.OptionError, match=r"exists; pass overwrite"):
+        ve.save_explanation(sample_result, target)
+    assert os.listdir(target) == ["keep.txt"]
+    ve.save_explanation(sample_result, target, overwrite=True)
+    assert "keep.txt" not in os.listdir(target) and "summary.json" in os.listdir(target)
+
+
+def test_a_failure_while_writing_leaves_nothing(sample_result, tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ve, "_write_overlay", broken)
+    with pytest.raises(OSError):
+        ve.save_explanation(sample_result, tmp_path / "out")
+    assert os.listdir(tmp_path) == []
+
+
+def test_output_below_a_regular_file_is_one_error(sample_result, tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(sr.DataError, match=r"cannot write output .*file/out"):
+        ve.save_explanation(sample_result, tmp_path / "file" / "out")
