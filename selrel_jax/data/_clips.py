@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from selrel_jax._checks import one_of, positive_int
+from selrel_jax._checks import integer, one_of, positive_int
 from selrel_jax.data import synthetic_motion
 from selrel_jax.data._folder import SPLIT_NAMES, VideoFolder, folder_splits
 from selrel_jax.data._sources import load_source
@@ -173,6 +173,7 @@ def load_clips(
         raise OptionError(f"{given[0]} applies only to folder: datasets; got {dataset!r}")
     if data_seed is not None and kind != SYNTHETIC:
         raise OptionError(f"data_seed works only with {SYNTHETIC}[/config]; got {dataset!r}")
+    data_seed = None if data_seed is None else integer("data_seed", data_seed, minimum=0)
     if kind == "folder":
         return _folder_clips(
             pathlib.Path(argument), split, limit=limit, clip_size=clip_size,

@@ -72,6 +72,8 @@ def test_generated_split_and_clip_size_check():
         ("ucf101", {"data_seed": 1}, OptionError, "data_seed works only"),
         ("synthetic_motion/tiny", {"limit": 0}, OptionError, "limit must be a positive int"),
         ("synthetic_motion/tiny", {"data_seed": 1, "split": "dev"}, OptionError, "split"),
+        ("synthetic_motion/tiny", {"data_seed": -1}, OptionError, "data_seed must be an int >= 0"),
+        ("synthetic_motion", {"data_seed": 1.5}, OptionError, "data_seed must be an int >= 0"),
     ],
 )
 def test_bad_arguments(dataset, kwargs, error, message):

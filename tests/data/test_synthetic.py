@@ -205,6 +205,22 @@ def test_bad_config_and_split():
         sm.generate_split("tiny", "dev", 0, 1)
 
 
+def test_negative_seed_is_an_option_error():
+    # NumPy's default_rng refuses negative seeds with a raw ValueError (--data-seed -1).
+    for call in (
+        lambda: sm.generate_split("tiny", "train", -1, 2),
+        lambda: sm.generate_split("tiny", "train", -1, 0),
+        lambda: sm.generate_example("tiny", "train", -1, 0),
+        lambda: sm.example_scene("tiny", "train", -5, 0),
+    ):
+        with pytest.raises(OptionError, match=r"seed must be an int >= 0; got -\d"):
+            call()
+    with pytest.raises(OptionError, match="index must be an int >= 0; got -1"):
+        sm.generate_example("tiny", "train", 0, -1)
+    with pytest.raises(OptionError, match="seed must be an int >= 0; got '7'"):
+        sm.generate_split("tiny", "train", "7", 1)
+
+
 # ------------------------------------------------- no single-frame information
 
 

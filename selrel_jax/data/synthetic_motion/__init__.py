@@ -264,7 +264,8 @@ def _draw_scene(
     cfg: MotionConfig, split: str, seed: int, index: int
 ) -> tuple[dict, np.random.Generator]:
     """Draw the example's object and motion; returns them and the rng (for the rest)."""
-    rng = np.random.default_rng([int(seed), _split_id(split), int(index)])
+    seed, index = integer("seed", seed, minimum=0), integer("index", index, minimum=0)
+    rng = np.random.default_rng([seed, _split_id(split), index])
     num_classes = len(CLASS_NAMES)
     label = int(index) % num_classes
     h, w = cfg.height, cfg.width
@@ -369,6 +370,7 @@ def generate_split(
     """
     cfg = get_config(config)
     _split_id(split)
+    seed = integer("seed", seed, minimum=0)  # NumPy seeds are non-negative
     n = cfg.split_sizes[split] if count is None else integer("count", count, minimum=0)
     t_count, h, w = cfg.frames, cfg.height, cfg.width
     out = {
