@@ -24,9 +24,12 @@ from selrel_jax.data._folder import (
     folder_splits,
     read_split_file,
 )
+from selrel_jax.data._geometry import MAX_FRAME_PIXELS, MAX_FRAME_SIDE, center_crop
+from selrel_jax.data._image_folder import IMAGE_EXTENSIONS
 from selrel_jax.data._loader import ArraySource, make_loader
 from selrel_jax.data._normalize import normalize
 from selrel_jax.data._order import batch_indices, batches_per_epoch, epoch_order
+from selrel_jax.data._reader import VideoProbe, iter_frames, probe_video, read_frames
 from selrel_jax.data._sample import (
     render_sample_clip,
     sample_clip_info,
@@ -43,7 +46,6 @@ from selrel_jax.data._sources import (
 )
 from selrel_jax.data._video import (
     SAMPLING_MODES,
-    center_crop,
     clip_indices,
     count_frames,
     read_video,
@@ -53,6 +55,9 @@ from selrel_jax.data._video import (
 
 __all__ = [
     "DATA_DIR_ENV",
+    "IMAGE_EXTENSIONS",
+    "MAX_FRAME_PIXELS",
+    "MAX_FRAME_SIDE",
     "SAMPLING_MODES",
     "SPLIT_NAMES",
     "VIDEO_EXTENSIONS",
@@ -60,6 +65,7 @@ __all__ = [
     "Clips",
     "LazyVideos",
     "VideoFolder",
+    "VideoProbe",
     "batch_indices",
     "batches_per_epoch",
     "center_crop",
@@ -69,12 +75,15 @@ __all__ = [
     "default_data_dir",
     "epoch_order",
     "folder_splits",
+    "iter_frames",
     "load_clips",
     "load_source",
     "load_tfds_videos",
     "make_loader",
     "normalize",
     "parse_dataset",
+    "probe_video",
+    "read_frames",
     "read_split_file",
     "read_video",
     "render_sample_clip",

@@ -9,13 +9,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from selrel_jax._checks import positive_int, real
-from selrel_jax.data._video import (
-    _pair,
-    clip_indices,
-    count_frames,
-    header_frame_count,
-    read_video,
-)
+from selrel_jax.data._geometry import crop_pair
+from selrel_jax.data._video import clip_indices, count_frames, header_frame_count, read_video
 from selrel_jax.errors import DataError, OptionError
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg")
@@ -68,7 +63,7 @@ class VideoFolder(Sequence):
         if size is not None:
             size = positive_int("size", size)
         if crop is not None:
-            _pair("crop", crop)
+            crop_pair(crop)
         if split_file is not None and videos is not None:
             raise OptionError("pass split_file or videos, not both")
         self.clip_length, self.frame_step = int(clip_length), int(frame_step)
@@ -138,7 +133,7 @@ class VideoFolder(Sequence):
         """(T, H, W, 3) of every clip when ``crop`` fixes the frame size, else None."""
         if self.crop is None:
             return None
-        return (self.clip_length, *_pair("crop", self.crop), 3)
+        return (self.clip_length, *crop_pair(self.crop), 3)
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         if not -len(self) <= index < len(self):

@@ -1,41 +1,26 @@
-"""Video files: decoding and encoding with PyAV, clip sampling, resize and centre crop."""
+"""Video files: whole-video reading (built on the streaming reader), encoding with PyAV, and
+clip sampling."""
 
 from __future__ import annotations
 
 import os
 import pathlib
+import secrets
 from collections.abc import Sequence
+from fractions import Fraction
 
 import numpy as np
 
-from selrel_jax._checks import one_of, positive_int
-from selrel_jax.errors import DataError, DTypeError, OptionError, ShapeError
+from selrel_jax._checks import one_of, positive_int, real
+from selrel_jax.data._reader import (
+    declared_frame_count,
+    decoded_frame_count,
+    read_frames,
+    source_fps,
+)
+from selrel_jax.errors import DataError, DTypeError, OptionError, SelrelError, ShapeError
 
 SAMPLING_MODES = ("center", "uniform", "sliding")
-
-
-def _pair(name: str, value: int | Sequence[int]) -> tuple[int, int]:
-    pair = (int(value), int(value)) if np.ndim(value) == 0 else tuple(int(v) for v in value)
-    if len(pair) != 2 or min(pair) < 1:
-        raise OptionError(f"{name} must be a positive int or (height, width), got {value!r}")
-    return pair  # type: ignore[return-value]
-
-
-def _resized_shape(height: int, width: int, size: int) -> tuple[int, int]:
-    """(H, W) with the shorter side ``size`` and the aspect ratio kept."""
-    if height <= width:
-        return size, max(1, round(width * size / height))
-    return max(1, round(height * size / width)), size
-
-
-def center_crop(frames: np.ndarray, crop: int | Sequence[int]) -> np.ndarray:
-    """Central ``crop`` (int or (H, W)) of (..., H, W, C) frames; smaller frames are an error."""
-    ch, cw = _pair("crop", crop)
-    h, w = frames.shape[-3], frames.shape[-2]
-    if ch > h or cw > w:
-        raise ShapeError(f"crop {(ch, cw)} is larger than the frames {(h, w)}")
-    top, left = (h - ch) // 2, (w - cw) // 2
-    return frames[..., top : top + ch, left : left + cw, :]
 
 
 def read_video(
@@ -45,9 +30,10 @@ def read_video(
     crop: int | Sequence[int] | None = None,
     max_frames: int | None = None,
 ) -> np.ndarray:
-    """Decode a video file into uint8 RGB frames (T, H, W, 3).
+    """Decode a video file or frame folder into uint8 RGB frames (T, H, W, 3).
 
-    ``size`` resizes (bilinear, in the decoder) so that the shorter side is ``size``;
+    Every frame, in order (:func:`read_frames` with no sampling). ``size`` resizes
+    (bilinear) so that the shorter side is ``size`` and the frame covers ``crop``;
     ``crop`` then takes the central ``crop`` (int or (H, W)); ``max_frames`` stops
     decoding early. Missing, empty, corrupt or undecodable files raise
     :class:`~selrel_jax.errors.DataError` naming the file.
@@ -56,71 +42,23 @@ def read_video(
 
         frames = read_video("clip.mp4", size=128, crop=112)   # (T, 112, 112, 3)
     """
-    import av
-
-    if size is not None:
-        size = positive_int("size", size)
-    if max_frames is not None:
-        max_frames = positive_int("max_frames", max_frames)
-    if crop is not None:
-        _pair("crop", crop)
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise DataError(f"video file not found: {path}")
-    frames: list[np.ndarray] = []
-    try:
-        with av.open(os.fspath(path)) as container:
-            if not container.streams.video:
-                raise DataError(f"no video stream in {path}")
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            target = None
-            for frame in container.decode(stream):
-                if target is None and size is not None:
-                    target = _resized_shape(frame.height, frame.width, int(size))
-                kwargs = {}
-                if target is not None:
-                    kwargs = {"height": target[0], "width": target[1], "interpolation": "BILINEAR"}
-                frames.append(frame.to_ndarray(format="rgb24", **kwargs))
-                if max_frames is not None and len(frames) >= max_frames:
-                    break
-    except DataError:
-        raise
-    except (av.FFmpegError, OSError, ValueError, EOFError) as e:
-        raise DataError(f"cannot decode video {path}: {type(e).__name__}: {e}") from e
-    if not frames:
-        raise DataError(f"no decodable frames in video {path}")
-    video = np.stack(frames)
-    return center_crop(video, crop) if crop is not None else video
+    return read_frames(path, size=size, crop=crop, max_frames=max_frames)[0]
 
 
 def video_fps(path: str | os.PathLike) -> float | None:
-    """The video stream's average frame rate, or None if the container does not say."""
-    import av
-
-    try:
-        with av.open(os.fspath(path)) as container:
-            rate = container.streams.video[0].average_rate
-    except (av.FFmpegError, OSError, IndexError) as e:
-        raise DataError(f"cannot open video {path}: {type(e).__name__}: {e}") from e
-    return float(rate) if rate else None
+    """The source frame rate (:attr:`VideoProbe.fps`), or None if it is unknown."""
+    return source_fps(path)
 
 
 def header_frame_count(path: str | os.PathLike) -> int:
     """Frame count the container's header states (0 when it does not say)."""
-    import av
-
-    try:
-        with av.open(os.fspath(path)) as container:
-            return int(container.streams.video[0].frames)
-    except (av.FFmpegError, OSError, IndexError) as e:
-        raise DataError(f"cannot open video {path}: {type(e).__name__}: {e}") from e
+    return declared_frame_count(path)
 
 
 def count_frames(path: str | os.PathLike) -> int:
     """Number of frames: from the header when it says, else by decoding."""
-    stated = header_frame_count(path)
-    return stated if stated > 0 else len(read_video(path))
+    stated = declared_frame_count(path)
+    return stated if stated > 0 else decoded_frame_count(path)
 
 
 def write_video(
@@ -132,47 +70,85 @@ def write_video(
     pixel_format: str | None = None,
     options: dict[str, str] | None = None,
 ) -> pathlib.Path:
-    """Encode uint8 RGB frames (T, H, W, 3) into a video file with PyAV.
+    """Encode uint8 RGB frames (T, H, W, 3) at ``fps`` (a finite number > 0) with PyAV.
 
-    The container follows the suffix (.mp4, .avi, .webm, .mkv). H.264 and most codecs
-    need even sizes with ``yuv420p``; odd sizes are padded by repeating the last row or
-    column. ``options`` go to the encoder (e.g. ``{"crf": "18"}``).
+    The container follows the suffix (.mp4, .mov, .avi, .webm, .mkv, .gif). H.264 and
+    most codecs need even sizes with ``yuv420p``; odd sizes are padded by repeating the
+    last row or column. ``options`` go to the encoder (e.g. ``{"crf": "18"}``). The
+    file is written atomically: a hidden temporary file beside ``path`` replaces it
+    once complete, so a failure leaves no partial file and an older ``path`` intact.
+    Returns ``path``.
 
     Example::
 
         write_video("out.mp4", frames, fps=12)
     """
-    import av
-
     frames = np.asarray(frames_uint8)
     if frames.dtype != np.uint8:
         raise DTypeError(f"frames must be uint8, got dtype {frames.dtype}")
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] == 0:
         raise ShapeError(f"frames must be (T, H, W, 3) with T >= 1, got shape {frames.shape}")
+    rate = Fraction(real("fps", fps, above=0.0)).limit_denominator(1001)
+    if rate == 0:  # containers store the rate as a fraction
+        raise OptionError(f"fps must be at least 1/1001; got {fps!r}")
+    if not isinstance(path, str | os.PathLike):
+        raise OptionError(f"path must be a str or os.PathLike; got {path!r}")
+    path = pathlib.Path(path)
     pix_fmt = pixel_format or ("yuv420p" if codec not in ("mjpeg",) else "yuvj420p")
     if pix_fmt.endswith("420p"):
         pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2
         frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    from fractions import Fraction
-
+    _prepare_folder(path)
+    # Hidden, unique, and ending in the same suffix: the container follows it.
+    unique = f"{os.getpid()}-{secrets.token_hex(4)}"
+    temporary = path.with_name(f".{path.stem}.{unique}.tmp{path.suffix}")
     try:
-        with av.open(os.fspath(path), mode="w") as container:
-            stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
-            stream.width, stream.height = frames.shape[2], frames.shape[1]
-            stream.pix_fmt = pix_fmt
-            if options:
-                stream.options = dict(options)
-            for frame in frames:
-                video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), "rgb24")
-                for packet in stream.encode(video_frame):
-                    container.mux(packet)
-            for packet in stream.encode():
-                container.mux(packet)
-    except (av.FFmpegError, OSError, ValueError) as e:
-        raise DataError(f"cannot write video {path} with codec {codec}: {e}") from e
+        _encode(temporary, frames, rate, codec, pix_fmt, options)
+        os.replace(temporary, path)
+    except BaseException as e:
+        temporary.unlink(missing_ok=True)
+        if isinstance(e, OSError | ValueError) and not isinstance(e, SelrelError):
+            reason = getattr(e, "strerror", None) or e
+            raise DataError(f"cannot write video {path} with codec {codec}: {reason}") from None
+        raise
     return path
+
+
+def _prepare_folder(path: pathlib.Path) -> None:
+    """Create ``path``'s folder; a file where a folder should be is a DataError."""
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing == path and path.is_dir():
+        raise DataError(f"cannot write video {path}: it is a folder")
+    if existing not in (None, path) and not existing.is_dir():
+        raise DataError(f"cannot write video {path}: {existing} is a file, not a folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"cannot write video {path}: {e.strerror or e}") from None
+
+
+def _encode(
+    path: pathlib.Path,
+    frames: np.ndarray,
+    rate: Fraction,
+    codec: str,
+    pix_fmt: str,
+    options: dict[str, str] | None,
+) -> None:
+    import av
+
+    with av.open(os.fspath(path), mode="w") as container:
+        stream = container.add_stream(codec, rate=rate)
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = pix_fmt
+        if options:
+            stream.options = dict(options)
+        for frame in frames:
+            video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), "rgb24")
+            for packet in stream.encode(video_frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
 
 
 def clip_indices(

@@ -214,6 +214,50 @@ def test_write_video_rejects_bad_frames(tmp_path):
         data.write_video(tmp_path / "x.mp4", np.zeros((2, 8, 8), np.uint8))
 
 
+@pytest.mark.parametrize("fps", [0, -8, float("nan"), float("inf"), "8", None, 1e-6])
+def test_write_video_fps_must_be_a_finite_number_above_zero(tmp_path, fps):
+    # fps=0 used to write a 24 fps file.
+    with pytest.raises(OptionError, match="fps must be"):
+        data.write_video(tmp_path / "x.mp4", _frames(2), fps=fps)
+    assert not list(tmp_path.iterdir())
+
+
+def test_write_video_below_a_regular_file_names_the_path(tmp_path):
+    (tmp_path / "notes.txt").write_text("a file, not a folder")
+    for target in (tmp_path / "notes.txt" / "clip.mp4", tmp_path / "notes.txt" / "a" / "b.mp4"):
+        with pytest.raises(
+            DataError, match=rf"{target.name}: .*notes\.txt is a file, not a folder"
+        ):
+            data.write_video(target, _frames(2))
+    (tmp_path / "folder.mp4").mkdir()
+    with pytest.raises(DataError, match=r"folder\.mp4: it is a folder"):
+        data.write_video(tmp_path / "folder.mp4", _frames(2))
+
+
+def test_write_video_is_atomic(tmp_path, monkeypatch):
+    path = data.write_video(tmp_path / "clip.avi", _frames(6), fps=6, codec="mpeg4")
+    before = path.read_bytes()
+    real_from_ndarray = av.VideoFrame.from_ndarray
+    calls = []
+
+    def failing_on_the_third_frame(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise ValueError("simulated encoder failure")
+        return real_from_ndarray(*args, **kwargs)
+
+    monkeypatch.setattr(av.VideoFrame, "from_ndarray", failing_on_the_third_frame)
+    # MPEG-4 muxes each frame as it comes, so the file was being written when it failed.
+    for target in (path, tmp_path / "new.avi"):
+        calls.clear()
+        with pytest.raises(DataError, match=f"cannot write video .*{target.name}.*simulated"):
+            data.write_video(target, _frames(6, 32, 48) // 2, fps=6, codec="mpeg4")
+    assert path.read_bytes() == before  # the old video is intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.avi"]  # nothing partial
+    monkeypatch.undo()
+    assert _identity(data.read_video(path)) == list(range(6))
+
+
 def test_odd_sizes_are_padded_for_yuv420(tmp_path):
     path = data.write_video(tmp_path / "odd.mp4", _frames(3, 15, 17), codec=FORMATS[0][1])
     assert data.read_video(path).shape == (3, 16, 18, 3)
