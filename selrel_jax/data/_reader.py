@@ -140,9 +140,8 @@ def _open_video(path: pathlib.Path) -> Iterator[tuple[Any, Any]]:
     try:
         container = av.open(os.fspath(path))
     except _AV_ERRORS as e:
-        raise DataError(
-            f"cannot open video {path}: {_reason(e)} (not a video FFmpeg reads, or damaged)"
-        ) from None
+        hint = "" if isinstance(e, PermissionError) else " (not a video FFmpeg reads, or damaged)"
+        raise DataError(f"cannot open video {path}: {_reason(e)}{hint}") from None
     with container:
         if not container.streams.video:
             kinds = ", ".join(sorted({s.type for s in container.streams})) or "none"
