@@ -1,4 +1,5 @@
-"""Data: the synthetic motion benchmark, video files, and grain input pipelines.
+"""Data: the synthetic motion benchmark, video files and frame folders, and grain input
+pipelines.
 
 Layout is NTHWC: clips are uint8 RGB (N, T, H, W, 3) until :func:`normalize` turns them
 into float32 model inputs, with the normalisation passed in as parameters (data code
@@ -12,6 +13,8 @@ Example::
     x = data.normalize(clip, mean=0.45, std=0.225)              # float32
     loader = data.make_loader(source, batch_size=32, seed=0, mean=0.45, std=0.225)
     clips, class_names = data.load_clips("folder:UCF-101", "train", clip_size=(16, 112, 112))
+    for frame in data.iter_frames("clip.mov", fps=15, size=128, crop=112):  # streaming
+        ...                                                     # uint8 (112, 112, 3)
 """
 
 from selrel_jax.data import synthetic_motion

@@ -135,7 +135,11 @@ def _open_video(path: pathlib.Path) -> Iterator[tuple[Any, Any]]:
     import av
 
     _check_header_size(path)
-    if path.stat().st_size == 0:
+    try:
+        empty = path.stat().st_size == 0
+    except OSError as e:  # gone since it was found
+        raise DataError(f"cannot open video {path}: {e.strerror or e}") from None
+    if empty:
         raise DataError(f"video file {path} is empty (0 bytes)")
     try:
         container = av.open(os.fspath(path))

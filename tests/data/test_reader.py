@@ -275,6 +275,21 @@ def test_truncated_video(tmp_path):
     whole = path.read_bytes()
     path.write_bytes(whole[: len(whole) // 2])  # the index (moov) is at the end
     _each_refuses(path, r"cannot open video .*half\.mp4")
+    # With the index first ("faststart"), FFmpeg reads up to the cut without complaint.
+    fast = tmp_path / "fast.mp4"
+    with av.open(str(fast), "w", options={"movflags": "faststart"}) as container:
+        stream = container.add_stream(H264, rate=20)
+        stream.width, stream.height, stream.pix_fmt = 48, 32, "yuv420p"
+        for frame in coded_frames(40):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, "rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    assert frame_ids(data.read_video(fast)) == list(range(40))
+    whole = fast.read_bytes()
+    fast.write_bytes(whole[: len(whole) * 4 // 5])
+    with pytest.raises(DataError, match=r"fast\.mp4 ends after \d+ frames .* of the 2\.00 s"):
+        data.read_video(fast)
 
 
 def test_wrong_container(tmp_path):
