@@ -302,38 +302,23 @@ def _check_video_array(video: np.ndarray) -> np.ndarray:
     return video
 
 
-def _sampled_indices(count: int, source_fps: float | None, info: ModelInfo) -> np.ndarray:
-    """Frames at the model's rate where both rates are known, else every frame_step-th."""
-    if info.fps and source_fps:
-        times = np.arange(0.0, count / source_fps, 1.0 / info.fps)
-        return np.unique(np.minimum(np.round(times * source_fps).astype(np.int64), count - 1))
-    return np.arange(0, count, info.frame_step)
+def sample_frames(video: Any, info: ModelInfo) -> tuple[np.ndarray, float | None]:
+    """``(frames, fps)``: the video's frames as the model sees them, and their rate.
 
-
-def sample_frames(video: Any, info: ModelInfo) -> tuple[np.ndarray, np.ndarray, float | None]:
-    """``(frames, frame_indices, fps)``: the video's frames as the model sees them.
-
-    ``video`` is a file path or uint8 frames (T, H, W, 3). Files are sampled at the
-    model's ``fps`` where the file's rate is known (else every ``frame_step``-th
-    frame); arrays are taken as already sampled. Frames are resized (shorter side to
-    the model's resize size) and centre-cropped to its ``crop_size``. ``fps`` is the
-    rate of the returned frames (None when unknown).
+    ``video`` is a file path (any format :func:`selrel_jax.data.iter_frames` reads,
+    or a folder of frames) or uint8 frames (T, H, W, 3). Files are sampled at the
+    model's ``fps`` where the file's rate is known, else every ``frame_step``-th
+    frame, decoded and downscaled one frame at a time; arrays are taken as already
+    sampled. Frames are resized (shorter side to the model's resize size, else the
+    crop's larger side) and centre-cropped to its ``crop_size``. ``fps`` is None when
+    the rate is unknown.
     """
     if isinstance(video, np.ndarray | jax.Array):
         frames = _check_video_array(np.asarray(video))
-        return _fit_frames(frames, info), np.arange(len(frames)), info.fps
-    path = os.fspath(video)
-    if not os.path.exists(path):
-        raise DataError(f"video not found: {path}")
-    source_fps = data.video_fps(path)
-    decoded = data.read_video(path)
-    indices = _sampled_indices(len(decoded), source_fps, info)
-    fps = (
-        info.fps
-        if (info.fps and source_fps)
-        else (source_fps / info.frame_step if source_fps else None)
-    )
-    return _fit_frames(decoded[indices], info), indices, fps
+        return _fit_frames(frames, info), info.fps
+    side = getattr(info, "resize_size", None) or max(info.crop_size)
+    return data.read_frames(video, fps=info.fps, frame_step=info.frame_step, size=side,
+                            crop=info.crop_size)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- result
@@ -344,7 +329,7 @@ class VideoExplanation:
     """What :func:`explain_video` found in one video.
 
     Per sampled frame (F of them): ``frames`` uint8 (F, H, W, 3) at the model's input
-    size, ``frame_indices`` (F,) their indices in the source video, and the maps
+    size, sampled at ``fps`` frames per second of video (None: unknown), and the maps
     ``relevance``, ``selective`` and ``static`` float32 (F, H, W) (channels summed;
     each frame's mean over the windows covering it). Per window (K of them):
     ``clip_starts`` (K,) first sampled frame, ``clip_logits`` (K, classes), and
@@ -355,7 +340,6 @@ class VideoExplanation:
 
     video: str
     frames: np.ndarray
-    frame_indices: np.ndarray
     fps: float | None
     relevance: np.ndarray
     selective: np.ndarray
@@ -493,7 +477,7 @@ def explain_video(
     options = _method_options(settings, info)
     registry.resolve(method, options)
     clock = _Clock()
-    frames, frame_indices, fps = sample_frames(video, info)
+    frames, fps = sample_frames(video, info)
     clock.lap("read_seconds")
     length = info.clip_length
     if len(frames) < length:
@@ -521,7 +505,7 @@ def explain_video(
         out["relevance_mass"] > 0, 1 - out["selective_mass"] / mass, 0
     ).astype(np.float32)
     return VideoExplanation(
-        video=_video_name(video), frames=frames, frame_indices=frame_indices, fps=fps,
+        video=_video_name(video), frames=frames, fps=fps,
         **maps, clip_starts=starts, clip_length=length, clip_logits=logits, clip_scores=out,
         probs=probs, target=target_index, class_names=tuple(info.class_names),
         settings=settings, method_options=options, loop_padded=len(frames) < length,
@@ -563,15 +547,14 @@ def summary(result: VideoExplanation, model_name: str) -> dict[str, Any]:
     """The deterministic ``summary.json`` of a result (see the README for every key)."""
     top = np.argsort(-result.probs, kind="stable")[:5]
     s = result.clip_scores
-    last = len(result.frame_indices) - 1
-    clips = [
-        {
-            "start_frame": int(result.frame_indices[start % len(result.frame_indices)]),
-            "end_frame": int(result.frame_indices[min(start + result.clip_length - 1, last)]),
-            **{k: s[k][i] for k in ("target_logit", "spatial_bias", "kept_voxels")},
-        }
-        for i, start in enumerate(result.clip_starts)
-    ]
+    last = len(result.frames) - 1
+    clips = []
+    for i, start in enumerate(result.clip_starts):
+        end = min(start + result.clip_length - 1, last)  # a loop-padded clip ends at the last
+        clip = {"start_frame": start, "end_frame": end}
+        if result.fps:
+            clip |= {"start_time": start / result.fps, "end_time": end / result.fps}
+        clips.append(clip | {k: s[k][i] for k in ("target_logit", "spatial_bias", "kept_voxels")})
     settings = result.settings
     return _rounded({
         "video": result.video,
@@ -687,7 +670,6 @@ def _arrays(result: VideoExplanation) -> dict[str, np.ndarray]:
     return {
         **_maps(result),
         "frames": result.frames,
-        "frame_indices": result.frame_indices,
         "clip_starts": result.clip_starts,
         "clip_logits": result.clip_logits,
         "probs": result.probs,

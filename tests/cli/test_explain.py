@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import matplotlib.image as mpimg
 import pytest
 from typer.testing import CliRunner
 
@@ -60,8 +61,9 @@ def test_a_bad_video_is_reported_and_the_others_still_run(tmp_path):
     code, stdout, stderr = _run(tmp_path / "missing.mp4", sample, "--out", tmp_path / "o",
                                 "--method", "gradient")  # fmt: skip
     assert code == 2
+    missing = tmp_path / "missing.mp4"
     assert stderr.strip().splitlines() == [
-        f"selrel: error: {tmp_path / 'missing.mp4'}: video not found: {tmp_path / 'missing.mp4'}"
+        f"selrel: error: {missing}: video file or frame folder not found: {missing}"
     ]
     assert [json.loads(line)["video"] for line in stdout.splitlines()] == [str(sample)]
     assert os.listdir(tmp_path / "o") == ["sample_clip"]
@@ -134,3 +136,64 @@ def test_command_defaults_are_the_librarys():
     assert str(params["out"].default) == library["out"].default
     for name in ("method", "sigma", "temporal_padding", "threshold", "batch_size", "clip_stride"):
         assert params[name].default == video[name].default, name
+
+
+def _sample_in_every_format(root):
+    """The sample clip's frames written in each container the bundled encoder allows,
+    and as a folder of png frames: name -> path."""
+    from tests.data.videos import codec, write_frame_folder
+
+    frames = data.read_video(data.sample_clip_path())
+    formats = {"mp4": ("libx264",), "avi": ("mpeg4",), "webm": ("libvpx-vp9", "libvpx"),
+               "mov": ("libx264",), "gif": ("gif",)}  # fmt: skip
+    paths = {}
+    for suffix, encoders in formats.items():
+        encoder = codec(*encoders)
+        if encoder is None:
+            continue
+        pixel_format = "rgb8" if encoder == "gif" else None
+        path = root / f"clip_{suffix}.{suffix}"
+        data.write_video(path, frames, fps=8, codec=encoder, pixel_format=pixel_format)
+        paths[suffix] = path
+    write_frame_folder(root / "clip_frames", frames)
+    paths["frames"] = root / "clip_frames"
+    return paths
+
+
+def test_every_container_and_a_frame_folder_end_to_end(tmp_path):
+    paths = _sample_in_every_format(tmp_path / "in")
+    assert {"mp4", "avi", "gif", "frames"} <= set(paths)
+    code, stdout, stderr = _run(*paths.values(), "--out", tmp_path / "o", "--method",
+                                "gradient_x_input")  # fmt: skip
+    assert code == 0, stderr
+    records = [json.loads(line) for line in stdout.splitlines()]
+    assert [r["video"] for r in records] == [str(p) for p in paths.values()]
+    for record in records:
+        out = record["out"]
+        summary = json.loads(open(os.path.join(out, "summary.json")).read())
+        assert {"video", "probs", "top5", "spatial_bias", "clips", "target"} <= set(summary)
+        assert abs(sum(summary["probs"]) - 1) < 1e-5 and 0 <= summary["spatial_bias"] <= 1
+        assert summary["frames"] == 32, record  # 8 fps in, every frame sampled
+        overlay = data.read_video(os.path.join(out, "overlay.mp4"))
+        assert overlay.shape[0] == 32 and overlay.shape[1] > 48, record
+        for png in ("filmstrip.png", "timeline.png"):
+            assert mpimg.imread(os.path.join(out, png)).ndim == 3
+        # lossy codecs change pixels, not what the motion model sees
+        assert record["predicted"] == data.sample_clip_info()["class_name"], record
+
+
+def test_a_folder_without_frames_is_one_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    code, stdout, stderr = _run(tmp_path / "empty", "--out", tmp_path / "o")
+    assert code == 2 and stdout == ""
+    assert stderr.strip().startswith(f"selrel: error: {tmp_path / 'empty'}: ")
+    assert not (tmp_path / "o" / "empty").exists()
+
+
+def test_a_corrupt_video_is_one_error(tmp_path):
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(2000))
+    code, stdout, stderr = _run(bad, "--out", tmp_path / "o")
+    assert code == 2 and stdout == "" and len(stderr.strip().splitlines()) == 1
+    assert stderr.startswith(f"selrel: error: {bad}: ")
+    assert not (tmp_path / "o").exists() or os.listdir(tmp_path / "o") == []
