@@ -401,26 +401,45 @@ def _clip_logits(forward, variables, window, count, batch_size, progress) -> np.
     return np.concatenate(out)
 
 
-def _explain_windows(run, variables, window, count, target, batch_size, progress) -> dict:
-    """Every window's outputs of the batch function, concatenated (maps included)."""
+class FrameMeans:
+    """Running per-frame means of window maps: each frame's mean over the windows that
+    cover it, accumulated batch by batch so that window maps are never all held."""
+
+    def __init__(self, num_frames: int) -> None:
+        self.num_frames = num_frames
+        self._total: np.ndarray | None = None
+        self._count = np.zeros(num_frames, np.int64)
+
+    def add(self, maps: np.ndarray, starts: np.ndarray) -> None:
+        """``maps`` (K, L, H, W) of the windows starting at ``starts`` (K,); a window
+        longer than the video wraps around (loop padding)."""
+        if self._total is None:
+            self._total = np.zeros((self.num_frames, *maps.shape[2:]), np.float64)
+        positions = ((starts[:, None] + np.arange(maps.shape[1])) % self.num_frames).ravel()
+        np.add.at(self._total, positions, maps.reshape(-1, *maps.shape[2:]))
+        self._count += np.bincount(positions, minlength=self.num_frames)
+
+    def mean(self) -> np.ndarray:
+        return (self._total / self._count[:, None, None]).astype(np.float32)
+
+
+def _explain_windows(run, variables, window, starts, num_frames, target, batch_size, progress):
+    """``(per-frame maps, per-window scores)`` of every window, batch by batch."""
+    means = {name: FrameMeans(num_frames) for name in _ClipScores.MAPS}
     parts: dict[str, list] = {}
-    with _progress(count, progress, "explain") as bar:
-        for rows, padded in _batches(count, batch_size):
+    with _progress(len(starts), progress, "explain") as bar:
+        for rows, padded in _batches(len(starts), batch_size):
             targets = jnp.full((len(padded),), target, jnp.int32)
             out = jax.device_get(run(variables, window(padded), targets))
             for name, value in out.items():
-                parts.setdefault(name, []).append(np.asarray(value)[: len(rows)])
+                value = np.asarray(value)[: len(rows)]
+                if name in means:
+                    means[name].add(value, starts[rows])
+                else:
+                    parts.setdefault(name, []).append(value)
             bar.update(len(rows))
-    return {name: np.concatenate(value) for name, value in parts.items()}
-
-
-def _per_frame(maps: np.ndarray, starts: np.ndarray, num_frames: int) -> np.ndarray:
-    """Each frame's mean over the windows (K, L, H, W) that cover it."""
-    positions = (starts[:, None] + np.arange(maps.shape[1])) % num_frames
-    total = np.zeros((num_frames, *maps.shape[2:]), np.float64)
-    np.add.at(total, positions.ravel(), maps.reshape(-1, *maps.shape[2:]))
-    count = np.bincount(positions.ravel(), minlength=num_frames)
-    return (total / count[:, None, None]).astype(np.float32)
+    maps = {name: m.mean() for name, m in means.items()}
+    return maps, {name: np.concatenate(value) for name, value in parts.items()}
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -496,10 +515,9 @@ def explain_video(
     clock.lap("predict_seconds")
     probs = _softmax(logits.mean(0))
     target_index = int(np.argmax(probs)) if target_index is None else target_index
-    out = _explain_windows(run, variables, window, len(starts), target_index, batch_size,
-                           progress)  # fmt: skip
+    maps, out = _explain_windows(run, variables, window, starts, len(frames), target_index,
+                                 batch_size, progress)  # fmt: skip
     clock.lap("explain_seconds")
-    maps = {name: _per_frame(out.pop(name), starts, len(frames)) for name in _ClipScores.MAPS}
     mass = np.maximum(out["relevance_mass"], np.finfo(np.float32).tiny)
     out["spatial_bias"] = np.where(
         out["relevance_mass"] > 0, 1 - out["selective_mass"] / mass, 0
@@ -599,19 +617,20 @@ def _write_pictures(result: VideoExplanation, directory: str, scale: float) -> N
 
 
 def _write_overlay(result: VideoExplanation, path: str, scale: float, chunk: int = 64) -> None:
-    """The three panels over every sampled frame, rendered in chunks of frames."""
+    """The three panels over every sampled frame, rendered and encoded ``chunk`` frames
+    at a time (a long video is never held whole as panels)."""
     from selrel_jax import viz
 
     caption = f"predicted: {result.predicted_name} ({result.probs[result.predicted]:.0%})" + (
         "" if result.target == result.predicted else f" | explained: {result.target_name}"
     )
     maps = _maps(result)
-    video = np.concatenate([
+    panels = (
         viz.panels(result.frames[i : i + chunk], {k: m[i : i + chunk] for k, m in maps.items()},
                    scale=scale, caption=caption)
         for i in range(0, len(result.frames), chunk)
-    ])  # fmt: skip
-    viz.write_overlay_video(path, video, fps=result.fps or 8.0)
+    )  # fmt: skip
+    viz.write_overlay_video(path, panels, fps=result.fps or 8.0)
 
 
 def save_explanation(

@@ -58,12 +58,17 @@ def test_per_frame_maps_are_the_mean_of_the_windows_covering_each_frame():
     rng = np.random.default_rng(0)
     starts = np.array([0, 2, 4])
     maps = rng.normal(size=(3, 4, 2, 2)).astype(np.float32)  # 3 windows of 4 frames
-    got = ve._per_frame(maps, starts, 8)
+    means = ve.FrameMeans(8)
+    means.add(maps[:2], starts[:2])  # two batches, as explain_video adds them
+    means.add(maps[2:], starts[2:])
+    got = means.mean()
     for f in range(8):
         covering = [maps[k, f - s] for k, s in enumerate(starts) if s <= f < s + 4]
         np.testing.assert_allclose(got[f], np.mean(covering, axis=0), rtol=1e-6)
     # a loop-padded window of 4 over 3 frames: frame 0 appears twice
-    looped = ve._per_frame(maps[:1], np.array([0]), 3)
+    looped = ve.FrameMeans(3)
+    looped.add(maps[:1], np.array([0]))
+    looped = looped.mean()
     np.testing.assert_allclose(looped[0], (maps[0, 0] + maps[0, 3]) / 2, rtol=1e-6)
 
 

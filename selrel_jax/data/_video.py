@@ -3,10 +3,11 @@ clip sampling."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import pathlib
 import secrets
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from fractions import Fraction
 
 import numpy as np
@@ -63,7 +64,7 @@ def count_frames(path: str | os.PathLike) -> int:
 
 def write_video(
     path: str | os.PathLike,
-    frames_uint8: np.ndarray,
+    frames_uint8: np.ndarray | Iterable[np.ndarray],
     fps: float = 8.0,
     *,
     codec: str = "libx264",
@@ -72,22 +73,21 @@ def write_video(
 ) -> pathlib.Path:
     """Encode uint8 RGB frames (T, H, W, 3) at ``fps`` (a finite number > 0) with PyAV.
 
-    The container follows the suffix (.mp4, .mov, .avi, .webm, .mkv, .gif). H.264 and
-    most codecs need even sizes with ``yuv420p``; odd sizes are padded by repeating the
-    last row or column. ``options`` go to the encoder (e.g. ``{"crf": "18"}``). The
-    file is written atomically: a hidden temporary file beside ``path`` replaces it
-    once complete, so a failure leaves no partial file and an older ``path`` intact.
-    Returns ``path``.
+    ``frames_uint8`` is one array, or an iterable of such arrays (chunks of frames of
+    one size, e.g. a generator), encoded as they come so that a long video never has
+    to be held in memory. The container follows the suffix (.mp4, .mov, .avi, .webm,
+    .mkv, .gif). H.264 and most codecs need even sizes with ``yuv420p``; odd sizes are
+    padded by repeating the last row or column. ``options`` go to the encoder (e.g.
+    ``{"crf": "18"}``). The file is written atomically: a hidden temporary file beside
+    ``path`` replaces it once complete, so a failure leaves no partial file and an
+    older ``path`` intact. Returns ``path``.
 
     Example::
 
         write_video("out.mp4", frames, fps=12)
+        write_video("long.mp4", (render(i) for i in range(0, n, 64)), fps=12)
     """
-    frames = np.asarray(frames_uint8)
-    if frames.dtype != np.uint8:
-        raise DTypeError(f"frames must be uint8, got dtype {frames.dtype}")
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] == 0:
-        raise ShapeError(f"frames must be (T, H, W, 3) with T >= 1, got shape {frames.shape}")
+    chunks = [frames_uint8] if hasattr(frames_uint8, "shape") else frames_uint8
     rate = Fraction(real("fps", fps, above=0.0)).limit_denominator(1001)
     if rate == 0:  # containers store the rate as a fraction
         raise OptionError(f"fps must be at least 1/1001; got {fps!r}")
@@ -95,15 +95,12 @@ def write_video(
         raise OptionError(f"path must be a str or os.PathLike; got {path!r}")
     path = pathlib.Path(path)
     pix_fmt = pixel_format or ("yuv420p" if codec not in ("mjpeg",) else "yuvj420p")
-    if pix_fmt.endswith("420p"):
-        pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2
-        frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
     _prepare_folder(path)
     # Hidden, unique, and ending in the same suffix: the container follows it.
     unique = f"{os.getpid()}-{secrets.token_hex(4)}"
     temporary = path.with_name(f".{path.stem}.{unique}.tmp{path.suffix}")
     try:
-        _encode(temporary, frames, rate, codec, pix_fmt, options)
+        _encode(temporary, _checked_chunks(chunks, pix_fmt), rate, codec, pix_fmt, options)
         os.replace(temporary, path)
     except BaseException as e:
         temporary.unlink(missing_ok=True)
@@ -112,6 +109,27 @@ def write_video(
             raise DataError(f"cannot write video {path} with codec {codec}: {reason}") from None
         raise
     return path
+
+
+def _checked_chunks(chunks: Iterable[np.ndarray], pix_fmt: str) -> Iterator[np.ndarray]:
+    """Each chunk as uint8 (T, H, W, 3) of the first chunk's size, padded to even sizes
+    for 4:2:0 pixel formats; no frames at all is a ShapeError."""
+    size = None
+    for chunk in chunks:
+        frames = np.asarray(chunk)
+        if frames.dtype != np.uint8:
+            raise DTypeError(f"frames must be uint8, got dtype {frames.dtype}")
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] == 0:
+            raise ShapeError(f"frames must be (T, H, W, 3) with T >= 1, got shape {frames.shape}")
+        if size not in (None, frames.shape[1:3]):
+            raise ShapeError(f"frames change size from {size} to {frames.shape[1:3]}")
+        size = frames.shape[1:3]
+        if pix_fmt.endswith("420p"):
+            pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2
+            frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+        yield frames
+    if size is None:
+        raise ShapeError("frames must be (T, H, W, 3) with T >= 1, got no frames")
 
 
 def _prepare_folder(path: pathlib.Path) -> None:
@@ -129,7 +147,7 @@ def _prepare_folder(path: pathlib.Path) -> None:
 
 def _encode(
     path: pathlib.Path,
-    frames: np.ndarray,
+    chunks: Iterator[np.ndarray],
     rate: Fraction,
     codec: str,
     pix_fmt: str,
@@ -137,16 +155,18 @@ def _encode(
 ) -> None:
     import av
 
+    first = next(chunks)  # checked before the file is created
     with av.open(os.fspath(path), mode="w") as container:
         stream = container.add_stream(codec, rate=rate)
-        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.width, stream.height = first.shape[2], first.shape[1]
         stream.pix_fmt = pix_fmt
         if options:
             stream.options = dict(options)
-        for frame in frames:
-            video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), "rgb24")
-            for packet in stream.encode(video_frame):
-                container.mux(packet)
+        for frames in itertools.chain([first], chunks):
+            for frame in frames:
+                video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), "rgb24")
+                for packet in stream.encode(video_frame):
+                    container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
 

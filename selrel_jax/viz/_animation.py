@@ -24,20 +24,23 @@ def write_overlay_video(
 ) -> pathlib.Path:
     """Encode uint8 RGB frames (T, H, W, 3), e.g. from :func:`panels`, as H.264.
 
-    The container follows the suffix (.mp4, .mkv, .avi); ``crf`` is the encoder's
-    quality (0 lossless .. 51; 18 keeps heat-map colours and text crisp). Odd sizes
-    are padded by a row or column (see :func:`selrel_jax.data.write_video`).
+    ``panels_uint8`` is one array or an iterable of arrays (chunks of frames, encoded as
+    they come, so a long video is never held whole). The container follows the suffix
+    (.mp4, .mkv, .avi); ``crf`` is the encoder's quality (0 lossless .. 51; 18 keeps
+    heat-map colours and text crisp). Odd sizes are padded by a row or column (see
+    :func:`selrel_jax.data.write_video`).
 
     Example::
 
         write_overlay_video("explained.mp4", panels(frames, maps), fps=8)
     """
-    frames = check_frames("write_overlay_video", panels_uint8, "panels_uint8")
+    chunks = [panels_uint8] if hasattr(panels_uint8, "shape") else panels_uint8
     fps = real("write_overlay_video: fps", fps, above=0.0)
     crf = integer("write_overlay_video: crf", crf, minimum=0)
     if crf > 51:
         raise OptionError(f"write_overlay_video: crf must be in 0 .. 51; got {crf}")
-    return write_video(path, frames, fps, codec="libx264", options={"crf": str(crf)})
+    checked = (check_frames("write_overlay_video", c, "panels_uint8") for c in chunks)
+    return write_video(path, checked, fps, codec="libx264", options={"crf": str(crf)})
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,6 +3,7 @@ loop padding, the UCF-101-layout folder dataset, corrupt files, and the sample c
 
 from __future__ import annotations
 
+import os
 import pathlib
 import re
 
@@ -292,3 +293,20 @@ def test_sample_clip_is_the_generator_clip_it_claims():
     pyproject = pathlib.Path(__file__).parents[2] / "pyproject.toml"
     package_data = tomllib.loads(pyproject.read_text())["tool"]["setuptools"]["package-data"]
     assert {"sample/*.mp4", "sample/*.json", "sample/*.npz"} <= set(package_data["selrel_jax.data"])
+
+
+def test_write_video_streams_chunks_of_frames(tmp_path):
+    frames = _frames(10)
+    whole = data.write_video(tmp_path / "whole.avi", frames, fps=5, codec="mpeg4")
+    chunks = (frames[i : i + 3] for i in range(0, 10, 3))  # a generator, never a list
+    chunked = data.write_video(tmp_path / "chunked.avi", chunks, fps=5, codec="mpeg4")
+    np.testing.assert_array_equal(data.read_video(whole), data.read_video(chunked))
+
+
+def test_write_video_refuses_chunks_that_change_size_and_leaves_nothing(tmp_path):
+    chunks = iter([_frames(2), _frames(2, 16, 16)])
+    with pytest.raises(ShapeError, match=r"frames change size"):
+        data.write_video(tmp_path / "v.mp4", chunks, fps=5)
+    with pytest.raises(ShapeError, match=r"got no frames"):
+        data.write_video(tmp_path / "v.mp4", iter([]), fps=5)
+    assert os.listdir(tmp_path) == []
