@@ -14,12 +14,16 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import flax.linen as nn
 import jax
 
+from selrel_jax._checks import positive_int, real
+from selrel_jax.errors import OptionError, ShapeError
 from selrel_jax.layers import GlobalAvgPool, MaxPool
 
-__all__ = ["C3D", "C3DSmall", "c3d_fc6_features"]
+__all__ = ["C3D", "C3DSmall", "c3d_fc6_features", "c3d_pool5_size", "scaled"]
 
 _C3D_CONVS = (
     ("conv1", 64),
@@ -59,6 +63,36 @@ def c3d_pool5_size(clip_size: tuple[int, int, int]) -> tuple[int, int, int]:
     return t, h, w
 
 
+def check_dropout_rate(rate: float) -> float:
+    """``rate`` if it is a probability that keeps something: 0 <= rate < 1."""
+    rate = real("model option dropout_rate", rate, minimum=0.0)
+    if rate >= 1:
+        raise OptionError(f"model option dropout_rate must be below 1; got {rate!r}")
+    return rate
+
+
+def positive_ints(name: str, values: Sequence[int], length: int | None = None) -> tuple[int, ...]:
+    """``values`` as a tuple of positive ints (``length`` of them when given)."""
+    try:
+        out = tuple(positive_int(name, v) for v in values)
+    except (OptionError, TypeError):
+        out = ()
+    if not out or (length is not None and len(out) != length):
+        count = f"{length} " if length is not None else ""
+        raise OptionError(f"{name} must be {count}positive ints; got {values!r}")
+    return out
+
+
+def check_not_empty(x: jax.Array, clips: tuple[int, ...], model: str, after: str) -> None:
+    """Refuse clips so small that pooling leaves no frames or pixels (the model's
+    output would be NaN or its fc6 would read nothing)."""
+    if 0 in x.shape[1:-1]:
+        raise ShapeError(
+            f"clips of {clips} (T, H, W) are too small for {model}: {after} leaves "
+            f"{tuple(x.shape[1:-1])}"
+        )
+
+
 def c3d_fc6_features(clip_size: tuple[int, int, int], width: float = 1.0) -> int:
     """Input size of fc6: 8192 for full-width C3D at 16x112x112."""
     t, h, w = c3d_pool5_size(clip_size)
@@ -76,19 +110,23 @@ class C3D(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        rate = check_dropout_rate(self.dropout_rate)
+        positive_int("model option hidden", self.hidden)
+        clips = tuple(x.shape[1:-1])
         for name, channels in _C3D_CONVS:
             x = nn.relu(nn.Conv(scaled(channels, self.width), (3, 3, 3), padding=1, name=name)(x))
             if name in _C3D_POOLS:
                 window, padding = _C3D_POOLS[name]
                 x = MaxPool(window, window, padding, name=f"pool{name[4]}")(x)
+                check_not_empty(x, clips, "c3d", f"pool{name[4]}")
         # fc6 reads the NTHWC flatten; torch_import permutes the port's
         # NCDHW-ordered fc6 rows so that imported weights give the same logits.
         x = x.reshape((x.shape[0], -1))
         hidden = scaled(self.hidden, self.width)
         x = nn.relu(nn.Dense(hidden, name="fc6")(x))
-        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        x = nn.Dropout(rate, deterministic=not train)(x)
         x = nn.relu(nn.Dense(hidden, name="fc7")(x))
-        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        x = nn.Dropout(rate, deterministic=not train)(x)
         return nn.Dense(self.num_classes, name="fc8")(x)
 
 
@@ -113,15 +151,19 @@ class C3DSmall(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        rate = check_dropout_rate(self.dropout_rate)
+        stem_stride = positive_ints("model option stem_stride", self.stem_stride, 3)
         pools = {1: (1, 2, 2), 2: (2, 2, 2), 3: (2, 2, 2)}
-        for i, channels in enumerate(self.channels, start=1):
-            strides = tuple(self.stem_stride) if i == 1 else (1, 1, 1)
+        clips = tuple(x.shape[1:-1])
+        for i, channels in enumerate(positive_ints("model option channels", self.channels), 1):
+            strides = stem_stride if i == 1 else (1, 1, 1)
             conv = nn.Conv(
                 scaled(channels, self.width), (3, 3, 3), strides, padding=1, name=f"conv{i}"
             )
             x = nn.relu(conv(x))
             if i in pools:
                 x = MaxPool(pools[i], name=f"pool{i}")(x)
+                check_not_empty(x, clips, "c3d_small", f"pool{i}")
         x = GlobalAvgPool(name="global_pool")(x)
-        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        x = nn.Dropout(rate, deterministic=not train)(x)
         return nn.Dense(self.num_classes, name="fc")(x)

@@ -21,9 +21,8 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax
 
-from selrel_jax.errors import OptionError
 from selrel_jax.layers import GlobalAvgPool, Sum
-from selrel_jax.models.c3d import scaled
+from selrel_jax.models.c3d import positive_ints, scaled
 
 __all__ = ["RESNET_ARCHS", "VideoResNet", "block_convs", "midplanes"]
 
@@ -145,13 +144,10 @@ class VideoResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        if len(self.blocks) != len(STAGE_PLANES) or min(self.blocks) < 1:
-            raise OptionError(
-                f"blocks must be 4 positive counts (one per stage); got {self.blocks}"
-            )
+        stage_blocks = positive_ints("model option blocks", self.blocks, len(STAGE_PLANES))
         x = self._stem(x, train)
         in_planes = scaled(64, self.width)
-        for stage, (planes, blocks) in enumerate(zip(STAGE_PLANES, self.blocks, strict=True), 1):
+        for stage, (planes, blocks) in enumerate(zip(STAGE_PLANES, stage_blocks, strict=True), 1):
             planes = scaled(planes, self.width)
             stride = 1 if stage == 1 else 2
             for b in range(blocks):

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from selrel_jax import models
-from selrel_jax.errors import SelrelError
+from selrel_jax.errors import OptionError, SelrelError, ShapeError
 from selrel_jax.models.c3d import c3d_fc6_features
 from selrel_jax.models.resnet3d import midplanes
 
@@ -83,3 +84,69 @@ def test_bad_options():
         models.create("c3d", 0)
     with pytest.raises(SelrelError, match="clip_size"):
         models.create("c3d", 3, clip_size=(16, 112))
+
+
+def test_create_refuses_an_unknown_model_option_listing_the_valid_ones():
+    with pytest.raises(OptionError, match=r"c3d_small has no model option 'foo'; its options are "
+                       r"channels, dropout_rate, stem_stride"):  # fmt: skip
+        models.create("c3d_small", 3, foo=1)
+    with pytest.raises(
+        OptionError, match=r"r3d_18 has no model option 'num_blocks'; its options are blocks \("
+    ):
+        models.create("r3d_18", 3, num_blocks=(1, 1, 1, 1))
+    assert models.registry.model_options("c3d") == ("dropout_rate", "hidden")
+
+
+@pytest.mark.parametrize(
+    ("arch", "option", "needle"),
+    [
+        ("c3d_small", {"stem_stride": "x"}, "stem_stride must be 3 positive ints; got 'x'"),
+        ("c3d_small", {"stem_stride": (1, 2)}, "stem_stride must be 3 positive ints"),
+        ("c3d_small", {"channels": (16, 0)}, "channels must be positive ints"),
+        ("c3d_small", {"dropout_rate": 1.5}, "dropout_rate must be below 1"),
+        ("c3d", {"hidden": "many"}, "hidden must be a positive int"),
+        ("r3d_18", {"blocks": (1, 1)}, "blocks must be 4 positive ints"),
+    ],
+)
+def test_create_refuses_a_model_option_value_naming_it(arch, option, needle):
+    with pytest.raises(OptionError, match=needle):
+        models.create(arch, 3, width=0.25, clip_size=(8, 32, 32), **option)
+
+
+def test_create_names_the_option_that_fails_inside_jax(monkeypatch):
+    """A module option without a check of its own fails somewhere inside JAX; create
+    finds which option it was by tracing init with each alone."""
+
+    class Plain(nn.Module):
+        num_classes: int
+        width: float = 1.0
+        clip_size: tuple = (4, 8, 8)
+        kernel: tuple = (1, 1, 1)
+        features: int = 2
+
+        @nn.compact
+        def __call__(self, x, train=False):
+            x = nn.Conv(self.features, self.kernel)(x)
+            return nn.Dense(self.num_classes)(x.mean((1, 2, 3)))
+
+    monkeypatch.setitem(models.registry._MODULES, "c3d_small", Plain)
+    models.create("c3d_small", 3, kernel=(1, 2, 2), features=4)  # fine
+    with pytest.raises(OptionError, match=r"model option kernel='x' does not work for c3d_small: "):
+        models.create("c3d_small", 3, features=4, kernel="x")
+
+
+@pytest.mark.parametrize(
+    ("arch", "clip", "needle"),
+    [
+        (
+            "c3d_small",
+            (1, 16, 16),
+            r"clips of \(1, 16, 16\) \(T, H, W\) are too small for c3d_small",
+        ),
+        ("c3d", (4, 16, 16), r"too small for c3d: pool4 leaves \(0, 1, 1\)"),
+    ],
+)
+def test_clips_too_small_for_the_model_are_a_shape_error(arch, clip, needle):
+    model = models.create(arch, 3, width=0.125, clip_size=clip)
+    with pytest.raises(ShapeError, match=needle):
+        _abstract(model, clip)
