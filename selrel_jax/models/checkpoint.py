@@ -14,9 +14,13 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import pathlib
+import shutil
 import sys
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,7 +32,7 @@ from selrel_jax.errors import CheckpointError, SelrelError
 from selrel_jax.models.info import ModelInfo
 from selrel_jax.models.registry import create
 
-__all__ = ["load", "save", "shipped_checkpoints"]
+__all__ = ["checkpoint_target", "load", "save", "shipped_checkpoints", "writable_directory"]
 
 INFO_FILE = "info.json"
 VARIABLES_DIR = "variables"
@@ -87,25 +91,111 @@ def check_variables(model: nn.Module, info: ModelInfo, variables: Any, where: st
         )
 
 
-def save(directory: str | pathlib.Path, info: ModelInfo, variables: Any) -> pathlib.Path:
-    """Write ``variables`` (orbax) and ``info`` (``info.json``) to ``directory``.
+def writable_directory(
+    path: str | os.PathLike,
+    what: str,
+    error: type[SelrelError] = CheckpointError,
+    *,
+    writable: bool = True,
+) -> pathlib.Path:
+    """``path`` made absolute, if a directory can be there: it is one already, or its
+    nearest existing ancestor is a directory (this process may write in, unless
+    ``writable=False``).
+
+    ``what`` names the path in the error (``"--out"``, ``"checkpoint directory"``),
+    raised as ``error`` before anything is written.
+    """
+    path = pathlib.Path(path).expanduser().resolve()
+    if path.exists() and not path.is_dir():
+        raise error(f"{what} {path} is a file, not a directory")
+    ancestor = next(p for p in (path, *path.parents) if p.exists())
+    if not ancestor.is_dir():
+        raise error(f"{what} {path} is below {ancestor}, which is a file, not a directory")
+    if writable and not os.access(ancestor, os.W_OK | os.X_OK):
+        raise error(f"{what} {path} cannot be written: no write permission in {ancestor}")
+    return path
+
+
+def checkpoint_target(
+    directory: str | os.PathLike, what: str = "checkpoint directory"
+) -> pathlib.Path:
+    """``directory`` made absolute, if :func:`save` may write a checkpoint there: a new
+    directory, or one that holds nothing but a checkpoint (which save replaces).
+    ``what`` names the path in the CheckpointError."""
+    directory = writable_directory(directory, what)
+    others = sorted(
+        p.name for p in (directory.iterdir() if directory.is_dir() else ())
+        if p.name not in (INFO_FILE, VARIABLES_DIR)
+    )  # fmt: skip
+    if others:
+        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        raise CheckpointError(
+            f"{what} {directory} holds other files than a checkpoint ({shown}); save a "
+            "checkpoint into a new directory or over an existing checkpoint"
+        )
+    return directory
+
+
+def _make_parents(directory: pathlib.Path) -> list[pathlib.Path]:
+    """Create ``directory`` and its missing parents; return the ones created, deepest first."""
+    created = [p for p in (directory, *directory.parents) if not p.exists()]
+    directory.mkdir(parents=True, exist_ok=True)
+    return created
+
+
+def _swap_in(staging: pathlib.Path, directory: pathlib.Path) -> None:
+    """Rename ``staging`` to ``directory``; an existing checkpoint there is moved aside
+    first and put back if the rename fails."""
+    if not directory.exists():
+        os.replace(staging, directory)
+        return
+    previous = directory.with_name(f".{directory.name}.replaced-{uuid.uuid4().hex[:8]}")
+    os.replace(directory, previous)
+    try:
+        os.replace(staging, directory)
+    except BaseException:
+        os.replace(previous, directory)
+        raise
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+def save(directory: str | os.PathLike, info: ModelInfo, variables: Any) -> pathlib.Path:
+    """Write ``variables`` (orbax) and ``info`` (``info.json``) to ``directory``; returns it.
 
     The variables are checked against the model ``info`` describes first, so a
-    saved checkpoint always loads. Existing files in ``directory`` are replaced.
+    saved checkpoint always loads. The checkpoint is written into a temporary
+    directory next to ``directory`` and renamed into place at the end, so a
+    failure (a full disk, an interruption) leaves nothing behind and a checkpoint
+    already in ``directory`` intact; that one is replaced on success. A directory
+    that holds other files than a checkpoint is refused (see
+    :func:`checkpoint_target`), as is one that cannot be written.
     """
     import orbax.checkpoint as ocp
 
     if not isinstance(info, ModelInfo):
         raise SelrelError(f"save needs a ModelInfo; got {type(info).__name__}")
-    directory = pathlib.Path(directory).expanduser().resolve()
-    if directory.exists() and not directory.is_dir():
-        raise CheckpointError(f"checkpoint path exists and is not a directory: {directory}")
+    directory = checkpoint_target(directory)
     tree = jax.tree_util.tree_map(np.asarray, _plain(variables))
     check_variables(build(info), info, tree, "save()")
-    directory.mkdir(parents=True, exist_ok=True)
-    with ocp.PyTreeCheckpointer() as checkpointer:
-        checkpointer.save(directory / VARIABLES_DIR, tree, force=True)
-    (directory / INFO_FILE).write_text(json.dumps(info.to_dict(), indent=2) + "\n")
+    created, staging = [], None
+    try:
+        created = _make_parents(directory.parent)
+        staging = directory.with_name(f".{directory.name}.saving-{uuid.uuid4().hex[:8]}")
+        staging.mkdir()
+        with ocp.PyTreeCheckpointer() as checkpointer:
+            checkpointer.save(staging / VARIABLES_DIR, tree)
+        (staging / INFO_FILE).write_text(json.dumps(info.to_dict(), indent=2) + "\n")
+        _swap_in(staging, directory)
+    except BaseException as error:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        for parent in created:  # deepest first; stops at one that is not empty
+            with contextlib.suppress(OSError):
+                parent.rmdir()
+        if isinstance(error, Exception) and not isinstance(error, SelrelError):
+            reason = getattr(error, "strerror", None) or first_words(error)
+            raise CheckpointError(f"cannot write checkpoint {directory}: {reason}") from None
+        raise
     return directory
 
 
@@ -139,6 +229,11 @@ def _resolve(name_or_path: str | pathlib.Path) -> pathlib.Path:
     path = pathlib.Path(name_or_path).expanduser()
     if path.is_dir():
         return path.resolve()
+    if path.exists():
+        raise CheckpointError(
+            f"{path} is a file, not a checkpoint (a directory holding {INFO_FILE} "
+            f"and {VARIABLES_DIR}/)"
+        )
     shipped = shipped_checkpoints()
     if isinstance(name_or_path, str) and name_or_path in shipped:
         return shipped[name_or_path]
@@ -164,7 +259,7 @@ def _drop_closed_loop_reports() -> None:
     sys.unraisablehook = hook
 
 
-def _first_words(error: Exception, limit: int = 200) -> str:
+def first_words(error: Exception, limit: int = 200) -> str:
     """The gist of a storage library's error: its first line, without the spec dump
     tensorstore appends, at most ``limit`` characters."""
     text = str(error).strip()
@@ -182,6 +277,8 @@ def read_info(directory: pathlib.Path) -> ModelInfo:
         return ModelInfo.from_dict(json.loads(path.read_text()))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"corrupt metadata {path}: {e}") from None
+    except OSError as e:
+        raise CheckpointError(f"cannot read {path}: {e.strerror or e}") from None
     except (SelrelError, TypeError) as e:
         raise CheckpointError(f"invalid metadata {path}: {e}") from None
 
@@ -213,7 +310,7 @@ def load(name_or_path: str | pathlib.Path) -> tuple[nn.Module, dict[str, Any], M
     except Exception as e:  # orbax/tensorstore raise many types for broken files
         _drop_closed_loop_reports()
         raise CheckpointError(
-            f"corrupt or incomplete checkpoint {var_dir}: {_first_words(e)}"
+            f"corrupt or incomplete checkpoint {var_dir}: {first_words(e)}"
         ) from None
     variables = jax.tree_util.tree_map(np.asarray, _plain(restored))
     check_variables(model, info, variables, str(var_dir))

@@ -3,7 +3,8 @@
 Data pipelines take these values as plain parameters (data code never imports
 models), so a :class:`ModelInfo` is the one place that says how to prepare
 clips for a model: clip length and frame step, crop size, channel order, the
-range raw pixels are scaled to, and the per-channel mean and std.
+range raw pixels are scaled to, the per-channel mean and std, and the shorter
+side frames are resized to before the centre crop.
 
 Example::
 
@@ -37,6 +38,9 @@ KINETICS_STD = (0.22803, 0.22145, 0.216989)
 # The Sports-1M C3D weights expect BGR pixels in [0, 255] minus the Caffe mean
 # cube (per channel, BGR order, as the common PyTorch ports use it), std 1.
 C3D_MEAN_BGR = (90.0, 98.0, 102.0)
+# torchvision evaluates its Kinetics models on frames resized to 128x171 and
+# centre-cropped to 112x112; the C3D port used the same resize and crop.
+_PUBLISHED_RESIZE = {"c3d": 128, "r3d_18": 128, "mc3_18": 128, "r2plus1d_18": 128}
 
 
 def numeric_class_names(num_classes: int) -> tuple[str, ...]:
@@ -45,10 +49,25 @@ def numeric_class_names(num_classes: int) -> tuple[str, ...]:
 
 
 def _floats(values: Sequence[float], what: str, length: int) -> tuple[float, ...]:
-    out = tuple(float(v) for v in values)
+    try:
+        out = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        out = ()
     if len(out) != length or not all(math.isfinite(v) for v in out):
         raise SelrelError(f"ModelInfo {what} must be {length} finite numbers; got {values!r}")
     return out
+
+
+def _legacy_resize(extra: Mapping[str, Any]) -> int | None:
+    """The resize of an info.json written before ``resize_size`` was a field: a
+    fine-tune's ``extra["resize"]``, or converted weights' ``extra["resize_size"]``
+    (the [H, W] frames were resized to)."""
+    resize, sizes = extra.get("resize"), extra.get("resize_size")
+    if isinstance(resize, int) and not isinstance(resize, bool):
+        return resize
+    if isinstance(sizes, list) and sizes and all(isinstance(s, int) for s in sizes):
+        return min(sizes)
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +78,9 @@ class ModelInfo:
     :func:`numeric_class_names` so that ``len(class_names) == num_classes``.
     ``value_range`` is the range raw uint8 pixels are scaled to before the
     mean is subtracted and the std divided; ``mean``/``std`` are in that range
-    and in ``channel_order``.
+    and in ``channel_order``. ``resize_size`` is the shorter side video frames
+    are resized to before the centre crop of ``crop_size``; None means the
+    crop's larger side (frames are only scaled as far as the crop needs).
     """
 
     arch: str
@@ -70,6 +91,7 @@ class ModelInfo:
     frame_step: int = 1
     fps: float | None = None
     crop_size: tuple[int, int] = (112, 112)
+    resize_size: int | None = None
     channel_order: str = "RGB"
     value_range: tuple[float, float] = (0.0, 1.0)
     mean: tuple[float, float, float] = KINETICS_MEAN
@@ -90,10 +112,16 @@ class ModelInfo:
             positive_int(f"ModelInfo {field}", getattr(self, field), SelrelError)
         if self.fps is not None:
             put(self, "fps", real("ModelInfo fps", self.fps, above=0, error=SelrelError))
-        crop = tuple(int(v) for v in self.crop_size)
-        if len(crop) != 2 or min(crop) < 1:
+        try:
+            crop = tuple(positive_int("crop_size", v, SelrelError) for v in self.crop_size)
+        except (SelrelError, TypeError):
+            crop = ()
+        if len(crop) != 2:
             raise SelrelError(f"ModelInfo crop_size must be (H, W) > 0; got {self.crop_size!r}")
         put(self, "crop_size", crop)
+        if self.resize_size is not None:
+            put(self, "resize_size", positive_int("ModelInfo resize_size", self.resize_size,
+                                                  SelrelError))  # fmt: skip
         one_of("ModelInfo channel_order", self.channel_order, ("RGB", "BGR"), SelrelError)
         put(self, "value_range", _floats(self.value_range, "value_range", 2))
         put(self, "mean", _floats(self.mean, "mean", 3))
@@ -129,26 +157,37 @@ class ModelInfo:
         kw = dict(data)
         for key in ("class_names", "crop_size", "value_range", "mean", "std"):
             if key in kw:
+                if not isinstance(kw[key], Sequence) or isinstance(kw[key], str):
+                    raise SelrelError(f"ModelInfo {key} must be a list; got {kw[key]!r}")
                 kw[key] = tuple(kw[key])
+        if not isinstance(kw.get("extra", {}), Mapping):
+            raise SelrelError(f"ModelInfo extra must be a mapping; got {kw['extra']!r}")
+        if "resize_size" not in kw:
+            kw["resize_size"] = _legacy_resize(kw.get("extra", {}))
         return cls(**kw)
 
     @classmethod
     def for_arch(cls, arch: str, num_classes: int, **overrides: Any) -> ModelInfo:
         """Defaults of the published weights for ``arch``, with ``overrides`` applied.
 
-        torchvision ResNets: RGB in [0, 1], Kinetics-400 mean/std, 16 frames at
-        112x112. ``c3d``: BGR in [0, 255], Sports-1M mean, std 1, 16 frames at
-        112x112. ``c3d_small``: RGB in [0, 1], mean 0.5 and std 0.25 (trained
-        here from scratch).
+        torchvision ResNets: RGB in [0, 1], Kinetics-400 mean/std, 16 frames,
+        112x112 crops of frames resized to a shorter side of 128. ``c3d``: BGR in
+        [0, 255], Sports-1M mean, std 1, the same clip, resize and crop.
+        ``c3d_small``: RGB in [0, 1], mean 0.5 and std 0.25 (trained here from
+        scratch), ``resize_size`` None. The published resize goes with the
+        published crop: with another ``crop_size`` it is None unless given.
         """
         defaults: dict[str, Any] = {}
+        published_crop = tuple(overrides.get("crop_size", (112, 112))) == (112, 112)
+        if arch in _PUBLISHED_RESIZE and published_crop:
+            defaults["resize_size"] = _PUBLISHED_RESIZE[arch]
         if arch == "c3d":
-            defaults = dict(
+            defaults |= dict(
                 channel_order="BGR",
                 value_range=(0.0, 255.0),
                 mean=C3D_MEAN_BGR,
                 std=(1.0, 1.0, 1.0),
             )
         elif arch == "c3d_small":
-            defaults = dict(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+            defaults |= dict(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
         return cls(arch=arch, num_classes=num_classes, **{**defaults, **overrides})

@@ -177,3 +177,121 @@ def test_c3d_small_trains_mode_and_shapes(numpy_variables):
     assert dropped.shape == (2, 8) and not np.allclose(dropped, logits)
     n_params = sum(x.size for x in jax.tree_util.tree_leaves(variables))
     assert n_params * 4 < 30e6
+
+
+def _regular_file(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("a regular file\n")
+    return path
+
+
+def test_save_below_a_regular_file_is_a_checkpoint_error(trained, tmp_path):
+    _, variables, info, _ = trained
+    with pytest.raises(CheckpointError, match=r"notes\.txt, which is a file, not a directory"):
+        models.save(_regular_file(tmp_path) / "ck", info, variables)
+    with pytest.raises(CheckpointError, match=r"notes\.txt is a file, not a directory"):
+        models.save(tmp_path / "notes.txt", info, variables)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_save_refuses_a_directory_holding_other_files(trained, tmp_path):
+    _, variables, info, _ = trained
+    (tmp_path / "run.json").write_text("{}")
+    with pytest.raises(CheckpointError, match=r"holds other files than a checkpoint \(run\.json\)"):
+        models.save(tmp_path, info, variables)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.json"]
+
+
+def test_save_is_atomic_a_failed_write_leaves_the_old_checkpoint_and_no_debris(
+    trained, tmp_path, monkeypatch
+):
+    import errno
+    import pathlib
+
+    model, variables, info, directory = trained
+    target = shutil.copytree(directory, tmp_path / "ck")
+    other = models.ModelInfo.from_dict({**info.to_dict(), "fps": 30.0})
+    real_write_text = pathlib.Path.write_text
+
+    def full_disk(path, text, *args, **kwargs):
+        if path.name == "info.json":  # after the variables were written: a disk full midway
+            real_write_text(path, text[:10], *args, **kwargs)
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_write_text(path, text, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "write_text", full_disk)
+    with pytest.raises(CheckpointError, match=r"cannot write checkpoint .*No space left on device"):
+        models.save(target, other, variables)
+    with pytest.raises(CheckpointError, match="No space left"):
+        models.save(tmp_path / "new" / "deeper" / "ck", other, variables)
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]  # no temporary directories
+    assert sorted(p.name for p in target.iterdir()) == ["info.json", "variables"]
+    model2, variables2, info2 = models.load(target)
+    assert info2 == info and model2 == model
+    for a, b in zip(_leaves(variables), _leaves(variables2), strict=True):
+        assert np.array_equal(np.asarray(a[1]), b[1])
+    # and without the failure the same call replaces the checkpoint
+    assert models.save(target, other, variables) == target.resolve()
+    assert models.load(target)[2].fps == 30.0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
+
+
+def test_info_json_without_resize_size_loads_with_none(trained, tmp_path):
+    d = _copy(trained[3], tmp_path)
+    data = json.loads((d / "info.json").read_text())
+    assert data.pop("resize_size") is None
+    (d / "info.json").write_text(json.dumps(data))
+    assert models.load(d)[2].resize_size is None
+    for name in ("c3d_small_motion", "c3d_small_biased"):  # shipped before the field existed
+        assert models.load(name)[2].resize_size is None
+    # info.json files written before the field kept the resize in extra
+    legacy = {"arch": "r3d_18", "num_classes": 2, "extra": {"resize_size": [128, 171]}}
+    assert models.ModelInfo.from_dict(legacy).resize_size == 128
+    tuned = {"arch": "c3d_small", "num_classes": 2, "extra": {"resize": 72}}
+    assert models.ModelInfo.from_dict(tuned).resize_size == 72
+
+
+def test_resize_size_of_the_published_preprocessing():
+    for arch in ("c3d", "r3d_18", "mc3_18", "r2plus1d_18"):
+        info = models.ModelInfo.for_arch(arch, 3)
+        assert info.resize_size == 128 and info.crop_size == (112, 112), arch
+        assert models.ModelInfo.from_dict(info.to_dict()) == info
+    assert models.ModelInfo.for_arch("c3d_small", 3).resize_size is None
+    # the published resize belongs to the published crop
+    assert models.ModelInfo.for_arch("r3d_18", 3, crop_size=(16, 16)).resize_size is None
+    assert (
+        models.ModelInfo.for_arch("r3d_18", 3, crop_size=(16, 16), resize_size=20).resize_size == 20
+    )
+    with pytest.raises(SelrelError, match="resize_size must be a positive int"):
+        models.ModelInfo(arch="c3d_small", num_classes=1, resize_size=0)
+
+
+def test_truncated_info_json_is_one_checkpoint_error(trained, tmp_path):
+    d = _copy(trained[3], tmp_path)
+    text = (d / "info.json").read_text()
+    (d / "info.json").write_text(text[: len(text) // 2])
+    with pytest.raises(CheckpointError, match=r"corrupt metadata .*info\.json: Expecting"):
+        models.load(d)
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        ({"crop_size": 5}, "crop_size must be a list; got 5"),
+        ({"mean": ["a", "b", "c"]}, "mean must be 3 finite numbers"),
+        ({"crop_size": ["a", "b"]}, r"crop_size must be \(H, W\) > 0"),
+        ({"extra": [1]}, "extra must be a mapping"),
+    ],
+)
+def test_info_json_field_of_the_wrong_type_names_the_field(trained, tmp_path, change, needle):
+    d = _copy(trained[3], tmp_path)
+    data = json.loads((d / "info.json").read_text())
+    (d / "info.json").write_text(json.dumps({**data, **change}))
+    with pytest.raises(CheckpointError, match=needle):
+        models.load(d)
+
+
+def test_load_of_a_regular_file_says_so(tmp_path):
+    with pytest.raises(CheckpointError, match=r"notes\.txt is a file, not a checkpoint"):
+        models.load(_regular_file(tmp_path))
