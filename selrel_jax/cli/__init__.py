@@ -2,10 +2,13 @@
 
 Each subcommand lives in its own module here and registers itself on ``app``; a
 command only parses its options, makes one library call and prints the result.
-Library errors (:class:`~selrel_jax.errors.SelrelError`) become one line,
-``selrel: error: ...`` on stderr with exit status 2, in one place: the root
-command group, which every invocation (``selrel``, ``main()``, ``CliRunner``)
-goes through.
+Library errors (:class:`~selrel_jax.errors.SelrelError`) and operating-system
+errors (``OSError``: a path below a regular file, a full disk, no permission)
+become one line, ``selrel: error: ...`` on stderr with exit status 2, in one
+place: the root command group, which every invocation (``selrel``, ``main()``,
+``CliRunner``) goes through. The library turns the errors it can foresee into
+SelrelErrors naming the path (and checks output paths before writing anything);
+an OSError that still gets here is reported with its path.
 """
 
 from __future__ import annotations
@@ -22,15 +25,26 @@ from selrel_jax.errors import SelrelError
 ERROR_EXIT_CODE = 2
 
 
+def os_error_line(error: OSError) -> str:
+    """``path: reason`` of an OSError, on one line."""
+    lines = str(error).strip().splitlines()
+    reason = error.strerror or (lines[0] if lines else type(error).__name__)
+    paths = [str(p) for p in (error.filename, error.filename2) if p is not None]
+    return f"{' -> '.join(paths)}: {reason}" if paths else reason
+
+
 class _SelrelGroup(TyperGroup):
-    """The root group: runs a subcommand and turns a SelrelError into one line."""
+    """The root group: runs a subcommand and turns a SelrelError or OSError into one line."""
 
     def invoke(self, ctx: typer.Context) -> Any:
         try:
             return super().invoke(ctx)
         except SelrelError as e:
-            typer.echo(f"selrel: error: {e}", err=True)
-            ctx.exit(ERROR_EXIT_CODE)
+            message = str(e)
+        except OSError as e:
+            message = os_error_line(e)
+        typer.echo(f"selrel: error: {message}", err=True)
+        ctx.exit(ERROR_EXIT_CODE)
 
 
 app = typer.Typer(

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
+import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -33,7 +34,7 @@ import numpy as np
 from selrel_jax._checks import one_of
 from selrel_jax.errors import CheckpointError, OptionError
 from selrel_jax.models.c3d import c3d_pool5_size, scaled
-from selrel_jax.models.checkpoint import INFO_FILE, save
+from selrel_jax.models.checkpoint import checkpoint_target, save
 from selrel_jax.models.classes import kinetics400_class_names, sports1m_class_names
 from selrel_jax.models.info import ModelInfo, numeric_class_names
 from selrel_jax.models.registry import ARCHS, HEADS, create
@@ -168,18 +169,112 @@ def _leaves(kind: str) -> dict[str, tuple[str, str]]:
     return {"weight": ("params", "kernel"), "bias": ("params", "bias")}
 
 
-def _infer_width(arch: str, state: Mapping[str, np.ndarray]) -> float:
+def _infer_width(arch: str, state: Mapping[str, np.ndarray]) -> float | None:
+    """The width the first conv's output channels give, or None without that conv."""
     key, base = _WIDTH_KEYS[arch]
-    if key not in state or np.ndim(state[key]) < 1:
-        raise CheckpointError(
-            f"state_dict for {arch} has no usable {key!r} to infer its width from"
-        )
+    if key not in state or np.ndim(state[key]) < 1 or state[key].shape[0] < 1:
+        return None
     return state[key].shape[0] / base
 
 
-def _limited(items: list[str], limit: int = 12) -> str:
+def _limited(items: list[str], limit: int = 20) -> str:
     shown = ", ".join(items[:limit])
     return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
+
+
+def _numpy_state(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """The state_dict without ``module.`` prefixes and ``num_batches_tracked``, as float32."""
+    if not isinstance(state_dict, Mapping):
+        raise CheckpointError(f"state_dict must be a mapping; got {type(state_dict).__name__}")
+    return {
+        k: _to_numpy(k, v)
+        for k, v in strip_prefix(state_dict).items()
+        if not k.endswith("num_batches_tracked")
+    }
+
+
+def _class_counts(
+    state: Mapping[str, np.ndarray], head: str, num_classes: int | None, drop_head: bool
+) -> tuple[int, list[str]]:
+    """The class count to check the state_dict against, and the problems with the head."""
+    weight = state.get(f"{head}.weight")
+    stored = weight.shape[0] if weight is not None and weight.ndim == 2 else None
+    if num_classes is None:
+        hint = (
+            [] if stored else [f"no 2-D {head + '.weight'!r}: pass num_classes with drop_head=True"]
+        )
+        return stored or 1, hint
+    if stored is not None and stored != num_classes and not drop_head:
+        return stored, [
+            f"checkpoint head {head!r} has {stored} classes but num_classes={num_classes}; "
+            "pass drop_head=True to replace the head"
+        ]
+    return num_classes, []
+
+
+def _abstract_variables(model: nn.Module, clip_size: tuple[int, int, int]) -> dict[str, Any]:
+    clips = jax.ShapeDtypeStruct((1, *clip_size, 3), jnp.float32)
+    return jax.eval_shape(lambda c: model.init(jax.random.key(0), c, train=False), clips)
+
+
+@dataclasses.dataclass
+class _Match:
+    """The state_dict's arrays in the model's variable tree, and what did not fit."""
+
+    variables: dict[str, Any] = dataclasses.field(default_factory=dict)
+    missing: list[str] = dataclasses.field(default_factory=list)
+    unexpected: list[str] = dataclasses.field(default_factory=list)
+    wrong: list[str] = dataclasses.field(default_factory=list)
+
+    def put(self, collection: str, path: tuple[str, ...], name: str, value: Any) -> None:
+        node = self.variables.setdefault(collection, {})
+        for part in path:
+            node = node.setdefault(part, {})
+        node[name] = value
+
+    def problems(self) -> list[str]:
+        found = {"missing keys": self.missing, "unexpected keys": self.unexpected,
+                 "wrong shapes": self.wrong}  # fmt: skip
+        return [f"{what}: {_limited(keys)}" for what, keys in found.items() if keys]
+
+
+def _match(
+    arch: str, state: Mapping[str, np.ndarray], abstract: Any, fc6_grid: tuple[int, ...],
+    skip: str | None, check_shapes: bool,
+) -> _Match:  # fmt: skip
+    """Every key of ``arch``'s layout looked up in ``state`` and converted to Flax layout;
+    ``skip`` (a dropped head) is consumed but not taken."""
+    match, used = _Match(), set()
+    for entry in torch_layout(arch):
+        if entry.torch == skip:
+            used.update(k for k in state if k.startswith(skip + "."))
+            continue
+        for leaf, (collection, name) in _leaves(entry.kind).items():
+            key = f"{entry.torch}.{leaf}"
+            if key not in state:
+                match.missing.append(key)
+                continue
+            used.add(key)
+            want = abstract[collection]
+            for part in (*entry.flax, name):
+                want = want[part]
+            value = _convert(entry.kind, leaf, state[key], fc6_grid)
+            if value.shape == tuple(want.shape):
+                match.put(collection, entry.flax, name, jnp.asarray(value))
+            elif check_shapes:
+                expected = _torch_shape(entry.kind, leaf, tuple(want.shape))
+                match.wrong.append(f"{key} {tuple(state[key].shape)} (expected {expected})")
+    match.unexpected = sorted(set(state) - used)
+    return match
+
+
+def _fresh_head(arch: str, abstract: Any, num_classes: int, seed: int) -> dict[str, Any]:
+    features = abstract["params"][HEADS[arch]]["kernel"].shape[0]
+    init = fc_init if arch in RESNET_ARCHS else nn.initializers.lecun_normal()
+    fresh = nn.Dense(num_classes, kernel_init=init).init(
+        jax.random.key(seed), jnp.zeros((1, features), jnp.float32)
+    )
+    return fresh["params"]
 
 
 def from_torch_state_dict(
@@ -201,87 +296,71 @@ def from_torch_state_dict(
     replaces the head by a fresh one (initialised from ``seed``). ``width`` is
     inferred from the first conv unless given; ``clip_size`` (T, H, W) is the
     clip C3D's fc6 was trained on (16x112x112 gives fc6's 8192 inputs).
-    Missing, unexpected or misshaped keys raise one CheckpointError listing
-    them all.
+    Every missing, unexpected or misshaped key (and a head of another class
+    count) is listed in one CheckpointError; long lists end with a count.
     """
     if arch not in ARCHS:
         raise OptionError(f"unknown model arch {arch!r}; expected one of {list(ARCHS)}")
-    if not isinstance(state_dict, Mapping):
-        raise CheckpointError(f"state_dict must be a mapping; got {type(state_dict).__name__}")
-    state = {
-        k: _to_numpy(k, v)
-        for k, v in strip_prefix(state_dict).items()
-        if not k.endswith("num_batches_tracked")
-    }
-    layout = torch_layout(arch)
+    state = _numpy_state(state_dict)
     head = HEADS[arch]
-    head_weight = state.get(f"{head}.weight")
-    ckpt_classes = (
-        head_weight.shape[0] if head_weight is not None and head_weight.ndim == 2 else None
-    )
-    if num_classes is None:
-        num_classes = ckpt_classes
-        if num_classes is None:
-            raise CheckpointError(
-                f"state_dict has no 2-D {head + '.weight'!r}; pass num_classes with drop_head=True"
-            )
-    elif ckpt_classes is not None and ckpt_classes != num_classes and not drop_head:
+    classes, problems = _class_counts(state, head, num_classes, drop_head)
+    inferred = _infer_width(arch, state) if width is None else width
+    if inferred is None:
+        key = _WIDTH_KEYS[arch][0]
+        problems.append(f"no usable {key!r} to infer its width from (shapes not checked)")
+    size = tuple(clip_size)
+    model = create(arch, classes, width=inferred or 1.0, clip_size=size)
+    abstract = _abstract_variables(model, size)
+    grid = (scaled(512, model.width), *c3d_pool5_size(size)) if arch == "c3d" else ()
+    skip = head if drop_head else None
+    match = _match(arch, state, abstract, grid, skip, check_shapes=inferred is not None)
+    problems += match.problems()
+    if problems:
+        shown = "?" if inferred is None else f"{inferred:g}"
         raise CheckpointError(
-            f"checkpoint head {head!r} has {ckpt_classes} classes but num_classes={num_classes}; "
-            "pass drop_head=True to replace the head"
+            f"state_dict does not fit {arch} (width {shown}, {classes} classes): "
+            + "; ".join(problems)
         )
-    if width is None:
-        width = _infer_width(arch, state)
-    model = create(arch, num_classes, width=width, clip_size=tuple(clip_size))
-    dummy = jax.ShapeDtypeStruct((1, *clip_size, 3), jnp.float32)
-    abstract = jax.eval_shape(lambda c: model.init(jax.random.key(0), c, train=False), dummy)
-    fc6_grid = (scaled(512, width), *c3d_pool5_size(tuple(clip_size))) if arch == "c3d" else ()
-
-    variables: dict[str, dict[str, Any]] = {}
-    used, missing, wrong = set(), [], []
-    for entry in layout:
-        if drop_head and entry.torch == head:
-            used.update(k for k in state if k.startswith(head + "."))
-            continue
-        for leaf, (collection, name) in _leaves(entry.kind).items():
-            key = f"{entry.torch}.{leaf}"
-            want = abstract[collection]
-            for part in (*entry.flax, name):
-                want = want[part]
-            if key not in state:
-                missing.append(key)
-                continue
-            used.add(key)
-            value = _convert(entry.kind, leaf, state[key], fc6_grid)
-            if value.shape != tuple(want.shape):
-                expected = _torch_shape(entry.kind, leaf, tuple(want.shape))
-                wrong.append(f"{key} {tuple(state[key].shape)} (expected {expected})")
-                continue
-            node = variables.setdefault(collection, {})
-            for part in entry.flax:
-                node = node.setdefault(part, {})
-            node[name] = jnp.asarray(value)
-    unexpected = sorted(set(state) - used)
-    if missing or unexpected or wrong:
-        problems = [
-            f"missing keys: {_limited(missing)}" if missing else "",
-            f"unexpected keys: {_limited(unexpected)}" if unexpected else "",
-            f"wrong shapes: {_limited(wrong)}" if wrong else "",
-        ]
-        raise CheckpointError(
-            f"state_dict does not fit {arch} (width {width:g}, {num_classes} classes): "
-            + "; ".join(p for p in problems if p)
-        )
+    variables = match.variables
     if drop_head:
-        features = abstract["params"][head]["kernel"].shape[0]
-        init = fc_init if arch in RESNET_ARCHS else nn.initializers.lecun_normal()
-        fresh = nn.Dense(num_classes, kernel_init=init).init(
-            jax.random.key(seed), jnp.zeros((1, features), jnp.float32)
-        )
-        variables["params"][head] = fresh["params"]
+        variables["params"][head] = _fresh_head(arch, abstract, classes, seed)
     if jax.tree_util.tree_structure(variables) != jax.tree_util.tree_structure(abstract):
         raise RuntimeError(f"torch_layout({arch!r}) does not cover every variable of the model")
     return model, variables
+
+
+# How files written by torch.save begin: a zip archive, or (the legacy format) a pickle.
+_TORCH_FILE_STARTS = (b"PK\x03\x04", b"\x80")
+
+
+def _load_reason(error: Exception, limit: int = 200) -> str:
+    """The gist of torch.load's error: what weights_only refused, else the first line."""
+    text = str(error).strip()
+    if text.startswith("Weights only load failed"):
+        after = text.split("WeightsUnpickler error:", 1)[-1]
+        after = after.removeprefix("Weights only load failed.")
+        detail = next((line.strip() for line in after.splitlines() if line.strip()), "")
+        reason = f"weights_only=True refuses its contents: {detail}"
+    else:
+        first = text.splitlines()[0] if text else ""
+        reason = f"{type(error).__name__}: {first}" if first else type(error).__name__
+    return reason if len(reason) <= limit else reason[: limit - 3] + "..."
+
+
+def _load_error(path: pathlib.Path, error: Exception) -> CheckpointError:
+    """Say whether ``path`` is no PyTorch file at all or a PyTorch file torch cannot read."""
+    try:
+        with path.open("rb") as f:
+            start = f.read(4)
+    except OSError as e:
+        return CheckpointError(f"cannot read PyTorch weights {path}: {e.strerror or e}")
+    if not start:
+        return CheckpointError(f"{path} is empty, not a PyTorch weights file")
+    if not start.startswith(_TORCH_FILE_STARTS):
+        return CheckpointError(
+            f"{path} is not a PyTorch weights file (torch.load: {_load_reason(error)})"
+        )
+    return CheckpointError(f"cannot read PyTorch weights {path}: {_load_reason(error)}")
 
 
 def read_torch_state_dict(path: str | os.PathLike) -> dict[str, Any]:
@@ -298,13 +377,16 @@ def read_torch_state_dict(path: str | os.PathLike) -> dict[str, Any]:
             "converting PyTorch weights needs torch: pip install 'selrel-jax[torch]'"
         ) from None
     path = pathlib.Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a directory, not a PyTorch weights file")
     if not path.is_file():
         raise CheckpointError(f"weights file not found: {path}")
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. about the pickle protocol of a file it refuses
+            warnings.simplefilter("ignore")
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle, zip and torch errors all mean "not a readable .pth"
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"cannot read PyTorch weights {path}: {reason}") from None
+        raise _load_error(path, e) from None
     for wrapper in ("state_dict", "model"):
         if isinstance(loaded, Mapping) and isinstance(loaded.get(wrapper), Mapping):
             loaded = loaded[wrapper]
@@ -314,14 +396,13 @@ def read_torch_state_dict(path: str | os.PathLike) -> dict[str, Any]:
     return dict(loaded)
 
 
-# Facts about the published weights that ModelInfo's fields do not cover. torchvision
-# evaluates its Kinetics models on 16-frame clips resampled to 15 fps, resized to
-# 128x171 and centre-cropped to 112x112; C3D used the same resize and crop (at the
-# source videos' frame rate).
+# Facts about the published weights that ModelInfo.for_arch does not cover (it has
+# their resize and crop). torchvision evaluates its Kinetics models on 16-frame clips
+# resampled to 15 fps; C3D used the source videos' frame rate.
 _PUBLISHED: dict[str, dict[str, Any]] = {
-    "c3d": {"resize_size": [128, 171], "trained_on": "Sports-1M"},
+    "c3d": {"trained_on": "Sports-1M"},
     "c3d_small": {},
-    **{a: {"resize_size": [128, 171], "trained_on": "Kinetics-400"} for a in RESNET_ARCHS},
+    **{a: {"trained_on": "Kinetics-400"} for a in RESNET_ARCHS},
 }
 _PUBLISHED_FPS = {a: 15.0 for a in RESNET_ARCHS}
 
@@ -351,20 +432,25 @@ def convert_torch_file(
     out: str | os.PathLike,
     *,
     class_names: str | os.PathLike | None = None,
-    force: bool = False,
+    overwrite: bool = False,
+    force: bool | None = None,
 ) -> pathlib.Path:
     """Convert a PyTorch .pth file to a checkpoint directory ``out``; returns it.
 
-    The metadata records the published preprocessing (:meth:`ModelInfo.for_arch`,
-    torchvision's 15 fps, the 128x171 resize) and the class names: ``class_names``
-    (a text file, one name per line in head order), else Kinetics-400 for 400-class
-    ResNets, Sports-1M for the 487-class C3D, else ``class_<i>``. An existing
-    checkpoint in ``out`` needs ``force=True``. Nothing is written on error.
+    The metadata records the published preprocessing (:meth:`ModelInfo.for_arch`:
+    normalisation, the 128 resize and 112x112 crop; torchvision's 15 fps) and the
+    class names: ``class_names`` (a text file, one name per line in head order),
+    else Kinetics-400 for 400-class ResNets, Sports-1M for the 487-class C3D, else
+    ``class_<i>``. An existing checkpoint in ``out`` needs ``overwrite=True``
+    (``force`` is its old name). Nothing is written on error.
     """
     arch = one_of("arch", arch, ARCHS)
-    out = pathlib.Path(out)
-    if (out / INFO_FILE).exists() and not force:
-        raise CheckpointError(f"{out} already holds a checkpoint; pass force to replace it")
+    overwrite = bool(overwrite or force)
+    out = checkpoint_target(out)  # before the slow part: a path we cannot write is refused
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise CheckpointError(
+            f"{out} already holds a checkpoint; pass --overwrite (overwrite=True) to replace it"
+        )
     weights = pathlib.Path(weights)
     model, variables = from_torch_state_dict(arch, read_torch_state_dict(weights))
     num_classes = variables["params"][HEADS[arch]]["bias"].shape[0]

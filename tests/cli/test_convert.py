@@ -43,6 +43,8 @@ def test_convert_writes_loadable_checkpoint_with_kinetics_metadata(weights, tmp_
     assert info.class_names == models.kinetics400_class_names()
     assert info.channel_order == "RGB" and info.value_range == (0.0, 1.0)
     assert info.mean == (0.43216, 0.394666, 0.37645) and info.fps == 15.0
+    assert info.resize_size == 128 and info.crop_size == (112, 112)
+    assert info.extra == {"trained_on": "Kinetics-400", "converted_from": "mc3.pth"}
     _, direct = models.from_torch_state_dict("mc3_18", state)
     for a, b in zip(
         jax.tree_util.tree_leaves(variables), jax.tree_util.tree_leaves(direct), strict=True
@@ -90,19 +92,93 @@ def test_convert_errors_leave_no_output(weights, tmp_path, args, needle):
 def test_unreadable_and_missing_weights(tmp_path):
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"not a torch file")
-    _assert_one_line_error(*_run(junk, "--arch", "c3d", "--out", tmp_path / "a"), "cannot read")
+    code, stdout, stderr = _run(junk, "--arch", "c3d", "--out", tmp_path / "a")
+    _assert_one_line_error(code, stdout, stderr, "junk.pth is not a PyTorch weights file")
     missing = tmp_path / "missing.pth"
     _assert_one_line_error(*_run(missing, "--arch", "c3d", "--out", tmp_path / "b"), "not found")
     torch.save([1, 2, 3], tmp_path / "list.pth")
     code, stdout, stderr = _run(tmp_path / "list.pth", "--arch", "c3d", "--out", tmp_path / "c")
     _assert_one_line_error(code, stdout, stderr, "holds no state_dict")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["junk.pth", "list.pth"]
 
 
-def test_existing_checkpoint_needs_force(weights, tmp_path):
+def test_text_file_is_not_a_pytorch_weights_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("hello, these are notes\n")
+    code, stdout, stderr = _run("notes.txt", "--arch", "c3d", "--out", "ck")
+    _assert_one_line_error(
+        code, stdout, stderr, "notes.txt is not a PyTorch weights file (torch.load: KeyError: "
+    )
+    (tmp_path / "empty.pth").write_bytes(b"")
+    code, stdout, stderr = _run("empty.pth", "--arch", "c3d", "--out", "ck")
+    _assert_one_line_error(code, stdout, stderr, "empty.pth is empty, not a PyTorch weights file")
+    # a real torch file holding objects weights_only refuses: named as such, no warnings
+    torch.save({"a": torch.nn.Linear(1, 1)}, tmp_path / "module.pth", pickle_protocol=4)
+    code, stdout, stderr = _run("module.pth", "--arch", "c3d", "--out", "ck")
+    _assert_one_line_error(
+        code, stdout, stderr, "cannot read PyTorch weights module.pth: weights_only=True refuses"
+    )
+    assert not (tmp_path / "ck").exists()
+
+
+def test_weights_path_that_is_a_directory(tmp_path):
+    code, stdout, stderr = _run(tmp_path, "--arch", "c3d", "--out", tmp_path / "ck")
+    _assert_one_line_error(code, stdout, stderr, "is a directory, not a PyTorch weights file")
+
+
+def test_existing_checkpoint_needs_overwrite(weights, tmp_path):
+    from selrel_jax.errors import CheckpointError
+    from selrel_jax.models.torch_import import convert_torch_file
+
     out = tmp_path / "ck"
     assert _run(weights[0], "--arch", "mc3_18", "--out", out)[0] == 0
-    _assert_one_line_error(*_run(weights[0], "--arch", "mc3_18", "--out", out), "pass force")
-    assert _run(weights[0], "--arch", "mc3_18", "--out", out, "--force")[0] == 0
+    _assert_one_line_error(
+        *_run(weights[0], "--arch", "mc3_18", "--out", out),
+        "ck already holds a checkpoint; pass --overwrite",
+    )
+    assert _run(weights[0], "--arch", "mc3_18", "--out", out, "--overwrite")[0] == 0
+    assert _run(weights[0], "--arch", "mc3_18", "--out", out, "--force")[0] == 0  # old name
+    with pytest.raises(CheckpointError, match=r"overwrite=True"):
+        convert_torch_file(weights[0], "mc3_18", out)
+    assert convert_torch_file(weights[0], "mc3_18", out, overwrite=True) == out.resolve()
+    assert convert_torch_file(weights[0], "mc3_18", out, force=True) == out.resolve()
+    assert "--overwrite" in runner.invoke(app, ["convert", "--help"]).stdout
+
+
+def _regular_file(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("a regular file\n")
+    return path
+
+
+@pytest.mark.parametrize("out", ["{file}/ck", "{file}", "{file}/a/b"])
+def test_out_below_a_regular_file_is_one_line_error_and_writes_nothing(weights, tmp_path, out):
+    out = out.format(file=_regular_file(tmp_path))
+    code, stdout, stderr = _run(weights[0], "--arch", "mc3_18", "--out", out)
+    _assert_one_line_error(code, stdout, stderr, "is a file, not a directory")
+    assert code == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_out_holding_other_files_is_refused(weights, tmp_path):
+    (tmp_path / "keep.txt").write_text("mine\n")
+    code, stdout, stderr = _run(weights[0], "--arch", "mc3_18", "--out", tmp_path)
+    _assert_one_line_error(code, stdout, stderr, "holds other files than a checkpoint (keep.txt)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
+
+
+def test_an_os_error_the_library_did_not_foresee_is_one_line(weights, tmp_path, monkeypatch):
+    import errno
+
+    from selrel_jax.models import torch_import
+
+    def unplugged(path):
+        raise OSError(errno.EIO, "Input/output error", str(path))
+
+    monkeypatch.setattr(torch_import, "read_torch_state_dict", unplugged)
+    code, stdout, stderr = _run(weights[0], "--arch", "mc3_18", "--out", tmp_path / "ck")
+    _assert_one_line_error(code, stdout, stderr, f"{weights[0]}: Input/output error")
+    assert code == 2
 
 
 def test_missing_torch_is_a_clear_error(weights, tmp_path, monkeypatch):

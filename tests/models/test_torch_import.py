@@ -153,3 +153,40 @@ def test_bad_inputs():
         models.from_torch_state_dict("r3d_18", {"fc.weight": np.zeros((4, 8))})
     with pytest.raises(CheckpointError, match="floating point"):
         models.from_torch_state_dict("r3d_18", {"stem.0.weight": np.zeros((4, 3), np.int64)})
+
+
+def _layout_keys(arch):
+    from selrel_jax.models.torch_import import _leaves, torch_layout
+
+    return [f"{e.torch}.{leaf}" for e in torch_layout(arch) for leaf in _leaves(e.kind)]
+
+
+def test_one_key_state_dict_lists_every_missing_key():
+    state = {"conv1.weight": np.zeros((8, 3, 3, 3, 3), np.float32)}
+    with pytest.raises(CheckpointError) as info:
+        models.from_torch_state_dict("c3d_small", state)
+    message = str(info.value)
+    missing = [k for k in _layout_keys("c3d_small") if k != "conv1.weight"]
+    assert f"missing keys: {', '.join(missing)}" in message  # all nine, the head among them
+    assert "pass num_classes with drop_head=True" in message and "\n" not in message
+
+    # a long list is cut after 20 keys, with a count of the rest
+    resnet = {"stem.0.weight": np.zeros((16, 3, 3, 7, 7), np.float32)}
+    with pytest.raises(CheckpointError) as info:
+        models.from_torch_state_dict("r3d_18", resnet)
+    missing = [k for k in _layout_keys("r3d_18") if k != "stem.0.weight"]
+    assert len(missing) > 20
+    assert f"missing keys: {', '.join(missing[:20])}, ... ({len(missing) - 20} more)" in str(
+        info.value
+    )
+
+
+def test_class_count_mismatch_and_key_problems_come_in_one_error(thin_state):
+    state = dict(thin_state)
+    del state["layer1.0.conv1.1.weight"]
+    with pytest.raises(CheckpointError) as info:
+        models.from_torch_state_dict("mc3_18", state, num_classes=7)
+    message = str(info.value)
+    assert "has 5 classes but num_classes=7" in message
+    assert "missing keys: layer1.0.conv1.1.weight" in message
+    assert "wrong shapes" not in message  # the head is checked at its own class count
