@@ -404,13 +404,13 @@ def test_resolve_settings_fills_defaults_or_takes_the_checkpoints():
 
     info = models.ModelInfo.for_arch(
         "r3d_18", 400, width=0.5, clip_length=8, frame_step=2, crop_size=(96, 128),
-        extra={"model_kwargs": {"blocks": [1, 1, 1, 1]}, "resize_size": [128, 171]},
+        resize_size=128, extra={"model_kwargs": {"blocks": [1, 1, 1, 1]}},
     )  # fmt: skip
     settings = TrainSettings("folder:v", "run", init_from="ck", model_option=("blocks=[1,1,1,1]",))
     tuned = resolve_settings(settings, info)
     assert (tuned.arch, tuned.width, tuned.model_option) == ("r3d_18", 0.5, ("blocks=[1,1,1,1]",))
     assert (tuned.clip_length, tuned.frame_step, tuned.crop_size) == (8, 2, (96, 128))
-    assert tuned.resize == 128  # the published resize of converted weights
+    assert tuned.resize == 128  # the checkpoint's resize (converted weights: the published one)
     assert resolve_settings(tuned, info) == tuned
     with pytest.raises(OptionError, match="--frame-step 1 conflicts with --init-from ck"):
         resolve_settings(dataclasses.replace(settings, frame_step=1), info)
@@ -419,3 +419,43 @@ def test_resolve_settings_fills_defaults_or_takes_the_checkpoints():
     with pytest.raises(OptionError, match="--model-option must be KEY=VALUE"):
         TrainSettings("synthetic_motion", "run", model_option=("blocks",))
     assert parse_model_options(["a=[1,2]", "b=0.5", 'c="x"']) == {"a": (1, 2), "b": 0.5, "c": "x"}
+
+
+def test_train_settings_defaults_are_train_config_defaults():
+    from selrel_jax.train._jobs import CONFIG_FIELDS
+
+    settings = {f.name: f.default for f in dataclasses.fields(TrainSettings)}
+    config = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    assert set(CONFIG_FIELDS.values()) <= set(config)
+    for setting, field in CONFIG_FIELDS.items():
+        if config[field] is not dataclasses.MISSING:  # epochs: TrainConfig has no default
+            assert settings[setting] == config[field], setting
+    assert TrainSettings("synthetic_motion", "run", epochs=3).config() == TrainConfig(epochs=3)
+
+
+def test_train_settings_errors_name_the_command_flags():
+    with pytest.raises(OptionError, match="--batch-size must be a positive int; got 0"):
+        TrainSettings("synthetic_motion", "run", batch_size=0)
+    with pytest.raises(OptionError, match="--seed must be an int >= 0; got -2"):
+        TrainSettings("synthetic_motion", "run", seed=-2)
+    with pytest.raises(OptionError, match=r"--crop-size must be two ints \(H W\); got \(8, 8, 8\)"):
+        TrainSettings("folder:v", "run", crop_size=(8, 8, 8))
+
+
+def test_default_resize_is_the_models_resize_size():
+    from selrel_jax.train._jobs import default_resize
+
+    assert default_resize(None, (96, 128)) == 128
+    assert default_resize(models.ModelInfo.for_arch("r3d_18", 3), (112, 112)) == 128
+    assert default_resize(models.ModelInfo.for_arch("c3d_small", 3), (64, 48)) == 64
+
+
+def test_run_directory_below_a_file_or_with_a_corrupt_run_json(tmp_path):
+    (tmp_path / "notes.txt").write_text("a regular file\n")
+    with pytest.raises(CheckpointError, match=r"run directory .*notes\.txt/run is below"):
+        RunDirectory(tmp_path / "notes.txt" / "run", {"config": {}})
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "run.json").write_text('{"config": {"se')
+    with pytest.raises(CheckpointError, match=r"run\.json is corrupt .*use a new --out"):
+        RunDirectory(tmp_path / "run", {"config": {}})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "run"]

@@ -120,6 +120,9 @@ def train(
     run. At the end the best model (by validation accuracy) is evaluated on the
     test split and exported with models.save; its info.json records the full
     command, every setting spelled out. One JSON summary line goes to stdout.
+    Bad options (out of range, an unknown or unusable --model-option, an --out,
+    --export or --data-dir that cannot be written) are one-line errors before
+    anything is written.
     """
     from selrel_jax.train import TrainSettings, train_and_evaluate
 

@@ -12,16 +12,25 @@ from typing import Any
 
 from selrel_jax import data, models
 from selrel_jax._checks import positive_int, real
-from selrel_jax.errors import OptionError
+from selrel_jax.errors import CheckpointError, DataError, OptionError
+from selrel_jax.models.checkpoint import checkpoint_target, writable_directory
 from selrel_jax.models.info import ModelInfo
 from selrel_jax.train._fit import evaluate, fit
-from selrel_jax.train._state import TrainConfig
+from selrel_jax.train._state import TrainConfig, check_config_value
 
 # Settings that only a folder dataset takes (the others' clips have a fixed size).
 FOLDER_SETTINGS = ("split_file", "clip_length", "frame_step", "crop_size", "resize")
 # Settings that come from the --init-from checkpoint when not given.
 MODEL_SETTINGS = ("arch", "width", "model_option")
 CLIP_SETTINGS = ("clip_length", "frame_step", "crop_size")
+# Settings that are TrainConfig fields: setting -> field. Their defaults and checks are
+# TrainConfig's.
+CONFIG_FIELDS = {
+    "epochs": "epochs", "batch_size": "batch_size", "lr": "learning_rate",
+    "weight_decay": "weight_decay", "warmup_epochs": "warmup_epochs", "seed": "seed",
+    "checkpoint_every": "checkpoint_every", "freeze_backbone": "freeze_backbone",
+}  # fmt: skip
+_CONFIG_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 
 
 def _flag(name: str) -> str:
@@ -58,14 +67,16 @@ class TrainSettings:
     arch ``c3d_small``, width 1, no model options; for folder datasets 16-frame
     clips, frame step 1, 112 x 112 crops of frames resized to a shorter side of
     ``resize`` (default: the checkpoint's resize, else the larger crop side).
-    ``model_option`` holds ``KEY=JSON`` strings for ``models.create``.
+    ``model_option`` holds ``KEY=JSON`` strings for ``models.create``. The
+    training settings' defaults and checks are :class:`TrainConfig`'s; errors
+    name the command's flags (``--batch-size must be a positive int``).
     """
 
     dataset: str
     out: Path
     epochs: int = 10
     init_from: str | None = None
-    freeze_backbone: bool = False
+    freeze_backbone: bool = _CONFIG_DEFAULTS["freeze_backbone"]
     split_file: Path | None = None
     arch: str | None = None
     width: float | None = None
@@ -74,12 +85,12 @@ class TrainSettings:
     frame_step: int | None = None
     crop_size: tuple[int, int] | None = None
     resize: int | None = None
-    batch_size: int = 16
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    warmup_epochs: float = 1.0
-    seed: int = 0
-    checkpoint_every: int = 50
+    batch_size: int = _CONFIG_DEFAULTS["batch_size"]
+    lr: float = _CONFIG_DEFAULTS["learning_rate"]
+    weight_decay: float = _CONFIG_DEFAULTS["weight_decay"]
+    warmup_epochs: float = _CONFIG_DEFAULTS["warmup_epochs"]
+    seed: int = _CONFIG_DEFAULTS["seed"]
+    checkpoint_every: int = _CONFIG_DEFAULTS["checkpoint_every"]
     limit: int | None = None
     data_dir: Path | None = None
     export: Path | None = None
@@ -99,16 +110,16 @@ class TrainSettings:
         if self.width is not None:
             put(self, "width", real("--width", self.width, above=0.0))
         if self.crop_size is not None:
-            put(self, "crop_size", tuple(positive_int("--crop-size", s) for s in self.crop_size))
-        self.config()  # TrainConfig checks the training settings
+            crop = tuple(self.crop_size) if isinstance(self.crop_size, tuple | list) else ()
+            if len(crop) != 2:
+                raise OptionError(f"--crop-size must be two ints (H W); got {self.crop_size!r}")
+            put(self, "crop_size", tuple(positive_int("--crop-size", s) for s in crop))
+        for setting, field in CONFIG_FIELDS.items():
+            put(self, setting, check_config_value(field, getattr(self, setting), _flag(setting)))
 
     def config(self) -> TrainConfig:
         """The training settings as :class:`TrainConfig`."""
-        return TrainConfig(
-            epochs=self.epochs, batch_size=self.batch_size, learning_rate=self.lr,
-            weight_decay=self.weight_decay, warmup_epochs=self.warmup_epochs, seed=self.seed,
-            checkpoint_every=self.checkpoint_every, freeze_backbone=self.freeze_backbone,
-        )  # fmt: skip
+        return TrainConfig(**{field: getattr(self, s) for s, field in CONFIG_FIELDS.items()})
 
     @property
     def is_folder(self) -> bool:
@@ -116,14 +127,10 @@ class TrainSettings:
 
 
 def default_resize(info: ModelInfo | None, crop_size: tuple[int, int]) -> int:
-    """Shorter side frames are resized to before the centre crop: what the model was
-    trained with when its info.json says (``resize``, or the published ``resize_size``
-    of converted weights), else the larger crop side."""
-    extra = {} if info is None else info.extra
-    if "resize" in extra:
-        return int(extra["resize"])
-    if "resize_size" in extra:
-        return int(min(extra["resize_size"]))
+    """Shorter side frames are resized to before the centre crop: the model's
+    ``resize_size`` when its info.json has one, else the larger crop side."""
+    if info is not None and info.resize_size is not None:
+        return info.resize_size
     return max(crop_size)
 
 
@@ -208,16 +215,19 @@ def _model_info(
     clip_size: tuple[int, ...],
     extra: dict[str, Any],
 ) -> ModelInfo:
-    """The trained model's metadata: the checkpoint's preprocessing, or the arch's."""
+    """The trained model's metadata: the checkpoint's preprocessing, or the arch's, and
+    the resize the folder's frames were prepared with."""
     if init_info is not None:
+        resize = settings.resize if settings.is_folder else init_info.resize_size
         return ModelInfo.from_dict(
             {**init_info.to_dict(), "num_classes": len(class_names),
-             "class_names": list(class_names), "extra": extra}
+             "class_names": list(class_names), "resize_size": resize, "extra": extra}
         )  # fmt: skip
     t, h, w = clip_size
     return ModelInfo.for_arch(
         settings.arch, len(class_names), class_names=class_names, width=settings.width,
-        clip_length=t, frame_step=settings.frame_step or 1, crop_size=(h, w), extra=extra,
+        clip_length=t, frame_step=settings.frame_step or 1, crop_size=(h, w),
+        resize_size=settings.resize, extra=extra,
     )  # fmt: skip
 
 
@@ -240,9 +250,42 @@ def _records(
         **({"model_kwargs": model_kwargs} if model_kwargs else {}),
         **({"init_from": settings.init_from} if settings.init_from else {}),
         "freeze_backbone": settings.freeze_backbone,
-        **{k: identity[k] for k in ("split_file", "resize") if identity[k] is not None},
+        **({"split_file": split_file} if split_file is not None else {}),
     }
     return identity, extra
+
+
+def _check_paths(settings: TrainSettings) -> Path:
+    """Refuse output paths that cannot be written before anything is; returns the export.
+
+    ``--out`` and ``--data-dir`` must be directories or creatable ones; the export
+    (default ``OUT/model``) a new directory or a checkpoint, and not the run
+    directory or one that holds it.
+    """
+    out = writable_directory(settings.out, "--out")
+    if settings.data_dir is not None:
+        writable_directory(settings.data_dir, "--data-dir", DataError)
+    flag = "--out" if settings.export is None else "--export"
+    export = checkpoint_target(settings.out / "model" if settings.export is None
+                               else settings.export, flag)  # fmt: skip
+    if export == out or export in out.parents:
+        raise CheckpointError(
+            f"--export {export} would hold the run directory --out {out}; export elsewhere "
+            "(default OUT/model)"
+        )
+    return export
+
+
+def _check_model(settings: TrainSettings, init_info: ModelInfo | None) -> None:
+    """Build the model on abstract clips before anything is written, so that an unknown
+    or unusable --model-option is an OptionError now rather than a failure deep inside
+    JAX after the run directory exists (models.create traces init with the options)."""
+    if settings.is_folder:
+        clip_size = (settings.clip_length, *settings.crop_size)
+    else:  # the data's clip size is known once loaded; any size exercises the options
+        clip_size = (16, 112, 112) if init_info is None else init_info.clip_size
+    kwargs = parse_model_options(settings.model_option)
+    models.create(settings.arch, 2, width=settings.width, clip_size=clip_size, **kwargs)
 
 
 def train_and_evaluate(
@@ -260,6 +303,8 @@ def train_and_evaluate(
     init = None if settings.init_from is None else models.load(settings.init_from)
     init_info = None if init is None else init[2]
     settings = resolve_settings(settings, init_info)
+    export = _check_paths(settings)
+    _check_model(settings, init_info)
     config = settings.config()
     splits = _load_splits(settings, init_info)
     train_clips, class_names = splits["train"]
@@ -286,7 +331,6 @@ def train_and_evaluate(
         "history": result.history,
     }
     info = ModelInfo.from_dict({**info.to_dict(), "extra": {**extra, **summary}})
-    export = settings.export if settings.export is not None else settings.out / "model"
     target = models.save(export, info, result.best_variables)
     print(
         f"best epoch {result.best_epoch}: val {result.best_val_accuracy:.4f}, "
@@ -314,6 +358,8 @@ def evaluate_dataset(
     ``{"accuracy", "n", "loss", "model", "dataset", "split"}`` (and ``data_seed``).
     """
     batch_size = positive_int("batch_size", batch_size)
+    if data_dir is not None:  # only read from (a cache may be read-only), but a directory
+        writable_directory(data_dir, "data_dir", DataError, writable=False)
     module, variables, info = models.load(model)
     folder: dict[str, Any] = {}
     if data.parse_dataset(dataset)[0] == "folder":

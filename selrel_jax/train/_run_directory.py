@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Mapping
-from pathlib import Path
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
-from selrel_jax.errors import SelrelError
+from selrel_jax.errors import CheckpointError, SelrelError
+from selrel_jax.models.checkpoint import first_words, writable_directory
 
 RUN_FILE = "run.json"
 MAX_SHOWN = 5  # differences named in the refusal (a run.json of an older version differs a lot)
@@ -61,11 +62,24 @@ class RunDirectory:
     """
 
     def __init__(self, path: str | os.PathLike, identity: Mapping[str, Any]):
-        self.path = Path(path).resolve()  # orbax wants absolute paths
-        self.path.mkdir(parents=True, exist_ok=True)
-        self._claim(_json(dict(identity)))
-        self.latest = self._manager("latest")
-        self.best = self._manager("best")
+        self.path = writable_directory(path, "run directory")  # absolute, as orbax wants
+        with self._writing("open"):
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._claim(_json(dict(identity)))
+            self.latest = self._manager("latest")
+            self.best = self._manager("best")
+
+    @contextlib.contextmanager
+    def _writing(self, what: str) -> Iterator[None]:
+        """Turn the storage layer's errors (OSError, orbax's and tensorstore's own) into
+        one CheckpointError naming the run directory."""
+        try:
+            yield
+        except SelrelError:
+            raise
+        except Exception as e:  # orbax and tensorstore raise many types for io failures
+            reason = getattr(e, "strerror", None) or first_words(e)
+            raise CheckpointError(f"cannot {what} run directory {self.path}: {reason}") from None
 
     def _claim(self, identity: dict[str, Any]) -> None:
         run_file = self.path / RUN_FILE
@@ -74,7 +88,12 @@ class RunDirectory:
             tmp.write_text(json.dumps(identity, indent=2, sort_keys=True))
             os.replace(tmp, run_file)
             return
-        previous = json.loads(run_file.read_text())
+        try:
+            previous = json.loads(run_file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise CheckpointError(
+                f"{run_file} is corrupt ({e}); use a new --out directory"
+            ) from None
         changed = differences(previous, identity)
         if changed:
             details = ", ".join(
@@ -124,11 +143,13 @@ class RunDirectory:
 
     def save_latest(self, state: Any, meta: Mapping[str, Any]) -> None:
         """Checkpoint ``state`` (a pytree with a ``step``) and JSON ``meta`` as the latest."""
-        self._save(self.latest, state, meta)
+        with self._writing("save into"):
+            self._save(self.latest, state, meta)
 
     def save_best(self, state: Any, meta: Mapping[str, Any]) -> None:
         """Checkpoint ``state`` and ``meta`` as the best so far."""
-        self._save(self.best, state, meta)
+        with self._writing("save into"):
+            self._save(self.best, state, meta)
 
     def restore_latest(self, template: Any) -> tuple[Any, dict] | None:
         """(state, meta) of the latest checkpoint in ``template``'s structure, or None."""

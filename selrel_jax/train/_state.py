@@ -56,19 +56,33 @@ class TrainConfig:
     freeze_backbone: bool = False
 
     def __post_init__(self) -> None:
-        put = functools.partial(object.__setattr__, self)
-        for name in ("epochs", "batch_size", "checkpoint_every", "eval_batch_size"):
-            put(name, positive_int(f"TrainConfig {name}", getattr(self, name)))
-        for name in ("learning_rate", "grad_clip"):
-            put(name, real(f"TrainConfig {name}", getattr(self, name), above=0.0))
-        for name in ("weight_decay", "warmup_epochs"):
-            put(name, real(f"TrainConfig {name}", getattr(self, name), minimum=0.0))
-        # default_rng([seed, epoch]) orders the data: it takes no negative seeds
-        put("seed", integer("TrainConfig seed", self.seed, minimum=0))
-        if not isinstance(self.freeze_backbone, bool):
-            raise OptionError(
-                f"TrainConfig freeze_backbone must be a bool; got {self.freeze_backbone!r}"
-            )
+        for field in dataclasses.fields(self):
+            value = check_config_value(field.name, getattr(self, field.name))
+            object.__setattr__(self, field.name, value)
+
+
+def _boolean(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise OptionError(f"{name} must be a bool; got {value!r}")
+    return value
+
+
+# The one place the range of each TrainConfig field is checked (TrainSettings checks its
+# options with these too, under the command's flag names).
+_CHECKS: dict[str, Callable[[str, Any], Any]] = {
+    **dict.fromkeys(("epochs", "batch_size", "checkpoint_every", "eval_batch_size"), positive_int),
+    **dict.fromkeys(("learning_rate", "grad_clip"), functools.partial(real, above=0.0)),
+    **dict.fromkeys(("weight_decay", "warmup_epochs"), functools.partial(real, minimum=0.0)),
+    # default_rng([seed, epoch]) orders the data: it takes no negative seeds
+    "seed": functools.partial(integer, minimum=0),
+    "freeze_backbone": _boolean,
+}
+
+
+def check_config_value(field: str, value: Any, name: str | None = None) -> Any:
+    """``value`` of TrainConfig's ``field`` in canonical form, or an OptionError that
+    calls it ``name`` (default ``"TrainConfig <field>"``)."""
+    return _CHECKS[field](name or f"TrainConfig {field}", value)
 
 
 class EpochMetrics(NamedTuple):

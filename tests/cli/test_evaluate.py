@@ -104,3 +104,39 @@ def test_unknown_model_is_one_line_error():
     assert result.exit_code != 0 and result.stdout == ""
     assert result.stderr.strip().startswith("selrel: error:")
     assert "no_such_model" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def _one_line_error(result) -> str:
+    assert result.exit_code == 2 and result.stdout == "", (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("selrel: error:"), result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("below", ["", "/cache"])
+def test_data_dir_that_is_a_file_is_one_line_error(model_dir, tmp_path, below):
+    (tmp_path / "notes.txt").write_text("a regular file\n")
+    data_dir = f"{tmp_path / 'notes.txt'}{below}"
+    result = run("--model", str(model_dir), "--dataset", "synthetic_motion/tiny",
+                 "--data-dir", data_dir)  # fmt: skip
+    assert "notes.txt" in _one_line_error(result) and "not a directory" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_model_with_fewer_classes_than_the_labels(tmp_path):
+    model = models.create("c3d_small", 2, width=0.25, clip_size=CLIP)
+    init = jax.jit(lambda key: model.init(key, np.zeros((1, *CLIP, 3), np.float32)))
+    info = models.ModelInfo.for_arch(
+        "c3d_small", 2, width=0.25, clip_length=CLIP[0], crop_size=CLIP[1:]
+    )
+    two = models.save(tmp_path / "two", info, init(jax.random.key(0, impl="rbg")))
+    result = run("--model", str(two), "--dataset", "synthetic_motion/tiny", "--data-seed", "1",
+                 "--limit", "6")  # fmt: skip
+    assert "has labels up to 5 but model" in _one_line_error(result)
+    assert "has 2 classes" in result.stderr
+
+
+def test_model_path_that_is_a_file(tmp_path):
+    (tmp_path / "notes.txt").write_text("a regular file\n")
+    result = run("--model", str(tmp_path / "notes.txt"), "--dataset", "synthetic_motion/tiny")
+    assert "notes.txt is a file, not a checkpoint" in _one_line_error(result)

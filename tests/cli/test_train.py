@@ -115,7 +115,7 @@ def test_fine_tune_a_checkpoint_on_a_folder_of_videos(folder_and_checkpoint, tmp
         assert getattr(info, field) == getattr(base, field), field
     assert info.extra["model_kwargs"] == {"stem_stride": [1, 2, 2]}
     assert info.extra["init_from"] == str(checkpoint) and info.extra["freeze_backbone"] is False
-    assert info.extra["resize"] == 16
+    assert info.resize_size == 16 and "resize" not in info.extra
     command = info.extra["command"]
     for words in ("--arch c3d_small --width 0.25 --model-option 'stem_stride=[1,2,2]'",
                   "--clip-length 4 --frame-step 1 --crop-size 16 16 --resize 16"):  # fmt: skip
@@ -164,7 +164,11 @@ def test_flags_that_contradict_the_checkpoint_are_errors(folder_and_checkpoint, 
     ("args", "message"),
     [
         (["--limit", "0"], "--limit must be a positive int"),
-        (["--epochs", "0"], "epochs"),
+        (["--epochs", "0"], "--epochs must be a positive int; got 0"),
+        (["--batch-size", "-1"], "--batch-size must be a positive int; got -1"),
+        (["--lr", "nan"], "--lr must be a finite number > 0.0; got nan"),
+        (["--warmup-epochs", "-1"], "--warmup-epochs must be a finite number >= 0.0"),
+        (["--checkpoint-every", "0"], "--checkpoint-every must be a positive int"),
         (["--model-option", "stem_stride"], "KEY=VALUE"),
         (["--dataset", "synthetic_motion/nope"], "nope"),
         (["--freeze-backbone"], "--freeze-backbone needs --init-from"),
@@ -195,3 +199,79 @@ def test_help(command):
     result = CliRunner().invoke(app, [command, "--help"])
     assert result.exit_code == 0, result.output
     assert "--help" in result.stdout
+
+
+def _regular_file(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("a regular file\n")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--out", "{file}/run"], "--out {file}/run is below {file}, which is a file"),
+        (["--out", "{file}"], "--out {file} is a file, not a directory"),
+        (["--export", "{file}/model"], "--export {file}/model is below {file}, which is a file"),
+        (["--data-dir", "{file}"], "--data-dir {file} is a file, not a directory"),
+        (["--data-dir", "{file}/tfds"], "--data-dir {file}/tfds is below {file}"),
+    ],
+)
+def test_unwritable_out_export_or_data_dir_are_one_line_errors_and_write_nothing(
+    tmp_path, monkeypatch, args, message
+):
+    monkeypatch.chdir(tmp_path)
+    file = _regular_file(tmp_path)
+    defaults = {"--out": str(tmp_path / "run"), "--data-dir": str(tmp_path / "tfds")}
+    given = dict(zip(args[::2], (a.format(file=file) for a in args[1::2]), strict=True))
+    options = [word for pair in {**defaults, **given}.items() for word in pair]
+    assert message.format(file=file) in one_line_error(*TRAIN, *options)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_export_that_would_hold_the_run_directory_is_refused(tmp_path):
+    out = tmp_path / "models" / "run"
+    for export in (out, tmp_path / "models"):
+        message = one_line_error(*TRAIN, "--out", str(out), "--export", str(export),
+                                 "--data-dir", str(tmp_path / "tfds"))  # fmt: skip
+        assert "would hold the run directory" in message
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ('stem_stride="x"', "model option stem_stride must be 3 positive ints; got 'x'"),
+        (
+            "foo=1",
+            "c3d_small has no model option 'foo'; its options are channels, dropout_rate, "
+            "stem_stride",
+        ),
+        ("dropout_rate=1.5", "model option dropout_rate must be below 1"),
+    ],
+)
+def test_model_option_of_wrong_type_or_unknown_key_writes_nothing(tmp_path, option, message):
+    out = tmp_path / "run"
+    args = [a for a in TRAIN if a != "stem_stride=[1,2,2]" and a != "--model-option"]
+    error = one_line_error(*args, "--model-option", option, "--out", str(out),
+                           "--data-dir", str(tmp_path / "tfds"))  # fmt: skip
+    assert message in error
+    assert list(tmp_path.iterdir()) == []  # not even the dataset cache
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--clip-length", "1"], r"clips of (1, 16, 16) (T, H, W) are too small for c3d_small"),
+        (["--arch", "c3d", "--width", "0.125", "--clip-length", "4"], "too small for c3d"),
+        (["--crop-size", "0", "0"], "--crop-size must be a positive int; got 0"),
+        (["--split-file", "{tmp}/missing.txt"], "missing.txt"),
+    ],
+)
+def test_folder_clips_the_model_cannot_take_are_one_line_errors(tmp_path, extra, message):
+    videos = write_video_folder(tmp_path / "videos")
+    args = ["train", "--dataset", f"folder:{videos}", "--out", str(tmp_path / "run"),
+            "--epochs", "1", "--batch-size", "2", "--crop-size", "16", "16", "--no-progress",
+            *(a.format(tmp=tmp_path) for a in extra)]  # fmt: skip
+    assert message in one_line_error(*args)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["videos"]
