@@ -163,6 +163,12 @@ def resolve_settings(settings: TrainSettings, init_info: ModelInfo | None) -> Tr
     filled["model_option"] = _model_options(parse_model_options(filled["model_option"]))
     if settings.is_folder and settings.resize is None:
         filled["resize"] = default_resize(init_info, filled["crop_size"])
+    elif settings.is_folder and settings.resize < min(filled["crop_size"]):
+        # a shorter side below the crop cannot hold it: frames would be scaled up anyway
+        raise OptionError(
+            f"--resize {settings.resize} is smaller than the crop {filled['crop_size']}; "
+            "the shorter side must hold the crop"
+        )
     return dataclasses.replace(settings, **filled)
 
 

@@ -266,12 +266,15 @@ def test_model_option_of_wrong_type_or_unknown_key_writes_nothing(tmp_path, opti
         (["--arch", "c3d", "--width", "0.125", "--clip-length", "4"], "too small for c3d"),
         (["--crop-size", "0", "0"], "--crop-size must be a positive int; got 0"),
         (["--split-file", "{tmp}/missing.txt"], "missing.txt"),
+        (["--split-file", "{tmp}/list.txt"], "lists 1 videos not under"),
+        (["--resize", "8"], "--resize 8 is smaller than the crop (16, 16)"),
     ],
 )
 def test_folder_clips_the_model_cannot_take_are_one_line_errors(tmp_path, extra, message):
     videos = write_video_folder(tmp_path / "videos")
+    (tmp_path / "list.txt").write_text("nope/v_9.mp4\n")  # a video the folder lacks
     args = ["train", "--dataset", f"folder:{videos}", "--out", str(tmp_path / "run"),
             "--epochs", "1", "--batch-size", "2", "--crop-size", "16", "16", "--no-progress",
             *(a.format(tmp=tmp_path) for a in extra)]  # fmt: skip
     assert message in one_line_error(*args)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["videos"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["list.txt", "videos"]
