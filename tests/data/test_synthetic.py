@@ -1,5 +1,6 @@
 """synthetic_motion: generator semantics, exact motion masks, determinism, no single-frame
-class information, and the TFDS array_record builder read back through tfds.data_source."""
+class information, static distractor objects and the still background, the first configs'
+bytes unchanged, and the TFDS array_record builder read back through tfds.data_source."""
 
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ def test_split_shapes_dtypes_and_balanced_labels():
     assert data["label"].shape == (12,) and data["label"].dtype == np.int32
     assert data["mask"].shape == (12, 8, 32, 32) and data["mask"].dtype == np.bool_
     assert data["boxes"].shape == (12, 8, 4) and data["boxes"].dtype == np.float32
+    assert data["static_mask"].shape == (12, 8, 32, 32) and data["static_mask"].dtype == np.bool_
+    assert not data["static_mask"].any()  # no static objects in this config
     assert np.bincount(data["label"], minlength=len(sm.CLASS_NAMES)).tolist() == [2] * 6
     assert len(sm.CLASS_NAMES) >= 6 and len(set(sm.CLASS_NAMES)) == len(sm.CLASS_NAMES)
     default = sm.generate_split("default", "test", seed=0, count=1)
@@ -282,6 +285,201 @@ def test_single_frames_carry_no_class_information():
     assert acc_test < chance + 0.1, acc_test
 
 
+# ------------------------------------------------- the first configs, unchanged
+
+# sha256 over video, label, mask and boxes (in that order) of single examples, as the
+# generator wrote them before static objects and still backgrounds were added: the shipped
+# models were trained and are tested on exactly these clips.
+FIRST_CONFIG_DIGESTS = {  # config/split/seed/index: sha256
+    "default/train/0/0": "22dfa17d9c06e7a4181b74a4de38aee9c89b79e7bbe697732bd14b023d2304e5",
+    "default/test/12345/5": "371cb86a744b7c58f2a820e7e90271476254d680a890a164ac88ef84719a4550",
+    "biased/train/0/1": "24576cd6b1d9d2fe6c18e525568425df2146572725de02b41f5d9c3a6fc22655",
+    "biased/test/0/11": "827d6320b198b85bb4656718e2334dec6406c08080b819c90ea59d94a2b3f363",
+    "tiny/validation/0/5": "e9fd9a8908ab188cd8f2a3ce48d45c3963fcf6f7297fe01c8f64f12409d235be",
+    "tiny/test/12345/1": "d353961dcbe24b2ec7e79660e33e66b8d54fc89b3cf9f48f38115577bb2a0d21",
+    "tiny_biased/train/0/11": "ef0a3e03b4d944a9ada24d378bedb82a02cadba9f97b80573fc446dbc789f455",
+    "tiny_biased/test/0/0": "54b8e3b0aadd9ab21e4d7e3f51933c1ae1aad94d3b1a4845bb909346734e9388",
+}
+
+
+@pytest.mark.parametrize("key", sorted(FIRST_CONFIG_DIGESTS))
+def test_first_configs_generate_the_same_bytes_as_before(key):
+    config, split, seed, index = key.split("/")
+    example = sm.generate_example(config, split, int(seed), int(index))
+    h = hashlib.sha256()
+    for name in ("video", "label", "mask", "boxes"):
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(example[name]).tobytes())
+    assert h.hexdigest() == FIRST_CONFIG_DIGESTS[key]
+    assert not example["static_mask"].any()
+
+
+# ----------------------------------------------------------- static objects
+
+
+def _render(cfg: sm.MotionConfig, centers, angles, look: dict):
+    return sm.render_object_layer(
+        cfg.height, cfg.width, np.asarray(centers), np.asarray(angles), look["half_size"],
+        look["shape"], look["cell"], look["colors"],
+    )  # fmt: skip
+
+
+def _static_layers(cfg: sm.MotionConfig, scene: dict) -> tuple[list, list]:
+    """Coverage (H, W) and RGB (H, W, 3) of each static object, rendered from the scene."""
+    layers = [_render(cfg, [o["center"]], [o["angle"]], o) for o in scene["static_objects"]]
+    return [cov[0] for cov, _ in layers], [rgb[0] for _, rgb in layers]
+
+
+DISTRACTOR_CLIPS = [("tiny_distractors", split, 2, i) for split in sm.SPLITS for i in range(8)]
+DISTRACTOR_CLIPS += [("distractors", "test", 9, i) for i in range(12)]
+
+
+def test_static_objects_are_drawn_like_the_moving_one():
+    counts, shapes, sizes = [], {"moving": set(), "static": set()}, {"moving": [], "static": []}
+    for index in range(120):
+        scene = sm.example_scene("distractors", "train", 4, index)
+        counts.append(len(scene["static_objects"]))
+        for kind, looks in (("moving", [scene]), ("static", scene["static_objects"])):
+            for look in looks:
+                shapes[kind].add(look["shape"])
+                sizes[kind].append(
+                    look["half_size"][0] / (1.2 if look["shape"] == "diamond" else 1)
+                )
+                assert look["colors"].shape == (2, 3) and look["colors"].dtype == np.uint8
+    assert set(counts) == {1, 2, 3}
+    assert shapes["moving"] == shapes["static"] == {"ellipse", "rectangle", "diamond"}
+    low, high = (r * 48 for r in sm.CONFIGS["distractors"].size_range)
+    assert low <= min(sizes["static"]) and max(sizes["static"]) <= high
+    assert abs(np.mean(sizes["static"]) - np.mean(sizes["moving"])) < 0.1 * (high - low) + 0.5
+
+
+@pytest.mark.parametrize("config", ["tiny_distractors", "distractors"])
+def test_static_objects_clear_of_the_moving_one_at_the_middle_frame(config):
+    cfg = sm.get_config(config)
+    middle = cfg.frames // 2
+    for index in range(60):
+        scene = sm.example_scene(cfg, "validation", 6, index)
+        moving = _render(cfg, scene["centers"][middle : middle + 1],
+                         scene["angles"][middle : middle + 1], scene)[0][0]  # fmt: skip
+        statics, _ = _static_layers(cfg, scene)
+        taken = moving
+        for covers in statics:
+            assert covers.any() and not (covers & taken).any(), index
+            taken = taken | covers
+
+
+@pytest.mark.parametrize("clip", DISTRACTOR_CLIPS, ids=lambda c: "/".join(map(str, c)))
+def test_static_mask_is_exact_and_static_objects_never_change(clip):
+    cfg = sm.get_config(clip[0])
+    example, scene = sm.generate_example(*clip), sm.example_scene(*clip)
+    moving, moving_rgb = _render(cfg, scene["centers"], scene["angles"], scene)
+    statics, static_rgbs = _static_layers(cfg, scene)
+    union = np.any(statics, axis=0)
+    np.testing.assert_array_equal(example["static_mask"], union[None] & ~moving)
+    video = example["video"]
+    # Every visible static pixel shows the object's own colour in every frame: no noise,
+    # no motion; the moving object is noise-free too (drawn on top wherever it is).
+    expected = np.zeros_like(video[0])
+    for covers, rgb in zip(statics, static_rgbs, strict=True):
+        expected[covers] = rgb[covers]
+    for t in range(cfg.frames):
+        visible = example["static_mask"][t]
+        np.testing.assert_array_equal(video[t][visible], expected[visible])
+        np.testing.assert_array_equal(video[t][moving[t]], moving_rgb[t][moving[t]])
+    assert example["static_mask"][cfg.frames // 2].sum() == union.sum()  # all seen mid-clip
+
+
+def test_distractors_are_default_clips_plus_static_objects():
+    """Same seed, split and index: the background pixels (never covered by any object) are
+    byte for byte those of the default config's clip, and each static pixel differs."""
+    for config, base in (("distractors", "default"), ("tiny_distractors", "tiny")):
+        with_objects = sm.generate_split(config, "train", 3, 18)
+        without = sm.generate_split(base, "train", 3, 18)
+        for key in ("label", "mask", "boxes"):
+            np.testing.assert_array_equal(with_objects[key], without[key])
+        differs = np.any(with_objects["video"] != without["video"], axis=-1)
+        moving = with_objects["mask"] | np.stack(
+            [_render(sm.get_config(config), s["centers"], s["angles"], s)[0]
+             for s in (sm.example_scene(config, "train", 3, i) for i in range(18))]
+        )  # fmt: skip
+        static = with_objects["static_mask"]
+        assert not (differs & ~moving & ~static).any()
+        assert differs[static].all() and static.any()
+        # and the background keeps changing over time (drift and noise), unlike biased_still
+        background = ~(moving | static)
+        assert np.mean(np.any(with_objects["video"][:, 1:] != with_objects["video"][:, :-1], -1)[
+            background[:, 1:] & background[:, :-1]]) > 0.5  # fmt: skip
+
+
+def test_distractors_single_frames_carry_no_class_information():
+    """The probe of test_single_frames_carry_no_class_information, on the distractors
+    config: static objects are placed independently of the class."""
+    k = len(sm.CLASS_NAMES)
+    train = sm.generate_split("distractors", "train", seed=12, count=1200)
+    test = sm.generate_split("distractors", "test", seed=12, count=600)
+    for t in (0, 8, 15):
+        acc = _logistic_regression_accuracy(
+            _frame_features(train["video"], t), train["label"],
+            _frame_features(test["video"], t), test["label"], k,
+        )  # fmt: skip
+        assert acc < 1.0 / k + 0.06, f"frame {t}: accuracy {acc:.3f}"
+
+
+def test_static_object_settings_are_checked():
+    bad = dataclasses.replace(sm.CONFIGS["tiny"], name="bad", static_objects=(2, 1))
+    with pytest.raises(OptionError, match=r"static_objects\[1\] must be an int >= 2; got 1"):
+        sm.generate_example(bad, "train", 0, 0)
+    crowded = dataclasses.replace(
+        sm.CONFIGS["tiny"], name="crowded", static_objects=(3, 3), size_range=(0.5, 0.5)
+    )
+    with pytest.raises(DataError, match="'crowded': no free place for static object"):
+        sm.generate_example(crowded, "train", 0, 0)
+
+
+# --------------------------------------------------------- still background
+
+
+@pytest.mark.parametrize("config", ["tiny_biased_still", "biased_still"])
+def test_biased_still_background_is_constant_over_time(config):
+    """In every clip, each pixel the moving object does not cover at frames 0 and t is the
+    same at t as at frame 0; only the object's pixels (with their noise) change."""
+    cfg = sm.get_config(config)
+    counts = cfg.split_sizes if config.startswith("tiny") else dict.fromkeys(sm.SPLITS, 12)
+    for split in sm.SPLITS:
+        data = sm.generate_split(cfg, split, cfg.seed, counts[split])
+        for index, video in enumerate(data["video"]):
+            scene = sm.example_scene(cfg, split, cfg.seed, index)
+            moving = _render(cfg, scene["centers"], scene["angles"], scene)[0]
+            for t in range(1, cfg.frames):
+                free = ~moving[0] & ~moving[t]
+                np.testing.assert_array_equal(video[t][free], video[0][free], f"{split} {index}")
+
+
+def test_biased_still_is_biased_on_a_frozen_background():
+    """Same object, motion, hue cue and object noise as the biased config's clip; only the
+    background pixels differ (the biased one drifts and is noisy)."""
+    for config, base in (("biased_still", "biased"), ("tiny_biased_still", "tiny_biased")):
+        for split in ("train", "test"):
+            still = sm.generate_split(config, split, 5, 12)
+            moving = sm.generate_split(base, split, 5, 12)
+            for key in ("label", "mask", "boxes"):
+                np.testing.assert_array_equal(still[key], moving[key])
+            for index in range(12):
+                a, b = (
+                    sm.example_scene(config, split, 5, index),
+                    sm.example_scene(base, split, 5, index),
+                )
+                assert a["background_hue"] == b["background_hue"] and a["shape"] == b["shape"]
+                covers = _render(sm.get_config(config), a["centers"], a["angles"], a)[0]
+                np.testing.assert_array_equal(still["video"][index][covers],
+                                              moving["video"][index][covers])  # fmt: skip
+                assert np.any(still["video"][index][~covers] != moving["video"][index][~covers])
+    hues = [sm.example_scene("biased_still", "train", 0, i)["background_hue"] for i in range(60)]
+    labels = np.arange(60) % len(sm.CLASS_NAMES)
+    distance = np.abs((np.array(hues) * len(sm.CLASS_NAMES) - labels + 3) % 6 - 3)
+    assert distance.max() <= 0.3 + 1e-9  # the hue gives the class away in train
+
+
 # ------------------------------------------------------------------- TFDS
 
 
@@ -302,7 +500,7 @@ def test_tiny_builder_round_trip_through_tfds_data_source(tmp_path):
         assert len(source) == len(expected["label"]) == sm.CONFIGS["tiny"].split_sizes[split]
         for i in range(len(source)):
             example = source[i]
-            for key in ("video", "mask", "boxes"):
+            for key in ("video", "mask", "boxes", "static_mask"):
                 assert example[key].dtype == expected[key].dtype
                 np.testing.assert_array_equal(example[key], expected[key][i])
             assert int(example["label"]) == expected["label"][i]
@@ -315,6 +513,25 @@ def test_tiny_builder_round_trip_through_tfds_data_source(tmp_path):
     assert again[0]["label"].dtype == np.int32
     files_a = _record_files(tmp_path / "a")
     assert len(files_a) == 3 and files_a == _record_files(tmp_path / "b")
+
+
+@pytest.mark.parametrize("config", ["tiny_distractors", "tiny_biased_still"])
+def test_tiny_variants_build_through_tfds(tmp_path, config):
+    from selrel_jax.data import load_source
+
+    cfg = sm.get_config(config)
+    for split in sm.SPLITS:
+        source = load_source(f"synthetic_motion/{config}", split, data_dir=tmp_path)
+        expected = sm.generate_split(cfg, split, seed=cfg.seed)
+        assert len(source) == cfg.split_sizes[split]
+        for i in range(len(source)):
+            example = source[i]
+            assert sorted(example) == sorted(expected)
+            for key, value in expected.items():
+                assert example[key].dtype == value.dtype, key
+                np.testing.assert_array_equal(example[key], value[i])
+        assert expected["static_mask"].any() == (config == "tiny_distractors")
+    assert (tmp_path / "synthetic_motion" / config / "1.1.0").is_dir()
 
 
 def test_load_source_cache_location(tmp_path, monkeypatch, capfd):
@@ -339,9 +556,18 @@ def test_load_source_cache_location(tmp_path, monkeypatch, capfd):
 
 def test_configs_as_documented():
     assert sm.CONFIGS["biased"].biased and not sm.CONFIGS["default"].biased
-    assert dataclasses.replace(
-        sm.CONFIGS["biased"], biased=False, name="default", description=""
-    ) == dataclasses.replace(sm.CONFIGS["default"], description="")
+
+    def same(variant: str, base: str, **differences) -> bool:
+        changed = dataclasses.replace(sm.CONFIGS[base], name=variant, description="")
+        changed = dataclasses.replace(changed, **differences)
+        return changed == dataclasses.replace(sm.CONFIGS[variant], description="")
+
+    assert same("default", "biased", biased=False)
+    assert same("distractors", "default", static_objects=(1, 3))
+    assert same("biased_still", "biased", still_background=True)
+    assert same("tiny_distractors", "tiny", static_objects=(1, 3))
+    assert same("tiny_biased_still", "tiny_biased", still_background=True)
+    assert same("tiny_biased", "tiny", biased=True)
 
 
 def test_custom_config_builds_under_its_name(tmp_path):

@@ -25,8 +25,15 @@ class SyntheticMotionConfig(tfds.core.BuilderConfig):
 class Builder(tfds.core.GeneratorBasedBuilder):
     """synthetic_motion: classes that only motion tells apart, with exact motion masks."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First release."}  # noqa: RUF012
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {  # noqa: RUF012
+        "1.0.0": "First release.",
+        "1.1.0": (
+            "Every config gains static_mask (all False without static objects); new "
+            "configs distractors, biased_still, tiny_distractors, tiny_biased_still. The "
+            "other features of the first four configs are byte for byte as in 1.0.0."
+        ),
+    }
     BUILDER_CONFIGS = [SyntheticMotionConfig(c) for c in sm.CONFIGS.values()]  # noqa: RUF012
     DEFAULT_CONFIG_NAME = "default"
 
@@ -46,6 +53,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                     "label": tfds.features.ClassLabel(names=list(sm.CLASS_NAMES)),
                     "mask": tfds.features.Tensor(shape=(t, h, w), dtype=np.bool_, encoding="zlib"),
                     "boxes": tfds.features.Tensor(shape=(t, 4), dtype=np.float32),
+                    "static_mask": tfds.features.Tensor(
+                        shape=(t, h, w), dtype=np.bool_, encoding="zlib"
+                    ),
                 }
             ),
             supervised_keys=("video", "label"),
