@@ -94,11 +94,11 @@ def synthetic_motion_builder(
 def load_source(name: str, split: str, data_dir: str | os.PathLike | None = None) -> Sequence:
     """Random-access source (``len`` and ``[i]``) of example dicts.
 
-    ``name`` is ``"synthetic_motion"`` or ``"synthetic_motion/<config>"`` (configs
-    ``default``, ``biased``, ``tiny``, ``tiny_biased``): built into ``data_dir`` (default
+    ``name`` is ``"synthetic_motion"`` or ``"synthetic_motion/<config>"`` (any config of
+    ``synthetic_motion.CONFIGS``): built into ``data_dir`` (default
     :func:`default_data_dir`) on first use, then read with ``tfds``'s array_record data
     source; each example is ``{"video": uint8 (T,H,W,3), "label": int32, "mask": bool
-    (T,H,W), "boxes": float32 (T,4)}``. Any other name is passed to
+    (T,H,W), "boxes": float32 (T,4), "static_mask": bool (T,H,W)}``. Any other name is passed to
     ``tfds.data_source(name, split=split, data_dir=data_dir)``, which needs a dataset
     already prepared in array_record format.
 
