@@ -280,7 +280,7 @@ def _fit_frames(frames: np.ndarray, info: ModelInfo) -> np.ndarray:
     crop = info.crop_size
     if frames.shape[1:3] == crop:
         return frames
-    side = getattr(info, "resize_size", None) or max(crop)
+    side = info.resize_side
     h, w = frames.shape[1:3]
     scale = side / min(h, w)
     size = (max(crop[0], round(h * scale)), max(crop[1], round(w * scale)))
@@ -316,7 +316,7 @@ def sample_frames(video: Any, info: ModelInfo) -> tuple[np.ndarray, float | None
     if isinstance(video, np.ndarray | jax.Array):
         frames = _check_video_array(np.asarray(video))
         return _fit_frames(frames, info), info.fps
-    side = getattr(info, "resize_size", None) or max(info.crop_size)
+    side = info.resize_side
     return data.read_frames(video, fps=info.fps, frame_step=info.frame_step, size=side,
                             crop=info.crop_size)  # fmt: skip
 

@@ -136,6 +136,12 @@ class ModelInfo:
         """(T, H, W) of the clips the model takes."""
         return (self.clip_length, *self.crop_size)
 
+    @property
+    def resize_side(self) -> int:
+        """The shorter side frames are resized to before the centre crop:
+        ``resize_size`` where the metadata records one, else the crop's larger side."""
+        return self.resize_size if self.resize_size is not None else max(self.crop_size)
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict (tuples become lists)."""
         out = dataclasses.asdict(self)
