@@ -45,7 +45,11 @@ from selrel_jax.attribution.rules import (
     ZBox,
     ZPlus,
 )
-from selrel_jax.attribution.types import LayerCall, UnsupportedLayerError
+from selrel_jax.attribution.types import (
+    LayerCall,
+    UnseenNonlinearityWarning,
+    UnsupportedLayerError,
+)
 
 __all__ = [
     "METHODS",
@@ -59,6 +63,7 @@ __all__ = [
     "Norm",
     "Pass",
     "Rule",
+    "UnseenNonlinearityWarning",
     "UnsupportedLayerError",
     "WSquare",
     "ZBox",

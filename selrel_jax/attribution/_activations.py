@@ -25,6 +25,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 
+from selrel_jax.attribution._model_checks import ENGINE_SCOPE
+
 __all__ = ["activations_as_pass"]
 
 _ACTIVATIONS = (
@@ -56,7 +58,8 @@ def _pass_wrapper(name: str, original: Callable) -> Callable:
             return original(v, *args, **kwargs)
 
         act.defvjp(lambda v: (original(v, *args, **kwargs), None), lambda _, g: (g,))
-        out = act(x)
+        with jax.named_scope(ENGINE_SCOPE):  # a rule covers it: no unseen nonlinearity
+            out = act(x)
         if name in _NONNEG_ACTIVATIONS:
             handler[0](out)
         return out

@@ -26,6 +26,14 @@ outputs of ReLU-like activations are tagged non-negative: max/avg pooling,
 ``Sum`` and dropout keep the tag, and a rule layer whose inputs are all tagged
 skips the passes over the negative part of its input (ZPlus, AlphaBeta, Gamma).
 
+The planning trace also checks the model against the clips (variables that do
+not fit, clips too small for a layer: :mod:`~selrel_jax.attribution._model_checks`)
+and warns (:class:`UnseenNonlinearityWarning`) when the model applies elementwise
+nonlinear functions that neither a rule nor the activation swap covers.
+:func:`lrp`'s function checks its arguments and treats invalid values as
+:mod:`~selrel_jax.attribution._inputs` says: eager calls raise, traced invalid
+values give an all-NaN relevance for their clip.
+
 Limits: functional sums and pooling inside a model are invisible (use
 :mod:`selrel_jax.layers`); a conv/dense output feeding a merged BatchNorm must
 not be read by another module (detected) nor reused functionally (invisible).
@@ -35,7 +43,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
+import sys
 import threading
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -44,6 +55,22 @@ import jax
 import jax.numpy as jnp
 
 from selrel_jax.attribution._activations import activations_as_pass
+from selrel_jax.attribution._inputs import (
+    check_clips,
+    check_logits,
+    check_target,
+    finish,
+    input_problems,
+    per_clip,
+    traced,
+)
+from selrel_jax.attribution._model_checks import (
+    ENGINE_SCOPE,
+    check_module_output,
+    check_no_empty_reduction,
+    unseen_nonlinearities,
+    variable_errors,
+)
 from selrel_jax.attribution.canonizers import BatchNormInfo, BatchNormPairing, merge_batchnorm
 from selrel_jax.attribution.composites import Composite
 from selrel_jax.attribution.rules import Gradient, Rule
@@ -54,11 +81,12 @@ from selrel_jax.attribution.types import (
     PRIMITIVE_TYPES,
     LayerCall,
     LayerFn,
+    UnseenNonlinearityWarning,
     UnsupportedLayerError,
     one_hot_seed,
     path_str,
 )
-from selrel_jax.errors import OptionError, ShapeError
+from selrel_jax.errors import OptionError
 
 __all__ = ["UnsupportedLayerError", "lrp", "one_hot_seed", "path_str", "relevance_vjp"]
 
@@ -115,6 +143,7 @@ class _Plan:
     first: Path | None
     merges: Mapping[Path, BatchNormInfo]
     merged_batchnorms: frozenset[Path]
+    outputs: Any  # the model's outputs as ShapeDtypeStructs
 
 
 def _check_covered(composite: Composite, module: nn.Module, path: Path, first: bool) -> None:
@@ -128,36 +157,110 @@ def _check_covered(composite: Composite, module: nn.Module, path: Path, first: b
         )
 
 
-def _plan(model, composite: Composite, variables, clips, apply_kwargs) -> _Plan:
-    pairing = BatchNormPairing()
-    first: list[Path] = []
+class _Planner:
+    """Interceptor of the planning trace: finds the first layer, pairs BatchNorms
+    with their layers, checks that every module with parameters has a rule and
+    that no module output is empty (clips too small), and runs what the engine
+    handles itself (rule layers, BatchNorms) in ``ENGINE_SCOPE``, so the
+    nonlinearity scan of the trace skips it."""
 
-    def intercept(next_fun, args, kwargs, context):
+    def __init__(self, composite: Composite, clips_shape: tuple[int, ...]) -> None:
+        self.composite = composite
+        self.clips_shape = clips_shape
+        self.pairing = BatchNormPairing()
+        self.first: list[Path] = []
+
+    def intercept(self, next_fun, args, kwargs, context):
         module = context.module
         if context.method_name != "__call__" or _bypassed():
             return next_fun(*args, **kwargs)
         path = tuple(module.path)
         if isinstance(module, nn.BatchNorm):
-            pairing.batchnorm(module, args, kwargs)
-            return next_fun(*args, **kwargs)
-        pairing.module_inputs(path, args, kwargs)
-        out = next_fun(*args, **kwargs)
+            self.pairing.batchnorm(module, args, kwargs)
+            with jax.named_scope(ENGINE_SCOPE):
+                return next_fun(*args, **kwargs)
+        self.pairing.module_inputs(path, args, kwargs)
+        with self._scope(module, path):
+            out = next_fun(*args, **kwargs)
         if isinstance(module, LINEAR_TYPES):
-            pairing.linear_output(path, out)
-        if not first and isinstance(module, composite.first_types):
-            first.append(path)
-        _check_covered(composite, module, path, first=first[:1] == [path])
+            self.pairing.linear_output(path, out)
+        if not self.first and isinstance(module, self.composite.first_types):
+            self.first.append(path)
+        _check_covered(self.composite, module, path, first=self.first[:1] == [path])
+        check_module_output(path, module, out, self.clips_shape)
         return out
 
+    def _scope(self, module: nn.Module, path: Path) -> contextlib.AbstractContextManager:
+        may_be_first = isinstance(module, self.composite.first_types) and self.first[:1] in (
+            [], [path]
+        )  # fmt: skip
+        rule = self.composite.rule_for(
+            module, path_str(path), first=may_be_first, leaf=_is_leaf(module)
+        )
+        return jax.named_scope(ENGINE_SCOPE) if rule is not None else contextlib.nullcontext()
+
+
+# selrel_jax/, jax/ and flax/: frames a warning should not blame (nor the standard library's).
+_LIBRARY_DIRS = tuple(
+    os.path.dirname(path) + os.sep
+    for path in (
+        os.path.dirname(os.path.abspath(__file__)),
+        jax.__file__,
+        os.path.dirname(nn.__file__),
+    )
+)
+_STDLIB_DIR = os.path.dirname(contextlib.__file__) + os.sep
+
+
+def _is_library(filename: str) -> bool:
+    if filename.startswith(_LIBRARY_DIRS):
+        return True
+    return filename.startswith(_STDLIB_DIR) and "site-packages" not in filename
+
+
+def _caller_stacklevel() -> int:
+    """``stacklevel`` of the first frame outside selrel_jax, JAX, Flax and the
+    standard library: the user's call, however deep the trace started it."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and _is_library(frame.f_code.co_filename):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _warn_unseen(found: list[str]) -> None:
+    if not found:
+        return
+    shown = "; ".join(found[:8]) + (f"; and {len(found) - 8} more" if len(found) > 8 else "")
+    warnings.warn(
+        f"LRP cannot see {len(found)} elementwise nonlinear operation(s) of the model, which "
+        f"get their plain gradient instead of a relevance rule: {shown}. Call activations "
+        f"as nn.<name> / jax.nn.<name> inside the model (they get the Pass rule), or move "
+        f"the operation into a module a rule covers",
+        UnseenNonlinearityWarning,
+        stacklevel=_caller_stacklevel(),
+    )
+
+
+def _plan(model, composite: Composite, variables, clips, apply_kwargs) -> _Plan:
+    clips_shape = tuple(jnp.shape(clips))
+    planner = _Planner(composite, clips_shape)
+
     def forward(v, x):
-        with nn.intercept_methods(intercept):
-            return model.apply(v, x, **apply_kwargs)
+        # Activations swapped as in the relevance pass, so the scan sees what LRP sees.
+        with activations_as_pass(lambda _: None, lambda: not _bypassed()):
+            with nn.intercept_methods(planner.intercept):
+                return model.apply(v, x, **apply_kwargs)
 
     structs = jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)),
                            (variables, clips))  # fmt: skip
-    jax.eval_shape(forward, *structs)
-    pairing.check_reuse()
-    return _Plan(first[0] if first else None, dict(pairing.merges), pairing.merged_batchnorms)
+    with variable_errors(clips_shape):
+        closed, outputs = jax.make_jaxpr(forward, return_shape=True)(*structs)
+    planner.pairing.check_reuse()
+    check_no_empty_reduction(closed.jaxpr, clips_shape)
+    _warn_unseen(unseen_nonlinearities(closed.jaxpr))
+    pairing = planner.pairing
+    first = planner.first[0] if planner.first else None
+    return _Plan(first, dict(pairing.merges), pairing.merged_batchnorms, outputs)
 
 
 # --------------------------------------------------------------------------
@@ -243,12 +346,22 @@ class _RelevanceTrace:
         return _rule_layer(rule, fn, nonneg)(tuple(args), params, rule.arrays())
 
 
-def lrp(model: nn.Module, composite: Composite, **apply_kwargs: Any) -> Callable:
+def lrp(
+    model: nn.Module, composite: Composite, *, checked: bool = False, **apply_kwargs: Any
+) -> Callable:
     """Relevance propagation transform of a Flax linen ``model`` under ``composite``.
 
     Returns ``relevance(variables, clips, target=None) -> array`` (float32, the
     shape of ``clips``): the one-hot target (predicted class when None) is
     propagated back to the input. ``apply_kwargs`` go to ``model.apply``.
+
+    Called with concrete arrays it checks them (rank, dtype, NaN/Inf, target
+    range; variables and clip size against the model) and raises a
+    ``SelrelError``. Traced (under ``jit``/``vmap``), a clip with NaN/Inf, an
+    out-of-range target or invalid traced rule bounds gets an all-NaN
+    relevance, the other clips are untouched; ``checked=True`` adds
+    ``jax.experimental.checkify`` checks for these (run it under
+    ``checkify.checkify``).
 
     Example::
 
@@ -262,12 +375,31 @@ def lrp(model: nn.Module, composite: Composite, **apply_kwargs: Any) -> Callable
         raise OptionError(f"LRP needs a Flax linen model with .apply; got {type(model).__name__}")
 
     def relevance(variables, clips, target=None):
-        logits, pull = relevance_vjp(model, composite, variables, clips, **apply_kwargs)
-        if logits.ndim != 2:
-            raise ShapeError(f"model must return logits of shape (N, classes); got {logits.shape}")
-        return pull(one_hot_seed(logits, target)).astype(jnp.float32)
+        clips = check_clips(clips, video=False)
+        plan = _plan(model, composite, variables, clips, apply_kwargs)
+        classes = check_logits(plan.outputs, clips.shape)
+        target = check_target(target, clips.shape[0], classes)
+        logits, pull = _relevance_pass(model, composite, plan, variables, clips, apply_kwargs)
+        result = pull(one_hot_seed(logits, target)).astype(jnp.float32)
+        problems = {**input_problems(clips, target, classes),
+                    **_rule_problems(composite, clips)}  # fmt: skip
+        return finish(result, problems, checked)
 
     return relevance
+
+
+def _rule_problems(composite: Composite, clips: jax.Array) -> dict[str, jax.Array]:
+    """Per-clip flags of the composite's traced rule arrays (e.g. ZBox bounds)."""
+    rules = (composite.first, *(r for _, r in (*composite.layer_map, *composite.path_map)))
+    problems = {}
+    for rule in rules:
+        arrays = rule.arrays() if rule is not None else {}
+        if any(traced(a) for a in arrays.values()):
+            bad = rule.invalid(arrays)
+            if bad is not None:
+                what = f"{type(rule).__name__} {'/'.join(arrays)} invalid (NaN, or out of order)"
+                problems[what] = per_clip(bad, len(clips), clips.ndim)
+    return problems
 
 
 def relevance_vjp(
@@ -277,6 +409,10 @@ def relevance_vjp(
     merged) and ``pull(output_relevance) -> input relevance`` for any output
     relevance, not only a one-hot one."""
     plan = _plan(model, composite, variables, clips, apply_kwargs)
+    return _relevance_pass(model, composite, plan, variables, clips, apply_kwargs)
+
+
+def _relevance_pass(model, composite: Composite, plan: _Plan, variables, clips, apply_kwargs):
     trace = _RelevanceTrace(composite, plan, variables)
 
     def forward(x):

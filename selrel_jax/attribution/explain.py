@@ -18,13 +18,19 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
 # composites and gradients register their methods when imported.
 from selrel_jax.attribution import composites, gradients, registry  # noqa: F401
+from selrel_jax.attribution._inputs import (
+    CHECKIFY,
+    check_clips,
+    check_logits,
+    check_option_array,
+    check_target,
+)
+from selrel_jax.attribution._model_checks import inspect_forward
 from selrel_jax.attribution.engine import lrp
-from selrel_jax.errors import DTypeError, OptionError, ShapeError
+from selrel_jax.errors import OptionError
 
 __all__ = ["GRADIENT_METHODS", "LRP_METHODS", "METHODS", "explain", "make_explainer"]
 
@@ -35,10 +41,19 @@ METHODS: tuple[str, ...] = (*GRADIENT_METHODS, *LRP_METHODS)
 _ARRAY_OPTIONS = ("low", "high", "baseline")
 
 
-def make_explainer(model: Any, method: str = "lrp.epsilon_plus_flat", **options: Any) -> Callable:
+def make_explainer(
+    model: Any, method: str = "lrp.epsilon_plus_flat", *, checked: bool = False, **options: Any
+) -> Callable:
     """The pure function ``(variables, clips, target=None) -> relevance`` of
     ``method`` (see :func:`explain`); ``variables`` is None when ``model`` is a
-    plain ``apply_fn(clips) -> logits`` (gradient-family methods only)."""
+    plain ``apply_fn(clips) -> logits`` (gradient-family methods only).
+
+    Called with concrete arrays, the function checks them as :func:`explain`
+    does. Traced (under ``jit``/``vmap``), a clip with NaN/Inf values, an
+    out-of-range target or an invalid traced option (bounds, baseline) gets an
+    all-NaN relevance and the other clips are untouched; ``checked=True`` adds
+    ``jax.experimental.checkify`` checks for these (run the function under
+    ``checkify.checkify``)."""
     entry, merged = registry.resolve(method, options)
     if entry.family == "lrp":
         if not hasattr(model, "apply"):
@@ -46,12 +61,21 @@ def make_explainer(model: Any, method: str = "lrp.epsilon_plus_flat", **options:
                 f"{method} needs a Flax linen model and its variables; got "
                 f"{type(model).__name__} (plain callables work with gradient methods)"
             )
-        explainer = lrp(model, entry.build(**merged))
-        return lambda variables, clips, target=None: explainer(variables, clips, target)
+        explainer = lrp(model, entry.build(**merged), checked=checked)
+
+        def lrp_explainer(variables, clips, target=None):
+            # Video clips only here; lrp's own check covers the values.
+            return explainer(variables, check_clips(clips, values=False), target)
+
+        return lrp_explainer
 
     def explainer(variables, clips, target=None):
         apply_fn = _apply_fn(model, variables)
-        return entry.build(apply_fn, clips, target, **merged)
+        token = CHECKIFY.set(bool(checked))
+        try:
+            return entry.build(apply_fn, clips, target, **merged)
+        finally:
+            CHECKIFY.reset(token)
 
     return explainer
 
@@ -77,35 +101,6 @@ def _jitted(model: Any, method: str, static: tuple) -> Callable:
     return jax.jit(run)
 
 
-def _check_clips(clips: Any) -> jax.Array:
-    shape = np.shape(clips)
-    if len(shape) != 5:
-        raise ShapeError(f"clips must have shape (N, T, H, W, C); got shape {shape}")
-    dtype = jnp.result_type(clips)
-    if not jnp.issubdtype(dtype, jnp.floating):
-        raise DTypeError(f"clips must be a float array (normalised); got dtype {dtype}")
-    return jnp.asarray(clips)
-
-
-def _check_target(target: Any, n: int, classes: int) -> jax.Array | None:
-    if target is None:
-        return None
-    try:
-        arr = np.asarray(target)
-    except jax.errors.TracerArrayConversionError:  # traced: no range check possible
-        arr = target
-    if arr.ndim == 0:
-        raise ShapeError(f"target must have shape ({n},) (one class per clip); got a scalar")
-    if arr.shape != (n,):
-        raise ShapeError(f"target must have shape ({n},) (one class per clip); got {arr.shape}")
-    if not jnp.issubdtype(arr.dtype, jnp.integer):
-        raise DTypeError(f"target must be an int array; got dtype {arr.dtype}")
-    if isinstance(arr, np.ndarray) and arr.size and (arr.min() < 0 or arr.max() >= classes):
-        bad = arr[(arr < 0) | (arr >= classes)]
-        raise OptionError(f"target {bad.tolist()} out of range for {classes} classes")
-    return jnp.asarray(arr, jnp.int32)
-
-
 def explain(
     model: Any,
     variables: Any,
@@ -127,27 +122,30 @@ def explain(
     keyword-only parameters of that function, with its defaults. LRP seeds
     the one-hot target (value 1), as Zennit does.
 
+    Every argument is checked before anything runs, and a ``SelrelError``
+    names the bad one: clips' rank, dtype and NaN/Inf values
+    (``NonFiniteError``, with the count and the clips), the variables and the
+    clip size against the model, the model's output, the target's shape,
+    dtype and range, the options' types and ranges.
+
     Example::
 
         rel = explain(model, variables, clips, jnp.array([3]), "lrp.epsilon_gamma_box",
                       low=-2.0, high=2.0)
     """
-    entry, _ = registry.resolve(method, options)
-    clips = _check_clips(clips)
+    entry, merged = registry.resolve(method, options)
+    clips = check_clips(clips)
     apply_fn = _apply_fn(model, variables)
-    if entry.family == "lrp" and variables is None:
-        raise OptionError(f"{method} needs a Flax linen model and its variables; got None")
-    logits = jax.eval_shape(apply_fn, jax.ShapeDtypeStruct(clips.shape, clips.dtype))
-    if len(logits.shape) != 2 or logits.shape[0] != clips.shape[0]:
-        raise ShapeError(
-            f"model must map clips {clips.shape} to logits (N, classes); got {logits.shape}"
-        )
-    target = _check_target(target, clips.shape[0], logits.shape[1])
+    if entry.family == "lrp":
+        if variables is None:
+            raise OptionError(f"{method} needs a Flax linen model and its variables; got None")
+        entry.build(**merged)  # the rules check their options (concrete here)
+    arrays = {k: check_option_array(k, v) for k, v in options.items()
+              if k in _ARRAY_OPTIONS and v is not None}  # fmt: skip
+    logits, _ = inspect_forward(apply_fn, clips)
+    target = check_target(target, clips.shape[0], check_logits(logits, clips.shape))
     if variables is None:
         return make_explainer(model, method, **options)(None, clips, target)
-    arrays = {
-        k: jnp.asarray(v) for k, v in options.items() if k in _ARRAY_OPTIONS and v is not None
-    }
     static = tuple(sorted((k, v) for k, v in options.items() if k not in _ARRAY_OPTIONS))
     try:
         run = _jitted(model, method, static)

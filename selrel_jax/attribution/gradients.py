@@ -9,6 +9,11 @@ compose with ``jax.jit``, ``jax.vmap`` and sharding. Each is registered as a
 method of :func:`~selrel_jax.attribution.explain` under its name; its
 keyword-only parameters are the method's options.
 
+Each checks its arguments first (clips (N,T,H,W,C) floating, target, options;
+the model's output and minimum clip size on an abstract trace): concrete
+values that are invalid raise a ``SelrelError``; traced ones (a NaN clip, an
+out-of-range target, a NaN baseline) make the relevance of their clip all NaN.
+
 Example::
 
     from selrel_jax.attribution import gradients
@@ -20,12 +25,24 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from selrel_jax._checks import integer, positive_int, real
+from selrel_jax.attribution._inputs import (
+    check_clips,
+    check_logits,
+    check_option_array,
+    check_target,
+    finish,
+    input_problems,
+    per_clip,
+    traced,
+)
+from selrel_jax.attribution._model_checks import inspect_forward
 from selrel_jax.attribution.registry import register_gradient
 from selrel_jax.attribution.types import CONV_TYPES, one_hot_seed, path_str
 from selrel_jax.errors import OptionError, ShapeError
@@ -42,6 +59,24 @@ __all__ = [
 ApplyFn = Callable[[jax.Array], jax.Array]
 
 
+class _Inputs(NamedTuple):
+    """Checked inputs of one call: the module calls seen by the abstract trace,
+    and the per-clip flags of traced invalid values (see ``_inputs.finish``)."""
+
+    clips: jax.Array
+    target: jax.Array | None
+    calls: list[tuple]
+    problems: dict[str, jax.Array]
+
+
+def _checked_inputs(apply_fn: ApplyFn, clips: Any, target: Any) -> _Inputs:
+    clips = check_clips(clips)
+    logits, calls = inspect_forward(apply_fn, clips)
+    classes = check_logits(logits, clips.shape)
+    target = check_target(target, clips.shape[0], classes)
+    return _Inputs(clips, target, calls, input_problems(clips, target, classes))
+
+
 def _predicted(apply_fn: ApplyFn, clips: jax.Array, target):
     return jnp.argmax(apply_fn(clips), axis=-1) if target is None else target
 
@@ -56,13 +91,17 @@ def target_gradient(apply_fn: ApplyFn, clips: jax.Array, target) -> jax.Array:
 @register_gradient("gradient")
 def gradient(apply_fn: ApplyFn, clips: jax.Array, target=None) -> jax.Array:
     """Input gradient of the target logit."""
-    return target_gradient(apply_fn, clips, target).astype(jnp.float32)
+    inputs = _checked_inputs(apply_fn, clips, target)
+    grad = target_gradient(apply_fn, inputs.clips, inputs.target)
+    return finish(grad.astype(jnp.float32), inputs.problems)
 
 
 @register_gradient("gradient_x_input")
 def gradient_x_input(apply_fn: ApplyFn, clips: jax.Array, target=None) -> jax.Array:
     """Input gradient times input."""
-    return (target_gradient(apply_fn, clips, target) * clips).astype(jnp.float32)
+    inputs = _checked_inputs(apply_fn, clips, target)
+    grad = target_gradient(apply_fn, inputs.clips, inputs.target)
+    return finish((grad * inputs.clips).astype(jnp.float32), inputs.problems)
 
 
 def _mean_over(fn: Callable, count: int, chunk: int, like: jax.Array) -> jax.Array:
@@ -96,21 +135,36 @@ def integrated_gradients(
     time (least memory)."""
     steps = positive_int("steps", steps)
     chunk = 1 if chunk_size is None else min(positive_int("chunk_size", chunk_size), steps)
-    target = _predicted(apply_fn, clips, target)
-    base = jnp.zeros_like(clips) if baseline is None else jnp.asarray(baseline, clips.dtype)
-    try:
-        base = jnp.broadcast_to(base, clips.shape)
-    except ValueError:
-        raise ShapeError(
-            f"baseline of shape {jnp.shape(baseline)} does not broadcast to clips {clips.shape}"
-        ) from None
+    inputs = _checked_inputs(apply_fn, clips, target)
+    clips = inputs.clips
+    target = _predicted(apply_fn, clips, inputs.target)
+    base, problems = _baseline(baseline, clips)
     diff = clips - base
 
     def grad_at(i):
         alpha = (i + 1).astype(clips.dtype) / steps
         return target_gradient(apply_fn, base + alpha * diff, target)
 
-    return (diff * _mean_over(grad_at, steps, chunk, clips)).astype(jnp.float32)
+    relevance = (diff * _mean_over(grad_at, steps, chunk, clips)).astype(jnp.float32)
+    return finish(relevance, {**inputs.problems, **problems})
+
+
+def _baseline(baseline: Any, clips: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The baseline broadcast to the clips, and the per-clip flag of a traced
+    baseline holding NaN or Inf (a concrete one is checked here)."""
+    if baseline is None:
+        return jnp.zeros_like(clips), {}
+    base = check_option_array("baseline", baseline)
+    try:
+        broadcast = jnp.broadcast_to(base.astype(clips.dtype), clips.shape)
+    except ValueError:
+        raise ShapeError(
+            f"baseline of shape {base.shape} does not broadcast to clips {clips.shape}"
+        ) from None
+    if not traced(base):
+        return broadcast, {}
+    flags = per_clip(~jnp.isfinite(base), len(clips))
+    return broadcast, {"baseline holds NaN or infinite values": flags}
 
 
 @register_gradient("smoothgrad")
@@ -130,7 +184,9 @@ def smoothgrad(
     samples = positive_int("samples", samples)
     noise_level = real("noise_level", noise_level, minimum=0.0)
     seed = integer("seed", seed)
-    target = _predicted(apply_fn, clips, target)
+    inputs = _checked_inputs(apply_fn, clips, target)
+    clips = inputs.clips
+    target = _predicted(apply_fn, clips, inputs.target)
     axes = tuple(range(1, clips.ndim))
     span = jnp.max(clips, axis=axes, keepdims=True) - jnp.min(clips, axis=axes, keepdims=True)
     std = noise_level * span
@@ -140,24 +196,7 @@ def smoothgrad(
         noise = jax.random.normal(jax.random.fold_in(key, i), clips.shape[1:], clips.dtype)
         return target_gradient(apply_fn, clips + std * noise, target)
 
-    return _mean_over(grad_at, samples, 1, clips).astype(jnp.float32)
-
-
-def _module_calls(apply_fn: ApplyFn, clips: jax.Array) -> list[tuple[str, nn.Module, tuple]]:
-    calls = []
-
-    def record(next_fun, args, kwargs, context):
-        out = next_fun(*args, **kwargs)
-        if context.method_name == "__call__" and hasattr(out, "shape"):
-            calls.append((path_str(tuple(context.module.path)), context.module, out.shape))
-        return out
-
-    def run(x):
-        with nn.intercept_methods(record):
-            return apply_fn(x)
-
-    jax.eval_shape(run, jax.ShapeDtypeStruct(clips.shape, clips.dtype))
-    return calls
+    return finish(_mean_over(grad_at, samples, 1, clips).astype(jnp.float32), inputs.problems)
 
 
 @register_gradient("grad_cam")
@@ -167,24 +206,11 @@ def grad_cam(apply_fn: ApplyFn, clips: jax.Array, target=None, *, layer: str | N
     the layer's (T, H, W); map = ReLU(sum_c w_c A_c), resized trilinearly to the
     clips' (T, H, W), divided by the clips' channel count C and broadcast over
     channels (so summing over channels gives the map)."""
-    calls = _module_calls(apply_fn, clips)
-    if layer is None:
-        convs = [c for c in calls if isinstance(c[1], CONV_TYPES)]
-        if not convs:
-            raise OptionError("grad_cam found no nn.Conv layer in the model; pass layer=<path>")
-        layer = convs[-1][0]
-    shapes = [shape for path, _, shape in calls if path == layer]
-    if not shapes:
-        known = ", ".join(sorted({c[0] for c in calls}))
-        raise OptionError(f"grad_cam layer {layer!r} not found; module paths: {known}")
-    if len(shapes) > 1:
-        raise OptionError(f"grad_cam layer {layer!r} is called {len(shapes)} times; pick another")
-    shape = shapes[0]
-    if len(shape) != clips.ndim or shape[0] != clips.shape[0]:
-        raise ShapeError(
-            f"grad_cam layer {layer!r} outputs shape {shape}; needs (N, T, H, W, C) like clips "
-            f"{clips.shape}"
-        )
+    if layer is not None and not isinstance(layer, str):
+        raise OptionError(f"grad_cam layer must be a module path (str) or None; got {layer!r}")
+    inputs = _checked_inputs(apply_fn, clips, target)
+    clips = inputs.clips
+    layer, shape = _cam_layer(inputs.calls, layer, clips)
 
     def with_delta(delta):
         captured = []
@@ -202,10 +228,32 @@ def grad_cam(apply_fn: ApplyFn, clips: jax.Array, target=None, *, layer: str | N
 
     delta = jnp.zeros(shape, clips.dtype)
     logits, pull, acts = jax.vjp(with_delta, delta, has_aux=True)
-    (grads,) = pull(one_hot_seed(logits, target))
+    (grads,) = pull(one_hot_seed(logits, inputs.target))
     spatial = tuple(range(1, acts.ndim - 1))
     weights = jnp.mean(grads, axis=spatial, keepdims=True)
     cam = jax.nn.relu(jnp.sum(weights * acts, axis=-1))
     cam = jax.image.resize(cam, clips.shape[:-1], method="trilinear")
     cam = cam[..., None] / clips.shape[-1]
-    return jnp.broadcast_to(cam, clips.shape).astype(jnp.float32)
+    return finish(jnp.broadcast_to(cam, clips.shape).astype(jnp.float32), inputs.problems)
+
+
+def _cam_layer(calls: list[tuple], layer: str | None, clips: jax.Array) -> tuple[str, tuple]:
+    """``(path, output shape)`` of Grad-CAM's layer (default: the last nn.Conv called)."""
+    if layer is None:
+        convs = [c for c in calls if isinstance(c[1], CONV_TYPES)]
+        if not convs:
+            raise OptionError("grad_cam found no nn.Conv layer in the model; pass layer=<path>")
+        layer = convs[-1][0]
+    shapes = [shape for path, _, shape in calls if path == layer]
+    if not shapes:
+        known = ", ".join(sorted({c[0] for c in calls}))
+        raise OptionError(f"grad_cam layer {layer!r} not found; module paths: {known}")
+    if len(shapes) > 1:
+        raise OptionError(f"grad_cam layer {layer!r} is called {len(shapes)} times; pick another")
+    shape = shapes[0]
+    if len(shape) != clips.ndim or shape[0] != clips.shape[0]:
+        raise ShapeError(
+            f"grad_cam layer {layer!r} outputs shape {shape}; needs (N, T, H, W, C) like clips "
+            f"{clips.shape}"
+        )
+    return layer, shape

@@ -28,15 +28,17 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from selrel_jax._checks import real
+from selrel_jax.attribution._inputs import check_option_array, traced
 from selrel_jax.attribution.types import LayerCall, Params
-from selrel_jax.errors import OptionError
+from selrel_jax.errors import OptionError, ShapeError
 
 __all__ = [
     "AlphaBeta",
@@ -132,6 +134,12 @@ class Rule:
 
     def arrays(self) -> dict[str, jax.Array]:
         return {}
+
+    def invalid(self, arrays: Mapping[str, jax.Array]) -> jax.Array | None:
+        """Elementwise True where the (traced) ``arrays`` hold invalid values; the
+        engine makes the relevance of the affected clips NaN. Concrete values
+        are checked when the rule is made. None: nothing to check."""
+        return None
 
     def relevance(self, call: LayerCall, relevance: jax.Array) -> tuple[jax.Array, ...]:
         raise NotImplementedError  # pragma: no cover
@@ -285,13 +293,43 @@ class ZBox(Rule):
     high: Any
     stabilizer: float = 1e-6
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        low = check_option_array("ZBox low", self.low)
+        high = check_option_array("ZBox high", self.high)
+        try:
+            np.broadcast_shapes(low.shape, high.shape)
+        except ValueError:
+            raise ShapeError(
+                f"ZBox low of shape {low.shape} and high of shape {high.shape} do not "
+                f"broadcast together"
+            ) from None
+        if not (traced(low) or traced(high)):
+            above = int(np.sum(~(np.asarray(low) <= np.asarray(high))))
+            if above:
+                raise OptionError(
+                    f"ZBox needs low <= high everywhere; {above} value(s) of low are above "
+                    f"high (low {_brief(low)}, high {_brief(high)})"
+                )
+
     def arrays(self) -> dict[str, jax.Array]:
         return {"low": jnp.asarray(self.low), "high": jnp.asarray(self.high)}
 
+    def invalid(self, arrays: Mapping[str, jax.Array]) -> jax.Array:
+        return ~(arrays["low"] <= arrays["high"])  # NaN too
+
     def relevance(self, call: LayerCall, relevance: jax.Array) -> tuple[jax.Array, ...]:
         x = _single(call, self)
-        low = jnp.broadcast_to(call.arrays["low"], x.shape).astype(x.dtype)
-        high = jnp.broadcast_to(call.arrays["high"], x.shape).astype(x.dtype)
+        low, high = call.arrays["low"], call.arrays["high"]
+        try:
+            low = jnp.broadcast_to(low, x.shape).astype(x.dtype)
+            high = jnp.broadcast_to(high, x.shape).astype(x.dtype)
+        except ValueError:
+            raise ShapeError(
+                f"ZBox low of shape {jnp.shape(call.arrays['low'])} and high of shape "
+                f"{jnp.shape(call.arrays['high'])} must broadcast to the first layer's input "
+                f"{x.shape} (scalar, per channel (C,) or clip-shaped)"
+            ) from None
         fn = call.fn
         weights = _map_params(call.params, weight=_identity, bias=None)
         positive = _map_params(call.params, weight=_pos, bias=None)
@@ -303,6 +341,10 @@ class ZBox(Rule):
         ratio = _ratio(relevance, denominator(x, low, high), self.stabilizer)
         grad_x, grad_low, grad_high = _pull(denominator, (x, low, high), ratio)
         return (x * grad_x + low * grad_low + high * grad_high,)
+
+
+def _brief(x: jax.Array) -> str:
+    return str(np.asarray(x).tolist()) if np.size(x) <= 4 else f"of shape {x.shape}"
 
 
 def _ones_rule(

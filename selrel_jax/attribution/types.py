@@ -35,6 +35,7 @@ __all__ = [
     "LayerCall",
     "LayerFn",
     "Params",
+    "UnseenNonlinearityWarning",
     "UnsupportedLayerError",
     "one_hot_seed",
     "path_str",
@@ -56,6 +57,12 @@ LayerFn = Callable[[tuple[jax.Array, ...], Params], jax.Array]
 class UnsupportedLayerError(SelrelError):
     """A module owns variables but no rule of the composite covers it, or a
     BatchNorm cannot be merged into the layer before it."""
+
+
+class UnseenNonlinearityWarning(UserWarning):
+    """LRP met elementwise nonlinear operations that no rule covers (``jnp.tanh``,
+    ``jnp.maximum(x, 0)``, an activation bound before the trace): they get
+    their plain gradient instead of a relevance rule."""
 
 
 class LayerCall(NamedTuple):
@@ -85,7 +92,13 @@ def path_str(path: tuple[str, ...]) -> str:
 
 
 def one_hot_seed(logits: jax.Array, target: jax.Array | None) -> jax.Array:
-    """One-hot output relevance (value 1 at the target; predicted class if None)."""
+    """One-hot output relevance (value 1 at the target; predicted class if None).
+
+    A target out of range (negative, or >= the number of classes; only possible
+    when it is traced) gives a row of NaN, not the all-zero row of
+    ``jax.nn.one_hot``, so its relevance can't pass for a result."""
     if target is None:
-        target = jnp.argmax(logits, axis=-1)
-    return jax.nn.one_hot(target, logits.shape[-1], dtype=logits.dtype)
+        return jax.nn.one_hot(jnp.argmax(logits, axis=-1), logits.shape[-1], dtype=logits.dtype)
+    seed = jax.nn.one_hot(target, logits.shape[-1], dtype=logits.dtype)
+    valid = (target >= 0) & (target < logits.shape[-1])
+    return jnp.where(valid[..., None], seed, jnp.asarray(jnp.nan, seed.dtype))

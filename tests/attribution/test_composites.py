@@ -4,13 +4,14 @@ and the named composites' rule choices."""
 from __future__ import annotations
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import selrel_jax as sr
 from selrel_jax.attribution import Composite, composites, lrp, rules
-from selrel_jax.errors import SelrelError
+from selrel_jax.errors import OptionError, SelrelError, ShapeError
 from selrel_jax.layers import AvgPool, GlobalAvgPool, MaxPool, Sum
 from tests.attribution.flax_nets import ConvNet
 
@@ -47,6 +48,53 @@ def test_epsilon_gamma_box_uses_bounds(normal_clips, random_variables):
     assert np.abs(np.asarray(c) - np.asarray(a)).max() > 1e-6
     with pytest.raises(SelrelError, match="low= and high="):
         sr.explain(model, v, x, jnp.array([0]), "lrp.epsilon_gamma_box")
+
+
+BAD_BOUNDS = [
+    (1.0, -1.0, OptionError, r"ZBox needs low <= high everywhere; 1 value\(s\) of low are above"),
+    (np.array([0.0, 2.0]), 1.0, OptionError, r"1 value\(s\) of low are above high"),
+    (np.nan, 1.0, OptionError, r"ZBox low must be finite; got 1 NaN"),
+    (-1.0, np.inf, OptionError, r"ZBox high must be finite; got 1 NaN or infinite value\(s\)"),
+    (np.zeros(5), 1.0, ShapeError,
+     r"ZBox low of shape \(5,\) and high of shape \(\) must broadcast to the first layer's "
+     r"input \(1, 4, 6, 6, 2\)"),
+    (np.zeros(2), np.ones(3), ShapeError,
+     r"ZBox low of shape \(2,\) and high of shape \(3,\) do not broadcast together"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("low", "high", "error", "message"), BAD_BOUNDS)
+def test_epsilon_gamma_box_bounds_out_of_order_nan_or_unbroadcastable_raise(
+    normal_clips, random_variables, low, high, error, message
+):
+    model = ConvNet()
+    x = normal_clips((1, 4, 6, 6, 2), 16)
+    v = random_variables(model, x, 17)
+    with pytest.raises(error, match=message) as info:
+        sr.explain(model, v, x, jnp.array([0]), "lrp.epsilon_gamma_box", low=low, high=high)
+    assert "\n" not in str(info.value)
+
+
+def test_traced_zbox_bounds_out_of_order_give_nan_for_the_affected_clips(
+    normal_clips, random_variables
+):
+    model = ConvNet()
+    x = normal_clips((3, 4, 6, 6, 2), 18)
+    v = random_variables(model, x, 19)
+    t = jnp.array([0, 1, 2])
+
+    @jax.jit
+    def fn(low, high):
+        return sr.make_explainer(model, "lrp.epsilon_gamma_box", low=low, high=high)(v, x, t)
+
+    clean = np.asarray(fn(jnp.full(x.shape, -3.0), jnp.float32(3.0)))
+    assert np.isfinite(clean).all()
+    low = np.full(x.shape, -3.0, np.float32)
+    low[1, 0, 0, 0, 0] = 4.0  # above high in clip 1 only
+    got = np.asarray(fn(jnp.asarray(low), jnp.float32(3.0)))
+    assert np.isnan(got[1]).all()
+    np.testing.assert_allclose(got[[0, 2]], clean[[0, 2]], rtol=1e-6)
+    assert np.isnan(np.asarray(fn(jnp.full(x.shape, jnp.nan), jnp.float32(3.0)))).all()
 
 
 class DenseThenConv(nn.Module):

@@ -7,6 +7,7 @@ import ast
 from pathlib import Path
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -31,6 +32,15 @@ def test_one_hot_seed():
                                   [[0, 1, 0], [1, 0, 0]])  # fmt: skip
     np.testing.assert_array_equal(np.asarray(types.one_hot_seed(logits, jnp.array([2, 1]))),
                                   [[0, 0, 1], [0, 1, 0]])  # fmt: skip
+
+
+def test_one_hot_seed_gives_a_nan_row_for_an_out_of_range_target():
+    """Under jit a target can't be range-checked: its seed row is NaN, never the
+    all-zero row of jax.nn.one_hot (which gives a plausible all-zero relevance)."""
+    logits = jnp.zeros((3, 3))
+    seed = np.asarray(jax.jit(types.one_hot_seed)(logits, jnp.array([1, 3, -1])))
+    np.testing.assert_array_equal(seed[0], [0, 1, 0])
+    assert np.isnan(seed[1:]).all()
 
 
 def test_old_names_resolve_to_the_vocabulary():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import jax
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ import pytest
 import selrel_jax as sr
 from selrel_jax import models
 from selrel_jax.attribution import METHODS as ENGINE_METHODS
+from selrel_jax.attribution import UnseenNonlinearityWarning
 
 # arch: (create kwargs, clip (T, H, W)): thin variants on the smallest clips each
 # accepts. The ResNets keep one BasicBlock per stage, which still has every kind
@@ -69,3 +72,13 @@ def test_relevance_is_finite_with_input_shape(zoo_model, method):
     assert np.isfinite(relevance).all(), (arch, method)
     if method != "grad_cam":  # Grad-CAM's ReLU may zero a random net's map
         assert np.abs(relevance).sum() > 0, (arch, method)
+
+
+def test_zoo_models_trigger_no_unseen_nonlinearity_warning(zoo_model):
+    """Every zoo model calls its activations through nn.* and its pooling and sums
+    through selrel_jax.layers, so LRP sees every nonlinearity (abstract trace only)."""
+    _, model, variables, clips = zoo_model
+    fn = sr.make_explainer(model, "lrp.epsilon_plus_flat")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnseenNonlinearityWarning)
+        jax.eval_shape(fn, variables, clips, np.array([3]))
