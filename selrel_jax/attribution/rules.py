@@ -1,6 +1,6 @@
 """Relevance rules: how one layer hands the relevance at its output to its inputs.
 
-Every rule is "modified gradient times input" (see ``shared/spec/lrp-rules.md``):
+Every rule is "modified gradient times input", with Zennit's definitions:
 run one or more modified forward passes ``o_i = f(in_i; theta_i)`` of the layer,
 divide the incoming relevance by a stabilised denominator, pull it back with the
 vector-Jacobian product of ``o_i`` (``jax.vjp``) and multiply by the matching
