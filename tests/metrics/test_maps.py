@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.stats
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -31,6 +32,13 @@ def oracle_frame_mass(clip: np.ndarray) -> np.ndarray:
     return x.reshape(x.shape[0], -1).sum(-1)
 
 
+def oracle_entropy(clip: np.ndarray, base: float | None = None) -> float:
+    """SciPy's Shannon entropy of the channel-summed magnitudes (it normalises them)."""
+    x = np.abs(np.asarray(clip, np.float64))
+    x = (x.sum(-1) if x.ndim == 4 else x).ravel()
+    return float(scipy.stats.entropy(x, base=base)) if x.sum() > 0 else 0.0
+
+
 def random_relevance(seed: int, shape, dtype=np.float32) -> np.ndarray:
     rng = np.random.default_rng(seed)
     # Sparse, heavy-tailed, signed: like real relevance maps.
@@ -50,6 +58,11 @@ def test_gini_and_frame_mass_match_oracles_for_one_clip(shape):
     m = np.asarray(metrics.frame_mass(rel))
     assert m.shape == (shape[0],) and m.dtype == np.float32
     np.testing.assert_allclose(m, oracle_frame_mass(rel), rtol=1e-5)
+    h = np.asarray(metrics.entropy(rel))
+    assert h.shape == () and h.dtype == np.float32
+    np.testing.assert_allclose(h, oracle_entropy(rel), rtol=1e-5, atol=1e-6)
+    bits = float(metrics.entropy(rel, unit="bits"))
+    assert bits == pytest.approx(oracle_entropy(rel, base=2), rel=1e-5, abs=1e-6)
 
 
 @pytest.mark.parametrize("layout, shape", [("NTHWC", (3, 5, 4, 4, 2)), ("NTHW", (3, 5, 4, 4))])
@@ -63,6 +76,9 @@ def test_batches_are_scored_per_clip(layout, shape):
         np.asarray(metrics.frame_mass(rel, **kw)),
         np.stack([oracle_frame_mass(c) for c in rel]),
         rtol=1e-5,
+    )
+    np.testing.assert_allclose(
+        np.asarray(metrics.entropy(rel, **kw)), [oracle_entropy(c) for c in rel], rtol=1e-5
     )
 
 
@@ -79,6 +95,22 @@ def test_gini_special_values():
     pair = np.zeros((3, 2, 2, 2), np.float32)
     pair[0, 0, 0] = [1.0, -1.0]
     assert float(metrics.gini(pair)) == pytest.approx(11 / 12, rel=1e-6)
+
+
+def test_entropy_special_values():
+    n = 4 * 5 * 6
+    assert float(metrics.entropy(np.zeros((4, 5, 6), np.float32))) == 0.0
+    uniform = np.full((4, 5, 6, 3), -2.5, np.float32)
+    assert float(metrics.entropy(uniform)) == pytest.approx(np.log(n), rel=1e-6)
+    assert float(metrics.entropy(uniform, unit="bits")) == pytest.approx(np.log2(n), rel=1e-6)
+    one = np.zeros((4, 5, 6), np.float32)
+    one[2, 3, 1] = 7.0
+    assert float(metrics.entropy(one)) == 0.0
+    two = one.copy()
+    two[0, 0, 0] = -7.0
+    assert float(metrics.entropy(two, unit="bits")) == pytest.approx(1.0, rel=1e-6)
+    with pytest.raises(sr.OptionError, match="entropy: unit must be one of nats, bits"):
+        metrics.entropy(one, unit="bans")
 
 
 def test_gini_of_low_precision_is_computed_in_float32():
@@ -142,6 +174,18 @@ def test_gini_is_permutation_invariant_and_bounded(dims, seed):
     assert -1e-6 <= g <= (n - 1) / n + 1e-6
 
 
+@settings(max_examples=30, deadline=None)
+@given(clip_dims, st.integers(0, 2**31 - 1), st.integers(-8, 8))
+def test_entropy_is_bounded_by_log_n_and_invariant(dims, seed, k):
+    rel = _clip(dims, seed)
+    h = float(metrics.entropy(rel))
+    n = np.prod(rel.shape[:3])
+    assert -1e-6 <= h <= np.log(n) + 1e-5
+    assert float(metrics.entropy(rel * np.float32(-(2.0**k)))) == pytest.approx(h, abs=1e-5)
+    shuffled = np.random.default_rng(seed).permutation(rel.reshape(-1, *rel.shape[3:]))
+    assert float(metrics.entropy(shuffled.reshape(rel.shape))) == pytest.approx(h, abs=1e-5)
+
+
 @settings(max_examples=40, deadline=None)
 @given(clip_dims, st.integers(0, 2**31 - 1))
 def test_frame_mass_sums_to_the_clips_mass_and_follows_the_frames(dims, seed):
@@ -158,7 +202,8 @@ def test_frame_mass_sums_to_the_clips_mass_and_follows_the_frames(dims, seed):
 def test_jit_equals_eager_and_vmap_equals_loop():
     rel = random_relevance(7, (4, 5, 8, 8, 3))
     mask = np.asarray(sr.motion_mask(rel, 1.0))
-    for fn, x in ((metrics.gini, rel), (metrics.frame_mass, rel), (metrics.kept_voxels, mask)):
+    fns = [(metrics.gini, rel), (metrics.entropy, rel), (metrics.frame_mass, rel)]
+    for fn, x in [*fns, (metrics.kept_voxels, mask)]:
         eager = np.asarray(fn(x))
         np.testing.assert_array_equal(np.asarray(jax.jit(fn)(x)), eager)
         np.testing.assert_allclose(np.asarray(jax.vmap(fn)(x)), eager, rtol=1e-6)
@@ -175,7 +220,7 @@ def test_jit_equals_eager_and_vmap_equals_loop():
 def test_nonfinite_relevance_raises_eagerly_and_is_nan_for_its_clip_under_jit(value):
     bad = random_relevance(8, (3, 4, 5, 5, 2))
     bad[1, 2, 3, 4, 1] = value
-    for fn in (metrics.gini, metrics.frame_mass):
+    for fn in (metrics.gini, metrics.entropy, metrics.frame_mass):
         with pytest.raises(sr.NonFiniteError, match=r"clip\(s\) \[1\]"):
             fn(bad)
         got = np.asarray(jax.jit(fn)(bad))
@@ -184,7 +229,7 @@ def test_nonfinite_relevance_raises_eagerly_and_is_nan_for_its_clip_under_jit(va
         np.testing.assert_array_equal(np.delete(got, 1, axis=0), want)
 
 
-@pytest.mark.parametrize("fn", [metrics.gini, metrics.frame_mass])
+@pytest.mark.parametrize("fn", [metrics.gini, metrics.entropy, metrics.frame_mass])
 @pytest.mark.parametrize(
     "bad, kwargs, error, message",
     [
@@ -224,7 +269,7 @@ def test_bad_mask_raises_one_clear_line(bad, kwargs, error, message):
 def test_layouts_with_and_without_channels_agree():
     magnitudes = np.abs(random_relevance(9, (2, 3, 4, 5, 2)))  # summing them keeps the mass
     summed = magnitudes.sum(-1)
-    for fn in (metrics.gini, metrics.frame_mass):
+    for fn in (metrics.gini, metrics.entropy, metrics.frame_mass):
         np.testing.assert_allclose(
             np.asarray(fn(magnitudes, layout="NTHWC")),
             np.asarray(fn(summed, layout="NTHW")),
@@ -235,3 +280,15 @@ def test_layouts_with_and_without_channels_agree():
             np.asarray(fn(summed[0], layout="THW")),
             rtol=1e-6,
         )
+
+
+@pytest.mark.parametrize("fn", [metrics.gini, metrics.entropy, metrics.frame_mass])
+def test_scores_of_a_concrete_map_inside_a_traced_function(fn):
+    """A NumPy map closed over by a jitted function is concrete: it is checked (and
+    scored), not passed to NumPy as a tracer (TracerArrayConversionError before)."""
+    rel = random_relevance(10, (2, 4, 5, 5, 3))
+    np.testing.assert_allclose(np.asarray(jax.jit(lambda: fn(rel))()), fn(rel), rtol=1e-6)
+    bad = rel.copy()
+    bad[1, 0, 0, 0, 0] = np.nan
+    with pytest.raises(sr.NonFiniteError, match=r"clip\(s\) \[1\]"):
+        jax.jit(lambda: fn(bad))()

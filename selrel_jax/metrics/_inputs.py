@@ -1,0 +1,143 @@
+"""Argument checks and small pieces the scores share: relevance maps, masks, per-clip
+counts, and the voxel ranking every top-k score uses."""
+
+from __future__ import annotations
+
+import functools
+import operator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from selrel_jax._checks import real
+from selrel_jax.errors import DTypeError, OptionError, ShapeError
+from selrel_jax.selective import (
+    _as_array,
+    _check_finite,
+    _compute_dtype,
+    _describe,
+    _resolve_layout,
+    _traced,
+)
+
+#: How the axes of a mask are read: one clip (T, H, W) or a batch (N, T, H, W).
+MASK_LAYOUTS = {"THW": 3, "NTHW": 4}
+_MASK_LAYOUT_OF_RANK = {3: "THW", 4: "NTHW"}
+
+
+def checked_relevance(
+    fn: str, relevance: Any, layout: str | None, name: str = "relevance"
+) -> tuple[jax.Array, bool]:
+    """``(array, batched)`` of a real floating relevance map without NaN/Inf (eager)."""
+    x = _as_array(relevance, fn, name)
+    if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
+        raise DTypeError(f"{fn}: {name} must be a real floating array; got {_describe(x)}")
+    layout = _resolve_layout(fn, x, layout, name=name)
+    check_finite(fn, x, layout, name=name)
+    return jnp.asarray(x), layout.startswith("N")
+
+
+def check_finite(fn: str, x: Any, layout: str, name: str = "relevance") -> None:
+    """NonFiniteError for concrete NaN/Inf values, also when the score is called inside
+    another function being traced (e.g. a NumPy map closed over by a jitted function)."""
+    with jax.ensure_compile_time_eval():
+        _check_finite(fn, x, layout, name=name)
+
+
+def checked_mask(fn: str, mask: Any, layout: str | None = None, name: str = "mask") -> jax.Array:
+    """A bool mask (T, H, W) or (N, T, H, W), its layout by rank unless given."""
+    m = _as_array(mask, fn, name)
+    if jnp.result_type(m) != jnp.bool_:
+        raise DTypeError(f"{fn}: {name} must be a bool array; got {_describe(m)}")
+    _resolve_layout(fn, m, layout, name=name, layouts=MASK_LAYOUTS, by_rank=_MASK_LAYOUT_OF_RANK)
+    return jnp.asarray(m)
+
+
+def mask_for(fn: str, mask: Any, relevance: jax.Array, batched: bool) -> tuple[jax.Array, bool]:
+    """``(mask, mask_batched)``: a bool mask with the relevance's (T, H, W); a batch of
+    relevance maps takes one mask per clip (N, T, H, W) or one (T, H, W) for all."""
+    m = _as_array(mask, fn, "mask")
+    if jnp.result_type(m) != jnp.bool_:
+        raise DTypeError(f"{fn}: mask must be a bool array; got {_describe(m)}")
+    thw = tuple(jnp.shape(relevance)[1:4] if batched else jnp.shape(relevance)[:3])
+    shapes = [thw, (jnp.shape(relevance)[0], *thw)] if batched else [thw]
+    if tuple(jnp.shape(m)) not in shapes:
+        wanted = " or ".join(str(s) for s in shapes)
+        raise ShapeError(
+            f"{fn}: mask must have shape {wanted} to match relevance "
+            f"{_describe(relevance)}; got {_describe(m)}"
+        )
+    return jnp.asarray(m), jnp.ndim(m) == 4
+
+
+def checked_counts(fn: str, name: str, k: Any, clips: int | None, limit: int) -> jax.Array:
+    """Per-clip voxel counts as int32, ``()`` for one clip or ``(N,)`` for a batch (a
+    scalar is used for every clip). Concrete counts must lie in [0, limit]; a traced
+    count out of range is found in the computation (that clip's scores are NaN)."""
+    k = k if _traced(k) or isinstance(k, jax.Array) else np.asarray(k)
+    dtype = jnp.result_type(k)
+    if not jnp.issubdtype(dtype, jnp.integer) or dtype == jnp.bool_:
+        raise DTypeError(f"{fn}: {name} must be integer; got {_describe(k)}")
+    shape = tuple(jnp.shape(k))
+    if shape not in ((), (clips,) if clips is not None else ()):
+        wanted = "a scalar" + (f" or ({clips},), one per clip" if clips is not None else "")
+        raise ShapeError(f"{fn}: {name} must be {wanted}; got {_describe(k)}")
+    if not _traced(k):
+        values = np.asarray(k)
+        bad = (values < 0) | (values > limit)
+        if bad.any():
+            raise OptionError(
+                f"{fn}: {name} must lie in [0, {limit}] (the voxels of a clip); got "
+                f"{values[bad].ravel()[:5].tolist()}"
+            )
+    k = jnp.asarray(k).astype(jnp.int32)
+    return k if clips is None else jnp.broadcast_to(k, (clips,))
+
+
+def checked_fraction(fn: str, name: str, value: Any) -> Any:
+    """A share in [0, 1]: a concrete one is checked here, a traced scalar is passed on
+    (out of range or NaN makes every score NaN)."""
+    if _traced(value):
+        if jnp.ndim(value) != 0 or not jnp.issubdtype(jnp.result_type(value), jnp.floating):
+            raise OptionError(f"{fn}: {name} must be a real scalar; got {_describe(value)}")
+        return value
+    if isinstance(value, np.ndarray | jax.Array) and value.ndim == 0:
+        value = value.item()
+    value = real(f"{fn}: {name}", value, minimum=0.0)
+    if value > 1:
+        raise OptionError(f"{fn}: {name} must lie in [0, 1]; got {value!r}")
+    return value
+
+
+def magnitudes(clip: jax.Array) -> jax.Array:
+    """(T, H, W) channel-summed |relevance| of one clip, in its compute dtype.
+
+    The channels are added one by one in their order, an elementwise sequence whose
+    result does not depend on batching or devices (ties in a ranking stay ties)."""
+    a = jnp.abs(clip.astype(_compute_dtype(clip.dtype)))
+    if a.ndim == 3:
+        return a
+    return functools.reduce(operator.add, [a[..., c] for c in range(a.shape[-1])])
+
+
+def order_of(v: jax.Array) -> jax.Array:
+    """Flat voxel indices from the largest to the smallest ``v``; equal values in
+    increasing index order."""
+    flat = v.ravel()
+    _, order = jax.lax.sort((-flat, jax.lax.iota(jnp.int32, flat.size)), num_keys=2)
+    return order
+
+
+def rank_of(v: jax.Array) -> jax.Array:
+    """The 0-based rank of each voxel in :func:`order_of`'s order, shaped as ``v``."""
+    order = order_of(v)
+    rank = jnp.zeros(order.shape, jnp.int32).at[order].set(jnp.arange(order.size, dtype=jnp.int32))
+    return rank.reshape(v.shape)
+
+
+def ratio(numerator: jax.Array, denominator: jax.Array) -> jax.Array:
+    """``numerator / denominator``, 0 where the denominator is 0."""
+    safe = jnp.where(denominator > 0, denominator, 1)
+    return jnp.where(denominator > 0, numerator / safe, 0)
