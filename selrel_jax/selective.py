@@ -170,10 +170,13 @@ def _nonfinite_counts(x, batched):
 
 
 def _check_finite(fn: str, x: Any, layout: str, name: str = "relevance") -> None:
-    """Concrete input only: NonFiniteError with the count and the clips affected."""
+    """Concrete input only: NonFiniteError with the count and the clips affected, also
+    when the call sits inside a function being traced (a NumPy map closed over by a
+    jitted function is still concrete)."""
     if _traced(x):
         return
-    counts = np.asarray(_nonfinite_counts(x, layout.startswith("N")))
+    with jax.ensure_compile_time_eval():
+        counts = np.asarray(_nonfinite_counts(x, layout.startswith("N")))
     bad_clips = np.flatnonzero(counts.sum(-1))
     if bad_clips.size:
         nan, inf = (int(v) for v in counts.sum(0))
@@ -476,8 +479,10 @@ def spatial_bias(relevance: Any, selective: Any, *, layout: Layout | None = None
     _check_finite("spatial_bias", rel, layout)
     _check_finite("spatial_bias", sel, layout, name="selective")
     batched = layout.startswith("N")
-    bias, not_selected = _spatial_bias(jnp.asarray(rel), jnp.asarray(sel), batched)
-    if not (_traced(rel) or _traced(sel)):
+    if _traced(rel) or _traced(sel):
+        return _spatial_bias(jnp.asarray(rel), jnp.asarray(sel), batched)[0]
+    with jax.ensure_compile_time_eval():  # concrete inputs: check them, even inside a trace
+        bias, not_selected = _spatial_bias(jnp.asarray(rel), jnp.asarray(sel), batched)
         counts = np.atleast_1d(np.asarray(not_selected))
         if counts.any():
             clips = f" of clip(s) {np.flatnonzero(counts).tolist()}" if batched else ""

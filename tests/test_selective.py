@@ -493,3 +493,21 @@ def test_checked_path_raises_under_checkify_with_a_clear_message():
         err.throw()
     with pytest.raises(sr.OptionError, match=r"checked=True .*checkify.checkify"):
         sr.selective_relevance(rel[:2], 1.0, checked=True)
+
+
+def test_concrete_maps_closed_over_by_a_traced_function_are_checked_not_crashing():
+    rel = random_relevance(11, (2, 5, 6, 6, 3))
+    sel = np.asarray(sr.selective_relevance(rel, 2.0))
+    np.testing.assert_array_equal(jax.jit(lambda s: sr.selective_relevance(rel, s))(2.0), sel)
+    np.testing.assert_array_equal(
+        jax.jit(lambda s: sr.motion_mask(rel, s))(2.0), sr.motion_mask(rel, 2.0)
+    )
+    np.testing.assert_allclose(
+        jax.jit(lambda: sr.spatial_bias(rel, sel))(), sr.spatial_bias(rel, sel), rtol=1e-6
+    )
+    bad = rel.copy()
+    bad[1, 0, 0, 0, 0] = np.nan
+    with pytest.raises(sr.NonFiniteError, match=r"clip\(s\) \[1\]"):
+        jax.jit(lambda s: sr.selective_relevance(bad, s))(2.0)
+    with pytest.raises(sr.OptionError, match=r"not a selection"):
+        jax.jit(lambda: sr.spatial_bias(sel, rel))()

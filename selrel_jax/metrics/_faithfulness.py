@@ -18,8 +18,8 @@ import numpy as np
 
 from selrel_jax._checks import integer, one_of, positive_int, real
 from selrel_jax.errors import DTypeError, OptionError, ShapeError
-from selrel_jax.metrics._inputs import check_finite, checked_relevance, magnitudes, rank_of
-from selrel_jax.selective import Layout, _as_array, _describe, _nan_where, _traced
+from selrel_jax.metrics._inputs import checked_relevance, magnitudes, rank_of
+from selrel_jax.selective import Layout, _as_array, _check_finite, _describe, _nan_where, _traced
 
 ApplyFn = Callable[[jax.Array], jax.Array]
 Replacement = Literal["temporal_mean", "blur"]
@@ -185,7 +185,7 @@ def _checked_clips(fn: str, clips: Any) -> tuple[jax.Array, bool]:
     batched = jnp.ndim(x) == 5
     if 0 in jnp.shape(x):
         raise ShapeError(f"{fn}: clips has an empty axis: {_describe(x)}")
-    check_finite(fn, x, "NTHWC" if batched else "THWC", name="clips")
+    _check_finite(fn, x, "NTHWC" if batched else "THWC", name="clips")
     return (jnp.asarray(x) if batched else jnp.asarray(x)[None]), batched
 
 

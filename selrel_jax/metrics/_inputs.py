@@ -35,15 +35,8 @@ def checked_relevance(
     if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
         raise DTypeError(f"{fn}: {name} must be a real floating array; got {_describe(x)}")
     layout = _resolve_layout(fn, x, layout, name=name)
-    check_finite(fn, x, layout, name=name)
+    _check_finite(fn, x, layout, name=name)
     return jnp.asarray(x), layout.startswith("N")
-
-
-def check_finite(fn: str, x: Any, layout: str, name: str = "relevance") -> None:
-    """NonFiniteError for concrete NaN/Inf values, also when the score is called inside
-    another function being traced (e.g. a NumPy map closed over by a jitted function)."""
-    with jax.ensure_compile_time_eval():
-        _check_finite(fn, x, layout, name=name)
 
 
 def checked_mask(fn: str, mask: Any, layout: str | None = None, name: str = "mask") -> jax.Array:
