@@ -416,7 +416,7 @@ def test_resolve_settings_fills_defaults_or_takes_the_checkpoints():
         resolve_settings(dataclasses.replace(settings, frame_step=1), info)
     with pytest.raises(OptionError, match="--resize applies only to folder:PATH"):
         resolve_settings(TrainSettings("synthetic_motion", "run", resize=64), None)
-    with pytest.raises(OptionError, match="--model-option must be KEY=VALUE"):
+    with pytest.raises(OptionError, match="--model-option must be KEY=JSON"):
         TrainSettings("synthetic_motion", "run", model_option=("blocks",))
     assert parse_model_options(["a=[1,2]", "b=0.5", 'c="x"']) == {"a": (1, 2), "b": 0.5, "c": "x"}
 

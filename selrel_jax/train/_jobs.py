@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from selrel_jax import data, models
-from selrel_jax._checks import positive_int, real
+from selrel_jax._checks import key_json_pairs, positive_int, real
 from selrel_jax.errors import CheckpointError, DataError, OptionError
 from selrel_jax.models.checkpoint import checkpoint_target, writable_directory
 from selrel_jax.models.info import ModelInfo
@@ -39,19 +39,7 @@ def _flag(name: str) -> str:
 
 def parse_model_options(pairs: tuple[str, ...] | list[str]) -> dict[str, Any]:
     """``KEY=JSON`` strings -> ``models.create`` keywords (JSON lists become tuples)."""
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise OptionError(f"--model-option must be KEY=VALUE; got {pair!r}")
-        try:
-            parsed = json.loads(value)
-        except json.JSONDecodeError:
-            raise OptionError(
-                f"--model-option {key}: value must be JSON (e.g. [8,16,32,64]); got {value!r}"
-            ) from None
-        out[key] = tuple(parsed) if isinstance(parsed, list) else parsed
-    return out
+    return key_json_pairs("--model-option", pairs)
 
 
 def _model_options(kwargs: Mapping[str, Any]) -> tuple[str, ...]:
