@@ -18,9 +18,9 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from selrel_jax.errors import OptionError, SelrelError
+from selrel_jax.errors import OptionError, SelrelError, ShapeError
 
-__all__ = ["integer", "one_of", "positive_int", "real"]
+__all__ = ["as_array", "integer", "key_json_pairs", "one_of", "positive_int", "real"]
 
 T = TypeVar("T")
 
@@ -97,3 +97,14 @@ def key_json_pairs(flag: str, pairs: Iterable[str]) -> dict[str, Any]:
             ) from None
         out[key] = tuple(value) if isinstance(value, list) else value
     return out
+
+
+def as_array(name: str, value: Any) -> Any:
+    """Arrays (NumPy, JAX, tracers) unchanged; anything else through ``np.asarray``,
+    a ragged nesting being a ShapeError naming ``name``."""
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        return value
+    try:
+        return np.asarray(value)
+    except ValueError:  # ragged nesting
+        raise ShapeError(f"{name} must be an array; got a ragged nested list") from None

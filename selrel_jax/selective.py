@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import checkify
 
-from selrel_jax._checks import integer, one_of, real
+from selrel_jax._checks import as_array, integer, one_of, real
 from selrel_jax.errors import DTypeError, NonFiniteError, OptionError, ShapeError
 
 __all__ = [
@@ -77,13 +77,7 @@ def _traced(x: Any) -> bool:
 
 
 def _as_array(x: Any, fn: str, name: str) -> Any:
-    """Arrays (NumPy, JAX, tracers) pass; nested lists become NumPy arrays if regular."""
-    if hasattr(x, "shape") and hasattr(x, "dtype"):
-        return x
-    try:
-        return np.asarray(x)
-    except ValueError:  # ragged nesting
-        raise ShapeError(f"{fn}: {name} must be an array; got a ragged nested list") from None
+    return as_array(f"{fn}: {name}", x)
 
 
 def _resolve_layout(

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import checkify
 
+from selrel_jax._checks import as_array
 from selrel_jax.errors import DTypeError, NonFiniteError, OptionError, SelrelError, ShapeError
 
 __all__ = [
@@ -61,16 +62,6 @@ def traced(x: Any) -> bool:
 
 def _describe(x: Any) -> str:
     return f"shape {tuple(np.shape(x))} {x.dtype}"
-
-
-def _as_array(name: str, x: Any) -> Any:
-    """Arrays (NumPy, JAX, tracers) pass; anything else through ``np.asarray``."""
-    if hasattr(x, "shape") and hasattr(x, "dtype"):
-        return x
-    try:
-        return np.asarray(x)
-    except ValueError:  # ragged nesting
-        raise ShapeError(f"{name} must be an array; got a ragged nested list") from None
 
 
 def _is_real(dtype: Any) -> bool:
@@ -106,7 +97,7 @@ def check_clips(clips: Any, *, video: bool = True, values: bool = True) -> jax.A
     with ``video=False`` (the LRP transform, for any model) any rank >= 1 with
     the batch first; concrete clips also finite (unless ``values=False``: a
     caller that hands them on to a check of its own)."""
-    x = _as_array("clips", clips)
+    x = as_array("clips", clips)
     if (len(x.shape) != 5) if video else (len(x.shape) < 1):
         layout = "(N, T, H, W, C)" if video else "(N, ...), the batch first"
         raise ShapeError(f"clips must have shape {layout}; got {_describe(x)}")
@@ -125,7 +116,7 @@ def check_target(target: Any, n: int, classes: int) -> jax.Array | None:
     """Target classes as int32 (n,), or None; a concrete target must be in range."""
     if target is None:
         return None
-    t = target if traced(target) else _as_array("target", target)
+    t = target if traced(target) else as_array("target", target)
     shape = tuple(np.shape(t))
     if shape != (n,):
         got = "a scalar" if not shape else str(shape)
@@ -163,7 +154,7 @@ def check_logits(logits: Any, clips_shape: tuple[int, ...]) -> int:
 def check_option_array(name: str, value: Any) -> jax.Array:
     """An array option (bounds, baseline): real numbers; a concrete one also
     finite (else OptionError: an option out of range)."""
-    arr = value if traced(value) else _as_array(name, value)
+    arr = value if traced(value) else as_array(name, value)
     if not _is_real(arr.dtype):
         raise OptionError(f"{name} must be a real number or array of them; got {value!r}")
     if not traced(arr):
