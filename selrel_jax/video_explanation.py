@@ -498,24 +498,32 @@ def explain_video(
     clock = _Clock()
     frames, fps = sample_frames(video, info)
     clock.lap("read_seconds")
-    length = info.clip_length
-    if len(frames) < length:
+    if len(frames) < info.clip_length:
         import warnings
 
         warnings.warn(
             f"{_video_name(video)} has {len(frames)} sampled frames, fewer than the model's "
-            f"clip of {length}: it is loop-padded",
+            f"clip of {info.clip_length}: it is loop-padded",
             SelrelWarning,
             stacklevel=2,
         )
+    result = _explain_frames(frames, model, variables, info, settings, options, target_index,
+                             progress, clock)  # fmt: skip
+    return dataclasses.replace(result, video=_video_name(video), fps=fps)
+
+
+def _explain_frames(frames, model, variables, info, settings, options, target, progress, clock):
+    """The windows of ``frames``: their logits, then every window explained for the
+    target (None: the video's prediction), as a VideoExplanation (video and fps unset)."""
+    length, batch_size = info.clip_length, settings.batch_size
     starts = window_starts(len(frames), length, settings.clip_stride or max(1, length // 2))
     window = _windows(frames, starts, length)
     forward, run = _compiled(model, info, settings, options)
     logits = _clip_logits(forward, variables, window, len(starts), batch_size, progress)
     clock.lap("predict_seconds")
     probs = _softmax(logits.mean(0))
-    target_index = int(np.argmax(probs)) if target_index is None else target_index
-    maps, out = _explain_windows(run, variables, window, starts, len(frames), target_index,
+    target = int(np.argmax(probs)) if target is None else target
+    maps, out = _explain_windows(run, variables, window, starts, len(frames), target,
                                  batch_size, progress)  # fmt: skip
     clock.lap("explain_seconds")
     mass = np.maximum(out["relevance_mass"], np.finfo(np.float32).tiny)
@@ -523,11 +531,10 @@ def explain_video(
         out["relevance_mass"] > 0, 1 - out["selective_mass"] / mass, 0
     ).astype(np.float32)
     return VideoExplanation(
-        video=_video_name(video), frames=frames, fps=fps,
-        **maps, clip_starts=starts, clip_length=length, clip_logits=logits, clip_scores=out,
-        probs=probs, target=target_index, class_names=tuple(info.class_names),
-        settings=settings, method_options=options, loop_padded=len(frames) < length,
-        timings=clock.laps,
+        video="", frames=frames, fps=None, **maps, clip_starts=starts, clip_length=length,
+        clip_logits=logits, clip_scores=out, probs=probs, target=target,
+        class_names=tuple(info.class_names), settings=settings, method_options=options,
+        loop_padded=len(frames) < length, timings=clock.laps,
     )  # fmt: skip
 
 
