@@ -13,7 +13,13 @@ import pytest
 from selrel_jax import models
 from selrel_jax.data import normalize, synthetic_motion
 
-SHIPPED = {"c3d_small_motion": "synthetic_motion", "c3d_small_biased": "synthetic_motion/biased"}
+SHIPPED = {
+    "c3d_small_motion": "synthetic_motion",
+    "c3d_small_biased": "synthetic_motion/biased",
+    "c3d_small_distractors": "synthetic_motion/distractors",
+    "c3d_small_biased_still": "synthetic_motion/biased_still",
+}
+BIASED = ("c3d_small_biased", "c3d_small_biased_still")  # at chance without their cue
 FRESH_SEED = 20261126
 SPLITS = {
     "test": "test_accuracy",
@@ -53,8 +59,9 @@ def test_shipped_checkpoint_loads_with_its_metadata(name):
     assert logits.shape == (1, 6)
 
 
-def test_motion_model_classifies_fresh_test_clips():
+def test_motion_models_classify_fresh_test_clips():
     assert accuracy("c3d_small_motion", "default", "test", 192) >= 0.90
+    assert accuracy("c3d_small_distractors", "distractors", "test", 192) >= 0.90
 
 
 @pytest.mark.parametrize("name", sorted(SHIPPED))
@@ -67,7 +74,7 @@ def test_recorded_accuracies_hold_on_the_recorded_splits(name):
     for split, key in SPLITS.items():
         # a 240-clip sample of a 1200 / 600 clip split: binomial sd <= 0.032
         assert abs(measured[split] - info.extra[key]) <= 0.1, (split, measured, info.extra[key])
-    if name == "c3d_small_biased":  # at chance without its cue, as the README says
+    if name in BIASED:  # at chance without the cue, as the README says
         assert measured["test"] <= 0.35
 
 
