@@ -1,0 +1,73 @@
+"""Dataset sweeps: explain, select and score every clip of a split, resumably.
+
+:func:`run_sweep` (``selrel sweep``) computes, for every clip of a dataset split, each
+method's relevance once and every sigma's selective relevance from it, and scores
+them: one row per (clip, method, sigma). Batches are jit-compiled and sharded over
+the devices; the rows are written shard by shard as Parquet files, so a killed sweep
+rerun with the same arguments picks up where it stopped and ends with the same table.
+:func:`read_table` reads it back.
+
+Example::
+
+    from selrel_jax.sweep import read_table, run_sweep
+    run_sweep("sweeps/motion", dataset="synthetic_motion", data_seed=7, limit=48,
+              model="c3d_small_motion", methods=["lrp.epsilon_plus_flat", "gradient"],
+              sigmas=[0.5, 1, 2, 3])
+    table = read_table("sweeps/motion")      # pyarrow.Table, sorted by clip, method, sigma
+    table.column("spatial_bias").to_numpy()
+"""
+
+from selrel_jax.sweep._run import (
+    FAITHFULNESS_COLUMNS,
+    KEY_COLUMNS,
+    SCORE_COLUMNS,
+    columns_of,
+    initialize_distributed,
+    run_sweep,
+)
+from selrel_jax.sweep._settings import (
+    DEFAULT_METHODS,
+    DEFAULT_SIGMAS,
+    DEFAULT_TEMPORAL_PADDING,
+    FAITHFULNESS_REPLACEMENT,
+    FAITHFULNESS_STEPS,
+    PRECISION_FRACTION,
+    TARGETS,
+    SweepSettings,
+    parse_list,
+)
+from selrel_jax.sweep._sources import TRUTH_KEYS, ClipBatch, ClipSource, open_source
+from selrel_jax.sweep._store import (
+    MANIFEST_FILE,
+    TABLES_DIR,
+    read_manifest,
+    read_table,
+    table_columns,
+)
+
+__all__ = [
+    "DEFAULT_METHODS",
+    "DEFAULT_SIGMAS",
+    "DEFAULT_TEMPORAL_PADDING",
+    "FAITHFULNESS_COLUMNS",
+    "FAITHFULNESS_REPLACEMENT",
+    "FAITHFULNESS_STEPS",
+    "KEY_COLUMNS",
+    "MANIFEST_FILE",
+    "PRECISION_FRACTION",
+    "SCORE_COLUMNS",
+    "TABLES_DIR",
+    "TARGETS",
+    "TRUTH_KEYS",
+    "ClipBatch",
+    "ClipSource",
+    "SweepSettings",
+    "columns_of",
+    "initialize_distributed",
+    "open_source",
+    "parse_list",
+    "read_manifest",
+    "read_table",
+    "run_sweep",
+    "table_columns",
+]

@@ -1,0 +1,255 @@
+"""The sweep's jit-compiled batch computations, sharded over this process's devices.
+
+Per batch of clips, one function normalises the clips, runs the model (prediction,
+target, frame freezing) and, per method, one function computes the relevance once
+and every sigma's selection and scores from it (``jax.vmap`` over a traced sigma
+array: one compilation serves all sigmas). Inputs and outputs are sharded along the
+clip axis of a ``jax.sharding.Mesh`` over the local devices (one CPU, N simulated
+CPU devices, a GPU, a TPU host's chips); a batch is padded to a multiple of the
+device count.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from selrel_jax import data, metrics
+from selrel_jax.attribution import make_explainer
+from selrel_jax.models.info import ModelInfo
+from selrel_jax.selective import motion_mask, selective_relevance
+from selrel_jax.sweep._settings import (
+    FAITHFULNESS_REPLACEMENT,
+    FAITHFULNESS_STEPS,
+    PRECISION_FRACTION,
+    SweepSettings,
+)
+from selrel_jax.sweep._sources import ClipBatch
+
+DATA_AXIS = "data"
+_AXES = (1, 2, 3)  # (T, H, W) of a batch of masks
+
+
+def _ratio(numerator: jax.Array, denominator: jax.Array) -> jax.Array:
+    """``numerator / denominator`` as float32, 0 where the denominator is 0."""
+    n, d = numerator.astype(jnp.float32), denominator.astype(jnp.float32)
+    return jnp.where(d > 0, n / jnp.where(d > 0, d, 1), 0)
+
+
+def _static_mass(relevance: jax.Array, static_mask: jax.Array) -> jax.Array:
+    """Share of mass on static objects; NaN for a clip that shows none."""
+    mass = metrics.mass_in_mask(relevance, static_mask)
+    return jnp.where(jnp.any(static_mask, axis=_AXES), mass, jnp.nan)
+
+
+def _map_scores(relevance: jax.Array, truth: Mapping[str, jax.Array], suffix: str) -> dict:
+    """The scores of one map that need no motion mask of its own, named ``*_suffix``."""
+    out = {
+        f"gini_{suffix}": metrics.gini(relevance),
+        f"entropy_{suffix}": metrics.entropy(relevance),
+    }
+    if "mask" in truth:
+        overlap = metrics.overlap_at_threshold(
+            relevance, truth["mask"], fraction=PRECISION_FRACTION
+        )
+        out[f"motion_precision_at_threshold_{suffix}"] = overlap.precision
+    if "static_mask" in truth:
+        out[f"static_mass_{suffix}"] = _static_mass(relevance, truth["static_mask"])
+    if "boxes" in truth:
+        _, _, h, w, _ = relevance.shape
+        out[f"box_mass_{suffix}"] = metrics.mass_in_mask(
+            relevance, metrics.box_mask(truth["boxes"], h, w)
+        )
+    return out
+
+
+def _sigma_scores(relevance, sigma, truth, select: Mapping[str, str]) -> dict:
+    """Every score of one sigma's selection, (N,) each."""
+    mask = motion_mask(relevance, sigma, **select)
+    selective = selective_relevance(relevance, sigma, **select)
+    kept = jnp.sum(mask, axis=_AXES)
+    out = {
+        "spatial_bias": metrics.spatial_bias(relevance, selective),
+        "kept_voxels": metrics.kept_voxels(mask),
+        **_map_scores(selective, truth, "selective"),
+    }
+    if "mask" in truth:
+        out["motion_precision_raw"] = metrics.overlap_at_k(relevance, truth["mask"], kept).precision
+        out["motion_precision_selective"] = _ratio(jnp.sum(mask & truth["mask"], axis=_AXES), kept)
+    return out
+
+
+def _aucs(apply_fn: Callable, x, relevance, target, suffix: str) -> dict:
+    options = {"steps": FAITHFULNESS_STEPS, "replacement": FAITHFULNESS_REPLACEMENT}
+    deletion = metrics.deletion_curve(apply_fn, x, relevance, target, **options)
+    insertion = metrics.insertion_curve(apply_fn, x, relevance, target, **options)
+    return {f"deletion_auc_{suffix}": deletion.auc, f"insertion_auc_{suffix}": insertion.auc}
+
+
+def method_function(
+    model: Any, method: str, options: Mapping[str, Any], settings: SweepSettings
+) -> Callable:
+    """``(variables, x, target, truth, sigmas) -> {column: (N,) or (N, S)}`` of one method:
+    its relevance once, the raw map's scores (N,), and every sigma's (N, S)."""
+    explainer = make_explainer(model, method, **options)
+    select = {"temporal_padding": settings.temporal_padding, "threshold": settings.threshold}
+
+    def run(variables, x, target, truth, sigmas):
+        relevance = explainer(variables, x, target)
+        per_sigma = jax.vmap(lambda s: _sigma_scores(relevance, s, truth, select), out_axes=1)
+        out = {**_map_scores(relevance, truth, "raw"), **per_sigma(sigmas)}
+        if settings.faithfulness:
+            apply_fn = functools.partial(model.apply, variables)
+
+            def selective_aucs(sigma):
+                selective = selective_relevance(relevance, sigma, **select)
+                return _aucs(apply_fn, x, selective, target, "selective")
+
+            out |= _aucs(apply_fn, x, relevance, target, "raw")
+            out |= jax.vmap(selective_aucs, out_axes=1)(sigmas)
+        return out
+
+    return run
+
+
+def clip_function(model: Any, info: ModelInfo, settings: SweepSettings) -> Callable:
+    """``(variables, video uint8, label) -> {"x", "predicted", "target", ...}``: the
+    normalised clips, the prediction, the class explained and (faithfulness) the
+    target probability on the clip and on the clip frozen to its middle frame."""
+    prepare = functools.partial(
+        data.normalize, mean=info.mean, std=info.std, value_range=info.value_range,
+        channel_order=info.channel_order,
+    )  # fmt: skip
+
+    def run(variables, video, label):
+        x = prepare(video)
+        logits = model.apply(variables, x)
+        predicted = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        target = label if settings.target == "label" else predicted
+        out = {"x": x, "predicted": predicted, "target": target}
+        if settings.faithfulness:
+            frozen = metrics.frame_freezing(functools.partial(model.apply, variables), x, target)
+            out |= {
+                "target_probability": frozen.original,
+                "frozen_probability": frozen.frozen,
+                "motion_reliance": frozen.drop,
+            }
+        return out
+
+    return run
+
+
+def _hashable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return tuple(sorted((k, _hashable(v)) for k, v in value.items()))
+    if isinstance(value, list | tuple | np.ndarray | jax.Array):
+        return tuple(_hashable(v) for v in np.asarray(value).tolist())
+    return value
+
+
+def _normalization(info: ModelInfo) -> tuple:
+    return info.mean, info.std, info.value_range, info.channel_order
+
+
+_COMPILED: dict[Any, Callable] = {}
+
+
+def _jitted(key: tuple, sharding: NamedSharding, build: Callable[[], Callable]) -> Callable:
+    """``jax.jit(build(), out_shardings=sharding)``, kept for the next sweep with the same
+    model and settings (a notebook's rerun, a resumed sweep): compiled once per process."""
+    key = (*key, sharding)
+    try:
+        hash(key)
+    except TypeError:  # an unhashable model or option: compile for this sweep only
+        return jax.jit(build(), out_shardings=sharding)
+    if key not in _COMPILED:
+        if len(_COMPILED) >= 16:
+            _COMPILED.pop(next(iter(_COMPILED)))
+        _COMPILED[key] = jax.jit(build(), out_shardings=sharding)
+    return _COMPILED[key]
+
+
+class BatchScorer:
+    """Scores batches of clips with every method and sigma of a sweep.
+
+    Batches are padded to ``batch_rows``, ``settings.batch_size`` rounded up to a
+    multiple of the local device count, so every batch has one shape (one
+    compilation per function)."""
+
+    def __init__(
+        self,
+        model: Any,
+        variables: Any,
+        info: ModelInfo,
+        settings: SweepSettings,
+        options: Mapping[str, Mapping[str, Any]],
+        truth_keys: tuple[str, ...],
+    ):
+        devices = jax.local_devices()
+        self.mesh = Mesh(np.array(devices), (DATA_AXIS,))
+        self.batch_rows = -(-settings.batch_size // len(devices)) * len(devices)
+        self._clips = NamedSharding(self.mesh, PartitionSpec(DATA_AXIS))
+        replicated = NamedSharding(self.mesh, PartitionSpec())
+        self._variables = jax.device_put(variables, replicated)
+        self._sigmas = jax.device_put(np.asarray(settings.sigmas, np.float32), replicated)
+        self._truth_keys = truth_keys
+        key = (model, settings.target, settings.faithfulness)
+        self._clip_fn = _jitted(
+            ("clip", *key, _normalization(info)), self._clips,
+            lambda: clip_function(model, info, settings),
+        )  # fmt: skip
+        select = (settings.temporal_padding, settings.threshold)
+        self._method_fns = {
+            m: _jitted(
+                ("method", *key, *select, m, _hashable(options[m])),
+                self._clips,
+                functools.partial(method_function, model, m, options[m], settings),
+            )
+            for m in settings.methods
+        }
+        self._clip_shape = (info.clip_length, *info.crop_size, 3)
+        self.num_classes = info.num_classes
+
+    def _placed(self, batch: ClipBatch) -> tuple[jax.Array, jax.Array, dict]:
+        """The batch padded to ``batch_rows`` (repeating its last clip) and sharded."""
+        pad = self.batch_rows - len(batch.label)
+
+        def put(a: np.ndarray) -> jax.Array:
+            a = np.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1), mode="edge")
+            return jax.device_put(a, self._clips)
+
+        truth = {k: put(batch.truth[k]) for k in self._truth_keys}
+        return put(batch.video), put(batch.label), truth
+
+    def check(self) -> None:
+        """Trace every function on an abstract batch: an option a method refuses, a model
+        that does not take the clips, ... raise here, before anything is computed."""
+        video = jax.ShapeDtypeStruct((self.batch_rows, *self._clip_shape), jnp.uint8)
+        label = jax.ShapeDtypeStruct((self.batch_rows,), jnp.int32)
+        t, h, w, _ = self._clip_shape
+        shapes = {"mask": (t, h, w), "static_mask": (t, h, w), "boxes": (t, 4)}
+        dtypes = {"mask": jnp.bool_, "static_mask": jnp.bool_, "boxes": jnp.float32}
+        truth = {k: jax.ShapeDtypeStruct((self.batch_rows, *shapes[k]), dtypes[k])
+                 for k in self._truth_keys}  # fmt: skip
+        clip = jax.eval_shape(self._clip_fn, self._variables, video, label)
+        for fn in self._method_fns.values():
+            jax.eval_shape(fn, self._variables, clip["x"], clip["target"], truth, self._sigmas)
+
+    def score(self, batch: ClipBatch) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
+        """``(per_clip, per_method)``: NumPy arrays of the batch's clips, (n,) per clip
+        and ``{method: {column: (n,) or (n, S)}}``."""
+        n = len(batch.label)
+        video, label, truth = self._placed(batch)
+        clip = self._clip_fn(self._variables, video, label)
+        outs = {m: fn(self._variables, clip["x"], clip["target"], truth, self._sigmas)
+                for m, fn in self._method_fns.items()}  # fmt: skip
+        del clip["x"]
+        fetched = jax.device_get((clip, outs))
+        cut = jax.tree.map(lambda a: np.asarray(a)[:n], fetched)
+        return cut[0], cut[1]

@@ -1,0 +1,330 @@
+"""``run_sweep``: check everything, claim the directory, then score shard after shard."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from selrel_jax import models
+from selrel_jax._checks import integer, positive_int
+from selrel_jax.errors import OptionError
+from selrel_jax.sweep import _store
+from selrel_jax.sweep._compute import BatchScorer
+from selrel_jax.sweep._settings import (
+    DEFAULT_METHODS,
+    DEFAULT_SIGMAS,
+    DEFAULT_TEMPORAL_PADDING,
+    SweepSettings,
+    identity,
+    options_of,
+)
+from selrel_jax.sweep._sources import ClipBatch, ClipSource, open_source
+
+#: Columns of every table, in order (``clip_id`` is int64, or a string for folders).
+KEY_COLUMNS = {"label": "int32", "target": "int32", "predicted": "int32", "method": "string",
+               "sigma": "float64"}  # fmt: skip
+SCORE_COLUMNS = (
+    "spatial_bias",
+    "kept_voxels",
+    "gini_raw",
+    "gini_selective",
+    "entropy_raw",
+    "entropy_selective",
+    "motion_precision_raw",
+    "motion_precision_selective",
+    "motion_precision_at_threshold_raw",
+    "motion_precision_at_threshold_selective",
+    "static_mass_raw",
+    "static_mass_selective",
+    "box_mass_raw",
+    "box_mass_selective",
+)
+#: Added with ``faithfulness=True``.
+FAITHFULNESS_COLUMNS = (
+    "target_probability",
+    "frozen_probability",
+    "motion_reliance",
+    "deletion_auc_raw",
+    "deletion_auc_selective",
+    "insertion_auc_raw",
+    "insertion_auc_selective",
+)
+
+
+def columns_of(id_type: str, faithfulness: bool) -> dict[str, str]:
+    """Column name -> Parquet type of a sweep's table."""
+    scores = SCORE_COLUMNS + (FAITHFULNESS_COLUMNS if faithfulness else ())
+    return {"clip_id": id_type, **KEY_COLUMNS, **dict.fromkeys(scores, "float32")}
+
+
+def shard_columns(
+    ids: Sequence[Any],
+    batch: ClipBatch,
+    per_clip: Mapping[str, np.ndarray],
+    per_method: Mapping[str, Mapping[str, np.ndarray]],
+    settings: SweepSettings,
+    scores: Sequence[str],
+) -> dict[str, np.ndarray]:
+    """One row per (clip read, method, sigma); a score a dataset can't give is NaN."""
+    rows = np.array([r for r in range(len(ids)) if r not in batch.failed], np.int64)
+    s = len(settings.sigmas)
+    clip_ids = np.asarray(ids, dtype=object if isinstance(ids[0], str) else np.int64)
+
+    def per_row(value: np.ndarray | None) -> np.ndarray:
+        if value is None:
+            return np.full(len(rows) * s, np.nan, np.float32)
+        value = value[rows]
+        return value.reshape(-1) if value.ndim == 2 else np.repeat(value, s)
+
+    blocks = []
+    for method in settings.methods:
+        out = {**per_clip, **per_method[method], "label": batch.label}
+        block = {key: per_row(out[key]) for key in ("label", "target", "predicted")}
+        block["clip_id"] = np.repeat(clip_ids[rows], s)
+        block["method"] = np.array([method] * (len(rows) * s), dtype=object)
+        block["sigma"] = np.tile(np.asarray(settings.sigmas, np.float64), len(rows))
+        block |= {name: per_row(out.get(name)).astype(np.float32) for name in scores}
+        blocks.append(block)
+    return {name: np.concatenate([b[name] for b in blocks]) for name in blocks[0]}
+
+
+def _versions() -> dict[str, str]:
+    import flax
+    import pyarrow
+
+    from selrel_jax import __version__
+
+    return {"selrel_jax": __version__, "jax": jax.__version__, "flax": flax.__version__,
+            "numpy": np.__version__, "pyarrow": pyarrow.__version__}  # fmt: skip
+
+
+def _barrier(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="clip", desc="sweep", file=sys.stderr,
+                disable=not enabled, dynamic_ncols=True)  # fmt: skip
+
+
+class _Sweep:
+    """One process's part of a sweep: the shards ``k`` with ``k % processes == index``."""
+
+    def __init__(self, directory, settings, ident, source: ClipSource, scorer: BatchScorer):
+        self.directory, self.settings, self.ident = directory, settings, ident
+        self.source, self.scorer = source, scorer
+        self.columns = columns_of(source.id_type, settings.faithfulness)
+        self.schema = _store.schema(self.columns)
+        self.total = -(-source.count // settings.batch_size)
+        self.versions = _versions()
+
+    def indices(self, shard: int) -> np.ndarray:
+        first = shard * self.settings.batch_size
+        return np.arange(first, min(first + self.settings.batch_size, self.source.count))
+
+    def claim(self) -> dict[int, dict]:
+        """Create the directory and manifest (process 0), check the clip count against
+        an existing manifest, and return the records of the shards already done."""
+        manifest_path = self.directory / _store.MANIFEST_FILE
+        if manifest_path.is_file():
+            clips = _store.read_manifest(self.directory).get("clips")
+            if clips != self.source.count:
+                raise OptionError(
+                    f"{self.directory} holds a sweep of {clips} clips; the dataset now gives "
+                    f"{self.source.count}; use a new --out directory"
+                )
+        records = {k: _store.shard_record(self.directory, k)
+                   for k in _store.done_shards(self.directory)}  # fmt: skip
+        if jax.process_index() == 0:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self.write_manifest(records)
+        _barrier("selrel sweep: claimed")
+        return records
+
+    def write_manifest(self, records: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
+        return _store.write_manifest(
+            self.directory, self.ident, self.versions, self.total, self.source.count, records,
+            self.columns,
+        )  # fmt: skip
+
+    def run_shard(self, shard: int) -> dict[str, Any]:
+        indices = self.indices(shard)
+        ids = [self.source.clip_id(i) for i in indices]
+        batch = self.source.read(indices)
+        self._check_labels(batch)
+        per_clip, per_method = self.scorer.score(batch)
+        scores = [n for n in self.columns if n not in ("clip_id", *KEY_COLUMNS)]
+        columns = shard_columns(ids, batch, per_clip, per_method, self.settings, scores)
+        failed = [
+            {"clip_id": ids[r], "reason": reason} for r, reason in sorted(batch.failed.items())
+        ]
+        record = {"shard": shard, "clips": [int(indices[0]), int(indices[-1]) + 1],
+                  "rows": len(columns["sigma"]), "failed": failed}  # fmt: skip
+        _store.write_shard(self.directory, shard, columns, self.schema, record)
+        return record
+
+    def run(self, progress: bool, on_shard: Callable | None, start: float) -> dict[str, Any]:
+        """Claim the directory, write this process's missing shards, finish the manifest."""
+        records = self.claim()
+        process, processes = jax.process_index(), jax.process_count()
+        mine = [k for k in range(self.total) if k % processes == process and k not in records]
+        _store.remove_stale(self.directory, mine)
+        done = sum(len(self.indices(k)) for k in records)
+        with _progress(self.source.count, done, progress and process == 0) as bar:
+            for shard in mine:
+                records[shard] = self.run_shard(shard)
+                if process == 0:
+                    self.write_manifest(records)
+                bar.update(len(self.indices(shard)))
+                if on_shard is not None:
+                    on_shard(shard, records[shard])
+        _barrier("selrel sweep: shards written")
+        if process == 0:  # every process's shards, as the files say
+            self.write_manifest({k: _store.shard_record(self.directory, k)
+                                 for k in _store.done_shards(self.directory)})  # fmt: skip
+        _barrier("selrel sweep: manifest written")
+        manifest = _store.read_manifest(self.directory)
+        return _summary(self, manifest, mine, time.perf_counter() - start)
+
+    def _check_labels(self, batch: ClipBatch) -> None:
+        classes = self.scorer.num_classes
+        bad = [int(v) for r, v in enumerate(batch.label) if r not in batch.failed and v >= classes]
+        if self.settings.target == "label" and bad:
+            raise OptionError(
+                f"{self.settings.dataset} has label {bad[0]} but model {self.settings.model!r} "
+                f"has {classes} classes (use target 'predicted')"
+            )
+
+
+def _prepare(out, settings: SweepSettings, data_dir) -> _Sweep:
+    """Every check that can fail on the arguments, before anything is written: the
+    model, the methods' options, the output directory against an existing sweep, the
+    dataset, and a trace of every batch function."""
+    net, variables, info = models.load(settings.model)
+    options = {m: options_of(m, settings, info) for m in settings.methods}
+    ident = identity(settings, options)
+    directory = _store.check_target(out, ident)
+    source = open_source(settings, info, data_dir)
+    scorer = BatchScorer(net, variables, info, settings, options, source.truth_keys)
+    scorer.check()
+    return _Sweep(directory, settings, ident, source, scorer)
+
+
+def _summary(sweep: _Sweep, manifest: Mapping[str, Any], written: list, seconds: float) -> dict:
+    clips = sum(len(sweep.indices(k)) for k in written)
+    return {
+        "out": str(sweep.directory),
+        "clips": sweep.source.count,
+        "rows": manifest["rows"],
+        "shards": sweep.total,
+        "shards_written": len(written),
+        "failed": len(manifest["failed"]),
+        "complete": manifest["complete"],
+        "seconds": round(seconds, 3),
+        "clips_per_second": round(clips / seconds, 3) if clips and seconds > 0 else None,
+    }
+
+
+def run_sweep(
+    out: str | os.PathLike,
+    *,
+    dataset: str,
+    split: str = "test",
+    model: str | os.PathLike = "c3d_small_motion",
+    methods: Sequence[str] = DEFAULT_METHODS,
+    sigmas: Sequence[float] = DEFAULT_SIGMAS,
+    method_options: Mapping[str, Any] | None = None,
+    target: str = "label",
+    data_seed: int | None = None,
+    faithfulness: bool = False,
+    batch_size: int = 8,
+    limit: int | None = None,
+    data_dir: str | os.PathLike | None = None,
+    temporal_padding: str = DEFAULT_TEMPORAL_PADDING,
+    threshold: str = "clip",
+    progress: bool = False,
+    on_shard: Callable[[int, dict], None] | None = None,
+) -> dict[str, Any]:
+    """Explain, select and score every clip of a dataset split; write the table to ``out``.
+
+    One row per (clip, method, sigma) (columns: see the README, "Dataset sweeps"),
+    written shard by shard (one shard per ``batch_size`` clips) as Parquet files under
+    ``out/tables/``, with ``out/manifest.json``. Rerun with the same arguments after
+    an interruption, it computes only the missing shards; other settings in the same
+    ``out`` raise OptionError naming them. Every argument is checked before anything
+    is written. Under ``jax.distributed`` (initialised by the caller) process ``i`` of
+    ``n`` computes the shards ``k`` with ``k % n == i`` on its own devices.
+
+    Args:
+      out: the sweep directory.
+      dataset: ``synthetic_motion[/config]``, ``folder:PATH`` or a prepared TFDS name.
+      split: train, validation or test.
+      model: a shipped model name or checkpoint directory.
+      methods: relevance methods (each computed once per batch, all sigmas from it).
+      sigmas: selectivities of selective relevance.
+      method_options: options given to every method that takes them;
+        ``lrp.epsilon_gamma_box``'s ``low``/``high`` default to the model's input range.
+      target: ``"label"`` or ``"predicted"``: the class explained.
+      data_seed: generate synthetic_motion's split afresh with this seed (no cache).
+      faithfulness: add deletion/insertion AUCs and frame-freezing motion reliance.
+      batch_size: clips per jit-compiled batch and per shard (padded to a multiple of
+        the device count).
+      limit: only the first K clips.
+      data_dir: the TFDS cache (default ``$SELREL_DATA_DIR`` or ``~/.cache``).
+      temporal_padding, threshold: as :func:`selrel_jax.selective_relevance` (default
+        ``"edge"``: zero padding makes every clip's end frames look like motion).
+      progress: a progress bar (clips/s, ETA) on stderr.
+      on_shard: called as ``on_shard(shard, record)`` after each shard is written.
+
+    Returns:
+      ``{"out", "clips", "rows", "shards", "shards_written", "failed", "complete",
+      "seconds", "clips_per_second"}``.
+
+    Example::
+
+        run_sweep("sweeps/motion", dataset="synthetic_motion", data_seed=7, limit=48,
+                  methods=["lrp.epsilon_plus_flat", "gradient_x_input"])
+        table = read_table("sweeps/motion")
+    """
+    start = time.perf_counter()
+    settings = SweepSettings(
+        dataset, split, model, methods, sigmas, dict(method_options or {}), target, data_seed,
+        faithfulness, batch_size, limit, temporal_padding, threshold,
+    )  # fmt: skip
+    return _prepare(out, settings, data_dir).run(progress, on_shard, start)
+
+
+def initialize_distributed(
+    coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None
+) -> None:
+    """``jax.distributed.initialize`` for a multi-process sweep: with no arguments the
+    cluster is detected (TPU, Slurm, Open MPI); else all three are needed (process 0's
+    ``host:port``, the process count, this process's index). Call it before any other
+    JAX computation; then every process runs the same :func:`run_sweep`."""
+    given = {"coordinator": coordinator, "num_processes": num_processes, "process_id": process_id}
+    if any(v is not None for v in given.values()):
+        missing = [k for k, v in given.items() if v is None]
+        if missing:
+            raise OptionError(
+                f"a coordinator needs num_processes and process_id; missing {missing}"
+            )
+        count = positive_int("num_processes", num_processes)
+        index = integer("process_id", process_id, minimum=0)
+        if index >= count:
+            raise OptionError(f"process_id must lie in [0, {count}); got {index}")
+    try:
+        jax.distributed.initialize(coordinator, num_processes, process_id)
+    except (RuntimeError, ValueError) as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise OptionError(f"jax.distributed.initialize failed: {reason}") from None

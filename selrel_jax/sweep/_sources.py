@@ -1,0 +1,168 @@
+"""The clips a sweep scores, read batch by batch, with their ground truth where the
+dataset has it (synthetic_motion's motion mask, static-object mask and boxes)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from selrel_jax import data
+from selrel_jax.data import synthetic_motion
+from selrel_jax.errors import DataError, OptionError, ShapeError
+from selrel_jax.models.checkpoint import writable_directory
+from selrel_jax.models.info import ModelInfo
+from selrel_jax.sweep._settings import SweepSettings
+
+#: Ground truth a dataset may carry per clip, scored when present.
+TRUTH_KEYS = ("mask", "static_mask", "boxes")
+
+
+@dataclasses.dataclass
+class ClipBatch:
+    """Clips ``video`` uint8 (n, T, H, W, 3) and ``label`` int32 (n,), ``truth`` the
+    dataset's ground truth of :data:`TRUTH_KEYS` it has ((n, T, H, W) bool masks,
+    (n, T, 4) boxes), and ``failed`` row -> reason for clips that could not be read
+    (their rows hold zeros and are not scored)."""
+
+    video: np.ndarray
+    label: np.ndarray
+    truth: dict[str, np.ndarray]
+    failed: dict[int, str]
+
+
+class ClipSource:
+    """``count`` clips of one dataset split, read by index.
+
+    ``clip_id(i)`` names clip ``i`` in the table: its index for indexed datasets,
+    ``"<relative path>#<clip index>"`` for a folder; ``id_type`` is ``"int64"`` or
+    ``"string"``. ``read(indices)`` returns a :class:`ClipBatch`."""
+
+    id_type = "int64"
+
+    def __init__(
+        self,
+        count: int,
+        clip_shape: tuple[int, ...],
+        example: Callable[[int], dict[str, Any]],
+        truth_keys: Sequence[str],
+    ):
+        self.count, self.clip_shape = count, tuple(clip_shape)
+        self._example, self.truth_keys = example, tuple(truth_keys)
+
+    def clip_id(self, index: int) -> Any:
+        return int(index)
+
+    def read(self, indices: Sequence[int]) -> ClipBatch:
+        n = len(indices)
+        video = np.zeros((n, *self.clip_shape), np.uint8)
+        label = np.zeros((n,), np.int32)
+        truth = {key: [] for key in self.truth_keys}
+        for row, index in enumerate(indices):
+            example = self._example(int(index))
+            video[row], label[row] = example["video"], example["label"]
+            for key in self.truth_keys:
+                truth[key].append(np.asarray(example[key]))
+        return ClipBatch(video, label, {k: np.stack(v) for k, v in truth.items()}, {})
+
+
+class FolderClipSource(ClipSource):
+    """The clips of a folder dataset, decoded on demand; a video that fails to decode
+    is reported in the batch's ``failed`` instead of stopping the sweep."""
+
+    id_type = "string"
+
+    def __init__(self, folder: data.VideoFolder):
+        if len(folder) != len(folder.paths):  # one centre clip per video
+            raise OptionError(f"folder source {folder!r} must give one clip per video")
+        super().__init__(len(folder), folder.clip_shape, folder.__getitem__, ())
+        self._names = [path.relative_to(folder.root).as_posix() for path in folder.paths]
+        self._labels = folder.clip_labels
+
+    def clip_id(self, index: int) -> str:
+        return f"{self._names[index]}#0"
+
+    def read(self, indices: Sequence[int]) -> ClipBatch:
+        video = np.zeros((len(indices), *self.clip_shape), np.uint8)
+        failed = {}
+        for row, index in enumerate(indices):
+            try:
+                video[row] = self._example(int(index))["video"]
+            except DataError as e:
+                failed[row] = str(e)
+        return ClipBatch(video, self._labels[np.asarray(indices, np.int64)], {}, failed)
+
+
+def _check_clip_size(dataset: str, have: Sequence[int], info: ModelInfo) -> None:
+    if tuple(have) != info.clip_size:
+        raise ShapeError(
+            f"{dataset} clips are {tuple(have)} (T, H, W) but the model takes {info.clip_size}"
+        )
+
+
+def _generated(settings: SweepSettings, config: str, info: ModelInfo) -> ClipSource:
+    cfg = synthetic_motion.get_config(config or "default")
+    _check_clip_size(settings.dataset, (cfg.frames, cfg.height, cfg.width), info)
+    count = settings.limit or cfg.split_sizes[settings.split]
+    seed, split = settings.data_seed, settings.split
+
+    def example(index: int) -> dict[str, Any]:
+        return synthetic_motion.generate_example(cfg, split, seed, index)
+
+    shape = (cfg.frames, cfg.height, cfg.width, 3)
+    return ClipSource(count, shape, example, TRUTH_KEYS)
+
+
+def _indexed(settings: SweepSettings, info: ModelInfo, data_dir: Any) -> ClipSource:
+    source = data.load_source(settings.dataset, settings.split, data_dir=data_dir)
+    count = len(source) if settings.limit is None else min(settings.limit, len(source))
+    if count == 0:
+        raise DataError(f"dataset {settings.dataset!r} split {settings.split!r} is empty")
+    first = source[0]
+    shape = np.shape(first["video"])
+    _check_clip_size(settings.dataset, shape[:3], info)
+    keys = [key for key in TRUTH_KEYS if key in first]
+    return ClipSource(count, shape, source.__getitem__, keys)
+
+
+def _folder(settings: SweepSettings, path: str, info: ModelInfo) -> ClipSource:
+    videos = data.folder_splits(path)[settings.split][: settings.limit]
+    if not videos:
+        raise DataError(
+            f"the {settings.split} split of folder {path} is empty (validation and test take "
+            "a slice of each class with at least 2 videos; see folder_splits)"
+        )
+    folder = data.VideoFolder(
+        path, clip_length=info.clip_length, frame_step=info.frame_step, size=info.resize_side,
+        crop=info.crop_size, class_names=info.class_names, videos=videos,
+    )  # fmt: skip
+    return FolderClipSource(folder)
+
+
+def open_source(
+    settings: SweepSettings, info: ModelInfo, data_dir: str | os.PathLike | None = None
+) -> ClipSource:
+    """The clips of ``settings``' dataset split, cut to ``info``'s clip size (folders) or
+    checked against it (others), the first ``settings.limit`` of them.
+
+    synthetic_motion with ``data_seed`` is generated clip by clip (no cache), without
+    one it is read from the TFDS cache in ``data_dir`` (built on first use), as are
+    other TFDS names; a ``folder:PATH`` split is :func:`~selrel_jax.data.folder_splits`'s,
+    its classes the model's."""
+    kind, argument = data.parse_dataset(settings.dataset)
+    if kind == "folder":
+        return _folder(settings, argument, info)
+    if kind == "synthetic_motion":
+        if info.num_classes < len(synthetic_motion.CLASS_NAMES):
+            raise OptionError(
+                f"{settings.dataset} has {len(synthetic_motion.CLASS_NAMES)} classes but model "
+                f"{settings.model!r} has {info.num_classes}"
+            )
+        if settings.data_seed is not None:
+            return _generated(settings, argument, info)
+    if data_dir is not None:  # only read from (a cache may be read-only), but a directory
+        writable_directory(data_dir, "data_dir", DataError, writable=False)
+    return _indexed(settings, info, data_dir)
