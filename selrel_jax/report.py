@@ -1,0 +1,556 @@
+"""Reports of dataset sweeps: summaries with bootstrap intervals, figures, markdown.
+
+``selrel report DIR [DIR ...] --out report.md`` (:func:`write_report`) reads one or
+several sweeps (typically one per model, see :mod:`selrel_jax.sweep`) and writes a
+markdown report with PNG figures beside it: each score against sigma per method;
+motion precision of raw and selective relevance at matched sparsity; relevance on
+static objects, raw and selective; the spatial-bias distribution of each model; and,
+when the sweeps have faithfulness columns, motion reliance against spatial bias with
+their correlation.
+
+Every number comes with a 95% percentile-bootstrap interval over clips, drawn from
+``np.random.default_rng(seed)``: the same sweeps and seed give the same report, and
+:func:`write_report`'s PNGs are byte-identical (:func:`selrel_jax.viz.save_figure`).
+
+Example::
+
+    from selrel_jax import report
+    sweeps = report.load_sweeps(["sweeps/motion", "sweeps/biased"])
+    report.summarize(sweeps, ["spatial_bias"])[0]   # {"model", "method", "sigma", ...}
+    fig = report.plot_metric_vs_sigma(sweeps, "spatial_bias")
+    report.write_report(["sweeps/motion", "sweeps/biased"], "report/report.md")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+from collections.abc import Iterable, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from selrel_jax._checks import integer, positive_int, real
+from selrel_jax.errors import DataError, OptionError
+from selrel_jax.sweep import read_manifest, read_table, table_columns
+
+__all__ = [
+    "CONFIDENCE",
+    "RESAMPLES",
+    "SIGMA_METRICS",
+    "Estimate",
+    "Sweep",
+    "bootstrap_correlation",
+    "bootstrap_mean",
+    "correlations",
+    "load_sweeps",
+    "paired_summary",
+    "plot_metric_vs_sigma",
+    "plot_raw_vs_selective",
+    "plot_reliance_vs_bias",
+    "plot_spatial_bias_distributions",
+    "summarize",
+    "write_report",
+]
+
+#: Scores drawn against sigma (each one a sweep has finite values of).
+SIGMA_METRICS = (
+    "spatial_bias",
+    "kept_voxels",
+    "gini_selective",
+    "entropy_selective",
+    "motion_precision_selective",
+    "static_mass_selective",
+    "box_mass_selective",
+)
+RESAMPLES = 1000
+CONFIDENCE = 0.95
+
+
+class Estimate(NamedTuple):
+    """A statistic of ``n`` finite values with its bootstrap interval [low, high]."""
+
+    value: float
+    low: float
+    high: float
+    n: int
+
+    def __str__(self) -> str:
+        if self.n == 0 or not np.isfinite(self.value):
+            return "n/a"
+        return f"{_fixed(self.value)} [{_fixed(self.low)}, {_fixed(self.high)}]"
+
+
+def _fixed(value: float) -> str:
+    """Three decimals, without a minus sign on a value that rounds to zero."""
+    return f"{round(float(value), 3) + 0.0:.3f}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+    """One sweep's table as NumPy ``columns``, its ``settings`` (the manifest's) and
+    the ``name`` it goes by in a report (its model's, unique among the sweeps)."""
+
+    name: str
+    directory: pathlib.Path
+    settings: dict[str, Any]
+    columns: dict[str, np.ndarray]
+
+    @property
+    def methods(self) -> list[str]:
+        return list(self.settings["methods"])
+
+    @property
+    def clips(self) -> int:
+        """How many clips the table has rows of."""
+        return len(np.unique(self.columns["clip_id"]))
+
+    @property
+    def sigmas(self) -> list[float]:
+        return [float(s) for s in self.settings["sigmas"]]
+
+    def has(self, column: str) -> bool:
+        """Whether the table has ``column`` with at least one finite value."""
+        values = self.columns.get(column)
+        return values is not None and bool(np.isfinite(values).any())
+
+    def values(self, column: str, method: str, sigma: float) -> np.ndarray:
+        """``column`` of the rows of ``method`` and ``sigma``, one per clip, in clip order."""
+        rows = (self.columns["method"] == method) & (self.columns["sigma"] == sigma)
+        return np.asarray(self.columns[column][rows], np.float64)
+
+
+def load_sweeps(directories: Iterable[str | os.PathLike]) -> list[Sweep]:
+    """Each directory's sweep; names are the models' (a checkpoint path's last part),
+    made unique with the directory's name where two sweeps share a model."""
+    directories = [pathlib.Path(d) for d in directories]
+    if not directories:
+        raise OptionError("a report needs at least one sweep directory")
+    sweeps = []
+    for directory in directories:
+        settings = read_manifest(directory)["settings"]
+        columns = table_columns(read_table(directory))
+        if not len(columns.get("clip_id", ())):
+            raise DataError(f"sweep {directory} has no rows yet")
+        sweeps.append((directory, settings, columns))
+    names = [pathlib.PurePath(str(s["model"])).name for _, s, _ in sweeps]
+    if len(set(names)) < len(names):
+        names = [f"{n} ({d.name})" for n, (d, _, _) in zip(names, sweeps, strict=True)]
+    if len(set(names)) < len(names):
+        names = [f"{n} #{i + 1}" for i, n in enumerate(names)]
+    return [Sweep(n, d, s, c) for n, (d, s, c) in zip(names, sweeps, strict=True)]
+
+
+def _interval(stats: np.ndarray, confidence: float) -> tuple[float, float]:
+    stats = stats[np.isfinite(stats)]
+    if not stats.size:
+        return float("nan"), float("nan")
+    tail = 100 * (1 - confidence) / 2
+    low, high = np.percentile(stats, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def _checked_bootstrap(resamples: int, seed: int, confidence: float) -> None:
+    positive_int("resamples", resamples)
+    integer("seed", seed, minimum=0)
+    if not 0 < real("confidence", confidence) < 1:
+        raise OptionError(f"confidence must lie in (0, 1); got {confidence!r}")
+
+
+def bootstrap_mean(
+    values: Any, *, resamples: int = RESAMPLES, seed: int = 0, confidence: float = CONFIDENCE
+) -> Estimate:
+    """The mean of the finite ``values`` and its percentile-bootstrap interval:
+    ``resamples`` means of ``n`` values drawn with replacement by
+    ``np.random.default_rng(seed)``. NaN and ``n = 0`` without finite values."""
+    _checked_bootstrap(resamples, seed, confidence)
+    x = np.asarray(values, np.float64).ravel()
+    x = x[np.isfinite(x)]
+    if not x.size:
+        return Estimate(float("nan"), float("nan"), float("nan"), 0)
+    picks = np.random.default_rng(seed).integers(0, x.size, size=(resamples, x.size))
+    return Estimate(float(x.mean()), *_interval(x[picks].mean(axis=1), confidence), int(x.size))
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Pearson r along the last axis; NaN where either side is constant."""
+    dx = x - x.mean(axis=-1, keepdims=True)
+    dy = y - y.mean(axis=-1, keepdims=True)
+    denominator = np.sqrt((dx * dx).sum(-1) * (dy * dy).sum(-1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denominator > 0, (dx * dy).sum(-1) / denominator, np.nan)
+
+
+def bootstrap_correlation(
+    x: Any, y: Any, *, resamples: int = RESAMPLES, seed: int = 0, confidence: float = CONFIDENCE
+) -> Estimate:
+    """Pearson's r of the pairs where both values are finite, with a percentile-bootstrap
+    interval over pairs (seeded as :func:`bootstrap_mean`)."""
+    _checked_bootstrap(resamples, seed, confidence)
+    x, y = np.asarray(x, np.float64).ravel(), np.asarray(y, np.float64).ravel()
+    if x.shape != y.shape:
+        raise OptionError(f"x and y must pair up; got {x.size} and {y.size} values")
+    keep = np.isfinite(x) & np.isfinite(y)
+    x, y = x[keep], y[keep]
+    if x.size < 2:
+        return Estimate(float("nan"), float("nan"), float("nan"), int(x.size))
+    picks = np.random.default_rng(seed).integers(0, x.size, size=(resamples, x.size))
+    r = float(_pearson(x, y))
+    return Estimate(r, *_interval(_pearson(x[picks], y[picks]), confidence), int(x.size))
+
+
+def _groups(sweeps: Sequence[Sweep]) -> Iterable[tuple[Sweep, str, float]]:
+    for sweep in sweeps:
+        for method in sweep.methods:
+            for sigma in sweep.sigmas:
+                yield sweep, method, sigma
+
+
+def summarize(
+    sweeps: Sequence[Sweep], metrics: Sequence[str] = SIGMA_METRICS, *, resamples: int = RESAMPLES,
+    seed: int = 0,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """One record per (model, method, sigma, metric) a sweep has: ``{"model", "method",
+    "sigma", "metric", "mean", "low", "high", "n"}`` (the mean over clips and its
+    bootstrap interval)."""
+    out = []
+    for sweep, method, sigma in _groups(sweeps):
+        for metric in metrics:
+            if sweep.has(metric):
+                e = bootstrap_mean(sweep.values(metric, method, sigma), resamples=resamples,
+                                   seed=seed)  # fmt: skip
+                out.append({"model": sweep.name, "method": method, "sigma": sigma,
+                            "metric": metric, **e._asdict(), "mean": e.value})  # fmt: skip
+    for record in out:
+        del record["value"]
+    return out
+
+
+def paired_summary(
+    sweeps: Sequence[Sweep], raw: str, selective: str, *, resamples: int = RESAMPLES,
+    seed: int = 0,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """Per (model, method, sigma): the means of ``raw`` and ``selective`` (e.g.
+    ``motion_precision_raw`` and ``motion_precision_selective``) and of their per-clip
+    difference ``selective - raw``, each an :class:`Estimate`."""
+    out = []
+    for sweep, method, sigma in _groups(sweeps):
+        if not (sweep.has(raw) and sweep.has(selective)):
+            continue
+        a, b = sweep.values(raw, method, sigma), sweep.values(selective, method, sigma)
+        estimates = {
+            name: bootstrap_mean(v, resamples=resamples, seed=seed)
+            for name, v in (("raw", a), ("selective", b), ("difference", b - a))
+        }
+        out.append({"model": sweep.name, "method": method, "sigma": sigma, **estimates})
+    return out
+
+
+def correlations(
+    sweeps: Sequence[Sweep], sigma: float, x: str = "spatial_bias", y: str = "motion_reliance",
+    *, resamples: int = RESAMPLES, seed: int = 0,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """Pearson r of ``x`` and ``y`` over clips at ``sigma``, per method: pooled over every
+    sweep that has both (``model`` ``"all"``) and per sweep."""
+    out = []
+    methods = sorted({m for s in sweeps for m in s.methods})
+    for method in methods:
+        have = [s for s in sweeps if method in s.methods and s.has(x) and s.has(y)
+                and sigma in s.sigmas]  # fmt: skip
+        parts = [("all", have)] if len(have) > 1 else []
+        for model, group in parts + [(s.name, [s]) for s in have]:
+            xs = np.concatenate([s.values(x, method, sigma) for s in group])
+            ys = np.concatenate([s.values(y, method, sigma) for s in group])
+            r = bootstrap_correlation(xs, ys, resamples=resamples, seed=seed)
+            out.append({"model": model, "method": method, "sigma": sigma, "r": r})
+    return out
+
+
+# ---------------------------------------------------------------------------- figures
+
+
+def _figure(panels: int, *, width: float = 4.0, height: float = 3.2) -> tuple[Figure, list]:
+    fig = Figure(figsize=(width * panels + 0.4, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, panels, squeeze=False)[0]
+    return fig, list(axes)
+
+
+def _color(index: int) -> Any:
+    import matplotlib
+
+    return matplotlib.colormaps["tab10"](index % 10)
+
+
+def _error_line(ax, sigmas, estimates, *, label, color, linestyle="-") -> None:
+    means = np.array([e.value for e in estimates])
+    below = means - np.array([e.low for e in estimates])
+    above = np.array([e.high for e in estimates]) - means
+    ax.errorbar(sigmas, means, yerr=np.nan_to_num(np.stack([below, above])), marker="o",
+                capsize=3, label=label, color=color, linestyle=linestyle)  # fmt: skip
+
+
+def plot_metric_vs_sigma(
+    sweeps: Sequence[Sweep], metric: str, *, resamples: int = RESAMPLES, seed: int = 0
+) -> Figure:
+    """``metric``'s mean over clips (bootstrap 95% bars) against sigma: one panel per
+    sweep, one line per method."""
+    fig, axes = _figure(len(sweeps))
+    for ax, sweep in zip(axes, sweeps, strict=True):
+        for i, method in enumerate(sweep.methods):
+            estimates = [bootstrap_mean(sweep.values(metric, method, s), resamples=resamples,
+                                        seed=seed) for s in sweep.sigmas]  # fmt: skip
+            _error_line(ax, sweep.sigmas, estimates, label=method, color=_color(i))
+        ax.set(title=sweep.name, xlabel="sigma", ylabel=metric)
+        ax.legend(fontsize=8)
+    return fig
+
+
+def plot_raw_vs_selective(
+    sweeps: Sequence[Sweep], raw: str, selective: str, *, ylabel: str,
+    resamples: int = RESAMPLES, seed: int = 0,
+) -> Figure:  # fmt: skip
+    """Means of ``raw`` (dashed) and ``selective`` (solid) against sigma with bootstrap
+    bars: one panel per sweep, one colour per method."""
+    fig, axes = _figure(len(sweeps))
+    for ax, sweep in zip(axes, sweeps, strict=True):
+        for i, method in enumerate(sweep.methods):
+            for column, style, kind in ((raw, "--", "raw"), (selective, "-", "selective")):
+                estimates = [bootstrap_mean(sweep.values(column, method, s),
+                                            resamples=resamples, seed=seed)
+                             for s in sweep.sigmas]  # fmt: skip
+                _error_line(ax, sweep.sigmas, estimates, label=f"{method} {kind}",
+                            color=_color(i), linestyle=style)  # fmt: skip
+        ax.set(title=sweep.name, xlabel="sigma", ylabel=ylabel)
+        ax.legend(fontsize=7)
+    return fig
+
+
+def plot_spatial_bias_distributions(sweeps: Sequence[Sweep]) -> Figure:
+    """Each model's spatial bias over clips: one panel per method, a box per (sigma,
+    model), models side by side in their colours."""
+    methods = sorted({m for s in sweeps for m in s.methods})
+    sigmas = sorted({g for s in sweeps for g in s.sigmas})
+    fig, axes = _figure(len(methods), width=max(4.0, 1.2 * len(sigmas) * len(sweeps) ** 0.5))
+    width = 0.8 / len(sweeps)
+    for ax, method in zip(axes, methods, strict=True):
+        for i, sweep in enumerate(sweeps):
+            picked = [(j, sweep.values("spatial_bias", method, g)) for j, g in enumerate(sigmas)
+                      if method in sweep.methods and g in sweep.sigmas]  # fmt: skip
+            if not picked:
+                continue
+            positions = [j - 0.4 + width * (i + 0.5) for j, _ in picked]
+            data = [v[np.isfinite(v)] for _, v in picked]
+            boxes = ax.boxplot(data, positions=positions, widths=width * 0.9, patch_artist=True,
+                               manage_ticks=False, medianprops={"color": "black"})  # fmt: skip
+            for box in boxes["boxes"]:
+                box.set(facecolor=_color(i), alpha=0.6)
+            ax.plot([], [], color=_color(i), linewidth=6, alpha=0.6, label=sweep.name)
+        ax.set_xticks(range(len(sigmas)), [f"{g:g}" for g in sigmas])
+        ax.set(title=method, xlabel="sigma", ylabel="spatial_bias", xlim=(-0.6, len(sigmas) - 0.4))
+        ax.legend(fontsize=8)
+    return fig
+
+
+def plot_reliance_vs_bias(
+    sweeps: Sequence[Sweep], sigma: float, *, resamples: int = RESAMPLES, seed: int = 0
+) -> Figure:
+    """Motion reliance (frame freezing's drop of the target probability) against spatial
+    bias at ``sigma``, one point per clip and a colour per model; one panel per method,
+    titled with the pooled Pearson r and its bootstrap interval."""
+    records = correlations(sweeps, sigma, resamples=resamples, seed=seed)
+    methods = sorted({r["method"] for r in records})
+    fig, axes = _figure(max(1, len(methods)))
+    for ax, method in zip(axes, methods, strict=False):
+        for i, sweep in enumerate(sweeps):
+            if method in sweep.methods and sweep.has("motion_reliance"):
+                ax.scatter(sweep.values("spatial_bias", method, sigma),
+                           sweep.values("motion_reliance", method, sigma), s=10,
+                           color=_color(i), alpha=0.7, label=sweep.name)  # fmt: skip
+        pooled = next(r["r"] for r in records if r["method"] == method)
+        ax.set(title=f"{method}, sigma {sigma:g}: r = {pooled}", xlabel="spatial_bias",
+               ylabel="motion_reliance")  # fmt: skip
+        ax.title.set_fontsize(8)
+        ax.legend(fontsize=8)
+    return fig
+
+
+# ---------------------------------------------------------------------------- markdown
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _overview(sweeps: Sequence[Sweep], sigma: float, resamples: int, seed: int) -> str:
+    rows = [
+        (s.name, f"`{s.settings['dataset']}`", s.settings["split"], s.clips,
+         s.settings["target"], ", ".join(f"`{m}`" for m in s.methods),
+         ", ".join(f"{g:g}" for g in s.sigmas), "yes" if s.has("motion_reliance") else "no",
+         f"`{s.directory}`")
+        for s in sweeps
+    ]  # fmt: skip
+    header = ("model", "dataset", "split", "clips", "target", "methods", "sigmas",
+              "faithfulness", "sweep")  # fmt: skip
+    return (
+        "# Sweep report\n\n"
+        f"Numbers are means over clips with percentile-bootstrap {CONFIDENCE:.0%} intervals "
+        f"`mean [low, high]` ({resamples} resamples of the clips, seed {seed}); figures show "
+        f"the same intervals as bars. Where one sigma is needed it is {sigma:g}.\n\n"
+        + _table(header, rows)
+    )
+
+
+def _estimate(record: dict[str, Any]) -> Estimate:
+    return Estimate(record["mean"], record["low"], record["high"], record["n"])
+
+
+def _metric_sections(sweeps, stem: str, resamples: int, seed: int) -> tuple[str, dict]:
+    figures, parts = {}, ["## Scores against sigma"]
+    sigmas = sorted({g for s in sweeps for g in s.sigmas})
+    for metric in SIGMA_METRICS:
+        have = [s for s in sweeps if s.has(metric)]
+        if not have:
+            continue
+        name = f"{stem}-{metric}.png"
+        figures[name] = plot_metric_vs_sigma(have, metric, resamples=resamples, seed=seed)
+        records = summarize(have, [metric], resamples=resamples, seed=seed)
+        found = {(r["model"], r["method"], r["sigma"]): _estimate(r) for r in records}
+        rows = [(s.name, f"`{m}`", *(found.get((s.name, m, g), "") for g in sigmas))
+                for s in have for m in s.methods]  # fmt: skip
+        header = ("model", "method", *(f"sigma {g:g}" for g in sigmas))
+        parts.append(f"### {metric}\n\n![{metric}]({name})\n\n" + _table(header, rows))
+    return "\n\n".join(parts), figures
+
+
+_PAIRED = {
+    "motion_precision": (
+        "Motion precision at matched sparsity",
+        "Share of the selected voxels inside the exact motion mask. Selective: the voxels "
+        "selective relevance keeps; raw: the raw map's top k voxels with k the number "
+        "selective relevance keeps (same sparsity). Difference: selective - raw per clip.",
+    ),
+    "static_mass": (
+        "Relevance on static objects",
+        "Share of relevance mass on the static objects (synthetic_motion's distractors), "
+        "raw and selective; clips without static objects are left out.",
+    ),
+}
+
+
+def _paired_section(sweeps, key: str, stem: str, resamples: int, seed: int) -> tuple[str, dict]:
+    raw, selective = f"{key}_raw", f"{key}_selective"
+    have = [s for s in sweeps if s.has(raw) and s.has(selective)]
+    if not have:
+        return "", {}
+    title, text = _PAIRED[key]
+    name = f"{stem}-{key}.png"
+    figure = plot_raw_vs_selective(have, raw, selective, ylabel=key, resamples=resamples,
+                                   seed=seed)  # fmt: skip
+    records = paired_summary(have, raw, selective, resamples=resamples, seed=seed)
+    rows = [(r["model"], f"`{r['method']}`", f"{r['sigma']:g}", r["raw"], r["selective"],
+             r["difference"], r["selective"].n) for r in records]  # fmt: skip
+    table = _table(("model", "method", "sigma", "raw", "selective", "selective - raw", "n"), rows)
+    return f"## {title}\n\n{text}\n\n![{key}]({name})\n\n{table}", {name: figure}
+
+
+def _bias_section(sweeps, stem: str, sigma: float) -> tuple[str, dict]:
+    name = f"{stem}-spatial_bias_distribution.png"
+    rows = []
+    for s in sweeps:
+        for m in s.methods:
+            if sigma in s.sigmas:
+                v = s.values("spatial_bias", m, sigma)
+                v = v[np.isfinite(v)]
+                q = np.percentile(v, [25, 50, 75]) if v.size else [np.nan] * 3
+                rows.append((s.name, f"`{m}`", *(_fixed(x) for x in q), v.size))
+    table = _table(("model", "method", "25%", "median", "75%", "n"), rows)
+    return (
+        "## Spatial bias per model\n\nThe distribution over clips of the share of relevance "
+        f"that selection removes; quartiles at sigma {sigma:g}.\n\n![spatial bias]({name})\n\n"
+        + table
+    ), {name: plot_spatial_bias_distributions(sweeps)}
+
+
+def _reliance_section(sweeps, stem: str, sigma: float, resamples: int, seed: int):
+    have = [s for s in sweeps if s.has("motion_reliance") and sigma in s.sigmas]
+    if not have:
+        return "", {}
+    name = f"{stem}-reliance_vs_bias.png"
+    records = correlations(have, sigma, resamples=resamples, seed=seed)
+    rows = [(r["model"], f"`{r['method']}`", r["r"], r["r"].n) for r in records]
+    columns = ("motion_reliance", "deletion_auc_raw", "deletion_auc_selective",
+               "insertion_auc_raw", "insertion_auc_selective")  # fmt: skip
+    means = [(s.name, f"`{m}`", *(bootstrap_mean(s.values(c, m, sigma), resamples=resamples,
+                                                  seed=seed) for c in columns))
+             for s in have for m in s.methods]  # fmt: skip
+    return (
+        "## Motion reliance and spatial bias\n\nMotion reliance: the drop of the target "
+        "probability when the clip is frozen to its middle frame. Pearson r over clips "
+        f"against spatial bias at sigma {sigma:g} (`all`: the sweeps pooled).\n\n"
+        f"![motion reliance against spatial bias]({name})\n\n"
+        + _table(("model", "method", "r", "n"), rows)
+        + f"\n\nFaithfulness at sigma {sigma:g} (AUCs of the target probability; deletion: "
+        "lower is better, insertion: higher is better):\n\n"
+        + _table(("model", "method", *columns), means)
+    ), {name: plot_reliance_vs_bias(have, sigma, resamples=resamples, seed=seed)}
+
+
+def _reference_sigma(sweeps: Sequence[Sweep], sigma: float | None) -> float:
+    common = sorted(set.intersection(*(set(s.sigmas) for s in sweeps)))
+    if sigma is None:
+        if not common:
+            raise OptionError("the sweeps share no sigma; pass one (--sigma) that some sweep has")
+        return common[(len(common) - 1) // 2]
+    sigma = real("sigma", sigma, minimum=0.0)
+    if sigma not in {g for s in sweeps for g in s.sigmas}:
+        raise OptionError(f"sigma {sigma:g} is in none of the sweeps; common: {common}")
+    return sigma
+
+
+def write_report(
+    directories: Iterable[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    sigma: float | None = None,
+    resamples: int = RESAMPLES,
+    seed: int = 0,
+) -> pathlib.Path:
+    """Write a markdown report of the sweeps in ``directories`` to ``out`` (a ``.md``
+    file) and its PNGs beside it (``<stem>-<figure>.png``). ``sigma``: the one used by
+    the distribution and correlation sections (default: the middle sigma every sweep
+    has). Returns ``out``. Deterministic: the same sweeps, ``resamples`` and ``seed``
+    give the same bytes."""
+    from selrel_jax.models.checkpoint import writable_directory
+    from selrel_jax.viz import save_figure
+
+    out = pathlib.Path(out)
+    if out.suffix.lower() != ".md" or out.is_dir():
+        raise OptionError(f"--out must be a markdown file ending in .md; got {str(out)!r}")
+    writable_directory(out.parent, "--out's folder", OptionError)
+    _checked_bootstrap(resamples, seed, CONFIDENCE)
+    sweeps = load_sweeps(directories)
+    sigma = _reference_sigma(sweeps, sigma)
+    stem = out.stem
+    parts = [_overview(sweeps, sigma, resamples, seed)]
+    figures: dict[str, Figure] = {}
+    for text, figs in (
+        _metric_sections(sweeps, stem, resamples, seed),
+        _paired_section(sweeps, "motion_precision", stem, resamples, seed),
+        _paired_section(sweeps, "static_mass", stem, resamples, seed),
+        _bias_section(sweeps, stem, sigma),
+        _reliance_section(sweeps, stem, sigma, resamples, seed),
+    ):
+        parts += [text] if text else []
+        figures |= figs
+    for name, figure in figures.items():
+        save_figure(figure, out.parent / name)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    tmp.write_text("\n\n".join(parts) + "\n")
+    os.replace(tmp, out)
+    return out
