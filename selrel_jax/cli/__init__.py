@@ -93,4 +93,4 @@ def main() -> None:
     app()
 
 
-from selrel_jax.cli import convert, evaluate, explain, train  # noqa: E402, F401
+from selrel_jax.cli import convert, evaluate, explain, report, sweep, train  # noqa: E402, F401

@@ -1,0 +1,134 @@
+"""``selrel sweep``: explain, select and score every clip of a dataset split, resumably."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from selrel_jax.cli import app
+
+# Literal defaults keep `selrel --help` fast (no JAX import); a test checks that they
+# equal the library's (selrel_jax.sweep).
+Dataset = Annotated[
+    str,
+    typer.Option(help="synthetic_motion(/CONFIG), folder:PATH (UCF-101 layout) or a TFDS name."),
+]
+Split = Annotated[str, typer.Option(help="Split: train, validation or test.")]
+Model = Annotated[str, typer.Option(help="Shipped model name or checkpoint directory.")]
+Methods = Annotated[
+    str,
+    typer.Option(help="Relevance methods, comma-separated (e.g. lrp.epsilon_plus_flat,gradient)."),
+]
+Sigmas = Annotated[str, typer.Option(help="Selectivities, comma-separated numbers >= 0.")]
+MethodOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        help="Method option as KEY=JSON, repeatable; goes to every method that takes KEY. "
+        "lrp.epsilon_gamma_box's low/high default to the model's normalised input range."
+    ),
+]
+Target = Annotated[str, typer.Option(help="label (the dataset's class) or predicted.")]
+DataSeed = Annotated[
+    int | None,
+    typer.Option(
+        help="Generate the synthetic split afresh with this seed (unseen clips, no cache)."
+    ),
+]
+Faithfulness = Annotated[
+    bool,
+    typer.Option(help="Add deletion/insertion AUCs and frame-freezing motion reliance (slower)."),
+]
+BatchSize = Annotated[int, typer.Option(help="Clips per jit-compiled batch and per table shard.")]
+Limit = Annotated[int | None, typer.Option(help="Only the first K clips.")]
+DataDir = Annotated[
+    Path | None, typer.Option(help="Dataset cache (default $SELREL_DATA_DIR or ~/.cache).")
+]
+Out = Annotated[Path, typer.Option(help="Sweep directory: manifest.json and tables/*.parquet.")]
+TemporalPadding = Annotated[
+    str, typer.Option(help="edge (default: no end-frame motion) or zero (the paper's).")
+]
+Threshold = Annotated[str, typer.Option(help="clip (one threshold per clip) or frame.")]
+Distributed = Annotated[
+    bool,
+    typer.Option(
+        help="Call jax.distributed.initialize() first (TPU, Slurm, Open MPI detect the rest); "
+        "each process writes its own shards."
+    ),
+]
+Coordinator = Annotated[
+    str | None, typer.Option(help="Multi-process without auto-detection: process 0's HOST:PORT.")
+]
+NumProcesses = Annotated[int | None, typer.Option(help="With --coordinator: how many processes.")]
+ProcessId = Annotated[int | None, typer.Option(help="With --coordinator: this process's index.")]
+Progress = Annotated[bool, typer.Option(help="Progress bar (clips/s, ETA) on stderr.")]
+
+
+@app.command()
+def sweep(
+    dataset: Dataset,
+    out: Out,
+    split: Split = "test",
+    model: Model = "c3d_small_motion",
+    methods: Methods = "lrp.epsilon_plus_flat",
+    sigmas: Sigmas = "0.5,1,2,3",
+    method_option: MethodOption = None,
+    target: Target = "label",
+    data_seed: DataSeed = None,
+    faithfulness: Faithfulness = False,
+    batch_size: BatchSize = 8,
+    limit: Limit = None,
+    data_dir: DataDir = None,
+    temporal_padding: TemporalPadding = "edge",
+    threshold: Threshold = "clip",
+    distributed: Distributed = False,
+    coordinator: Coordinator = None,
+    num_processes: NumProcesses = None,
+    process_id: ProcessId = None,
+    progress: Progress = True,
+) -> None:
+    """Explain, select and score every clip of DATASET's SPLIT with every method and sigma:
+    one row per (clip, method, sigma) in OUT/tables/*.parquet, OUT/manifest.json beside.
+    Rerun the same command after an interruption to resume; prints one JSON line."""
+    from selrel_jax._checks import key_json_pairs
+    from selrel_jax.sweep import initialize_distributed, parse_list, run_sweep
+
+    options = key_json_pairs("--method-option", method_option or [])
+    method_names = parse_list("--methods", methods, str)
+    sigma_values = parse_list("--sigmas", sigmas, float)
+    if (
+        distributed
+        or coordinator is not None
+        or num_processes is not None
+        or process_id is not None
+    ):
+        initialize_distributed(coordinator, num_processes, process_id)
+    with _stdout_to_stderr():
+        result = run_sweep(
+            out, dataset=dataset, split=split, model=model, methods=method_names,
+            sigmas=sigma_values, method_options=options, target=target, data_seed=data_seed,
+            faithfulness=faithfulness, batch_size=batch_size, limit=limit, data_dir=data_dir,
+            temporal_padding=temporal_padding, threshold=threshold, progress=progress,
+        )  # fmt: skip
+    typer.echo(json.dumps(result))
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr():
+    """Send what the sweep prints to stderr, C++ libraries' writes to file descriptor 1
+    included (gloo's connection messages under jax.distributed): stdout carries only the
+    result line."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
