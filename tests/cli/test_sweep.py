@@ -1,0 +1,163 @@
+"""``selrel sweep``: one JSON line, every bad flag a one-line error that writes nothing, the
+library's defaults, and two processes under jax.distributed sharing one sweep."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from selrel_jax import models, sweep
+from selrel_jax.cli import app
+from selrel_jax.cli import sweep as sweep_command
+from selrel_jax.data import synthetic_motion
+
+CLIP = (8, 32, 32)
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """An untrained tiny c3d_small."""
+    model = models.create("c3d_small", 6, width=0.25, clip_size=CLIP, stem_stride=(1, 2, 2))
+    init = jax.jit(lambda key: model.init(key, np.zeros((1, *CLIP, 3), np.float32)))
+    info = models.ModelInfo.for_arch(
+        "c3d_small", 6, class_names=synthetic_motion.CLASS_NAMES, width=0.25,
+        clip_length=CLIP[0], crop_size=CLIP[1:], extra={"model_kwargs": {"stem_stride": [1, 2, 2]}},
+    )  # fmt: skip
+    return models.save(tmp_path_factory.mktemp("model") / "tiny", info, init(jax.random.key(2)))
+
+
+def _args(model_dir, out, *extra):
+    return ["sweep", "--dataset", "synthetic_motion/tiny", "--data-seed", "4", "--limit", "3",
+            "--model", str(model_dir), "--methods", "gradient,gradient_x_input",
+            "--sigmas", "1,2", "--batch-size", "2", "--out", str(out),
+            *map(str, extra)]  # fmt: skip
+
+
+def test_a_sweep_prints_one_json_line_and_shows_progress(model_dir, tmp_path):
+    result = runner.invoke(app, _args(model_dir, tmp_path / "s"))
+    assert result.exit_code == 0, result.stderr
+    [line] = result.stdout.splitlines()
+    record = json.loads(line)
+    assert record["rows"] == 3 * 2 * 2 and record["clips"] == 3 and record["complete"]
+    assert record["out"] == str(tmp_path / "s") and record["shards"] == 2
+    assert "sweep:" in result.stderr and "clip" in result.stderr  # the progress bar
+    table = sweep.read_table(tmp_path / "s")
+    assert table.num_rows == 12 and sorted(set(table.column("method").to_pylist())) == [
+        "gradient", "gradient_x_input"]  # fmt: skip
+    again = runner.invoke(app, [*_args(model_dir, tmp_path / "s"), "--no-progress"])
+    assert again.exit_code == 0 and json.loads(again.stdout)["shards_written"] == 0
+    assert again.stderr == ""
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--methods", "lrp.nope"], "unknown method 'lrp.nope'"),
+        (["--methods", "gradient,,grad_cam"], "--methods must be a comma-separated list without"),
+        (["--methods", "gradient,gradient"], "methods repeat gradient"),
+        (["--sigmas", "1,x"], "--sigmas must be comma-separated numbers; got '1,x'"),
+        (["--sigmas", "-1"], "sigma must be a finite number >= 0.0; got -1.0"),
+        (["--sigmas", "nan"], "sigma must be a finite number >= 0.0; got nan"),
+        (["--sigmas", "1,1.0"], "sigmas repeat 1"),
+        (["--method-option", "epsilon=0.1"], "method option 'epsilon' is taken by none of the"),
+        (["--method-option", "epsilon"], "--method-option must be KEY=JSON"),
+        (["--methods", "smoothgrad", "--method-option", "samples=0"], "samples must be a positive"),
+        (["--target", "truth"], "target must be one of label, predicted; got 'truth'"),
+        (["--data-seed", "-1"], "data_seed must be an int >= 0; got -1"),
+        (["--batch-size", "0"], "batch_size must be a positive int; got 0"),
+        (["--limit", "0"], "limit must be a positive int; got 0"),
+        (["--split", "dev"], "split must be one of train, validation, test; got 'dev'"),
+        (["--temporal-padding", "wrap"], "temporal_padding must be one of zero, edge"),
+        (["--threshold", "pixel"], "threshold must be one of clip, frame"),
+        (["--model", "no_such_model"], "no checkpoint named or at 'no_such_model'"),
+        (["--dataset", "synthetic_motion/nope"], "synthetic_motion config must be one of"),
+        (["--dataset", "synthetic_motion"], "clips are (16, 48, 48) (T, H, W) but the model takes"),
+        (["--dataset", "folder:/no/such/folder"], "data_seed works only with synthetic_motion"),
+        (["--coordinator", "localhost:1"], "a coordinator needs num_processes and process_id"),
+        (["--coordinator", "localhost:1", "--num-processes", "2", "--process-id", "2"],
+         "process_id must lie in [0, 2); got 2"),
+    ],
+)  # fmt: skip
+def test_bad_flags_are_one_line_and_write_nothing(model_dir, tmp_path, extra, message):
+    result = runner.invoke(app, [*_args(model_dir, tmp_path / "s", "--no-progress"), *extra])
+    assert result.exit_code == 2 and result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("selrel: error: "), result.stderr
+    assert message in lines[0]
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_missing_folder_and_bad_output_paths_are_one_line(model_dir, tmp_path):
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    cases = [
+        (["--dataset", "folder:/no/such/folder"], tmp_path / "s", "video folder not found"),
+        ([], tmp_path / "file" / "s", "which is a file, not a directory"),
+        ([], tmp_path / "other", "holds other files than a sweep"),
+    ]
+    for extra, out, message in cases:
+        args = _args(model_dir, out, "--no-progress", *extra)
+        if extra:  # a folder takes no data seed
+            i = args.index("--data-seed")
+            del args[i : i + 2]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], result.stderr
+    assert not (tmp_path / "s").exists()
+    assert os.listdir(tmp_path / "other") == ["notes.txt"]
+
+
+def test_command_defaults_are_the_librarys():
+    command = inspect.signature(sweep_command.sweep).parameters
+    library = inspect.signature(sweep.run_sweep).parameters
+    assert command["methods"].default == ",".join(sweep.DEFAULT_METHODS)
+    assert [float(s) for s in command["sigmas"].default.split(",")] == list(sweep.DEFAULT_SIGMAS)
+    assert command["temporal_padding"].default == sweep.DEFAULT_TEMPORAL_PADDING
+    for name in ("split", "model", "target", "batch_size", "threshold", "faithfulness"):
+        assert command[name].default == library[name].default, name
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_under_jax_distributed_write_one_table(model_dir, tmp_path):
+    port = _free_port()
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    commands = [
+        [sys.executable, "-c", "from selrel_jax.cli import main; main()",
+         *_args(model_dir, tmp_path / "two", "--no-progress", "--coordinator",
+                f"localhost:{port}", "--num-processes", 2, "--process-id", i)]
+        for i in range(2)
+    ]  # fmt: skip
+    procs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=env) for c in commands]  # fmt: skip
+    outputs = [p.communicate(timeout=300) for p in procs]
+    for proc, (_, stderr) in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, stderr[-3000:]
+    first, second = (json.loads(stdout) for stdout, _ in outputs)
+    assert first["shards_written"] == second["shards_written"] == 1  # shards 0 and 1
+    assert first["complete"] and first["rows"] == 12
+    result = runner.invoke(app, [*_args(model_dir, tmp_path / "one"), "--no-progress"])
+    assert result.exit_code == 0, result.stderr
+    two = sweep.table_columns(sweep.read_table(tmp_path / "two"))
+    one = sweep.table_columns(sweep.read_table(tmp_path / "one"))
+    for name, values in one.items():
+        if values.dtype.kind == "f":
+            np.testing.assert_allclose(two[name], values, rtol=0, atol=1e-5, err_msg=name)
+        else:
+            assert two[name].tolist() == values.tolist(), name

@@ -1,0 +1,152 @@
+"""Reports of sweeps: numbers equal to the table's, seeded bootstrap intervals, every
+section rendered, deterministic bytes."""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import numpy as np
+import pytest
+
+from selrel_jax import models, report
+from selrel_jax.data import synthetic_motion
+from selrel_jax.errors import DataError, OptionError
+from selrel_jax.sweep import read_table, run_sweep, table_columns
+
+CLIP = (8, 32, 32)
+SIGMAS = [1.0, 2.0]
+
+
+def _tiny_model(directory, seed):
+    model = models.create("c3d_small", 6, width=0.25, clip_size=CLIP, stem_stride=(1, 2, 2))
+    init = jax.jit(lambda key: model.init(key, np.zeros((1, *CLIP, 3), np.float32)))
+    info = models.ModelInfo.for_arch(
+        "c3d_small", 6, class_names=synthetic_motion.CLASS_NAMES, width=0.25,
+        clip_length=CLIP[0], crop_size=CLIP[1:], extra={"model_kwargs": {"stem_stride": [1, 2, 2]}},
+    )  # fmt: skip
+    return models.save(directory, info, init(jax.random.key(seed)))
+
+
+@pytest.fixture(scope="module")
+def sweeps(tmp_path_factory):
+    """Two small sweeps of two tiny models on clips with static objects, with faithfulness."""
+    root = tmp_path_factory.mktemp("report")
+    directories = []
+    for name, seed in (("motion_net", 3), ("still_net", 4)):
+        model_dir = _tiny_model(root / "models" / name, seed)
+        run_sweep(root / name, model=model_dir, dataset="synthetic_motion/tiny_distractors",
+                  data_seed=2, limit=4, batch_size=4, methods=["gradient_x_input"],
+                  sigmas=SIGMAS, faithfulness=True)  # fmt: skip
+        directories.append(root / name)
+    return directories
+
+
+def test_bootstrap_mean_is_seeded_and_drops_nan():
+    values = np.array([0.1, 0.4, np.nan, 0.3, 0.9, 0.2])
+    e = report.bootstrap_mean(values, resamples=500, seed=3)
+    assert e.n == 5 and e.value == pytest.approx(np.nanmean(values))
+    finite = values[np.isfinite(values)]
+    picks = np.random.default_rng(3).integers(0, 5, size=(500, 5))
+    assert (e.low, e.high) == tuple(np.percentile(finite[picks].mean(1), [2.5, 97.5]))
+    assert report.bootstrap_mean(values, resamples=500, seed=3) == e
+    assert report.bootstrap_mean(values, resamples=500, seed=4) != e
+    assert report.bootstrap_mean([2.0, 2.0, 2.0]) == (2.0, 2.0, 2.0, 3)
+    empty = report.bootstrap_mean([np.nan])
+    assert empty.n == 0 and np.isnan(empty.value) and str(empty) == "n/a"
+    with pytest.raises(OptionError, match="resamples must be a positive int"):
+        report.bootstrap_mean(values, resamples=0)
+
+
+def test_bootstrap_correlation():
+    x = np.arange(10.0)
+    assert report.bootstrap_correlation(x, 3 * x + 1)[:3] == pytest.approx((1.0, 1.0, 1.0))
+    assert report.bootstrap_correlation(x, -x).value == pytest.approx(-1.0)
+    y = np.random.default_rng(0).normal(size=10)
+    r = report.bootstrap_correlation(x, y, seed=1)
+    assert r.value == pytest.approx(np.corrcoef(x, y)[0, 1]) and r.low <= r.value <= r.high
+    assert report.bootstrap_correlation([1.0, np.nan], [2.0, 3.0]).n == 1
+
+
+def test_summaries_are_the_tables_means(sweeps):
+    loaded = report.load_sweeps(sweeps)
+    assert [s.name for s in loaded] == ["motion_net", "still_net"]
+    table = table_columns(read_table(sweeps[0]))
+    records = report.summarize(loaded, ["spatial_bias", "motion_precision_selective"])
+    assert len(records) == 2 * 2 * 2  # models x sigmas x metrics
+    for r in records:
+        if r["model"] == "motion_net":
+            rows = (table["method"] == r["method"]) & (table["sigma"] == r["sigma"])
+            assert r["mean"] == pytest.approx(np.mean(table[r["metric"]][rows], dtype=np.float64))
+            assert r["n"] == 4 and r["low"] <= r["mean"] <= r["high"]
+    paired = report.paired_summary(loaded, "static_mass_raw", "static_mass_selective")
+    rows = (table["sigma"] == 2.0) & np.isfinite(table["static_mass_raw"])
+    difference = table["static_mass_selective"][rows] - table["static_mass_raw"][rows]
+    first = next(p for p in paired if p["model"] == "motion_net" and p["sigma"] == 2.0)
+    assert first["difference"].value == pytest.approx(np.mean(difference, dtype=np.float64))
+    [pooled] = [c for c in report.correlations(loaded, 1.0) if c["model"] == "all"]
+    assert pooled["r"].n == 8
+
+
+def _cell(markdown: str, section: str, model: str, column: int) -> str:
+    """A cell of the first table after ``section``'s heading, in ``model``'s row."""
+    text = markdown.split(section, 1)[1]
+    for line in text.splitlines():
+        if line.startswith(f"| {model} |"):
+            return line.strip("|").split("|")[column].strip()
+    raise AssertionError(f"no row of {model} after {section}")
+
+
+def test_the_report_renders_every_section_with_the_tables_numbers(sweeps, tmp_path):
+    out = report.write_report(sweeps, tmp_path / "r" / "report.md")
+    markdown = out.read_text()
+    for heading in ("## Scores against sigma", "## Motion precision at matched sparsity",
+                    "## Relevance on static objects", "## Spatial bias per model",
+                    "## Motion reliance and spatial bias"):  # fmt: skip
+        assert heading in markdown
+    pngs = re.findall(r"\]\((report-[a-z_]+\.png)\)", markdown)
+    assert len(pngs) >= 10 and all((tmp_path / "r" / p).is_file() for p in pngs)
+    table = table_columns(read_table(sweeps[1]))
+    rows = table["sigma"] == 2.0
+    mean = np.mean(table["spatial_bias"][rows], dtype=np.float64)
+    estimate = report.bootstrap_mean(table["spatial_bias"][rows])
+    assert _cell(markdown, "### spatial_bias", "still_net", 3) == str(estimate)
+    assert str(estimate).startswith(f"{mean:.3f} [")
+    reliance = np.mean(table["motion_reliance"][rows], dtype=np.float64)
+    assert _cell(markdown, "Faithfulness at sigma", "still_net", 2).startswith(f"{reliance:.3f} [")
+    quartiles = np.percentile(table["spatial_bias"][table["sigma"] == 1.0], [25, 50, 75])
+    assert _cell(markdown, "## Spatial bias per model", "still_net", 3) == f"{quartiles[1]:.3f}"
+
+
+def test_the_report_is_deterministic(sweeps, tmp_path):
+    a = report.write_report(sweeps, tmp_path / "a" / "report.md")
+    b = report.write_report(sweeps, tmp_path / "b" / "report.md", resamples=1000, seed=0)
+    files = sorted(p.name for p in a.parent.iterdir())
+    assert files == sorted(p.name for p in b.parent.iterdir())
+    for name in files:
+        assert (a.parent / name).read_bytes() == (b.parent / name).read_bytes(), name
+    c = report.write_report(sweeps, tmp_path / "c" / "report.md", seed=1)
+    assert c.read_text() != a.read_text()
+
+
+def test_figures_have_one_panel_per_sweep_or_method(sweeps):
+    loaded = report.load_sweeps(sweeps)
+    assert len(report.plot_metric_vs_sigma(loaded, "spatial_bias").axes) == 2
+    raw, selective = "motion_precision_raw", "motion_precision_selective"
+    fig = report.plot_raw_vs_selective(loaded, raw, selective, ylabel="precision")
+    assert len(fig.axes) == 2
+    assert len(report.plot_spatial_bias_distributions(loaded).axes) == 1
+    fig = report.plot_reliance_vs_bias(loaded, 2.0)
+    assert len(fig.axes) == 1 and "r = " in fig.axes[0].get_title()
+
+
+def test_bad_arguments(sweeps, tmp_path):
+    with pytest.raises(OptionError, match=r"must be a markdown file ending in \.md"):
+        report.write_report(sweeps, tmp_path / "report.txt")
+    with pytest.raises(OptionError, match=r"sigma 0\.5 is in none of the sweeps"):
+        report.write_report(sweeps, tmp_path / "report.md", sigma=0.5)
+    with pytest.raises(DataError, match="is not a sweep directory"):
+        report.write_report([tmp_path], tmp_path / "report.md")
+    with pytest.raises(OptionError, match="at least one sweep"):
+        report.write_report([], tmp_path / "report.md")
+    assert not (tmp_path / "report.md").exists()
