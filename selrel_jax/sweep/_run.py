@@ -114,8 +114,10 @@ def _barrier(name: str) -> None:
 def _progress(total: int, initial: int, enabled: bool):
     from tqdm import tqdm
 
+    # rate_noinv: always clips/s (tqdm shows s/clip below one clip a second).
+    form = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_noinv_fmt}]"
     return tqdm(total=total, initial=initial, unit="clip", desc="sweep", file=sys.stderr,
-                disable=not enabled, dynamic_ncols=True)  # fmt: skip
+                disable=not enabled, dynamic_ncols=True, bar_format=form)  # fmt: skip
 
 
 class _Sweep:
@@ -179,7 +181,7 @@ class _Sweep:
         records = self.claim()
         process, processes = jax.process_index(), jax.process_count()
         mine = [k for k in range(self.total) if k % processes == process and k not in records]
-        _store.remove_stale(self.directory, mine)
+        _store.remove_stale(self.directory, mine, manifest=process == 0)
         done = sum(len(self.indices(k)) for k in records)
         with _progress(self.source.count, done, progress and process == 0) as bar:
             for shard in mine:

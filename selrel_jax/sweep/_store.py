@@ -27,6 +27,7 @@ MANIFEST_FILE = "manifest.json"
 TABLES_DIR = "tables"
 FORMAT = 1
 _SHARD = re.compile(r"shard-(\d{6})\.parquet")
+_MANIFEST_TMP = re.compile(rf"\.{re.escape(MANIFEST_FILE)}\.\d+\.tmp")
 _META_KEY = b"selrel_sweep"
 _SORT = [("clip_id", "ascending"), ("method", "ascending"), ("sigma", "ascending")]
 MAX_SHOWN = 5  # settings named in a refusal
@@ -78,7 +79,10 @@ def check_target(directory: str | os.PathLike, settings: Mapping[str, Any]) -> p
     there: a new or empty directory, or one holding a sweep of the same settings (an
     OptionError names each setting that differs). Writes nothing."""
     path = writable_directory(directory, "--out", OptionError)
-    if not path.is_dir() or not any(path.iterdir()):
+    if not path.is_dir():
+        return path
+    # A sweep killed while writing its first manifest leaves only that temporary file.
+    if all(_MANIFEST_TMP.fullmatch(p.name) for p in path.iterdir()):
         return path
     if not (path / MANIFEST_FILE).is_file():
         raise OptionError(
@@ -106,9 +110,14 @@ def done_shards(directory: pathlib.Path) -> set[int]:
     return {int(m.group(1)) for m in map(_SHARD.fullmatch, names) if m}
 
 
-def remove_stale(directory: pathlib.Path, shards: Iterable[int]) -> None:
+def remove_stale(directory: pathlib.Path, shards: Iterable[int], manifest: bool) -> None:
     """Delete temporary files a killed sweep left for ``shards`` (shards this process
-    is about to write, so no other process is writing them)."""
+    is about to write, so no other process is writing them) and, with ``manifest``
+    (the process that writes it), of the manifest."""
+    if manifest:
+        for path in directory.iterdir():
+            if _MANIFEST_TMP.fullmatch(path.name):
+                path.unlink(missing_ok=True)
     tables = directory / TABLES_DIR
     prefixes = tuple(f".{shard_name(k)}." for k in shards)
     for name in os.listdir(tables) if tables.is_dir() else []:

@@ -44,13 +44,16 @@ def _args(model_dir, out, *extra):
 
 
 def test_a_sweep_prints_one_json_line_and_shows_progress(model_dir, tmp_path):
+    (tmp_path / "s").mkdir()  # as a sweep killed while writing its first manifest left it
+    (tmp_path / "s" / ".manifest.json.99.tmp").write_text('{"sett')
     result = runner.invoke(app, _args(model_dir, tmp_path / "s"))
     assert result.exit_code == 0, result.stderr
     [line] = result.stdout.splitlines()
     record = json.loads(line)
     assert record["rows"] == 3 * 2 * 2 and record["clips"] == 3 and record["complete"]
     assert record["out"] == str(tmp_path / "s") and record["shards"] == 2
-    assert "sweep:" in result.stderr and "clip" in result.stderr  # the progress bar
+    assert "sweep: 100%" in result.stderr and "clip/s]" in result.stderr  # the progress bar
+    assert sorted(os.listdir(tmp_path / "s")) == ["manifest.json", "tables"]
     table = sweep.read_table(tmp_path / "s")
     assert table.num_rows == 12 and sorted(set(table.column("method").to_pylist())) == [
         "gradient", "gradient_x_input"]  # fmt: skip
