@@ -17,23 +17,35 @@ Flax C3D, so both explain the same network; it reports both times and how far
 the two relevance maps are apart. It needs ``pip install --no-deps
 zennit==0.5.1``.
 
+``--baseline REV`` times this engine against the LRP engine of another git
+revision (e.g. ``784fe69``, the module-interception engine the engine on the
+traced computation replaced), side by side in one process: ``git archive
+REV selrel_jax`` is unpacked into a temporary folder as package
+``selrel_jax_<REV>`` (its imports renamed), both explain the same C3D with
+the same weights and clips, alternating on every repeat; it prints both
+medians, their ratio and how far the two maps are apart.
+
 ``--width`` and ``--clip`` thin the model and shrink the clips for a quick
 smoke run: ``python bench/lrp.py --width 0.0625 --clip 16 32 32 --batches 1
 --repeats 1 --no-memory`` (seconds, not a measurement).
 
 Usage: ``python bench/lrp.py [--batches 1 8] [--repeats 3] [--no-memory]
-[--memory-only] [--zennit] [--width 1.0] [--clip 16 112 112]``
+[--memory-only] [--zennit] [--baseline REV] [--width 1.0] [--clip 16 112 112]``
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import io
 import json
 import platform
 import resource
 import statistics
 import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 from pathlib import Path
 
@@ -212,6 +224,62 @@ def print_table(args: argparse.Namespace, clip: tuple[int, int, int]) -> None:
               flush=True)  # fmt: skip
 
 
+def baseline_package(rev: str):
+    """``selrel_jax`` as of git revision ``rev``, imported as ``selrel_jax_<rev>``."""
+    name = f"selrel_jax_{rev}"
+    if name in sys.modules:
+        return sys.modules[name]
+    archive = subprocess.run(["git", "archive", rev, "selrel_jax"], cwd=ROOT,
+                             capture_output=True, check=True).stdout  # fmt: skip
+    folder = Path(tempfile.mkdtemp(prefix="selrel_baseline_"))
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(folder, filter="data")
+    (folder / "selrel_jax").rename(folder / name)
+    for path in (folder / name).rglob("*.py"):
+        path.write_text(path.read_text().replace("selrel_jax", name))
+    sys.path.insert(0, str(folder))
+    importlib.import_module(f"{name}.models")
+    return importlib.import_module(name)
+
+
+def baseline_batch(batch: int, repeats: int, width: float, clip, rev: str) -> dict:
+    """Median seconds of LRP epsilon_plus_flat by this engine and by ``rev``'s on
+    the same C3D, weights and clips, and the largest difference of their maps."""
+    import jax
+    import numpy as np
+
+    import selrel_jax as sr
+
+    old = baseline_package(rev)
+    model, variables, clips, target = setup(batch, width, clip)
+    old_model = old.models.create("c3d", CLASSES, width=width, clip_size=clip)
+    method = "lrp.epsilon_plus_flat"
+    fns = {"baseline": jax.jit(old.make_explainer(old_model, method)),
+           "engine": jax.jit(sr.make_explainer(model, method))}  # fmt: skip
+    maps = {name: np.asarray(fn(variables, clips, target)) for name, fn in fns.items()}
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn(variables, clips, target).block_until_ready()
+            times[name].append(time.perf_counter() - start)
+    scale = np.abs(maps["baseline"]).max()
+    return {**{k: statistics.median(v) for k, v in times.items()},
+            "diff": float(np.abs(maps["engine"] - maps["baseline"]).max() / scale),
+            "raw": {k: [round(t, 3) for t in v] for k, v in times.items()}}  # fmt: skip
+
+
+def print_baseline(batches: list[int], repeats: int, width: float, clip, rev: str) -> None:
+    print(f"| batch | LRP epsilon_plus_flat, engine of {rev} (s) | this engine (s) "
+          f"| this / {rev} | max abs diff / max abs R |")  # fmt: skip
+    print("|---|---|---|---|---|")
+    for batch in batches:
+        r = baseline_batch(batch, repeats, width, clip, rev)
+        print(f"| {batch} | {r['baseline']:.3f} | {r['engine']:.3f} "
+              f"| {r['engine'] / r['baseline']:.3f}x | {r['diff']:.1e} |", flush=True)  # fmt: skip
+        print(f"#   raw: {json.dumps(r['raw'])}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
@@ -220,6 +288,8 @@ def main() -> None:
     parser.add_argument("--memory-only", action="store_true")
     parser.add_argument("--zennit", action="store_true",
                         help="also time Zennit's EpsilonPlusFlat on the same C3D")  # fmt: skip
+    parser.add_argument("--baseline", metavar="REV",
+                        help="time against the LRP engine of git revision REV instead")  # fmt: skip
     parser.add_argument("--width", type=float, default=1.0, help="channel multiplier")
     parser.add_argument("--clip", type=int, nargs=3, default=[16, 112, 112],
                         metavar=("T", "H", "W"))  # fmt: skip
@@ -235,6 +305,10 @@ def main() -> None:
     print(f"# C3D ({CLASSES} classes, width {args.width}), clips (N, {', '.join(map(str, clip))}"
           f", 3), jax {jax.__version__}, {platform.processor() or platform.machine()}, "
           f"devices: {jax.devices()}")  # fmt: skip
+    if args.baseline:
+        print(f"# medians of {args.repeats} alternating repeats after warm-up")
+        print_baseline(args.batches, args.repeats, args.width, clip, args.baseline)
+        return
     print(f"# medians of {args.repeats} alternating repeats after warm-up; peak RSS = growth "
           "of max RSS over model + clips loaded (compile + one run)")  # fmt: skip
     print_table(args, clip)

@@ -1,16 +1,10 @@
 """Layer primitives shared by the model zoo and the relevance engine.
 
-Relevance propagation needs to see every operation that redistributes
-relevance: residual sums (Norm rule), average pooling (Norm rule) and max
-pooling (winner takes all). Flax modules are visible to the engine; plain
-functional calls are not. So models built for explanation use these modules:
-
-* ``x + y`` written inline in a model is invisible to the engine: the gradient
-  would copy relevance to both branches instead of splitting it. Use ``Sum()``.
-* ``nn.avg_pool`` / ``jnp.mean`` written inline are likewise invisible; use
-  ``AvgPool`` / ``GlobalAvgPool``.
-* ``nn.max_pool`` inline happens to be right (max pooling is explained by its
-  plain gradient), but ``MaxPool`` keeps module paths readable.
+The relevance engine sees every operation of the traced model, so an inline
+``x + y``, ``nn.avg_pool``, ``jnp.mean`` or ``nn.max_pool`` gets the same rule
+as these modules (Norm for sums and average pooling: relevance is split, not
+copied; the plain gradient for max pooling). The modules give those layers
+readable paths (``layer1_0/sum``) that a composite's path patterns can select.
 
 Layout is NTHWC (channels last), as everywhere in the library.
 

@@ -5,8 +5,10 @@
 * :mod:`~selrel_jax.attribution.rules`: Epsilon, ZPlus, AlphaBeta, Gamma, ZBox,
   Flat, WSquare, Norm, Pass, Gradient.
 * :mod:`~selrel_jax.attribution.composites`: layer -> rule maps (Zennit's names).
-* :mod:`~selrel_jax.attribution.canonizers`: BatchNorm merged into the layer before it.
-* :mod:`~selrel_jax.attribution.engine`: :func:`lrp`, the jax.vjp transform.
+* :mod:`~selrel_jax.attribution.canonizers`: per-channel affine maps (BatchNorm)
+  merged into the conv/dense layer before them.
+* :mod:`~selrel_jax.attribution.engine`: :func:`lrp`, the jax.vjp transform of
+  the traced model (Flax linen, Flax NNX or a plain ``apply_fn(params, clips)``).
 * :mod:`~selrel_jax.attribution.gradients`: gradient, gradient x input,
   integrated gradients, SmoothGrad, Grad-CAM 3D.
 * :mod:`~selrel_jax.attribution.registry`: methods by name, options from signatures.
@@ -17,6 +19,7 @@ Example::
     import jax
     from selrel_jax.attribution import composites, explain, lrp
     rel = explain(model, variables, clips, method="lrp.epsilon_plus_flat")
+    rel = explain(nnx_model, None, clips, method="lrp.epsilon_plus_flat")
     fn = jax.jit(lrp(model, composites.epsilon_gamma_box(low=-2.0, high=2.0)))
 """
 

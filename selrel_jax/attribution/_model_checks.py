@@ -1,6 +1,6 @@
 """Checks of a model against the clips, made on its abstract trace (shapes only,
-so they hold under ``jit`` as well as in eager calls). Private: the engine,
-the gradient family and ``explain`` use them.
+so they hold under ``jit`` as well as in eager calls). Private: the LRP front
+ends, the gradient family and ``explain`` use them.
 
 * Variables that do not fit the model (another width, a missing layer) raise a
   one-line :class:`ShapeError` (wrong shape) or :class:`CheckpointError`
@@ -8,10 +8,6 @@ the gradient family and ``explain`` use them.
 * Clips too small for the model (a pooling layer left with an empty axis; a
   mean over it is NaN and the relevance silently 0) raise a
   :class:`ShapeError` naming the layer and the clip shape.
-* :func:`unseen_nonlinearities` lists the elementwise nonlinear operations of a
-  traced relevance pass that no rule covers (``jnp.tanh``, ``jnp.maximum(x,
-  0)``, an activation bound before the trace): LRP hands them their plain
-  gradient, so the engine warns.
 
 Example::
 
@@ -30,7 +26,6 @@ from typing import Any
 import flax.errors
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 from jax._src import source_info_util
 from jax.extend import core as jax_core
 
@@ -38,31 +33,11 @@ from selrel_jax.attribution.types import path_str
 from selrel_jax.errors import CheckpointError, ShapeError
 
 __all__ = [
-    "ENGINE_SCOPE",
-    "NONLINEAR_PRIMITIVES",
     "check_module_output",
     "check_no_empty_reduction",
     "inspect_forward",
-    "unseen_nonlinearities",
     "variable_errors",
 ]
-
-# Name scope around every operation the LRP engine handles itself (rule layers,
-# activations swapped for Pass, merged BatchNorms): the nonlinearity scan skips it.
-ENGINE_SCOPE = "selrel_lrp_engine"
-
-# Elementwise nonlinear primitives: LRP needs a rule (or Pass) for each, and
-# autodiff gives them their plain derivative instead. Products and quotients
-# are left out: with a constant factor (a mean, a scale) they are linear.
-NONLINEAR_PRIMITIVES = frozenset(
-    {
-        "tanh", "logistic", "exp", "exp2", "expm1", "log", "log1p", "erf", "erfc",
-        "erf_inv", "abs", "sign", "max", "min", "select_n", "clamp", "pow",
-        "integer_pow", "square", "sqrt", "rsqrt", "cbrt", "sin", "cos", "tan", "asin",
-        "acos", "atan", "atan2", "sinh", "cosh", "asinh", "acosh", "atanh", "floor",
-        "ceil", "round", "lgamma", "digamma",
-    }
-)  # fmt: skip
 
 _SHAPE_ERROR = re.compile(
     r'parameter "(?P<name>[^"]+)" in "(?P<scope>[^"]*)".*?shape (?P<want>\([^)]*\)).*?'
@@ -180,22 +155,6 @@ def check_no_empty_reduction(jaxpr: Any, clips_shape: tuple[int, ...]) -> None:
                 f"{_where(eqn, within, source)} reads an empty array of shape {empty[0]}; give "
                 f"longer or larger clips"
             )
-
-
-def _in_engine_scope(eqn: Any) -> bool:
-    return ENGINE_SCOPE in str(eqn.source_info.name_stack)
-
-
-def unseen_nonlinearities(jaxpr: Any) -> list[str]:
-    """Elementwise nonlinear operations on floats outside the engine's scope,
-    each as ``"tanh at model.py:12:8 (__call__)"``, in trace order, without repeats."""
-    found: dict[str, None] = {}
-    for eqn, within, source in _walk(jaxpr, _in_engine_scope):
-        floats = any(jnp.issubdtype(getattr(v.aval, "dtype", bool), jnp.floating)
-                     for v in eqn.outvars)  # fmt: skip
-        if eqn.primitive.name in NONLINEAR_PRIMITIVES and floats:
-            found.setdefault(_where(eqn, within, source))
-    return list(found)
 
 
 def inspect_forward(apply_fn: Callable, clips: jax.Array) -> tuple[Any, list[tuple]]:

@@ -1,170 +1,166 @@
-"""Canonizer: BatchNorm merged into the conv/dense layer whose output it receives.
+"""Canonizer: per-channel affine maps merged into the conv/dense layer before them.
 
-The LRP rules are defined for ``z = W a + b``; a BatchNorm after a conv or
-dense layer is an affine map of ``z``, so the pair is one linear layer with
-``W' = W * gamma / sqrt(var + eps)`` and ``b' = (b - mean) * gamma /
-sqrt(var + eps) + beta`` (spec: lrp-rules.md, "Canonization"). The engine runs
-that merged layer under the layer's rule, whatever the rule (including the
-plain gradient), and lets the BatchNorm pass its input through.
+The LRP rules are defined for ``z = W a + b``. A BatchNorm in inference after a
+conv or dense layer is an affine map of each output channel, so the pair is
+one linear layer: ``W' = W * gamma / sqrt(var + eps)``, ``b' = (b - mean) *
+gamma / sqrt(var + eps) + beta`` (spec: lrp-rules.md, "Canonization"). The
+engine sees the traced computation, not modules, so it merges any chain of
+elementwise ``add``/``sub``/``mul``/``div``/``neg`` whose other operand
+depends only on parameters and varies only along the layer's output channels,
+however it is written (a bias add, Flax's BatchNorm, ``(h - mean) /
+jnp.sqrt(var + eps) * g + b`` inline): the chain ``z -> s * z + t`` folds into
+``W * s`` and ``t``. The merged layer runs under the layer's rule, whatever
+the rule (the plain gradient too).
 
-:class:`BatchNormPairing` finds the pairs while the engine's planning trace
-runs: it sees every conv/dense output, every BatchNorm call and every module
-call's inputs. The merge is only exact when nothing else reads the conv/dense
-output (else that reader would see the merged, normalised value), so a second
-module call receiving it is an :class:`UnsupportedLayerError`. Functional reuse
-(``x + conv(x)`` written inline) is invisible to it, like every functional
-operation.
+A chain is only merged while each step is the only reader of the value before
+it (else that reader would see the merged, normalised value): the engine
+checks that and names both layers when it is not so.
 
 Example::
 
-    pairing = BatchNormPairing()
-    pairing.linear_output(("conv",), y)            # during the trace
-    pairing.batchnorm(bn_module, (y,), {})
-    pairing.check_reuse()                          # after it
-    params = merge_batchnorm(conv_params, pairing.merges[("conv",)], variables)
+    step = affine_step(graph, node, active_input, feature_axes, memo)
+    scale, shift = fold(steps, operand_values, out_shape, feature_axes)
+    params = merged_params(kernel, scale, shift, kernel_axes)
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from selrel_jax.attribution.types import UnsupportedLayerError, path_str
-from selrel_jax.errors import OptionError
+from selrel_jax.attribution._graph import Atom, Graph, Node, varying_axes
 
-__all__ = ["BatchNormInfo", "BatchNormPairing", "check_batchnorm", "merge_batchnorm"]
+__all__ = ["AffineStep", "affine_step", "fold", "linear_axes", "merged_params", "per_feature"]
 
-Path = tuple[str, ...]
+AFFINE_PRIMITIVES = frozenset({"add", "add_any", "sub", "mul", "div", "neg"})
 
 
 @dataclasses.dataclass(frozen=True)
-class BatchNormInfo:
-    """What the merge needs of one BatchNorm: where its variables live and its settings."""
+class AffineStep:
+    """One step ``z -> op(z, operand)`` of an affine chain: ``op`` is one of add,
+    sub, rsub (``operand - z``), mul, div, neg (no operand)."""
 
-    path: Path
-    epsilon: float
-    use_scale: bool
-    use_bias: bool
-
-
-def check_batchnorm(module: nn.BatchNorm, args: tuple, kwargs: dict) -> None:
-    """A mergeable BatchNorm uses running averages and normalises the channel axis."""
-    where = path_str(module.path)
-    use_avg = kwargs.get("use_running_average", args[1] if len(args) > 1 else None)
-    use_avg = module.use_running_average if use_avg is None else use_avg
-    if not use_avg:
-        raise OptionError(
-            f"BatchNorm at '{where}' uses batch statistics (train mode); relevance needs "
-            f"use_running_average=True"
-        )
-    axis = module.axis if isinstance(module.axis, int) else tuple(module.axis)
-    if axis not in (-1, args[0].ndim - 1):
-        raise UnsupportedLayerError(
-            f"BatchNorm at '{where}' normalises axis {axis!r}; only the channel axis (-1) "
-            f"can be merged into the preceding layer"
-        )
+    op: str
+    operand: Atom | None
 
 
-def _subtree(tree: Mapping, path: Path) -> Mapping:
-    for name in path:
-        tree = tree[name]
-    return tree
+def affine_step(
+    graph: Graph, node: Node, active: Atom, feature_axes: frozenset[int], memo: dict
+) -> AffineStep | None:
+    """The step ``node`` applies to ``active`` when its other operand is
+    clip-independent and varies along ``feature_axes`` only; else None. (The
+    caller has checked that the other operand does not depend on the clips.)"""
+    name = node.name
+    if name not in AFFINE_PRIMITIVES or graph.shape(node.outputs[0]) != graph.shape(active):
+        return None
+    if name == "neg":
+        return AffineStep("neg", None)
+    position = node.inputs.index(active)
+    operand = node.inputs[1 - position]
+    if isinstance(operand, int) and operand == active:
+        return None
+    if len(graph.shape(operand)) not in (0, len(graph.shape(active))):
+        return None
+    if not varying_axes(graph, operand, memo) <= feature_axes:
+        return None
+    op = {"add": "add", "add_any": "add", "mul": "mul"}.get(name)
+    if name == "sub":
+        op = "sub" if position == 0 else "rsub"
+    elif name == "div":
+        op = "div" if position == 0 else None  # operand / z is not affine
+    return AffineStep(op, operand) if op else None
 
 
-def merge_batchnorm(params: Mapping, info: BatchNormInfo, variables: Mapping) -> dict:
-    """Conv/dense ``params`` with the BatchNorm at ``info.path`` folded in
-    (a missing bias counts as zeros; the result always has one)."""
-    stats = _subtree(variables["batch_stats"], info.path)
-    bn = _subtree(variables["params"], info.path) if (info.use_scale or info.use_bias) else {}
-    scale = jax.lax.rsqrt(stats["var"] + info.epsilon)
-    if info.use_scale:
-        scale = scale * bn["scale"]
-    kernel = params["kernel"]
-    bias = params.get("bias", jnp.zeros(kernel.shape[-1], kernel.dtype))
-    new_bias = (bias - stats["mean"]) * scale
-    if info.use_bias:
-        new_bias = new_bias + bn["bias"]
-    return {"kernel": kernel * scale.astype(kernel.dtype), "bias": new_bias.astype(kernel.dtype)}
+def per_feature(value: Any, out_shape: tuple[int, ...], feature_axes: tuple[int, ...]) -> Any:
+    """A value that varies along ``feature_axes`` only, as an array of the shape
+    of those axes (e.g. ``(C,)`` from ``(1, 1, 1, 1, C)``)."""
+    value = jnp.asarray(value)
+    target = tuple(out_shape[a] for a in feature_axes)
+    if value.ndim == 0:
+        return jnp.broadcast_to(value, target)
+    index = tuple(slice(None) if a in feature_axes else slice(0, 1) for a in range(value.ndim))
+    value = value[index]
+    full = tuple(out_shape[a] if a in feature_axes else 1 for a in range(value.ndim))
+    return jnp.broadcast_to(value, full).reshape(target)
 
 
-def _is_within(path: Path, ancestor: Path) -> bool:
-    return path[: len(ancestor)] == ancestor
+def fold(
+    steps: list[AffineStep],
+    operands: dict[int, Any],
+    out_shape: tuple[int, ...],
+    feature_axes: tuple[int, ...],
+) -> tuple[Any, Any]:
+    """``(scale, shift)`` per feature with ``chain(z) = scale * z + shift``; None
+    for a scale of 1 or a shift of 0 (so a plain bias add changes no weight)."""
+    scale = shift = None
+    for step in steps:
+        if step.op == "neg":
+            scale = -1.0 if scale is None else -scale
+            shift = None if shift is None else -shift
+            continue
+        operand = step.operand
+        p = operand.val if not isinstance(operand, int) else operands[operand]
+        p = per_feature(p, out_shape, feature_axes)
+        if step.op == "add":
+            shift = p if shift is None else shift + p
+        elif step.op == "sub":
+            shift = -p if shift is None else shift - p
+        elif step.op == "rsub":
+            scale = -1.0 if scale is None else -scale
+            shift = p if shift is None else p - shift
+        elif step.op == "mul":
+            scale = p if scale is None else scale * p
+            shift = None if shift is None else shift * p
+        else:  # div
+            scale = 1.0 / p if scale is None else scale / p
+            shift = None if shift is None else shift / p
+    return scale, shift
 
 
-class BatchNormPairing:
-    """Pairs each BatchNorm with the conv/dense layer whose output it receives,
-    during one abstract trace of the model (arrays are matched by identity)."""
+def linear_axes(
+    graph: Graph, node: Node, kernel_position: int
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``(output axes, kernel axes)`` of a conv/dense node's output channels: the
+    axes of its output that come from the kernel, and the kernel's matching
+    axes, in the same order."""
+    if node.name == "conv_general_dilated":
+        numbers = node.params["dimension_numbers"]
+        return (numbers.out_spec[1],), (numbers.rhs_spec[0],)
+    (contract_l, contract_r), (batch_l, batch_r) = node.params["dimension_numbers"]
+    shapes = [graph.shape(a) for a in node.inputs]
+    pairs = zip(shapes, (contract_l, contract_r), (batch_l, batch_r), strict=True)
+    free = [[i for i in range(len(s)) if i not in c and i not in b] for s, c, b in pairs]
+    start = len(batch_l) + (0 if kernel_position == 0 else len(free[0]))
+    out_axes = tuple(range(start, start + len(free[kernel_position])))
+    return out_axes, tuple(free[kernel_position])
 
-    def __init__(self) -> None:
-        self.merges: dict[Path, BatchNormInfo] = {}
-        # id -> (array, conv/dense path); the array reference keeps its id unique.
-        self._outputs: dict[int, tuple[Any, Path]] = {}
-        self._readers: dict[int, list[Path]] = {}
-        self._normalised: set[int] = set()  # ids of outputs a BatchNorm received
 
-    @property
-    def merged_batchnorms(self) -> frozenset[Path]:
-        return frozenset(info.path for info in self.merges.values())
+def merged_params(kernel: Any, scale: Any, shift: Any, kernel_axes: tuple[int, ...]) -> dict:
+    """The layer's parameters with the chain folded in: ``{"kernel": W * scale}``
+    plus ``"bias": shift`` when the chain adds anything."""
+    if scale is not None:
+        scale = jnp.asarray(scale, kernel.dtype)
+        scale = jnp.broadcast_to(scale, _feature_shape(kernel, kernel_axes))
+        shape = [1] * kernel.ndim
+        for axis, size in zip(kernel_axes, scale.shape, strict=True):
+            shape[axis] = size
+        kernel = kernel * scale.reshape(shape)
+    if shift is None:
+        return {"kernel": kernel}
+    bias = jnp.broadcast_to(jnp.asarray(shift), _feature_shape(kernel, kernel_axes))
+    return {"kernel": kernel, "bias": bias.astype(kernel.dtype)}
 
-    def _source(self, x: Any) -> Path | None:
-        entry = self._outputs.get(id(x))
-        return entry[1] if entry is not None and entry[0] is x else None
 
-    def linear_output(self, path: Path, out: Any) -> None:
-        """Record the output of the conv/dense layer at ``path``."""
-        self._outputs[id(out)] = (out, path)
+def _feature_shape(kernel: Any, kernel_axes: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(kernel.shape[a] for a in kernel_axes)
 
-    def module_inputs(self, path: Path, args: tuple, kwargs: dict) -> None:
-        """Record which recorded outputs the module call at ``path`` reads."""
-        for leaf in jax.tree.leaves((args, kwargs)):
-            if self._source(leaf) is not None:
-                self._readers.setdefault(id(leaf), []).append(path)
 
-    def batchnorm(self, module: nn.BatchNorm, args: tuple, kwargs: dict) -> None:
-        """Pair the BatchNorm call with the layer whose output it normalises."""
-        check_batchnorm(module, args, kwargs)
-        path = tuple(module.path)
-        source = self._source(args[0])
-        if source is None:
-            raise UnsupportedLayerError(
-                f"BatchNorm at '{path_str(path)}' does not directly follow a conv/dense "
-                f"layer, so it cannot be merged (canonizer); no rule covers it"
-            )
-        known = self.merges.get(source)
-        if known is not None and known.path != path:
-            raise UnsupportedLayerError(
-                f"'{path_str(source)}' feeds two BatchNorms, '{path_str(known.path)}' and "
-                f"'{path_str(path)}'; only one can be merged into it"
-            )
-        self.merges[source] = BatchNormInfo(
-            path, float(module.epsilon), bool(module.use_scale), bool(module.use_bias)
-        )
-        self._normalised.add(id(args[0]))
-
-    def check_reuse(self) -> None:
-        """After the trace: a merged layer's output must be read by its BatchNorm
-        only (and the containers around that BatchNorm, which hand it down),
-        and every call of a merged layer must feed that BatchNorm."""
-        for x, source in self._outputs.values():
-            info = self.merges.get(source)
-            if info is None:
-                continue
-            if id(x) not in self._normalised:
-                raise UnsupportedLayerError(
-                    f"'{path_str(source)}' is called more than once and only some calls "
-                    f"feed the BatchNorm '{path_str(info.path)}'; the merged weights would "
-                    f"apply to every call"
-                )
-            for reader in self._readers.get(id(x), ()):
-                if not _is_within(info.path, reader):
-                    raise UnsupportedLayerError(
-                        f"output of '{path_str(source)}' feeds the merged BatchNorm "
-                        f"'{path_str(info.path)}' and also module '{path_str(reader)}'; "
-                        f"merging would change what '{path_str(reader)}' sees. Apply the "
-                        f"BatchNorm before reusing the output, or give the layer no BatchNorm"
-                    )
+def add_bias(y: jax.Array, bias: jax.Array, out_axes: tuple[int, ...]) -> jax.Array:
+    """``y + bias`` with ``bias`` (the shape of ``out_axes``) along those axes."""
+    shape = [1] * y.ndim
+    for axis, size in zip(out_axes, bias.shape, strict=True):
+        shape[axis] = size
+    return y + bias.reshape(shape)

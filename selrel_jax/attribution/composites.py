@@ -1,14 +1,25 @@
 """Composites: which rule each layer of a model gets.
 
-A :class:`Composite` maps layers to rules by module path (glob patterns over
+A :class:`Composite` maps layers to rules by path (glob patterns over
 ``"block1/conv2"``-style paths, first match wins), then for the first layer
-(the first module of ``first_types``, by default ``nn.Conv`` / ``nn.Dense``,
-that the model calls), then by layer type (first match wins), then by the base
-map every composite shares, :func:`layer_map_base`: ``Sum``, ``AvgPool``,
+(the first layer of ``first_types``, by default ``nn.Conv`` / ``nn.Dense``,
+that the model computes), then by layer type (first match wins), then by the
+base map every composite shares, :func:`layer_map_base`: ``Sum``, ``AvgPool``,
 ``GlobalAvgPool`` -> :class:`~selrel_jax.attribution.rules.Norm`, ``MaxPool``
-and ``nn.Dropout`` -> plain gradient. BatchNorm after a conv/dense layer is
-merged into it by the engine (canonizer) for every composite, and activations
-always get Pass.
+and ``nn.Dropout`` -> plain gradient.
+
+The engine works on the traced computation, so these types name kinds of
+operation, however a model writes them: every convolution is an ``nn.Conv``
+(``lax.conv_general_dilated``, an NNX ``Conv``), every dense product an
+``nn.Dense``, an inline ``x + y`` a ``Sum``, ``nn.avg_pool`` an ``AvgPool``,
+``jnp.mean`` over axes a ``GlobalAvgPool``, ``nn.max_pool`` a ``MaxPool``;
+a type also matches the class of the module computing the layer (a linen
+module, or an NNX module owning its parameters), so ``nnx.Linear`` or your
+own module class work too. A layer's path is that of the parameter it
+consumes (``conv1/kernel`` -> ``conv1``), for parameter-free layers of a
+linen model that of the module computing them. BatchNorm after a conv/dense
+layer is merged into it by the engine (canonizer) for every composite, and
+elementwise functions always get Pass.
 
 The named composites follow Zennit and are registered as methods of
 :func:`~selrel_jax.attribution.explain` (``@register_composite("epsilon_plus")``
@@ -33,8 +44,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import functools
-
-import flax.linen as nn
+from typing import Any
 
 from selrel_jax.attribution.registry import register_composite
 from selrel_jax.attribution.rules import (
@@ -120,21 +130,34 @@ class Composite:
         _check_types("first_types", self.first_types)
         Norm(self.stabilizer)  # checks the stabiliser like every rule's
 
-    def rule_for(self, module: nn.Module, path: str, *, first: bool, leaf: bool) -> Rule | None:
-        """The rule for ``module`` at ``path`` (None: no rule covers it).
-        ``first``: this is the first layer of ``first_types`` the model calls
-        (the engine knows the call order). Path patterns only select ``leaf``
-        modules (ones that own variables or are primitives), never the
-        containers around them."""
-        for pattern, rule in self.path_map if leaf else ():
+    def rule_for(self, module: Any, path: str | None, *, first: bool, leaf: bool) -> Rule | None:
+        """The rule for the layer ``module`` at ``path`` (None: no rule covers it).
+
+        ``module`` is a module instance, a class, or a tuple of classes (the
+        engine passes a layer's kind, e.g. ``nn.Conv`` for a convolution,
+        and the class of the module that computes it, when known); it matches
+        a type if any of them does. ``path`` is None for a layer without one
+        (no pattern matches it). ``first``: this is the first layer of
+        ``first_types`` the model computes (the engine knows the order). Path
+        patterns only select ``leaf`` layers, never containers."""
+        for pattern, rule in self.path_map if leaf and path is not None else ():
             if fnmatch.fnmatchcase(path, pattern):
                 return rule
-        if first and self.first is not None and isinstance(module, self.first_types):
+        if first and self.first is not None and _is_a(module, self.first_types):
             return self.first
         for types, rule in (*self.layer_map, *layer_map_base(self.stabilizer)):
-            if isinstance(module, types):
+            if _is_a(module, types):
                 return rule
         return None
+
+
+def _is_a(layer: Any, types: Any) -> bool:
+    """isinstance for a module, issubclass for a class, any of a tuple of classes."""
+    if isinstance(layer, tuple):
+        return any(_is_a(item, types) for item in layer)
+    if isinstance(layer, type):
+        return issubclass(layer, types)
+    return isinstance(layer, types)
 
 
 def uniform(

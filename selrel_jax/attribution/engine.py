@@ -1,60 +1,48 @@
-"""Layer-wise relevance propagation as a ``jax.vjp`` transform of a Flax linen model.
+"""Layer-wise relevance propagation as a ``jax.vjp`` transform of the traced model.
 
 How it works
 ------------
-:func:`lrp` returns a pure function ``(variables, clips, target) -> relevance``.
-It runs ``model.apply`` under ``flax.linen.intercept_methods``; every module
-call that a composite maps to a rule is replaced by a ``jax.custom_vjp``
-function whose forward pass is the real layer and whose backward pass is the
-rule (:mod:`selrel_jax.attribution.rules`, told about the call by a
-:class:`~selrel_jax.attribution.types.LayerCall`). ``jax.vjp`` of the whole
-model, seeded with the one-hot target, then carries relevance (not gradient)
-from rule layer to rule layer. Model code stays plain Flax, and the result is
-an ordinary JAX function: it jit-compiles, vmaps and accepts sharded inputs.
+:func:`lrp` returns a pure function ``(variables, clips, target) -> relevance``
+for a Flax linen model, a Flax NNX module or a plain ``apply_fn(params,
+clips)`` (:mod:`~selrel_jax.attribution._frontends`). It traces the model
+abstractly (``jax.make_jaxpr``, no FLOPs) and flattens the jaxpr, looking
+through ``jit``, ``custom_jvp``/``custom_vjp`` and ``checkpoint`` calls
+(:mod:`~selrel_jax.attribution._graph`). The planner
+(:mod:`~selrel_jax.attribution._planner`) then assigns every operation on the
+relevance path: conv/dense layers with the per-channel affine maps after them
+merged (BatchNorm; :mod:`~selrel_jax.attribution.canonizers`), sums of
+activations and sum/average pooling (Norm), max pooling (plain gradient),
+elementwise functions of one activation (Pass) and shape operations (exact
+gradient); anything else raises :class:`UnsupportedLayerError` naming the
+primitive and its source line.
 
-Before that, an abstract trace (``jax.eval_shape``, no FLOPs) plans the pass:
-it finds the composite's first layer (the first module of its ``first_types``
-called), pairs every ``nn.BatchNorm`` with the conv/dense layer whose output it
-receives (:mod:`~selrel_jax.attribution.canonizers`: the pair runs as one layer
-with merged weights under the layer's rule, the BatchNorm passes its input
-through) and raises :class:`UnsupportedLayerError` for any module that owns
-variables but has no rule (e.g. ``nn.LayerNorm``), naming its path.
+The relevance pass evaluates the graph again, node by node: each rule layer is
+a ``jax.custom_vjp`` function whose forward is the layer and whose backward is
+the rule (:mod:`~selrel_jax.attribution.rules`, told about the call by a
+:class:`~selrel_jax.attribution.types.LayerCall`), each Pass region one whose
+backward hands the relevance to the region's input unchanged. ``jax.vjp`` of
+the whole, seeded with the one-hot target, then carries relevance from layer
+to layer. Rules above values known to be >= 0 (a ReLU output, a max pooling of
+one) skip their passes over negative inputs. The result is an ordinary JAX
+function: it jit-compiles, vmaps and accepts sharded inputs. Nothing global
+is changed while tracing.
 
-While the forward pass is traced, activation functions have an identity
-backward (the Pass rule; :mod:`~selrel_jax.attribution._activations`), and
-outputs of ReLU-like activations are tagged non-negative: max/avg pooling,
-``Sum`` and dropout keep the tag, and a rule layer whose inputs are all tagged
-skips the passes over the negative part of its input (ZPlus, AlphaBeta, Gamma).
-
-The planning trace also checks the model against the clips (variables that do
-not fit, clips too small for a layer: :mod:`~selrel_jax.attribution._model_checks`)
-and warns (:class:`UnseenNonlinearityWarning`) when the model applies elementwise
-nonlinear functions that neither a rule nor the activation swap covers.
 :func:`lrp`'s function checks its arguments and treats invalid values as
 :mod:`~selrel_jax.attribution._inputs` says: eager calls raise, traced invalid
 values give an all-NaN relevance for their clip.
-
-Limits: functional sums and pooling inside a model are invisible (use
-:mod:`selrel_jax.layers`); a conv/dense output feeding a merged BatchNorm must
-not be read by another module (detected) nor reused functionally (invisible).
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import os
-import sys
-import threading
-import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.extend import core as jax_core
 
-from selrel_jax.attribution._activations import activations_as_pass
+from selrel_jax.attribution._frontends import as_pure, is_linen, trace
+from selrel_jax.attribution._graph import Graph, analyse, bind, flatten
 from selrel_jax.attribution._inputs import (
     check_clips,
     check_logits,
@@ -64,24 +52,12 @@ from selrel_jax.attribution._inputs import (
     per_clip,
     traced,
 )
-from selrel_jax.attribution._model_checks import (
-    ENGINE_SCOPE,
-    check_module_output,
-    check_no_empty_reduction,
-    unseen_nonlinearities,
-    variable_errors,
-)
-from selrel_jax.attribution.canonizers import BatchNormInfo, BatchNormPairing, merge_batchnorm
+from selrel_jax.attribution._planner import Layer, Plan, Region, make_plan
+from selrel_jax.attribution.canonizers import add_bias, fold, merged_params
 from selrel_jax.attribution.composites import Composite
-from selrel_jax.attribution.rules import Gradient, Rule
+from selrel_jax.attribution.rules import Rule
 from selrel_jax.attribution.types import (
-    GRADIENT_TYPES,
-    LINEAR_TYPES,
-    NORM_TYPES,
-    PRIMITIVE_TYPES,
     LayerCall,
-    LayerFn,
-    UnseenNonlinearityWarning,
     UnsupportedLayerError,
     one_hot_seed,
     path_str,
@@ -90,270 +66,196 @@ from selrel_jax.errors import OptionError
 
 __all__ = ["UnsupportedLayerError", "lrp", "one_hot_seed", "path_str", "relevance_vjp"]
 
-Path = tuple[str, ...]
 
-# Layers whose output is >= 0 when every input is (pooling, sums, dropout).
-_SIGN_KEEPING_TYPES = (*NORM_TYPES, *GRADIENT_TYPES)
-
-# Re-entrancy guard: rule passes run cloned modules, which must not be
-# intercepted again (nor see activations swapped).
-_LOCAL = threading.local()
-
-
-@contextlib.contextmanager
-def _bypass() -> Iterator[None]:
-    depth = getattr(_LOCAL, "bypass", 0)
-    _LOCAL.bypass = depth + 1
-    try:
-        yield
-    finally:
-        _LOCAL.bypass = depth
-
-
-def _bypassed() -> bool:
-    return getattr(_LOCAL, "bypass", 0) > 0
-
-
-def _own_variables(module: nn.Module) -> dict[str, dict[str, Any]]:
-    """The module's own variable leaves per collection (not its submodules')."""
-    out = {}
-    for col, tree in module.variables.items():
-        leaves = {k: v for k, v in tree.items() if not isinstance(v, Mapping)}
-        if leaves:
-            out[col] = leaves
-    return out
-
-
-def _is_leaf(module: nn.Module) -> bool:
-    """Owns variables or is a primitive: path patterns may select it."""
-    return isinstance(module, PRIMITIVE_TYPES) or bool(_own_variables(module))
-
-
-def _apply_clone(clone: nn.Module, kwargs: dict, xs: tuple, params: Mapping) -> jax.Array:
-    with _bypass():
-        return clone.apply({"params": dict(params)} if params else {}, *xs, **kwargs)
+def _plan(model: Any, composite: Composite, params: Any, clips: jax.Array, apply_kwargs) -> Plan:
+    traced_model = trace(model, params, clips, apply_kwargs)
+    graph = flatten(traced_model.closed, len(traced_model.leaf_paths))
+    return make_plan(graph, analyse(graph), traced_model, composite)
 
 
 # --------------------------------------------------------------------------
-# Plan: abstract trace for the first layer, BatchNorm merges, unsupported layers.
+# Custom VJPs: rule layers and Pass regions.
 
 
-@dataclasses.dataclass(frozen=True)
-class _Plan:
-    first: Path | None
-    merges: Mapping[Path, BatchNormInfo]
-    merged_batchnorms: frozenset[Path]
-    outputs: Any  # the model's outputs as ShapeDtypeStructs
-
-
-def _check_covered(composite: Composite, module: nn.Module, path: Path, first: bool) -> None:
-    own = bool(_own_variables(module))
-    rule = composite.rule_for(module, path_str(path), first=first, leaf=_is_leaf(module))
-    if rule is None and own:
-        raise UnsupportedLayerError(
-            f"no relevance rule for module '{path_str(path)}' of type "
-            f"{type(module).__name__} (it has parameters); add one to the composite's "
-            f"layer_map or path_map"
-        )
-
-
-class _Planner:
-    """Interceptor of the planning trace: finds the first layer, pairs BatchNorms
-    with their layers, checks that every module with parameters has a rule and
-    that no module output is empty (clips too small), and runs what the engine
-    handles itself (rule layers, BatchNorms) in ``ENGINE_SCOPE``, so the
-    nonlinearity scan of the trace skips it."""
-
-    def __init__(self, composite: Composite, clips_shape: tuple[int, ...]) -> None:
-        self.composite = composite
-        self.clips_shape = clips_shape
-        self.pairing = BatchNormPairing()
-        self.first: list[Path] = []
-
-    def intercept(self, next_fun, args, kwargs, context):
-        module = context.module
-        if context.method_name != "__call__" or _bypassed():
-            return next_fun(*args, **kwargs)
-        path = tuple(module.path)
-        if isinstance(module, nn.BatchNorm):
-            self.pairing.batchnorm(module, args, kwargs)
-            with jax.named_scope(ENGINE_SCOPE):
-                return next_fun(*args, **kwargs)
-        self.pairing.module_inputs(path, args, kwargs)
-        with self._scope(module, path):
-            out = next_fun(*args, **kwargs)
-        if isinstance(module, LINEAR_TYPES):
-            self.pairing.linear_output(path, out)
-        if not self.first and isinstance(module, self.composite.first_types):
-            self.first.append(path)
-        _check_covered(self.composite, module, path, first=self.first[:1] == [path])
-        check_module_output(path, module, out, self.clips_shape)
-        return out
-
-    def _scope(self, module: nn.Module, path: Path) -> contextlib.AbstractContextManager:
-        may_be_first = isinstance(module, self.composite.first_types) and self.first[:1] in (
-            [], [path]
-        )  # fmt: skip
-        rule = self.composite.rule_for(
-            module, path_str(path), first=may_be_first, leaf=_is_leaf(module)
-        )
-        return jax.named_scope(ENGINE_SCOPE) if rule is not None else contextlib.nullcontext()
-
-
-# selrel_jax/, jax/ and flax/: frames a warning should not blame (nor the standard library's).
-_LIBRARY_DIRS = tuple(
-    os.path.dirname(path) + os.sep
-    for path in (
-        os.path.dirname(os.path.abspath(__file__)),
-        jax.__file__,
-        os.path.dirname(nn.__file__),
-    )
-)
-_STDLIB_DIR = os.path.dirname(contextlib.__file__) + os.sep
-
-
-def _is_library(filename: str) -> bool:
-    if filename.startswith(_LIBRARY_DIRS):
-        return True
-    return filename.startswith(_STDLIB_DIR) and "site-packages" not in filename
-
-
-def _caller_stacklevel() -> int:
-    """``stacklevel`` of the first frame outside selrel_jax, JAX, Flax and the
-    standard library: the user's call, however deep the trace started it."""
-    frame, level = sys._getframe(1), 1
-    while frame is not None and _is_library(frame.f_code.co_filename):
-        frame, level = frame.f_back, level + 1
-    return level
-
-
-def _warn_unseen(found: list[str]) -> None:
-    if not found:
-        return
-    shown = "; ".join(found[:8]) + (f"; and {len(found) - 8} more" if len(found) > 8 else "")
-    warnings.warn(
-        f"LRP cannot see {len(found)} elementwise nonlinear operation(s) of the model, which "
-        f"get their plain gradient instead of a relevance rule: {shown}. Call activations "
-        f"as nn.<name> / jax.nn.<name> inside the model (they get the Pass rule), or move "
-        f"the operation into a module a rule covers",
-        UnseenNonlinearityWarning,
-        stacklevel=_caller_stacklevel(),
-    )
-
-
-def _plan(model, composite: Composite, variables, clips, apply_kwargs) -> _Plan:
-    clips_shape = tuple(jnp.shape(clips))
-    planner = _Planner(composite, clips_shape)
-
-    def forward(v, x):
-        # Activations swapped as in the relevance pass, so the scan sees what LRP sees.
-        with activations_as_pass(lambda _: None, lambda: not _bypassed()):
-            with nn.intercept_methods(planner.intercept):
-                return model.apply(v, x, **apply_kwargs)
-
-    structs = jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)),
-                           (variables, clips))  # fmt: skip
-    with variable_errors(clips_shape):
-        closed, outputs = jax.make_jaxpr(forward, return_shape=True)(*structs)
-    planner.pairing.check_reuse()
-    check_no_empty_reduction(closed.jaxpr, clips_shape)
-    _warn_unseen(unseen_nonlinearities(closed.jaxpr))
-    pairing = planner.pairing
-    first = planner.first[0] if planner.first else None
-    return _Plan(first, dict(pairing.merges), pairing.merged_batchnorms, outputs)
-
-
-# --------------------------------------------------------------------------
-# The relevance pass.
-
-
-def _rule_layer(rule: Rule, fn: LayerFn, nonnegative: bool) -> Callable:
+def _rule_layer(rule: Rule, fn: Callable, nonneg: bool) -> Callable:
     """custom_vjp function: forward = the layer, backward = the rule's relevance."""
 
     @jax.custom_vjp
-    def layer(xs, params, arrays):
-        return fn(xs, params)
+    def layer(xs, params, operands, arrays):
+        return fn(xs, params, operands)
 
-    def fwd(xs, params, arrays):
-        y = fn(xs, params)
-        return y, (xs, params, arrays, y)
+    def fwd(xs, params, operands, arrays):
+        y = fn(xs, params, operands)
+        return y, (xs, params, operands, arrays, y)
 
     def bwd(res, relevance):
-        xs, params, arrays, y = res
-        call = LayerCall(fn, xs, params, y, nonnegative, arrays)
+        xs, params, operands, arrays, y = res
+        call = LayerCall(lambda v, p: fn(v, p, operands), xs, params, y, nonneg, arrays)
         out = rule.relevance(call, relevance)
         out = tuple(r.astype(x.dtype) for r, x in zip(out, xs, strict=True))
-        zeros = jax.tree.map(jnp.zeros_like, (params, arrays))
-        return (out, *zeros)
+        return out, None, None, None
 
     layer.defvjp(fwd, bwd)
     return layer
 
 
-class _RelevanceTrace:
-    """State of one traced relevance pass: the interceptor that swaps rule
-    layers in, and the non-negativity tags of arrays seen so far."""
+def _passed(fn: Callable, dtype: Any) -> Callable:
+    """custom_vjp function: forward = ``fn(root, operands)``, backward = identity
+    to the root (the Pass rule)."""
 
-    def __init__(self, composite: Composite, plan: _Plan, variables: Mapping) -> None:
-        self.composite = composite
-        self.plan = plan
-        self.variables = variables
-        self._nonneg: dict[int, Any] = {}
+    @jax.custom_vjp
+    def passed(root, operands):
+        return fn(root, operands)
 
-    def tag(self, x: Any) -> None:
-        self._nonneg[id(x)] = x  # the reference keeps id(x) from being reused
+    def fwd(root, operands):
+        return fn(root, operands), None
 
-    def nonneg(self, x: Any) -> bool:
-        return self._nonneg.get(id(x)) is x
+    def bwd(_, relevance):
+        return relevance.astype(dtype), None
 
-    def intercept(self, next_fun, args, kwargs, context):
-        module = context.module
-        if context.method_name != "__call__" or _bypassed():
-            return next_fun(*args, **kwargs)
-        path = tuple(module.path)
-        if path in self.plan.merged_batchnorms:
-            return args[0]
-        first = path == self.plan.first
-        rule = self.composite.rule_for(module, path_str(path), first=first, leaf=_is_leaf(module))
-        if rule is None:
-            return next_fun(*args, **kwargs)
-        nonneg = bool(args) and all(self.nonneg(x) for x in args)
-        if isinstance(rule, Gradient) and path not in self.plan.merges:
-            out = next_fun(*args, **kwargs)  # autodiff as is; a merged layer needs its weights
-        elif not args:
-            raise OptionError(
-                f"module '{path_str(path)}' was called without positional inputs; the engine "
-                f"propagates relevance to positional arguments only"
-            )
-        else:
-            out = self._rule_call(module, path, rule, args, kwargs, nonneg)
-        if nonneg and isinstance(module, _SIGN_KEEPING_TYPES):
-            self.tag(out)
-        return out
+    passed.defvjp(fwd, bwd)
+    return passed
 
-    def _rule_call(self, module, path, rule, args, kwargs, nonneg):
-        params = _own_variables(module).get("params", {})
-        overrides = {}
-        if path in self.plan.merges:
-            params = merge_batchnorm(params, self.plan.merges[path], self.variables)
-            if getattr(module, "use_bias", True) is False:
-                overrides["use_bias"] = True
-        clone = module.clone(parent=None, **overrides)
 
-        def fn(xs, p):
-            return _apply_clone(clone, kwargs, xs, p)
+def _read(env: dict, atom: Any) -> Any:
+    return atom.val if isinstance(atom, jax_core.Literal) else env[atom]
 
-        return _rule_layer(rule, fn, nonneg)(tuple(args), params, rule.arrays())
+
+def _run_nodes(graph: Graph, nodes: list[int], env: dict) -> None:
+    for index in nodes:
+        node = graph.nodes[index]
+        env.update(zip(node.outputs, bind(node, *(_read(env, a) for a in node.inputs)),
+                       strict=True))  # fmt: skip
+
+
+def _operands(graph: Graph, nodes: list[int], known: set) -> list[int]:
+    """Values the ``nodes`` read that they do not compute and ``known`` does not hold."""
+    made = {o for i in nodes for o in graph.nodes[i].outputs}
+    found: dict[int, None] = {}
+    for index in nodes:
+        for atom in graph.nodes[index].inputs:
+            if isinstance(atom, int) and atom not in made and atom not in known:
+                found[atom] = None
+    return list(found)
+
+
+def _subgraph_fn(graph: Graph, layer: Layer) -> Callable:
+    """The layer as ``fn(inputs, params, operands)`` (sums, pooling, custom layers)."""
+    by_name = {atom: name for name, atom in layer.params.items()}
+
+    def fn(xs, params, operands):
+        env = dict(operands)
+        env.update(zip(layer.inputs, xs, strict=True))
+        env.update((atom, params[name]) for atom, name in by_name.items())
+        _run_nodes(graph, layer.nodes, env)
+        return env[layer.output]
+
+    return fn
+
+
+def _linear_fn(graph: Graph, layer: Layer) -> Callable:
+    """The linear layer as ``fn(inputs, params, operands)`` with its merged params."""
+    anchor = graph.nodes[layer.nodes[0]]
+
+    def fn(xs, params, operands):
+        kernel = params["kernel"]
+        args = (xs[0], kernel) if layer.kernel_position == 1 else (kernel, xs[0])
+        (y,) = bind(anchor, *args)
+        return add_bias(y, params["bias"], layer.out_axes) if "bias" in params else y
+
+    return fn
+
+
+def _run_layer(graph: Graph, layer: Layer, env: dict) -> jax.Array:
+    xs = tuple(env[a] for a in layer.inputs)
+    if layer.linear:
+        out_shape = graph.shape(graph.nodes[layer.nodes[0]].outputs[0])
+        scale, shift = fold(layer.steps, env, out_shape, layer.out_axes)
+        params = merged_params(_read(env, layer.kernel), scale, shift, layer.kernel_axes)
+        fn, operands = _linear_fn(graph, layer), {}
+    else:
+        params = {name: _read(env, atom) for name, atom in layer.params.items()}
+        known = set(layer.inputs) | {a for a in layer.params.values() if isinstance(a, int)}
+        operands = {v: env[v] for v in _operands(graph, layer.nodes, known)}
+        fn = _subgraph_fn(graph, layer)
+    arrays = layer.rule.arrays()
+    return _rule_layer(layer.rule, fn, layer.nonneg)(xs, params, operands, arrays)
+
+
+def _run_exits(graph: Graph, region: Region, node_index: int, env: dict) -> None:
+    for value in graph.nodes[node_index].outputs:
+        nodes = region.exits.get(value)
+        if nodes is None:
+            continue
+        operand_ids = _operands(graph, nodes, {region.root})
+
+        def fn(root, operands, nodes=nodes, value=value):
+            inner = {**operands, region.root: root}
+            _run_nodes(graph, nodes, inner)
+            return inner[value]
+
+        root = env[region.root]
+        env[value] = _passed(fn, root.dtype)(root, {v: env[v] for v in operand_ids})
+
+
+def _interpret(plan: Plan, leaves: list, clips: jax.Array) -> Any:
+    """The model's forward pass with every rule layer and Pass region swapped in."""
+    graph = plan.graph
+    env: dict[int, Any] = dict(graph.consts)
+    env.update(zip(graph.params, leaves, strict=True))
+    env[graph.clips] = clips
+    for node in graph.nodes:
+        action = plan.actions[node.index]
+        if action is None:
+            _run_nodes(graph, [node.index], env)
+        elif isinstance(action, Layer):
+            env[action.output] = _run_layer(graph, action, env)
+        elif isinstance(action, Region):
+            _run_exits(graph, action, node.index, env)
+    return jax.tree.unflatten(plan.treedef, [_read(env, a) for a in graph.outputs])
+
+
+def _relevance_pass(plan: Plan, params: Any, clips: jax.Array):
+    leaves = jax.tree.leaves(params)
+    outputs, pull = jax.vjp(lambda x: _interpret(plan, leaves, x), clips)
+    return outputs, lambda relevance: pull(relevance)[0]
+
+
+# --------------------------------------------------------------------------
+# Public transforms.
+
+
+def _front(model: Any, composite: Any) -> tuple[Any, Any]:
+    if not isinstance(composite, Composite):
+        raise OptionError(f"composite must be a Composite; got {type(composite).__name__}")
+    model, default = as_pure(model)
+    if not (is_linen(model) or callable(model)):
+        raise OptionError(
+            f"LRP needs a Flax linen model, an NNX module or a callable apply_fn(params, "
+            f"clips); got {type(model).__name__}"
+        )
+    return model, default
+
+
+def _params(model: Any, variables: Any, default: Any) -> Any:
+    if variables is None and is_linen(model):
+        raise OptionError("LRP of a Flax linen model needs its variables; got None")
+    return default if variables is None else variables
 
 
 def lrp(
-    model: nn.Module, composite: Composite, *, checked: bool = False, **apply_kwargs: Any
+    model: Any, composite: Composite, *, checked: bool = False, **apply_kwargs: Any
 ) -> Callable:
-    """Relevance propagation transform of a Flax linen ``model`` under ``composite``.
+    """Relevance propagation transform of ``model`` under ``composite``.
+
+    ``model`` is a Flax linen model (called as ``model.apply(variables, clips,
+    **apply_kwargs)``), a Flax NNX module (``variables``: None for the state it
+    has now, or an ``nnx.State`` of it) or a plain ``apply_fn(params, clips)``
+    (``variables``: its parameter pytree; None for ``apply_fn(clips)``).
 
     Returns ``relevance(variables, clips, target=None) -> array`` (float32, the
     shape of ``clips``): the one-hot target (predicted class when None) is
-    propagated back to the input. ``apply_kwargs`` go to ``model.apply``.
+    propagated back to the input.
 
     Called with concrete arrays it checks them (rank, dtype, NaN/Inf, target
     range; variables and clip size against the model) and raises a
@@ -369,17 +271,15 @@ def lrp(
         fn = jax.jit(lrp(model, composites.epsilon_plus_flat()))
         relevance = fn(variables, clips, jnp.array([3, 1]))
     """
-    if not isinstance(composite, Composite):
-        raise OptionError(f"composite must be a Composite; got {type(composite).__name__}")
-    if not hasattr(model, "apply"):
-        raise OptionError(f"LRP needs a Flax linen model with .apply; got {type(model).__name__}")
+    model, default = _front(model, composite)
 
     def relevance(variables, clips, target=None):
+        params = _params(model, variables, default)
         clips = check_clips(clips, video=False)
-        plan = _plan(model, composite, variables, clips, apply_kwargs)
+        plan = _plan(model, composite, params, clips, apply_kwargs)
         classes = check_logits(plan.outputs, clips.shape)
         target = check_target(target, clips.shape[0], classes)
-        logits, pull = _relevance_pass(model, composite, plan, variables, clips, apply_kwargs)
+        logits, pull = _relevance_pass(plan, params, clips)
         result = pull(one_hot_seed(logits, target)).astype(jnp.float32)
         problems = {**input_problems(clips, target, classes),
                     **_rule_problems(composite, clips)}  # fmt: skip
@@ -403,24 +303,13 @@ def _rule_problems(composite: Composite, clips: jax.Array) -> dict[str, jax.Arra
 
 
 def relevance_vjp(
-    model: nn.Module, composite: Composite, variables, clips, **apply_kwargs: Any
-) -> tuple[jax.Array, Callable[[jax.Array], jax.Array]]:
+    model: Any, composite: Composite, variables: Any, clips: Any, **apply_kwargs: Any
+) -> tuple[Any, Callable[[jax.Array], jax.Array]]:
     """``(outputs, pull)``: the model's outputs under the composite (BatchNorm
     merged) and ``pull(output_relevance) -> input relevance`` for any output
     relevance, not only a one-hot one."""
-    plan = _plan(model, composite, variables, clips, apply_kwargs)
-    return _relevance_pass(model, composite, plan, variables, clips, apply_kwargs)
-
-
-def _relevance_pass(model, composite: Composite, plan: _Plan, variables, clips, apply_kwargs):
-    trace = _RelevanceTrace(composite, plan, variables)
-
-    def forward(x):
-        def active() -> bool:
-            return not _bypassed()
-
-        with activations_as_pass(trace.tag, active), nn.intercept_methods(trace.intercept):
-            return model.apply(variables, x, **apply_kwargs)
-
-    outputs, pull = jax.vjp(forward, clips)
-    return outputs, lambda relevance: pull(relevance)[0]
+    model, default = _front(model, composite)
+    params = _params(model, variables, default)
+    clips = jnp.asarray(clips)
+    plan = _plan(model, composite, params, clips, apply_kwargs)
+    return _relevance_pass(plan, params, clips)

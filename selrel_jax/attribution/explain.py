@@ -4,6 +4,8 @@ Example::
 
     import selrel_jax as sr
     relevance = sr.explain(model, variables, clips, method="lrp.epsilon_plus_flat")
+    relevance = sr.explain(nnx_model, None, clips)            # Flax NNX
+    relevance = sr.explain(apply_fn, params, clips)           # apply_fn(params, clips)
     grads = sr.explain(lambda x: my_fn(x), None, clips, method="gradient")
 
 For repeated calls under your own ``jax.jit`` / ``jax.vmap`` use
@@ -21,6 +23,7 @@ import jax
 
 # composites and gradients register their methods when imported.
 from selrel_jax.attribution import composites, gradients, registry  # noqa: F401
+from selrel_jax.attribution._frontends import as_pure, is_linen
 from selrel_jax.attribution._inputs import (
     CHECKIFY,
     check_clips,
@@ -45,8 +48,10 @@ def make_explainer(
     model: Any, method: str = "lrp.epsilon_plus_flat", *, checked: bool = False, **options: Any
 ) -> Callable:
     """The pure function ``(variables, clips, target=None) -> relevance`` of
-    ``method`` (see :func:`explain`); ``variables`` is None when ``model`` is a
-    plain ``apply_fn(clips) -> logits`` (gradient-family methods only).
+    ``method`` (see :func:`explain`) for any model :func:`explain` takes:
+    ``variables`` are a linen model's variables, an NNX module's state (None:
+    the state it has when ``make_explainer`` is called), or a plain
+    ``apply_fn(params, clips)``'s params (None for ``apply_fn(clips)``).
 
     Called with concrete arrays, the function checks them as :func:`explain`
     does. Traced (under ``jit``/``vmap``), a clip with NaN/Inf values, an
@@ -55,22 +60,19 @@ def make_explainer(
     ``jax.experimental.checkify`` checks for these (run the function under
     ``checkify.checkify``)."""
     entry, merged = registry.resolve(method, options)
+    model, default = as_pure(model)
     if entry.family == "lrp":
-        if not hasattr(model, "apply"):
-            raise OptionError(
-                f"{method} needs a Flax linen model and its variables; got "
-                f"{type(model).__name__} (plain callables work with gradient methods)"
-            )
         explainer = lrp(model, entry.build(**merged), checked=checked)
 
         def lrp_explainer(variables, clips, target=None):
             # Video clips only here; lrp's own check covers the values.
+            variables = default if variables is None else variables
             return explainer(variables, check_clips(clips, values=False), target)
 
         return lrp_explainer
 
     def explainer(variables, clips, target=None):
-        apply_fn = _apply_fn(model, variables)
+        apply_fn = _apply_fn(model, default if variables is None else variables)
         token = CHECKIFY.set(bool(checked))
         try:
             return entry.build(apply_fn, clips, target, **merged)
@@ -81,16 +83,21 @@ def make_explainer(
 
 
 def _apply_fn(model: Any, variables: Any) -> Callable:
-    if variables is None:
-        if not callable(model) or hasattr(model, "apply"):
+    """``apply_fn(clips) -> logits`` of a linen model with its variables, or of a
+    plain ``apply_fn(params, clips)`` with its params (None: ``apply_fn(clips)``)."""
+    if is_linen(model):
+        if variables is None:
             raise OptionError(
-                f"variables is None, so model must be a plain callable apply_fn(clips) -> "
-                f"logits; got {type(model).__name__}"
+                f"variables is None, but the Flax linen model {type(model).__name__} needs "
+                f"its variables (only an NNX module or a plain apply_fn(clips) goes without)"
             )
-        return model
-    if not hasattr(model, "apply"):
-        raise OptionError(f"model with variables must have .apply; got {type(model).__name__}")
-    return functools.partial(model.apply, variables)
+        return functools.partial(model.apply, variables)
+    if not callable(model):
+        raise OptionError(
+            f"model must be a Flax linen model, an NNX module or a callable apply_fn(params, "
+            f"clips) / apply_fn(clips); got {type(model).__name__}"
+        )
+    return model if variables is None else functools.partial(model, variables)
 
 
 @functools.lru_cache(maxsize=32)
@@ -112,9 +119,12 @@ def explain(
     """Relevance of ``clips`` (float (N,T,H,W,C), normalised) for ``target``
     (int (N,), None: the predicted class) under ``method``; float32 (N,T,H,W,C).
 
-    ``model.apply(variables, clips)`` must return logits (N, classes); for the
-    gradient-family methods ``model`` may instead be a plain callable
-    ``apply_fn(clips) -> logits`` with ``variables=None``.
+    ``model`` is a Flax linen model with its ``variables``
+    (``model.apply(variables, clips)`` returns logits (N, classes)), a Flax
+    NNX module (``variables`` None: its current state; or an ``nnx.State`` of
+    it), or a plain callable: ``apply_fn(params, clips)`` with ``variables``
+    its params pytree, or ``apply_fn(clips)`` with ``variables=None``. Every
+    method takes every kind of model.
 
     ``method`` is one of :data:`METHODS`: the gradient family
     (:mod:`~selrel_jax.attribution.gradients`) or ``"lrp.<composite>"``
@@ -135,16 +145,16 @@ def explain(
     """
     entry, merged = registry.resolve(method, options)
     clips = check_clips(clips)
+    model, default = as_pure(model)
+    variables = default if variables is None else variables
     apply_fn = _apply_fn(model, variables)
     if entry.family == "lrp":
-        if variables is None:
-            raise OptionError(f"{method} needs a Flax linen model and its variables; got None")
         entry.build(**merged)  # the rules check their options (concrete here)
     arrays = {k: check_option_array(k, v) for k, v in options.items()
               if k in _ARRAY_OPTIONS and v is not None}  # fmt: skip
     logits, _ = inspect_forward(apply_fn, clips)
     target = check_target(target, clips.shape[0], check_logits(logits, clips.shape))
-    if variables is None:
+    if variables is None:  # apply_fn(clips) may close over anything: no cached jit
         return make_explainer(model, method, **options)(None, clips, target)
     static = tuple(sorted((k, v) for k, v in options.items() if k not in _ARRAY_OPTIONS))
     try:

@@ -1,7 +1,9 @@
-"""The attribution package's vocabulary: which Flax modules are convolutions,
-dense layers and parameter-free primitives, how a module path is written, the
-one-hot output relevance, and :class:`LayerCall`, what a rule is told about one
-layer call (like Zennit's ``types.py``).
+"""The attribution package's vocabulary: the kinds of layer (convolutions, dense
+layers and parameter-free primitives, named by the Flax modules that compute
+them; the LRP engine gives every operation of the traced model one of these
+kinds), how a layer path is written, the one-hot output relevance, and
+:class:`LayerCall`, what a rule is told about one layer call (like Zennit's
+``types.py``).
 
 Everything here is plain data: the gradient family and the LRP engine both
 build on it, and it imports neither.
@@ -55,14 +57,17 @@ LayerFn = Callable[[tuple[jax.Array, ...], Params], jax.Array]
 
 
 class UnsupportedLayerError(SelrelError):
-    """A module owns variables but no rule of the composite covers it, or a
-    BatchNorm cannot be merged into the layer before it."""
+    """LRP cannot assign an operation of the model a rule: a layer with
+    parameters that no rule of the composite covers, a BatchNorm that cannot be
+    merged into the layer before it, or a primitive the engine has no rule for
+    (the message names it and its source line)."""
 
 
 class UnseenNonlinearityWarning(UserWarning):
-    """LRP met elementwise nonlinear operations that no rule covers (``jnp.tanh``,
-    ``jnp.maximum(x, 0)``, an activation bound before the trace): they get
-    their plain gradient instead of a relevance rule."""
+    """Kept so that code filtering it keeps working; no longer issued. (LRP
+    used to give elementwise functions it could not see, such as ``jnp.tanh``,
+    their plain gradient with this warning; it now sees every operation and
+    gives each elementwise function the Pass rule.)"""
 
 
 class LayerCall(NamedTuple):

@@ -31,7 +31,7 @@ class ResNet(nn.Module):
     """Residual net: conv + BatchNorm, a block with a Sum, global pooling."""
 
     batchnorm: bool = True
-    inline_add: bool = False  # "x + y" instead of Sum: invisible to the engine
+    inline_add: bool = False  # "x + y" instead of Sum (the engine sees both)
 
     @nn.compact
     def __call__(self, x):

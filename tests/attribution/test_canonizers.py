@@ -1,6 +1,7 @@
-"""BatchNorm merging (canonizer): merged weights, logits kept, every rule
-(the plain gradient too) runs on the merged layer, and outputs that a merge
-would change are refused."""
+"""Canonizer: per-channel affine maps after a conv/dense layer (its bias, a
+BatchNorm, written any way) folded into it with the spec's formula, logits
+kept, every rule (the plain gradient too) run on the merged layer, and outputs
+that a merge would change refused."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 from selrel_jax.attribution import Composite, UnsupportedLayerError, composites, lrp, rules
-from selrel_jax.attribution.canonizers import BatchNormInfo, merge_batchnorm
+from selrel_jax.attribution.canonizers import AffineStep, fold, merged_params
 from selrel_jax.attribution.engine import relevance_vjp
 from selrel_jax.errors import SelrelError
 from selrel_jax.layers import Sum
@@ -50,18 +51,28 @@ def conv_bn(normal_clips, random_variables):
     return x, v, merged
 
 
-def test_merge_batchnorm_is_the_spec_formula(conv_bn):
+def test_folded_chain_is_the_spec_formula(conv_bn):
+    """Flax's BatchNorm steps (bias add, - mean, * scale/sqrt(var + eps), + beta)
+    and the same written another way fold to W' and b' of the spec."""
     _, v, merged = conv_bn
-    info = BatchNormInfo(("bn",), 1e-3, True, True)
-    got = merge_batchnorm(v["params"]["conv"], info, v)
-    for name in ("kernel", "bias"):
-        want = np.asarray(merged["params"]["conv"][name])
-        np.testing.assert_allclose(np.asarray(got[name]), want, rtol=1e-6)
-    no_bias = merge_batchnorm({"kernel": v["params"]["conv"]["kernel"]}, info, v)
-    stats = v["batch_stats"]["bn"]
-    want = -stats["mean"] * v["params"]["bn"]["scale"] / np.sqrt(stats["var"] + 1e-3)
-    np.testing.assert_allclose(np.asarray(no_bias["bias"]),
-                               np.asarray(want + v["params"]["bn"]["bias"]), rtol=1e-6)  # fmt: skip
+    p, s = v["params"], v["batch_stats"]["bn"]
+    values = {0: p["conv"]["bias"], 1: s["mean"], 2: p["bn"]["scale"] / jnp.sqrt(s["var"] + 1e-3),
+              3: p["bn"]["bias"], 4: jnp.sqrt(s["var"] + 1e-3) / p["bn"]["scale"]}  # fmt: skip
+    values = {k: jnp.reshape(a, (1, 1, 1, 3)) for k, a in values.items()}  # as traced
+    flax_way = [AffineStep("add", 0), AffineStep("sub", 1), AffineStep("mul", 2),
+                AffineStep("add", 3)]  # fmt: skip
+    # -(mean - (z + b)) / (sqrt(var + eps) / scale) + beta
+    other_way = [AffineStep("add", 0), AffineStep("rsub", 1), AffineStep("neg", None),
+                 AffineStep("div", 4), AffineStep("add", 3)]  # fmt: skip
+    want = merged["params"]["conv"]
+    for steps in (flax_way, other_way):
+        scale, shift = fold(steps, values, (1, 2, 2, 3), (3,))
+        got = merged_params(p["conv"]["kernel"], scale, shift, (3,))
+        for name in ("kernel", "bias"):
+            np.testing.assert_allclose(np.asarray(got[name]), np.asarray(want[name]), rtol=1e-5)
+    # A lone bias add changes no weight; no bias add gives no bias.
+    assert fold([AffineStep("add", 0)], values, (1, 2, 2, 3), (3,))[0] is None
+    assert set(merged_params(p["conv"]["kernel"], None, None, (3,))) == {"kernel"}
 
 
 def test_batchnorm_merging_keeps_logits_and_relevance_is_finite(normal_clips, random_variables):
@@ -75,20 +86,70 @@ def test_batchnorm_merging_keeps_logits_and_relevance_is_finite(normal_clips, ra
     assert rel.shape == x.shape and bool(jnp.all(jnp.isfinite(rel)))
 
 
+def _assert_close(a, b):
+    b = np.asarray(b)
+    np.testing.assert_allclose(np.asarray(a), b, atol=1e-5 * float(np.abs(b).max()))
+
+
 def test_batchnorm_merge_equals_hand_merged_conv(conv_bn):
     """LRP of conv+BN equals LRP of one conv holding the spec's merged weights."""
     x, v, merged = conv_bn
     for comp in (composites.epsilon_plus(), composites.epsilon_alpha2_beta1()):
-        a = lrp(ConvBN(), comp)(v, x, jnp.array([1]))
-        b = lrp(Merged(), comp)(merged, x, jnp.array([1]))
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5 * float(abs(b).max()))
+        _assert_close(lrp(ConvBN(), comp)(v, x, jnp.array([1])),
+                      lrp(Merged(), comp)(merged, x, jnp.array([1])))  # fmt: skip
+
+
+def _inline_batchnorm(params, x):
+    """ConvBN as a plain function, its BatchNorm written out by hand."""
+    h = jax.lax.conv_general_dilated(x, params["conv"]["kernel"], (1, 1), "SAME",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))  # fmt: skip
+    h = h + params["conv"]["bias"]
+    bn, stats = params["bn"], params["stats"]
+    h = (h - stats["mean"]) / jnp.sqrt(stats["var"] + 1e-3) * bn["scale"] + bn["bias"]
+    return jax.nn.relu(h).reshape(x.shape[0], -1) @ params["fc"]["kernel"] + params["fc"]["bias"]
+
+
+def test_batchnorm_written_by_hand_is_merged_too(conv_bn):
+    x, v, merged = conv_bn
+    params = {**v["params"], "stats": v["batch_stats"]["bn"]}
+    np.testing.assert_allclose(np.asarray(_inline_batchnorm(params, x)),
+                               np.asarray(ConvBN().apply(v, x)), rtol=1e-5)  # fmt: skip
+    for comp in (composites.epsilon_plus(), composites.epsilon_gamma_box(low=-3.0, high=3.0)):
+        _assert_close(lrp(_inline_batchnorm, comp)(params, x, jnp.array([1])),
+                      lrp(Merged(), comp)(merged, x, jnp.array([1])))  # fmt: skip
+
+
+class DenseBN(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        h = nn.BatchNorm(use_running_average=True, name="bn")(nn.Dense(4, name="fc1")(x))
+        return nn.Dense(2, name="fc2")(nn.relu(h))
+
+
+def test_batchnorm_after_a_dense_layer_is_merged(normal_clips, random_variables):
+    x = normal_clips((2, 3), 7)
+    v = with_positive_batch_stats(random_variables(DenseBN(), x, 8))
+    p, s = v["params"], v["batch_stats"]["bn"]
+    k = p["bn"]["scale"] / np.sqrt(s["var"] + 1e-5)
+    fc1 = {"kernel": p["fc1"]["kernel"] * k,
+           "bias": (p["fc1"]["bias"] - s["mean"]) * k + p["bn"]["bias"]}  # fmt: skip
+
+    def by_hand(params, x):
+        return (
+            jax.nn.relu(x @ params["fc1"]["kernel"] + params["fc1"]["bias"])
+            @ params["fc2"]["kernel"]
+            + params["fc2"]["bias"]
+        )
+
+    comp, t = composites.epsilon(), jnp.array([0, 1])
+    _assert_close(lrp(DenseBN(), comp)(v, x, t),
+                  lrp(by_hand, comp)({"fc1": fc1, "fc2": p["fc2"]}, x, t))  # fmt: skip
 
 
 @pytest.mark.parametrize("by", ["layer_map", "path_map"])
 def test_gradient_rule_on_merged_layer_uses_merged_weights(conv_bn, by):
     """A conv whose BatchNorm is merged keeps the merge under the plain gradient
-    rule: logits and relevance are those of the hand-merged conv (the conv used
-    to run unmerged while its BatchNorm was skipped)."""
+    rule: logits and relevance are those of the hand-merged conv."""
     x, v, merged = conv_bn
     if by == "layer_map":
         comp = Composite(((nn.Conv, rules.Gradient()), (nn.Dense, rules.Epsilon())))
@@ -97,13 +158,12 @@ def test_gradient_rule_on_merged_layer_uses_merged_weights(conv_bn, by):
     logits, _ = relevance_vjp(ConvBN(), comp, v, x)
     np.testing.assert_allclose(np.asarray(logits), np.asarray(ConvBN().apply(v, x)),
                                rtol=1e-5, atol=1e-6)  # fmt: skip
-    a = lrp(ConvBN(), comp)(v, x, jnp.array([1]))
-    b = lrp(Merged(), comp)(merged, x, jnp.array([1]))
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5 * float(abs(b).max()))
+    _assert_close(lrp(ConvBN(), comp)(v, x, jnp.array([1])),
+                  lrp(Merged(), comp)(merged, x, jnp.array([1])))  # fmt: skip
 
 
 class Reuse(nn.Module):
-    """The conv output feeds the BatchNorm and, depending on ``reader``, another module."""
+    """The conv output feeds the BatchNorm and, depending on ``reader``, something else."""
 
     reader: str
 
@@ -116,6 +176,8 @@ class Reuse(nn.Module):
         y = nn.BatchNorm(use_running_average=True, name="bn")(h)
         if self.reader == "sum":
             y = Sum(name="skip")(y, h)
+        elif self.reader == "inline":
+            y = y + h
         elif self.reader == "after":
             y = Sum()(y, nn.Conv(3, (1, 1), name="side")(h))
         elif self.reader == "before":
@@ -127,17 +189,43 @@ class Reuse(nn.Module):
 
 @pytest.mark.parametrize(
     ("reader", "other"),
-    [("sum", "skip"), ("after", "side"), ("before", "side"), ("second_call", None)],
-)
+    [("sum", "'skip'"), ("after", "'side'"), ("before", "'side'"),
+     ("inline", "add at .*test_canonizers.py")],
+)  # fmt: skip
 def test_merged_output_read_elsewhere_is_refused(normal_clips, reader, other):
+    """Also an inline reuse (``bn(h) + h``), which the module-interception engine missed."""
     x = normal_clips((1, 3, 3, 2), 6)
     model = Reuse(reader)
     v = with_positive_batch_stats(model.init(jax.random.key(0), x))
-    with pytest.raises(UnsupportedLayerError, match="'conv'") as info:
+    message = f"'bn'.* reads the output of 'conv', which is also read by {other}"
+    with pytest.raises(UnsupportedLayerError, match=message):
         lrp(model, composites.epsilon_plus())(v, x, jnp.array([0]))
-    assert "'bn'" in str(info.value)
-    if other is not None:
-        assert f"'{other}'" in str(info.value)
+
+
+def test_a_layer_called_twice_is_merged_per_call(normal_clips):
+    """Only the call that feeds the BatchNorm gets its merged weights."""
+
+    class Twice(nn.Module):
+        merged: bool
+
+        @nn.compact
+        def __call__(self, x):
+            y = nn.Conv(3, (2, 2), padding="SAME", name="first")(x)
+            if not self.merged:
+                y = nn.BatchNorm(use_running_average=True, name="bn")(y)
+            y = Sum()(y, nn.Conv(3, (2, 2), padding="SAME", name="second")(x))
+            return nn.Dense(2, name="fc")(y.reshape(x.shape[0], -1))
+
+    x = normal_clips((1, 3, 3, 2), 6)
+    v = with_positive_batch_stats(Reuse("second_call").init(jax.random.key(0), x))
+    p, s = v["params"], v["batch_stats"]["bn"]
+    k = p["bn"]["scale"] / np.sqrt(s["var"] + 1e-5)
+    first = {"kernel": p["conv"]["kernel"] * k,
+             "bias": (p["conv"]["bias"] - s["mean"]) * k + p["bn"]["bias"]}  # fmt: skip
+    by_hand = {"params": {"first": first, "second": p["conv"], "fc": p["fc"]}}
+    comp = composites.epsilon_plus()
+    _assert_close(lrp(Reuse("second_call"), comp)(v, x, jnp.array([1])),
+                  lrp(Twice(True), comp)(by_hand, x, jnp.array([1])))  # fmt: skip
 
 
 class BatchNormBlock(nn.Module):
@@ -161,26 +249,44 @@ def test_container_handing_the_output_to_its_batchnorm_is_merged(conv_bn):
     params = {"conv": v["params"]["conv"], "fc": v["params"]["fc"],
               "block": {"bn": v["params"]["bn"]}}  # fmt: skip
     nested = {"params": params, "batch_stats": {"block": v["batch_stats"]}}
-    a = lrp(ContainerHandsDown(), composites.epsilon_plus())(nested, x, jnp.array([1]))
-    b = lrp(Merged(), composites.epsilon_plus())(merged, x, jnp.array([1]))
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5 * float(abs(b).max()))
+    _assert_close(lrp(ContainerHandsDown(), composites.epsilon_plus())(nested, x, jnp.array([1])),
+                  lrp(Merged(), composites.epsilon_plus())(merged, x, jnp.array([1])))  # fmt: skip
 
 
-def test_batchnorm_errors(normal_clips):
-    class LoneBatchNorm(nn.Module):
-        @nn.compact
-        def __call__(self, x):
-            return nn.Dense(2)(nn.BatchNorm(use_running_average=True, name="bn")(x * 2.0))
+class LoneBatchNorm(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(2)(nn.BatchNorm(use_running_average=True, name="bn")(x * 2.0))
 
-    class TrainMode(nn.Module):
-        @nn.compact
-        def __call__(self, x):
-            h = nn.Dense(3, name="fc1")(x)
-            return nn.Dense(2)(nn.BatchNorm(use_running_average=False, name="bn")(h))
 
-    x = normal_clips((2, 3), 16)
-    for model, message in ((LoneBatchNorm(), "'bn' does not directly follow"),
-                           (TrainMode(), "'bn' uses batch statistics")):  # fmt: skip
-        v = model.init(jax.random.key(0), x)
-        with pytest.raises(SelrelError, match=message):
-            lrp(model, composites.epsilon_plus())(v, x, jnp.array([0, 1]))
+class TrainMode(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        h = nn.Dense(3, name="fc1")(x)
+        return nn.Dense(2)(nn.BatchNorm(use_running_average=False, name="bn")(h))
+
+
+class TimeAxis(nn.Module):
+    """A BatchNorm over axis 1: not per output channel."""
+
+    @nn.compact
+    def __call__(self, x):
+        h = nn.Conv(3, (1, 1), name="conv")(x)
+        h = nn.BatchNorm(use_running_average=True, axis=1, name="bn")(h)
+        return nn.Dense(2, name="fc")(h.reshape(x.shape[0], -1))
+
+
+@pytest.mark.parametrize(
+    ("model", "shape", "message"),
+    [
+        (LoneBatchNorm(), (2, 3), "'bn': sub .* does not directly follow a conv/dense layer"),
+        (TrainMode(), (2, 3), r"changes its variables .* needs it in inference mode"),
+        (TimeAxis(), (2, 3, 3, 2), "'bn'.* follows 'conv' but varies along more than its output "
+                                   "channels"),
+    ],
+)  # fmt: skip
+def test_batchnorm_errors(normal_clips, model, shape, message):
+    x = normal_clips(shape, 16)
+    v = model.init(jax.random.key(0), x)
+    with pytest.raises(SelrelError, match=message):
+        lrp(model, composites.epsilon_plus())(v, x, jnp.array([0, 1]))

@@ -152,6 +152,16 @@ def test_first_types_and_readme_composite():
     with pytest.raises(TypeError):
         comp.rule_for(conv, "conv", True, True)  # the flags are keyword-only
 
+    # The engine passes a layer's kind and the class of the module computing it.
+    class Head(nn.Module):
+        pass
+
+    assert comp.rule_for((nn.Dense, Head), "head/fc", first=False, leaf=True) == rules.Epsilon(0.25)
+    assert comp.rule_for(nn.Conv, None, first=True, leaf=True) is box  # no path: no pattern
+    by_owner = Composite(((Head, rules.Flat()), (nn.Dense, rules.Epsilon())))
+    assert by_owner.rule_for((nn.Dense, Head), None, first=False, leaf=True) == rules.Flat()
+    assert by_owner.rule_for((nn.Dense,), "x", first=False, leaf=True) == rules.Epsilon()
+
 
 def test_layer_map_base_is_shared_data():
     base = composites.layer_map_base(0.5)

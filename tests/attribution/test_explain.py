@@ -48,14 +48,32 @@ def test_explain_rejects_bad_input(normal_clips, random_variables, kwargs, messa
         sr.explain(model, v, x, **kwargs)
 
 
-def test_explain_rejects_wrong_rank_and_plain_callable_for_lrp(normal_clips, random_variables):
+def test_explain_rejects_wrong_rank_and_a_linen_model_without_variables(
+    normal_clips, random_variables
+):
     model = ConvNet()
     x = normal_clips((1, 2, 4, 4, 2))
     v = random_variables(model, x, 0)
     with pytest.raises(SelrelError, match=r"\(N, T, H, W, C\)"):
         sr.explain(model, v, x[0])
-    with pytest.raises(SelrelError, match="Flax linen model"):
-        sr.explain(lambda c: model.apply(v, c), None, x, method="lrp.epsilon_plus")
+    for method in ("lrp.epsilon_plus", "gradient"):
+        with pytest.raises(SelrelError, match="Flax linen model ConvNet needs its variables"):
+            sr.explain(model, None, x, method=method)
+    with pytest.raises(SelrelError, match="a callable apply_fn"):
+        sr.explain(3, v, x)
+
+
+def test_every_method_takes_plain_callables_with_or_without_params(normal_clips, random_variables):
+    """LRP too (the module-interception engine needed a linen model)."""
+    model = ConvNet()
+    x = normal_clips((1, 2, 4, 4, 2))
+    v = random_variables(model, x, 0)
+    for method in ("lrp.epsilon_plus", "gradient_x_input"):
+        want = np.asarray(sr.explain(model, v, x, None, method))
+        with_params = sr.explain(model.apply, v, x, None, method)  # apply_fn(params, clips)
+        closure = sr.explain(lambda c: model.apply(v, c), None, x, None, method)
+        for got in (with_params, closure):
+            np.testing.assert_allclose(np.asarray(got), want, atol=1e-6 * np.abs(want).max())
 
 
 # ---------------------------------------------------------------- transformations

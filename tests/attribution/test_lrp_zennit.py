@@ -1,6 +1,8 @@
-"""Cross-check against Zennit, number for number, on a small 3D conv net and
-on a thin torchvision-layout R3D (stem conv+BN, BasicBlocks with BatchNorm and
-residual sums, strided downsample blocks, global pooling, fc).
+"""Cross-check against Zennit, number for number, on a small 3D conv net (written
+with selrel_jax.layers modules and, as a twin, with inline ``x + y``,
+``jnp.mean``, ``jnp.tanh``, ``nn.avg_pool``: both must match) and on a thin
+torchvision-layout R3D (stem conv+BN, BasicBlocks with BatchNorm and residual
+sums, strided downsample blocks, global pooling, fc).
 
 Zennit is not a dependency of this project: the tests skip unless it is
 importable, and fail instead when ``SELREL_REQUIRE_ZENNIT=1`` (CI's
@@ -19,6 +21,7 @@ import importlib.util
 import os
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -54,7 +57,8 @@ class TorchNet(torch.nn.Module):
         self.sum = ZSum()
         self.gap = torch.nn.AdaptiveAvgPool3d(1)
         self.fc = torch.nn.Linear(8, 5)
-        self.r1, self.r2, self.r3, self.r4 = (torch.nn.ReLU() for _ in range(4))
+        self.r1, self.r2, self.r4 = (torch.nn.ReLU() for _ in range(3))
+        self.r3 = torch.nn.Tanh()  # an activation Zennit passes relevance through
 
     def forward(self, x):
         x = self.p1(self.r1(self.b1(self.c1(x))))
@@ -72,8 +76,23 @@ class FlaxNet(nn.Module):
         x = nn.Conv(8, (2, 3, 3), strides=(1, 2, 2), padding=((0, 0), (1, 1), (1, 1)),
                     name="c2")(x)  # fmt: skip
         x = AvgPool((1, 2, 2))(nn.relu(x))
-        x = nn.relu(Sum()(x, nn.relu(nn.Conv(8, (1, 1, 1), name="c3")(x))))
+        x = nn.relu(Sum()(x, nn.tanh(nn.Conv(8, (1, 1, 1), name="c3")(x))))
         return nn.Dense(5, name="fc")(GlobalAvgPool()(x))
+
+
+class InlineNet(nn.Module):
+    """FlaxNet written without selrel_jax.layers or nn activations."""
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.Conv(8, (3, 3, 3), padding=1, name="c1")(x)
+        x = nn.BatchNorm(use_running_average=True, epsilon=1e-5, name="b1")(x)
+        x = nn.max_pool(jnp.maximum(x, 0), (1, 2, 2), (1, 2, 2))
+        x = nn.Conv(8, (2, 3, 3), strides=(1, 2, 2), padding=((0, 0), (1, 1), (1, 1)),
+                    name="c2")(x)  # fmt: skip
+        x = nn.avg_pool(jax.nn.relu(x), (1, 2, 2), (1, 2, 2))
+        x = jax.nn.relu(x + jnp.tanh(nn.Conv(8, (1, 1, 1), name="c3")(x)))
+        return nn.Dense(5, name="fc")(jnp.mean(x, axis=(1, 2, 3)))
 
 
 def _convert(net):
@@ -138,12 +157,13 @@ def test_composites_match_zennit(method):
     x = torch.randn(2, 3, 4, 8, 8)
     xj = jnp.asarray(x.numpy().transpose(0, 2, 3, 4, 1))
     target = torch.tensor([1, 3])
-    np.testing.assert_allclose(np.asarray(FlaxNet().apply(variables, xj)),
-                               net(x).detach().numpy(), atol=1e-5)  # fmt: skip
     want = _zennit_relevance(net, method, x, target)
-    got = np.asarray(sr.explain(FlaxNet(), variables, xj, jnp.asarray(target.numpy()), method,
-                                **CASES[method][1]))  # fmt: skip
-    _assert_matches(got, want)
+    for model in (FlaxNet(), InlineNet()):
+        np.testing.assert_allclose(np.asarray(model.apply(variables, xj)),
+                                   net(x).detach().numpy(), atol=1e-5)  # fmt: skip
+        got = np.asarray(sr.explain(model, variables, xj, jnp.asarray(target.numpy()), method,
+                                    **CASES[method][1]))  # fmt: skip
+        _assert_matches(got, want)
 
 
 @pytest.fixture(scope="module")

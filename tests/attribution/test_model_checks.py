@@ -1,23 +1,15 @@
 """Checks of the model against the clips on its abstract trace (private module
-``_model_checks``): clips too small for the model, variables of another model,
-and the warning for nonlinearities LRP cannot see."""
+``_model_checks``): clips too small for the model, variables of another model."""
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Callable
-
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 import selrel_jax as sr
 from selrel_jax import models
-from selrel_jax.attribution import UnseenNonlinearityWarning, composites, lrp
 from selrel_jax.errors import CheckpointError, ShapeError
-from tests.attribution.flax_nets import ConvNet, ResNet, with_positive_batch_stats
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +39,8 @@ def test_clips_too_small_for_the_model_raise_shape_error_naming_the_layer(
         jax.jit(sr.make_explainer(model, method))(v, x, jnp.array([1]))
 
 
-def test_clips_too_small_for_a_plain_callable_raise_shape_error():
+@pytest.mark.parametrize("method", ["gradient", "lrp.epsilon"])
+def test_clips_too_small_for_a_plain_callable_raise_shape_error(method):
     """No linen module to name: the jaxpr shows a reduction over an empty axis."""
     weights = jnp.ones((2, 3))
 
@@ -59,7 +52,9 @@ def test_clips_too_small_for_a_plain_callable_raise_shape_error():
     assert apply_fn(jnp.ones((1, 4, 2, 2, 2))).shape == (1, 3)
     message = r"\(1, 3, 2, 2, 2\) are too small.* reads an empty array of shape \(1, 0, 2, 2, 2\)"
     with pytest.raises(ShapeError, match=message):
-        sr.explain(apply_fn, None, jnp.ones((1, 3, 2, 2, 2)), None, "gradient")
+        sr.explain(apply_fn, None, jnp.ones((1, 3, 2, 2, 2)), None, method)
+    with pytest.raises(ShapeError, match=message):  # the transform's own check
+        sr.make_explainer(apply_fn, method)(None, jnp.ones((1, 3, 2, 2, 2)))
 
 
 # ---------------------------------------------------------------- case 5: variables
@@ -91,57 +86,3 @@ def test_variables_missing_a_layer_raise_checkpoint_error(c3d_small, method):
     missing = {"params": {k: p for k, p in v["params"].items() if k != "conv3"}}
     with pytest.raises(CheckpointError, match=r'parameter named "kernel" in scope "/conv3"'):
         sr.explain(model, missing, jnp.ones((1, 4, 16, 16, 3)), None, method)
-
-
-# ---------------------------------------------------------------- case 6: unseen nonlinearities
-
-
-class Hidden(nn.Module):
-    """Nonlinearities the engine can't swap for the Pass rule."""
-
-    act: Callable = nn.relu  # bound when the module is built, before any trace
-
-    @nn.compact
-    def __call__(self, x):
-        h = jnp.tanh(nn.Conv(3, (1, 3, 3), name="conv1")(x))
-        h = jnp.maximum(nn.Conv(3, (1, 3, 3), name="conv2")(h), 0)
-        h = self.act(h)
-        return nn.Dense(3, name="fc")(h.mean(axis=(1, 2, 3)))
-
-
-def _unseen_warnings(fn) -> list[str]:
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        fn()
-    return [str(w.message) for w in caught if w.category is UnseenNonlinearityWarning]
-
-
-def test_unseen_nonlinearities_warn_once_per_trace(normal_clips, random_variables):
-    model = Hidden()
-    x = normal_clips((2, 2, 5, 5, 2), 50)
-    v = random_variables(model, x, 51)
-    explainer = lrp(model, composites.epsilon())
-    t = jnp.array([0, 1])
-    (message,) = _unseen_warnings(lambda: jax.eval_shape(explainer, v, x, t))
-    assert message.startswith("LRP cannot see 3 elementwise nonlinear operation(s)")
-    here = __file__.rsplit("/", 1)[-1]
-    for expected in ("tanh at", "max at", "max in relu at"):
-        assert f"{expected} " in message and here in message, message
-    lines = [int(part.split(":")[1]) for part in message.split(here)[1:]]
-    assert len(set(lines)) == 3  # one source line each: tanh, maximum, self.act
-    # Once per trace: a cached trace warns no more, a new one (another shape) again.
-    assert not _unseen_warnings(lambda: jax.eval_shape(explainer, v, x, t))
-    assert len(_unseen_warnings(lambda: jax.eval_shape(explainer, v, x[:1], t[:1]))) == 1
-    # Gradient methods see every operation: no warning.
-    gradient = sr.make_explainer(model, "gradient")
-    assert not _unseen_warnings(lambda: jax.eval_shape(gradient, v, x, t))
-
-
-def test_models_of_nn_activations_and_layers_do_not_warn(normal_clips, random_variables):
-    x = normal_clips((1, 2, 4, 4, 2), 52)
-    for model in (ConvNet(), ResNet(batchnorm=True)):
-        v = random_variables(model, x, 53)
-        if "batch_stats" in v:
-            v = with_positive_batch_stats(v)
-        fn = sr.make_explainer(model, "lrp.epsilon_gamma_box", low=-3.0, high=3.0)
-        assert not _unseen_warnings(lambda: jax.eval_shape(fn, v, x, np.array([0])))  # noqa: B023

@@ -1,0 +1,359 @@
+"""The traced computation as one flat graph, and what the LRP engine reads off it.
+Private: the engine's planner (:mod:`~selrel_jax.attribution.engine`) is its user.
+
+:func:`flatten` turns the jaxpr of ``apply(params, clips)`` into a flat list of
+:class:`Node` s: calls of ``jit`` functions, ``custom_jvp`` / ``custom_vjp``
+functions and ``checkpoint`` are inlined (their own forward computation, which
+is what relevance is defined on), so an activation function compiled by
+``jax.nn`` looks like the same activation written inline. Each node keeps the
+user's source line and the innermost Flax linen module it ran in (when the
+linen front end marked module calls with :data:`MODULE_SCOPE` name scopes).
+
+:func:`analyse` then marks, for every value:
+
+* ``active``: it depends on the clips;
+* ``relevant``: a floating value on a floating path from the clips to the
+  output (relevance flows through it);
+* ``sources``: the parameter leaves a clip-independent value is computed from;
+* ``nonneg``: known to be >= 0 (a ReLU output, a max pooling of one, ...), so
+  rules above it can skip the passes over negative inputs.
+
+:func:`varying_axes` tells along which axes a clip-independent value can vary
+(a bias reshaped to ``(1, 1, 1, 1, C)`` varies along the last axis only), which
+is what the canonizer needs to know to merge a per-channel affine map.
+
+Example::
+
+    graph = flatten(closed_jaxpr, n_params=len(leaves))
+    info = analyse(graph)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax._src import source_info_util
+from jax.extend import core as jax_core
+
+__all__ = [
+    "MODULE_SCOPE",
+    "Analysis",
+    "Atom",
+    "Graph",
+    "Node",
+    "analyse",
+    "bind",
+    "flatten",
+    "is_float",
+    "literal_value",
+    "varying_axes",
+]
+
+# Name scope prefix the linen front end puts around each module call
+# (``selrel_module_<n>``): the innermost one names the module a node ran in.
+MODULE_SCOPE = "selrel_module_"
+_SCOPE = re.compile(re.escape(MODULE_SCOPE) + r"(\d+)")
+
+# Primitives looked through (inlined), with the parameter holding their jaxpr.
+_INLINED = {
+    "jit": "jaxpr",
+    "pjit": "jaxpr",
+    "closed_call": "call_jaxpr",
+    "core_call": "call_jaxpr",
+    "custom_jvp_call": "call_jaxpr",
+    "custom_vjp_call": "call_jaxpr",
+    "custom_vjp_call_jaxpr": "fun_jaxpr",
+    "remat2": "jaxpr",
+    "checkpoint": "jaxpr",
+}
+
+Atom = Any  # a value id (int) or a jax Literal (a scalar constant)
+
+
+@dataclasses.dataclass(frozen=True)
+class Node:
+    """One primitive application: ``outputs = primitive(*inputs, **params)``."""
+
+    index: int
+    primitive: Any
+    inputs: tuple[Atom, ...]
+    outputs: tuple[int, ...]
+    params: dict[str, Any]
+    source: str  # "file:line:col (function)" of the user code, or ""
+    scope: int | None  # innermost linen module marker, if any
+    context: Any  # the equation's context (compute type, ...)
+
+    @property
+    def name(self) -> str:
+        return self.primitive.name
+
+
+@dataclasses.dataclass
+class Graph:
+    """The flat graph. Values are ids into ``avals``; ``params`` are the ids of
+    the parameter leaves (in ``jax.tree.leaves`` order), ``clips`` the id of the
+    clips, ``consts`` the ids and values of the jaxpr's constants."""
+
+    nodes: list[Node] = dataclasses.field(default_factory=list)
+    avals: list[Any] = dataclasses.field(default_factory=list)
+    params: list[int] = dataclasses.field(default_factory=list)
+    clips: int = -1
+    consts: dict[int, Any] = dataclasses.field(default_factory=dict)
+    outputs: list[Atom] = dataclasses.field(default_factory=list)
+    producer: dict[int, int] = dataclasses.field(default_factory=dict)  # value -> node index
+
+    def new_value(self, aval: Any) -> int:
+        self.avals.append(aval)
+        return len(self.avals) - 1
+
+    def shape(self, atom: Atom) -> tuple[int, ...]:
+        aval = atom.aval if isinstance(atom, jax_core.Literal) else self.avals[atom]
+        return tuple(aval.shape)
+
+    def dtype(self, atom: Atom) -> Any:
+        aval = atom.aval if isinstance(atom, jax_core.Literal) else self.avals[atom]
+        return aval.dtype
+
+
+def is_float(dtype: Any) -> bool:
+    return jnp.issubdtype(dtype, jnp.inexact)
+
+
+def literal_value(atom: Atom) -> Any:
+    return atom.val
+
+
+# Frames a source line should not point at: Flax's and this package's own.
+_LIBRARY_DIRS = (
+    os.path.dirname(os.path.dirname(os.path.abspath(nn.__file__))) + os.sep,
+    os.path.dirname(os.path.abspath(__file__)) + os.sep,
+)
+
+
+def _summary(source_info: Any) -> str:
+    """``file:line:col (function)`` of the first frame outside JAX, Flax and
+    this package (the user's model code), else JAX's own summary."""
+    try:
+        for frame in source_info_util.user_frames(source_info.traceback):
+            if not frame.file_name.startswith(_LIBRARY_DIRS):
+                return (f"{frame.file_name}:{frame.start_line}:{frame.start_column} "
+                        f"({frame.function_name})")  # fmt: skip
+        return source_info_util.summarize(source_info).strip()
+    except Exception:  # pragma: no cover - source info is best effort
+        return ""
+
+
+def _scope(eqn: Any) -> int | None:
+    found = _SCOPE.findall(str(eqn.source_info.name_stack))
+    return int(found[-1]) if found else None
+
+
+def _inner(eqn: Any) -> tuple[Any, tuple] | None:
+    """``(jaxpr, consts)`` of a call to look through, or None."""
+    key = _INLINED.get(eqn.primitive.name)
+    inner = eqn.params.get(key) if key else None
+    if isinstance(inner, jax_core.ClosedJaxpr):
+        inner, consts = inner.jaxpr, tuple(inner.consts)
+    elif isinstance(inner, jax_core.Jaxpr):
+        consts = ()
+    else:
+        return None
+    if len(inner.invars) != len(eqn.invars) or len(inner.outvars) != len(eqn.outvars):
+        return None  # pragma: no cover - a call convention we do not know
+    return inner, consts
+
+
+def _flatten_into(graph: Graph, jaxpr: Any, args: list, consts: list, context: tuple) -> list:
+    """Append ``jaxpr``'s equations to ``graph`` with its inputs bound to ``args``;
+    ``context`` is the enclosing call's ``(source, scope)`` (None at the top)."""
+    env: dict[Any, Atom] = {}
+
+    def read(var: Any) -> Atom:
+        return var if isinstance(var, jax_core.Literal) else env[var]
+
+    for var, value in zip(jaxpr.constvars, consts, strict=True):
+        env[var] = graph.new_value(var.aval)
+        graph.consts[env[var]] = value
+    env.update(zip(jaxpr.invars, args, strict=True))
+    for eqn in jaxpr.eqns:
+        inputs = [read(v) for v in eqn.invars]
+        own_scope = _scope(eqn)
+        source = context[0] if context[0] else _summary(eqn.source_info)
+        scope = own_scope if own_scope is not None else context[1]
+        inner = _inner(eqn)
+        if inner is not None:
+            outs = _flatten_into(graph, inner[0], inputs, list(inner[1]), (source, scope))
+            env.update(zip(eqn.outvars, outs, strict=True))
+            continue
+        outputs = tuple(graph.new_value(v.aval) for v in eqn.outvars)
+        node = Node(len(graph.nodes), eqn.primitive, tuple(inputs), outputs,
+                    dict(eqn.params), source, scope, eqn.ctx)  # fmt: skip
+        graph.nodes.append(node)
+        graph.producer.update((o, node.index) for o in outputs)
+        env.update(zip(eqn.outvars, outputs, strict=True))
+    return [read(v) for v in jaxpr.outvars]
+
+
+def flatten(closed: Any, n_params: int) -> Graph:
+    """The flat graph of ``closed`` (the ClosedJaxpr of ``apply(params, clips)``,
+    whose first ``n_params`` inputs are the parameter leaves, then the clips)."""
+    graph = Graph()
+    invars = closed.jaxpr.invars
+    args = [graph.new_value(v.aval) for v in invars]
+    graph.params, graph.clips = args[:n_params], args[n_params]
+    graph.outputs = _flatten_into(graph, closed.jaxpr, args, list(closed.consts), ("", None))
+    return graph
+
+
+def bind(node: Node, *args: Any) -> list:
+    """Evaluate ``node`` on ``args`` (JAX's own ``eval_jaxpr`` step)."""
+    params = node.primitive.get_bind_params(node.params)
+    with node.context.manager:
+        out = node.primitive.bind(*args, **params)
+    return list(out) if node.primitive.multiple_results else [out]
+
+
+# --------------------------------------------------------------------------
+# Analyses.
+
+
+@dataclasses.dataclass
+class Analysis:
+    active: set[int]
+    relevant: set[int]
+    consumers: dict[int, list[int]]  # value -> indices of the nodes reading it
+    outputs: set[int]  # values that are graph outputs
+    sources: dict[int, frozenset[int]]  # clip-independent value -> parameter leaf positions
+    nonneg: set[int]
+
+
+def _ids(atoms: Any) -> Iterator[int]:
+    return (a for a in atoms if not isinstance(a, jax_core.Literal))
+
+
+def analyse(graph: Graph) -> Analysis:
+    active = {graph.clips}
+    consumers: dict[int, list[int]] = {}
+    sources = {v: frozenset({i}) for i, v in enumerate(graph.params)}
+    sources.update((v, frozenset()) for v in graph.consts)
+    for node in graph.nodes:
+        ids = list(_ids(node.inputs))
+        for v in ids:
+            consumers.setdefault(v, []).append(node.index)
+        if any(v in active for v in ids):
+            active.update(node.outputs)
+        else:
+            found = frozenset().union(*(sources.get(v, frozenset()) for v in ids))
+            sources.update((o, found) for o in node.outputs)
+    outputs = set(_ids(graph.outputs))
+    relevant = {v for v in outputs if v in active and is_float(graph.dtype(v))}
+    for node in reversed(graph.nodes):
+        if any(o in relevant for o in node.outputs):
+            relevant.update(v for v in _ids(node.inputs)
+                            if v in active and is_float(graph.dtype(v)))  # fmt: skip
+    return Analysis(active, relevant, consumers, outputs, sources, _nonneg(graph))
+
+
+# Sign analysis: primitives whose output is >= 0 whatever their inputs, those
+# that keep the sign when every (value) input is >= 0, and those needing one.
+_ALWAYS_NONNEG = frozenset({"exp", "exp2", "logistic", "abs", "square", "sqrt", "rsqrt", "cosh"})
+_ALL_NONNEG = frozenset({
+    "add", "mul", "div", "min", "convert_element_type", "copy", "copy_p", "reduce_precision",
+    "reshape", "transpose", "broadcast_in_dim", "squeeze", "expand_dims", "slice", "rev",
+    "concatenate", "pad", "reduce_sum", "reduce_window_sum", "reduce_max", "reduce_window_max",
+    "reduce_min", "reduce_window_min", "log1p", "sinh", "tanh", "erf", "atan",
+})  # fmt: skip
+_ANY_NONNEG = frozenset({"max"})
+_OPERAND_NONNEG = frozenset({"dynamic_slice", "gather", "select_and_gather_add"})
+
+
+def _atom_nonneg(graph: Graph, atom: Atom, known: set[int]) -> bool:
+    if isinstance(atom, jax_core.Literal):
+        return bool(np.all(np.asarray(atom.val) >= 0))
+    if atom in graph.consts and not isinstance(graph.consts[atom], jax.core.Tracer):
+        return bool(np.all(np.asarray(graph.consts[atom]) >= 0))
+    return atom in known
+
+
+def _nonneg(graph: Graph) -> set[int]:
+    known: set[int] = set()
+    for node in graph.nodes:
+        flags = [_atom_nonneg(graph, a, known) for a in node.inputs]
+        name = node.name
+        if name == "integer_pow":
+            yes = node.params["y"] % 2 == 0 or flags[0]
+        elif name == "select_n":
+            yes = all(flags[1:])
+        elif name == "clamp":
+            yes = flags[0] or (flags[1] and flags[2])
+        else:
+            yes = (
+                name in _ALWAYS_NONNEG
+                or (name in _ALL_NONNEG and all(flags))
+                or (name in _ANY_NONNEG and any(flags))
+                or (name in _OPERAND_NONNEG and flags[0])
+            )
+        if yes:
+            known.update(node.outputs)
+    return known
+
+
+def varying_axes(graph: Graph, atom: Atom, memo: dict[int, frozenset[int]]) -> frozenset[int]:
+    """Axes along which the clip-independent value ``atom`` may take different
+    values (a scalar varies along none; a size-1 axis never varies)."""
+    if isinstance(atom, jax_core.Literal):
+        return frozenset()
+    if atom not in memo:
+        memo[atom] = _varying(graph, atom, memo)
+    return memo[atom]
+
+
+def _varying(graph: Graph, value: int, memo: dict) -> frozenset[int]:
+    shape = graph.shape(value)
+    every = frozenset(i for i, s in enumerate(shape) if s != 1)
+    node_index = graph.producer.get(value)
+    if node_index is None:
+        return every
+    node = graph.nodes[node_index]
+    operand = node.inputs[0] if node.inputs else None
+    if node.name == "broadcast_in_dim":
+        inner = varying_axes(graph, operand, memo)
+        return frozenset(node.params["broadcast_dimensions"][i] for i in inner) & every
+    if node.name == "reshape":
+        before = [s for s in graph.shape(operand) if s != 1]
+        if before == [s for s in shape if s != 1]:  # only size-1 axes added or removed
+            kept = [i for i, s in enumerate(graph.shape(operand)) if s != 1]
+            inner = varying_axes(graph, operand, memo)
+            out_axes = [i for i, s in enumerate(shape) if s != 1]
+            return frozenset(o for o, i in zip(out_axes, kept, strict=True) if i in inner)
+        return every
+    if len(node.outputs) == 1 and _is_elementwise(node.name):
+        found: set[int] = set()
+        for atom in node.inputs:
+            if len(graph.shape(atom)) == len(shape):
+                found |= varying_axes(graph, atom, memo)
+        return frozenset(found) & every
+    return every
+
+
+ELEMENTWISE = frozenset({
+    "neg", "sign", "floor", "ceil", "round", "is_finite", "exp", "exp2", "log", "log1p",
+    "expm1", "tanh", "logistic", "sin", "cos", "tan", "asin", "acos", "atan", "sinh", "cosh",
+    "asinh", "acosh", "atanh", "lgamma", "digamma", "erf", "erfc", "erf_inv", "sqrt", "rsqrt",
+    "cbrt", "abs", "square", "integer_pow", "pow", "add", "add_any", "sub", "mul", "div", "rem",
+    "max", "min", "atan2", "nextafter", "select_n", "clamp", "convert_element_type", "copy",
+    "copy_p", "reduce_precision", "eq", "ne", "lt", "le", "gt", "ge", "and", "or", "not",
+    "xor", "stop_gradient",
+})  # fmt: skip
+
+
+def _is_elementwise(name: str) -> bool:
+    return name in ELEMENTWISE
