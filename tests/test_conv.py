@@ -1,0 +1,117 @@
+"""selrel_jax._conv: the fast convolution forms are jax.lax.conv_general_dilated,
+forward and gradients, and the zoo still shows the engine one convolution."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from selrel_jax import _conv
+
+LAYOUTS = {1: ("NHC", "HIO", "NHC"), 2: ("NHWC", "HWIO", "NHWC"), 3: ("NDHWC", "DHWIO", "NDHWC")}
+
+# (input shape, kernel shape, strides, padding): stride 1 and strided, padded,
+# uneven padding, strides larger than the kernel, "SAME"/"VALID", 1/2/3D.
+CASES = [
+    ((2, 6, 9, 10, 3), (3, 7, 7, 3, 4), (1, 2, 2), ((1, 1), (3, 3), (3, 3))),
+    ((2, 6, 9, 10, 3), (3, 3, 3, 3, 4), (2, 2, 2), ((1, 1), (1, 1), (1, 1))),
+    ((2, 6, 9, 10, 3), (1, 1, 1, 3, 4), (2, 2, 2), ((0, 0), (0, 0), (0, 0))),
+    ((2, 6, 9, 10, 3), (3, 3, 3, 3, 4), (1, 1, 1), ((1, 1), (1, 1), (1, 1))),
+    ((2, 6, 9, 10, 3), (3, 1, 1, 3, 4), (2, 1, 1), ((1, 1), (0, 0), (0, 0))),
+    ((2, 6, 9, 10, 3), (1, 3, 3, 3, 4), (1, 2, 2), ((0, 0), (1, 1), (1, 1))),
+    ((1, 5, 8, 7, 2), (2, 3, 3, 2, 3), (1, 1, 1), ((1, 0), (2, 0), (0, 1))),
+    ((1, 5, 8, 7, 2), (1, 3, 3, 2, 3), (1, 1, 1), ((1, 1), (1, 1), (1, 1))),
+    ((2, 6, 9, 10, 3), (3, 3, 3, 3, 4), (1, 1, 1), "SAME"),
+    ((2, 7, 9, 10, 3), (3, 3, 3, 3, 4), (2, 3, 2), "VALID"),
+    ((1, 7, 9, 10, 2), (2, 2, 2, 2, 3), (3, 3, 3), ((0, 1), (1, 0), (2, 2))),
+    ((2, 9, 10, 3), (3, 3, 3, 4), (2, 2), ((1, 1), (1, 1))),
+    ((2, 9, 3), (3, 3, 4), (2,), ((1, 0),)),
+    ((2, 9, 3), (3, 3, 4), (1,), ((1, 1),)),
+]
+
+
+def _relative_error(got: jax.Array, want: jax.Array) -> float:
+    return float(jnp.max(jnp.abs(got - want)) / jnp.max(jnp.abs(want)))
+
+
+@pytest.mark.parametrize("entry", [_conv.conv_general_dilated, _conv.fast_conv])
+@pytest.mark.parametrize(("x_shape", "w_shape", "strides", "padding"), CASES)
+def test_equals_lax_forward_and_gradients(entry, x_shape, w_shape, strides, padding):
+    rng = np.random.default_rng(len(x_shape) + sum(w_shape))
+    x = jnp.asarray(rng.standard_normal(x_shape), jnp.float32)
+    w = jnp.asarray(rng.standard_normal(w_shape), jnp.float32)
+    layout = LAYOUTS[len(x_shape) - 2]
+
+    def want_fn(a, b):
+        return lax.conv_general_dilated(a, b, strides, padding, dimension_numbers=layout)
+
+    def got_fn(a, b):
+        return entry(a, b, strides, padding, dimension_numbers=layout)
+
+    want, pull_want = jax.vjp(want_fn, x, w)
+    got, pull_got = jax.vjp(got_fn, x, w)
+    assert got.shape == want.shape
+    cotangent = jnp.asarray(rng.standard_normal(want.shape), jnp.float32)
+    assert _relative_error(got, want) < 1e-5
+    assert _relative_error(jax.jit(got_fn)(x, w), want) < 1e-5
+    for got_grad, want_grad in zip(pull_got(cotangent), pull_want(cotangent), strict=True):
+        assert _relative_error(got_grad, want_grad) < 1e-5
+
+    # The gradient of an input gradient with respect to the kernel (double
+    # backward, as a gradient penalty needs): the VJP is itself differentiable.
+    def penalty(fn):
+        return lambda b: jnp.sum(jax.vjp(lambda v: fn(v, b), x)[1](cotangent)[0] ** 2)
+
+    assert _relative_error(jax.grad(penalty(got_fn))(w), jax.grad(penalty(want_fn))(w)) < 1e-5
+
+
+def test_other_convolutions_are_handed_to_lax():
+    """Dilation, groups and other layouts are lax's own convolution (no config)."""
+    x, w = jnp.ones((1, 8, 8, 4)), jnp.ones((3, 3, 2, 4))
+    assert _conv.conv_config(x.shape, w.shape, (1, 1), "SAME", None, (2, 2)) is None
+    grouped = _conv.conv_config(x.shape, w.shape, (1, 1), "SAME", feature_group_count=2)
+    assert grouped is None
+    nchw = _conv.conv_config((1, 4, 8, 8), (4, 4, 3, 3), (1, 1), "SAME",
+                             dimension_numbers=("NCHW", "OIHW", "NCHW"))  # fmt: skip
+    assert nchw is None
+    got = _conv.fast_conv(x, w, (1, 1), "SAME", rhs_dilation=(2, 2), feature_group_count=2,
+                          dimension_numbers=LAYOUTS[2])  # fmt: skip
+    want = lax.conv_general_dilated(
+        x, w, (1, 1), "SAME", rhs_dilation=(2, 2), feature_group_count=2,
+        dimension_numbers=LAYOUTS[2],
+    )  # fmt: skip
+    np.testing.assert_array_equal(got, want)
+
+
+def test_model_conv_traces_as_one_primitive():
+    """The zoo's convolution shows one conv_general_dilated inside its custom_vjp
+    (what the LRP engine looks through); its derivative shows no lhs dilation."""
+    x, w = jnp.ones((1, 4, 8, 8, 3)), jnp.ones((3, 3, 3, 3, 5))
+
+    def fn(a):
+        return _conv.conv_general_dilated(a, w, (2, 2, 2), ((1, 1),) * 3,
+                                          dimension_numbers=LAYOUTS[3])  # fmt: skip
+
+    primal = jax.make_jaxpr(fn)(x).jaxpr
+    (call,) = primal.eqns
+    inner = [e.primitive.name for e in call.params["call_jaxpr"].jaxpr.eqns]
+    assert inner == ["conv_general_dilated"]
+    backward = jax.make_jaxpr(lambda a: jax.vjp(fn, a)[1](jnp.ones((1, 2, 4, 4, 5))))(x)
+    convs = [e for e in _all_eqns(backward.jaxpr) if e.primitive.name == "conv_general_dilated"]
+    assert convs
+    assert all(set(e.params["lhs_dilation"]) == {1} for e in convs)
+    assert all(set(e.params["window_strides"]) == {1} for e in convs)
+
+
+def _all_eqns(jaxpr):
+    for eqn in jaxpr.eqns:
+        yield eqn
+        for value in eqn.params.values():
+            inner = getattr(value, "jaxpr", None)
+            if inner is not None and hasattr(inner, "eqns"):
+                yield from _all_eqns(inner)
+            elif hasattr(value, "eqns"):
+                yield from _all_eqns(value)
