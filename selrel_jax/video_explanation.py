@@ -30,7 +30,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
+import re
+import shutil
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -42,6 +45,7 @@ import numpy as np
 from selrel_jax import data, metrics
 from selrel_jax._checks import integer, one_of, positive_int, real
 from selrel_jax.attribution import make_explainer, registry
+from selrel_jax.data._reader import DEFAULT_DECODE_TIMEOUT, decode_in_worker
 from selrel_jax.errors import DataError, OptionError, ShapeError
 from selrel_jax.models.info import ModelInfo
 from selrel_jax.selective import (
@@ -302,7 +306,9 @@ def _check_video_array(video: np.ndarray) -> np.ndarray:
     return video
 
 
-def sample_frames(video: Any, info: ModelInfo) -> tuple[np.ndarray, float | None]:
+def sample_frames(
+    video: Any, info: ModelInfo, decode_timeout: float | None = None
+) -> tuple[np.ndarray, float | None]:
     """``(frames, fps)``: the video's frames as the model sees them, and their rate.
 
     ``video`` is a file path (any format :func:`selrel_jax.data.iter_frames` reads,
@@ -311,13 +317,16 @@ def sample_frames(video: Any, info: ModelInfo) -> tuple[np.ndarray, float | None
     frame, decoded and downscaled one frame at a time; arrays are taken as already
     sampled. Frames are resized (shorter side to the model's resize size, else the
     crop's larger side) and centre-cropped to its ``crop_size``. ``fps`` is None when
-    the rate is unknown.
+    the rate is unknown. With ``decode_timeout`` (seconds) a file is decoded in a
+    separate process (:class:`~selrel_jax.data._reader.DecodeWorker`): one that hangs or
+    crashes the decoder is a DataError naming it.
     """
     if isinstance(video, np.ndarray | jax.Array):
         frames = _check_video_array(np.asarray(video))
         return _fit_frames(frames, info), info.fps
     side = info.resize_side
-    return data.read_frames(video, fps=info.fps, frame_step=info.frame_step, size=side,
+    return decode_in_worker(video, decode_timeout, data.read_frames, video, fps=info.fps,
+                            frame_step=info.frame_step, size=side,
                             crop=info.crop_size)  # fmt: skip
 
 
@@ -476,6 +485,7 @@ def explain_video(
     temporal_padding: str = DEFAULT_TEMPORAL_PADDING,
     threshold: str = DEFAULT_THRESHOLD,
     progress: bool = False,
+    decode_timeout: float | None = None,
     **method_options: Any,
 ) -> VideoExplanation:
     """Explain ``video`` (a file path or uint8 frames (T, H, W, 3)) with ``model``.
@@ -488,15 +498,18 @@ def explain_video(
     input range. ``sigma``, ``temporal_padding`` (default ``"edge"``: see
     :data:`DEFAULT_TEMPORAL_PADDING`) and ``threshold`` go to
     :func:`selrel_jax.selective_relevance`. A video shorter than one clip is
-    loop-padded, with a :class:`SelrelWarning`.
+    loop-padded, with a :class:`SelrelWarning`. ``decode_timeout``: decode a file in a
+    separate process, stopped after that many seconds (see :func:`sample_frames`).
     """
     settings = ExplainSettings(method, sigma, temporal_padding, threshold, clip_stride,
                                batch_size, dict(method_options))  # fmt: skip
     target_index = resolve_target(target, info.class_names)
     options = _method_options(settings, info)
     registry.resolve(method, options)
+    if decode_timeout is not None:
+        decode_timeout = real("decode_timeout", decode_timeout, above=0.0)
     clock = _Clock()
-    frames, fps = sample_frames(video, info)
+    frames, fps = sample_frames(video, info, decode_timeout)
     clock.lap("read_seconds")
     if len(frames) < info.clip_length:
         import warnings
@@ -653,9 +666,10 @@ def save_explanation(
     (and ``timings.json`` when given, ``relevance.npz`` with ``save_arrays``) into
     ``directory``, atomically: everything is written into a temporary sibling that is
     renamed at the end, so a failure leaves nothing behind (and an existing output
-    intact). An existing ``directory`` needs ``overwrite=True``. Returns it."""
-    import json
-    import shutil
+    intact). An existing ``directory`` needs ``overwrite=True``. Returns it.
+
+    The temporary sibling is ``.<name>.<pid>.<random>``: one that a killed process left
+    behind is removed by :func:`explain_files` when it next writes ``<name>``."""
     import tempfile
 
     directory = os.path.abspath(os.fspath(directory))
@@ -664,7 +678,8 @@ def save_explanation(
     parent = os.path.dirname(directory)
     try:
         os.makedirs(parent, exist_ok=True)
-        staging = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.", dir=parent)
+        prefix = f".{os.path.basename(directory)}.{os.getpid()}."
+        staging = tempfile.mkdtemp(prefix=prefix, dir=parent)
     except OSError as e:
         raise DataError(f"cannot write output {directory}: {e.strerror or e}") from None
     try:
@@ -680,6 +695,9 @@ def save_explanation(
         if save_arrays:
             np.savez_compressed(os.path.join(staging, "relevance.npz"), **_arrays(result))
         _replace(staging, directory)
+    except OSError as e:  # a full disk, a file too large: nothing is left
+        shutil.rmtree(staging, ignore_errors=True)
+        raise DataError(f"cannot write output {directory}: {e.strerror or e}") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -706,8 +724,6 @@ def _arrays(result: VideoExplanation) -> dict[str, np.ndarray]:
 def _replace(staging: str, directory: str) -> None:
     """Move ``staging`` to ``directory``; an existing one is removed only once the new
     one is in place."""
-    import shutil
-
     if not os.path.lexists(directory):
         os.rename(staging, directory)
         return
@@ -742,13 +758,21 @@ def explain_files(
     progress: bool = False,
     target: int | str | None = None,
     method_options: Mapping[str, Any] | None = None,
+    decode_timeout: float | None = DEFAULT_DECODE_TIMEOUT,
     **settings: Any,
 ):
     """Explain each file into ``out/<stem>/`` (:func:`save_explanation`), yielding
     ``(video, record)`` per video: the record is ``{"video", "out", "predicted",
-    "spatial_bias"}`` or the :class:`~selrel_jax.errors.SelrelError` that video
-    raised (the others still run). No videos: the bundled sample clip. The model,
-    method, options and target are checked once, before any video is read.
+    "spatial_bias"}`` (``"kept": True`` added for an output kept from an earlier run)
+    or the :class:`~selrel_jax.errors.SelrelError` that video raised (the others still
+    run). No videos: the bundled sample clip. The model, method, options and target
+    are checked once, before any video is read.
+
+    Resuming: without ``overwrite``, an existing ``out/<stem>/`` that holds this
+    video's explanation with the same settings is kept and reported (nothing is
+    computed), one with other settings is an OptionError naming them; temporary
+    folders a killed run left are removed. Each file is decoded in a separate
+    process, stopped after ``decode_timeout`` seconds (None: decode in this process).
     ``settings``: ``method``, ``sigma``, ``temporal_padding``, ``threshold``,
     ``clip_stride``, ``batch_size`` of :func:`explain_video`."""
     from selrel_jax import models
@@ -757,30 +781,114 @@ def explain_files(
     videos = list(videos) or [data.sample_clip_path()]
     net, variables, info = models.load(model)
     checked = ExplainSettings(**settings, method_options=dict(method_options or {}))
-    resolve_target(target, info.class_names)
-    registry.resolve(checked.method, _method_options(checked, info))
+    expected = _Expected(checked, _method_options(checked, info), info, model, save_arrays,
+                         resolve_target(target, info.class_names))  # fmt: skip
+    registry.resolve(checked.method, expected.options)
     for video, directory in zip(videos, output_directories(videos, out), strict=True):
         try:
-            if os.path.lexists(directory) and not overwrite:
-                raise OptionError(f"output {directory} exists; pass --overwrite to replace it")
+            _remove_stale_staging(directory)
+            kept = None if overwrite else expected.finished(video, directory)
+            if kept is not None:
+                yield os.fspath(video), _record(video, directory, kept) | {"kept": True}
+                continue
             result = explain_video(video, net, variables, info, target=target, progress=progress,
-                                   **settings, **dict(method_options or {}))  # fmt: skip
+                                   decode_timeout=decode_timeout, **settings,
+                                   **dict(method_options or {}))  # fmt: skip
             save_explanation(result, directory, model_name=os.fspath(model),
                              save_arrays=save_arrays, overwrite=overwrite,
                              timings={**result.timings, **_backend()})  # fmt: skip
-            yield (
-                os.fspath(video),
-                {
-                    "video": os.fspath(video),
-                    "out": directory,
-                    "predicted": result.predicted_name,
-                    "spatial_bias": round(result.scores()["spatial_bias"], 6),
-                },
-            )
+            yield os.fspath(video), _record(video, directory, summary(result, os.fspath(model)))
         except SelrelError as e:
             yield os.fspath(video), e
         except OSError as e:
             yield os.fspath(video), DataError(f"{video}: {e.strerror or e}")
+
+
+def _record(video: Any, directory: str, summary_: Mapping[str, Any]) -> dict[str, Any]:
+    """The line ``selrel explain`` prints for a video, from its ``summary.json``."""
+    return {"video": os.fspath(video), "out": directory,
+            "predicted": summary_["predicted"]["name"],
+            "spatial_bias": summary_["spatial_bias"]}  # fmt: skip
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _remove_stale_staging(directory: str) -> None:
+    """Remove the temporary siblings ``.<name>.<pid>.<random>[.old]`` of ``directory``
+    that a killed :func:`save_explanation` left (its process no longer runs)."""
+    parent, name = os.path.split(os.path.abspath(directory))
+    pattern = re.compile(rf"\.{re.escape(name)}\.(\d+)\.[A-Za-z0-9_]+(\.old)?")
+    try:
+        entries = os.listdir(parent)
+    except OSError:  # no folder yet, or a file where it should be: save_explanation says so
+        return
+    for entry in entries:
+        match = pattern.fullmatch(entry)
+        pid = int(match.group(1)) if match else None
+        if pid is not None and pid != os.getpid() and not _pid_alive(pid):
+            shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Expected:
+    """What an existing output must hold to be kept by a rerun of :func:`explain_files`."""
+
+    settings: ExplainSettings
+    options: dict[str, Any]
+    info: ModelInfo
+    model: Any
+    save_arrays: bool
+    target: int | None
+
+    def finished(self, video: Any, directory: str) -> dict[str, Any] | None:
+        """The summary of ``directory`` if it holds ``video`` explained with these
+        settings, None if there is no ``directory``; an OptionError naming what differs
+        (or that it holds no summary) otherwise."""
+        if not os.path.lexists(directory):
+            return None
+        refuse = f"output {directory} exists; pass --overwrite to replace it"
+        try:
+            with open(os.path.join(directory, "summary.json")) as f:
+                there = json.load(f)
+            changed = self._differences(video, directory, there)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            raise OptionError(
+                f"{refuse} (it holds no readable summary.json of selrel explain)"
+            ) from None
+        if changed:
+            raise OptionError(f"{refuse} (it was made with other settings: {', '.join(changed)})")
+        return there
+
+    def _differences(self, video: Any, directory: str, there: Mapping[str, Any]) -> list[str]:
+        s = self.settings
+        now = json.loads(json.dumps(_rounded({
+            "video": os.fspath(video), "model": os.fspath(self.model), "method": s.method,
+            "method_options": self.options, "sigma": s.sigma,
+            "temporal_padding": s.temporal_padding, "threshold": s.threshold,
+        })))  # fmt: skip
+        changed = [f"{key} ({json.dumps(there.get(key))} there, {json.dumps(value)} now)"
+                   for key, value in now.items() if there.get(key) != value]  # fmt: skip
+        explained, predicted = there["target"]["index"], there["predicted"]["index"]
+        if explained != (predicted if self.target is None else self.target):
+            wanted = "predicted" if self.target is None else self.target
+            changed.append(f"target ({explained} there, {json.dumps(wanted)} now)")
+        stride = s.clip_stride or max(1, self.info.clip_length // 2)
+        starts = window_starts(there["frames"], self.info.clip_length, stride).tolist()
+        if [clip["start_frame"] for clip in there["clips"]] != starts:
+            changed.append(f"clip_stride (other windows there, {stride} now)")
+        arrays = os.path.exists(os.path.join(directory, "relevance.npz"))
+        if arrays != self.save_arrays:
+            changed.append(f"save_arrays ({json.dumps(arrays)} there, "
+                           f"{json.dumps(self.save_arrays)} now)")  # fmt: skip
+        return changed
 
 
 def _backend() -> dict[str, Any]:

@@ -236,7 +236,7 @@ def test_a_failure_while_writing_leaves_nothing(sample_result, tmp_path, monkeyp
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(ve, "_write_overlay", broken)
-    with pytest.raises(OSError):
+    with pytest.raises(sr.DataError, match=r"cannot write output .*out: No space left on device"):
         ve.save_explanation(sample_result, tmp_path / "out")
     assert os.listdir(tmp_path) == []
 

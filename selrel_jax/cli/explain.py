@@ -53,7 +53,20 @@ ClipStride = Annotated[
 ]
 BatchSize = Annotated[int, typer.Option(help="Windows per jit-compiled batch.")]
 Out = Annotated[Path, typer.Option(help="Output folder; each video writes OUT/<video-stem>/.")]
-Overwrite = Annotated[bool, typer.Option(help="Replace existing outputs.")]
+Overwrite = Annotated[
+    bool,
+    typer.Option(
+        help="Replace existing outputs. Without it an output of the same video and settings "
+        "is kept (a rerun resumes) and one of other settings is an error."
+    ),
+]
+DecodeTimeout = Annotated[
+    float,
+    typer.Option(
+        help="Seconds a video may take to decode (in a separate process) before it is "
+        "reported as failed."
+    ),
+]
 SaveArrays = Annotated[
     bool, typer.Option(help="Also write relevance.npz (per-frame maps, clip logits, scores).")
 ]
@@ -75,12 +88,14 @@ def explain(
     out: Out = Path("selrel_out"),
     overwrite: Overwrite = False,
     save_arrays: SaveArrays = False,
+    decode_timeout: DecodeTimeout = 300.0,
     progress: Progress = True,
 ) -> None:
     """Explain each VIDEO: what the model predicted, where its relevance was, and which part
     of it was motion. Writes OUT/<stem>/overlay.mp4, filmstrip.png, timeline.png and
     summary.json; prints one JSON line per video. A bad video is reported and the others
-    still run; the exit code is 2 if any failed."""
+    still run; the exit code is 2 if any failed. Rerun after an interruption, it keeps
+    the outputs already written and explains the rest."""
     from selrel_jax._checks import key_json_pairs
     from selrel_jax.cli import ERROR_EXIT_CODE
     from selrel_jax.video_explanation import explain_files
@@ -90,7 +105,7 @@ def explain(
     with _one_line_warnings(), contextlib.redirect_stdout(sys.stderr):
         results = explain_files(
             videos or [], model=model, out=out, overwrite=overwrite, save_arrays=save_arrays,
-            progress=progress, target=target,
+            progress=progress, target=target, decode_timeout=decode_timeout,
             method_options=key_json_pairs("--method-option", method_option or []),
             method=method, sigma=sigma, temporal_padding=temporal_padding,
             threshold=threshold, clip_stride=clip_stride, batch_size=batch_size,

@@ -67,6 +67,13 @@ Coordinator = Annotated[
 NumProcesses = Annotated[int | None, typer.Option(help="With --coordinator: how many processes.")]
 ProcessId = Annotated[int | None, typer.Option(help="With --coordinator: this process's index.")]
 Progress = Annotated[bool, typer.Option(help="Progress bar (clips/s, ETA) on stderr.")]
+DecodeTimeout = Annotated[
+    float,
+    typer.Option(
+        help="Seconds a folder video may take to decode (in a separate process) before it "
+        "is listed as failed."
+    ),
+]
 
 
 @app.command()
@@ -90,6 +97,7 @@ def sweep(
     coordinator: Coordinator = None,
     num_processes: NumProcesses = None,
     process_id: ProcessId = None,
+    decode_timeout: DecodeTimeout = 300.0,
     progress: Progress = True,
 ) -> None:
     """Explain, select and score every clip of DATASET's SPLIT with every method and sigma:
@@ -114,6 +122,7 @@ def sweep(
             sigmas=sigma_values, method_options=options, target=target, data_seed=data_seed,
             faithfulness=faithfulness, batch_size=batch_size, limit=limit, data_dir=data_dir,
             temporal_padding=temporal_padding, threshold=threshold, progress=progress,
+            decode_timeout=decode_timeout,
         )  # fmt: skip
     typer.echo(json.dumps(result))
 

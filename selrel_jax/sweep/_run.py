@@ -12,7 +12,8 @@ import jax
 import numpy as np
 
 from selrel_jax import models
-from selrel_jax._checks import integer, positive_int
+from selrel_jax._checks import integer, positive_int, real
+from selrel_jax.data._reader import DEFAULT_DECODE_TIMEOUT
 from selrel_jax.errors import OptionError
 from selrel_jax.sweep import _store
 from selrel_jax.sweep._compute import BatchScorer
@@ -209,7 +210,7 @@ class _Sweep:
             )
 
 
-def _prepare(out, settings: SweepSettings, data_dir) -> _Sweep:
+def _prepare(out, settings: SweepSettings, data_dir, decode_timeout) -> _Sweep:
     """Every check that can fail on the arguments, before anything is written: the
     model, the methods' options, the output directory against an existing sweep, the
     dataset, and a trace of every batch function."""
@@ -217,7 +218,7 @@ def _prepare(out, settings: SweepSettings, data_dir) -> _Sweep:
     options = {m: options_of(m, settings, info) for m in settings.methods}
     ident = identity(settings, options)
     directory = _store.check_target(out, ident)
-    source = open_source(settings, info, data_dir)
+    source = open_source(settings, info, data_dir, decode_timeout)
     scorer = BatchScorer(net, variables, info, settings, options, source.truth_keys)
     scorer.check()
     return _Sweep(directory, settings, ident, source, scorer)
@@ -257,6 +258,7 @@ def run_sweep(
     threshold: str = "clip",
     progress: bool = False,
     on_shard: Callable[[int, dict], None] | None = None,
+    decode_timeout: float | None = DEFAULT_DECODE_TIMEOUT,
 ) -> dict[str, Any]:
     """Explain, select and score every clip of a dataset split; write the table to ``out``.
 
@@ -288,6 +290,9 @@ def run_sweep(
         ``"edge"``: zero padding makes every clip's end frames look like motion).
       progress: a progress bar (clips/s, ETA) on stderr.
       on_shard: called as ``on_shard(shard, record)`` after each shard is written.
+      decode_timeout: seconds a folder video may take to decode, in a separate process,
+        before it is listed as failed (None: decode in this process, no limit). Not a
+        setting of the table: a rerun may change it.
 
     Returns:
       ``{"out", "clips", "rows", "shards", "shards_written", "failed", "complete",
@@ -304,7 +309,9 @@ def run_sweep(
         dataset, split, model, methods, sigmas, dict(method_options or {}), target, data_seed,
         faithfulness, batch_size, limit, temporal_padding, threshold,
     )  # fmt: skip
-    return _prepare(out, settings, data_dir).run(progress, on_shard, start)
+    if decode_timeout is not None:
+        decode_timeout = real("decode_timeout", decode_timeout, above=0.0)
+    return _prepare(out, settings, data_dir, decode_timeout).run(progress, on_shard, start)
 
 
 def initialize_distributed(

@@ -12,6 +12,7 @@ import numpy as np
 
 from selrel_jax import data
 from selrel_jax.data import synthetic_motion
+from selrel_jax.data._reader import decode_in_worker
 from selrel_jax.errors import DataError, OptionError, ShapeError
 from selrel_jax.models.checkpoint import writable_directory
 from selrel_jax.models.info import ModelInfo
@@ -71,14 +72,17 @@ class ClipSource:
 
 class FolderClipSource(ClipSource):
     """The clips of a folder dataset, decoded on demand; a video that fails to decode
-    is reported in the batch's ``failed`` instead of stopping the sweep."""
+    is reported in the batch's ``failed`` instead of stopping the sweep. With
+    ``decode_timeout`` (seconds) each video is decoded in a separate process, so one
+    that hangs or crashes the decoder fails alone (None: decoded in this process)."""
 
     id_type = "string"
 
-    def __init__(self, folder: data.VideoFolder):
+    def __init__(self, folder: data.VideoFolder, decode_timeout: float | None = None):
         if len(folder) != len(folder.paths):  # one centre clip per video
             raise OptionError(f"folder source {folder!r} must give one clip per video")
         super().__init__(len(folder), folder.clip_shape, folder.__getitem__, ())
+        self._paths, self._timeout = folder.paths, decode_timeout
         self._names = [path.relative_to(folder.root).as_posix() for path in folder.paths]
         self._labels = folder.clip_labels
 
@@ -90,7 +94,9 @@ class FolderClipSource(ClipSource):
         failed = {}
         for row, index in enumerate(indices):
             try:
-                video[row] = self._example(int(index))["video"]
+                path = self._paths[int(index)]
+                clip = decode_in_worker(path, self._timeout, self._example, int(index))
+                video[row] = clip["video"]
             except DataError as e:
                 failed[row] = str(e)
         return ClipBatch(video, self._labels[np.asarray(indices, np.int64)], {}, failed)
@@ -128,7 +134,9 @@ def _indexed(settings: SweepSettings, info: ModelInfo, data_dir: Any) -> ClipSou
     return ClipSource(count, shape, source.__getitem__, keys)
 
 
-def _folder(settings: SweepSettings, path: str, info: ModelInfo) -> ClipSource:
+def _folder(
+    settings: SweepSettings, path: str, info: ModelInfo, decode_timeout: float | None
+) -> ClipSource:
     videos = data.folder_splits(path)[settings.split][: settings.limit]
     if not videos:
         raise DataError(
@@ -139,11 +147,14 @@ def _folder(settings: SweepSettings, path: str, info: ModelInfo) -> ClipSource:
         path, clip_length=info.clip_length, frame_step=info.frame_step, size=info.resize_side,
         crop=info.crop_size, class_names=info.class_names, videos=videos,
     )  # fmt: skip
-    return FolderClipSource(folder)
+    return FolderClipSource(folder, decode_timeout)
 
 
 def open_source(
-    settings: SweepSettings, info: ModelInfo, data_dir: str | os.PathLike | None = None
+    settings: SweepSettings,
+    info: ModelInfo,
+    data_dir: str | os.PathLike | None = None,
+    decode_timeout: float | None = None,
 ) -> ClipSource:
     """The clips of ``settings``' dataset split, cut to ``info``'s clip size (folders) or
     checked against it (others), the first ``settings.limit`` of them.
@@ -151,10 +162,11 @@ def open_source(
     synthetic_motion with ``data_seed`` is generated clip by clip (no cache), without
     one it is read from the TFDS cache in ``data_dir`` (built on first use), as are
     other TFDS names; a ``folder:PATH`` split is :func:`~selrel_jax.data.folder_splits`'s,
-    its classes the model's."""
+    its classes the model's, each video decoded in a separate process stopped after
+    ``decode_timeout`` seconds (None: in this process)."""
     kind, argument = data.parse_dataset(settings.dataset)
     if kind == "folder":
-        return _folder(settings, argument, info)
+        return _folder(settings, argument, info, decode_timeout)
     if kind == "synthetic_motion":
         if info.num_classes < len(synthetic_motion.CLASS_NAMES):
             raise OptionError(

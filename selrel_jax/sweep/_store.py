@@ -54,10 +54,20 @@ def _shown(tree: Any, path: str) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+def _written(path: pathlib.Path, tmp: pathlib.Path, write: Any) -> None:
+    """``write(tmp)``, then ``tmp`` renamed to ``path``; a failed write (a full disk)
+    removes ``tmp`` and is a DataError naming ``path``."""
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise DataError(f"cannot write {path}: {e.strerror or e}") from None
+
+
 def _write_json(path: pathlib.Path, value: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    text = json.dumps(value, indent=2, sort_keys=True) + "\n"
+    _written(path, path.with_name(f".{path.name}.{os.getpid()}.tmp"), lambda t: t.write_text(text))
 
 
 def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
@@ -146,8 +156,7 @@ def write_shard(
     table = table.replace_schema_metadata(meta)
     target = tables / shard_name(shard)
     tmp = tables / f".{shard_name(shard)}.{os.getpid()}.tmp"
-    pq.write_table(table, tmp)
-    os.replace(tmp, target)
+    _written(target, tmp, lambda t: pq.write_table(table, t))
 
 
 def shard_record(directory: pathlib.Path, shard: int) -> dict[str, Any]:
