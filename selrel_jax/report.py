@@ -318,15 +318,26 @@ def plot_raw_vs_selective(
     fig, axes = _figure(len(sweeps))
     for ax, sweep in zip(axes, sweeps, strict=True):
         for i, method in enumerate(sweep.methods):
-            for column, style, kind in ((raw, "--", "raw"), (selective, "-", "selective")):
+            for column, style in ((raw, "--"), (selective, "-")):
                 estimates = [bootstrap_mean(sweep.values(column, method, s),
                                             resamples=resamples, seed=seed)
                              for s in sweep.sigmas]  # fmt: skip
-                _error_line(ax, sweep.sigmas, estimates, label=f"{method} {kind}",
-                            color=_color(i), linestyle=style)  # fmt: skip
+                _error_line(ax, sweep.sigmas, estimates, label=None, color=_color(i),
+                            linestyle=style)  # fmt: skip
         ax.set(title=sweep.name, xlabel="sigma", ylabel=ylabel)
-        ax.legend(fontsize=7)
+        _style_legend(ax, sweep.methods, {"raw": "--", "selective": "-"})
     return fig
+
+
+def _style_legend(ax, methods: Sequence[str], styles: dict[str, str]) -> None:
+    """One legend below the panel, off the data: a colour per method, then a grey
+    line per style, long enough that dashed and solid read apart."""
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=_color(i), label=m) for i, m in enumerate(methods)]
+    handles += [Line2D([], [], color="0.4", linestyle=st, label=k) for k, st in styles.items()]
+    ax.legend(handles=handles, fontsize=7, handlelength=3, loc="upper center",
+              bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)  # fmt: skip
 
 
 def plot_spatial_bias_distributions(sweeps: Sequence[Sweep]) -> Figure:

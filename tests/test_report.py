@@ -135,6 +135,10 @@ def test_figures_have_one_panel_per_sweep_or_method(sweeps):
     raw, selective = "motion_precision_raw", "motion_precision_selective"
     fig = report.plot_raw_vs_selective(loaded, raw, selective, ylabel="precision")
     assert len(fig.axes) == 2
+    legend = fig.axes[0].get_legend()
+    texts, handles = legend.get_texts(), legend.legend_handles
+    styles = {t.get_text(): h.get_linestyle() for t, h in zip(texts, handles, strict=True)}
+    assert styles["raw"] != styles["selective"]  # a reader can tell the lines apart
     assert len(report.plot_spatial_bias_distributions(loaded).axes) == 1
     fig = report.plot_reliance_vs_bias(loaded, 2.0)
     assert len(fig.axes) == 1 and "r = " in fig.axes[0].get_title()
