@@ -766,7 +766,7 @@ def explain_files(
     "spatial_bias"}`` (``"kept": True`` added for an output kept from an earlier run)
     or the :class:`~selrel_jax.errors.SelrelError` that video raised (the others still
     run). No videos: the bundled sample clip. The model, method, options and target
-    are checked once, before any video is read.
+    are checked once, before any video is read (and ``decode_timeout``).
 
     Resuming: without ``overwrite``, an existing ``out/<stem>/`` that holds this
     video's explanation with the same settings is kept and reported (nothing is
@@ -784,6 +784,8 @@ def explain_files(
     expected = _Expected(checked, _method_options(checked, info), info, model, save_arrays,
                          resolve_target(target, info.class_names))  # fmt: skip
     registry.resolve(checked.method, expected.options)
+    if decode_timeout is not None:
+        decode_timeout = real("decode_timeout", decode_timeout, above=0.0)
     for video, directory in zip(videos, output_directories(videos, out), strict=True):
         try:
             _remove_stale_staging(directory)

@@ -150,6 +150,20 @@ def test_explain_decodes_each_video_under_the_timeout_and_names_the_ones_it_stop
     assert not (tmp_path / "o").exists() or os.listdir(tmp_path / "o") == []
 
 
+def test_a_bad_decode_timeout_is_one_error_before_any_video_is_read(tmp_path):
+    videos = [str(tmp_path / f"missing{i}.mp4") for i in range(2)]
+    result = CliRunner().invoke(app, ["explain", "--no-progress", "--method", "gradient",
+                                      *videos, "--out", str(tmp_path / "o"),
+                                      "--decode-timeout", "0"])  # fmt: skip
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr.splitlines() == [
+        "selrel: error: decode_timeout must be a finite number > 0.0; got 0.0"
+    ]
+    with pytest.raises(OptionError, match="decode_timeout must be a finite number > 0"):
+        run_sweep(tmp_path / "s", dataset="synthetic_motion", data_seed=0, decode_timeout=-1)
+    assert not (tmp_path / "o").exists() and not (tmp_path / "s").exists()
+
+
 def test_decode_timeout_defaults_agree():
     import inspect
 
