@@ -97,3 +97,33 @@ def test_evaluate_command_contract():
     out = json.loads(lines[0])
     assert out["n"] == 96 and out["accuracy"] >= 0.90
     assert out["model"] == "c3d_small_motion" and out["split"] == "test"
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_fast_convolution_keeps_logits_and_gradients(name, monkeypatch):
+    """The zoo's conv_general_dilated (selrel_jax._conv) gives the shipped
+    checkpoints the logits and input gradients of lax's own convolution."""
+    from jax import lax
+
+    from selrel_jax.models import c3d
+
+    model, variables, info = models.load(name)
+    data = synthetic_motion.generate_split(SHIPPED[name].partition("/")[2] or "default",
+                                           "test", FRESH_SEED, 4)  # fmt: skip
+    x = normalize(
+        data["video"], mean=info.mean, std=info.std, value_range=info.value_range,
+        channel_order=info.channel_order,
+    )  # fmt: skip
+
+    def logits_and_gradient():
+        def target_logit(v):
+            return model.apply(variables, v)[:, 0].sum()
+
+        return model.apply(variables, x), jax.grad(target_logit)(x)
+
+    fast = logits_and_gradient()
+    monkeypatch.setattr(c3d, "conv_general_dilated", lax.conv_general_dilated)
+    plain = logits_and_gradient()
+    for got, want in zip(fast, plain, strict=True):
+        scale = np.abs(np.asarray(want)).max()
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * scale)
