@@ -21,6 +21,8 @@ from typing import Any
 
 import jax
 
+from selrel_jax._checks import one_of
+
 # composites and gradients register their methods when imported.
 from selrel_jax.attribution import composites, gradients, registry  # noqa: F401
 from selrel_jax.attribution._frontends import as_pure, is_linen
@@ -35,17 +37,66 @@ from selrel_jax.attribution._model_checks import inspect_forward
 from selrel_jax.attribution.engine import lrp
 from selrel_jax.errors import OptionError
 
-__all__ = ["GRADIENT_METHODS", "LRP_METHODS", "METHODS", "explain", "make_explainer"]
+__all__ = [
+    "GRADIENT_METHODS",
+    "LRP_METHODS",
+    "METHODS",
+    "PRECISIONS",
+    "default_precision",
+    "explain",
+    "make_explainer",
+]
 
 GRADIENT_METHODS: tuple[str, ...] = registry.method_names("gradient")
 LRP_METHODS: tuple[str, ...] = registry.method_names("lrp")
 METHODS: tuple[str, ...] = (*GRADIENT_METHODS, *LRP_METHODS)
 # Options that may be arrays: handed to the jitted explainer as traced arguments.
 _ARRAY_OPTIONS = ("low", "high", "baseline")
+#: Values of the ``precision`` option: JAX's matmul/conv precisions, and "auto".
+PRECISIONS: tuple[str, ...] = ("auto", "default", "high", "highest")
+
+
+def default_precision(method: str) -> str | None:
+    """The precision ``precision="auto"`` stands for: ``"highest"`` for LRP, JAX's
+    own default (None: ``jax_default_matmul_precision``) for the gradient family.
+
+    LRP divides by each layer's output (``R / S(z)``): where ``z`` is near 0, the
+    reduced-precision passes of accelerators (TF32 on NVIDIA GPUs, bf16 passes on
+    TPUs; ~1e-3 relative error) change the ratio by far more than the result's
+    float32 rounding. On CPU "highest" costs nothing (XLA:CPU computes float32 in
+    float32 whatever is asked). Gradients divide by nothing: they keep JAX's
+    default, the fast one. Where JAX's default differs: NVIDIA GPUs (Ampere
+    and later) run float32 convolutions and matmuls as TF32, TPUs as bf16
+    passes; CPUs in float32."""
+    return "highest" if method.startswith("lrp.") else None
+
+
+def _check_precision(precision: Any, method: str) -> str | None:
+    precision = one_of("precision", precision, PRECISIONS)
+    return default_precision(method) if precision == "auto" else precision
+
+
+def _with_precision(fn: Callable, precision: str | None) -> Callable:
+    """``fn`` traced under ``jax.default_matmul_precision(precision)``: every
+    convolution and matmul of the model and of the rules gets it."""
+    if precision is None:
+        return fn
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        with jax.default_matmul_precision(precision):
+            return fn(*args, **kwargs)
+
+    return run
 
 
 def make_explainer(
-    model: Any, method: str = "lrp.epsilon_plus_flat", *, checked: bool = False, **options: Any
+    model: Any,
+    method: str = "lrp.epsilon_plus_flat",
+    *,
+    checked: bool = False,
+    precision: str = "auto",
+    **options: Any,
 ) -> Callable:
     """The pure function ``(variables, clips, target=None) -> relevance`` of
     ``method`` (see :func:`explain`) for any model :func:`explain` takes:
@@ -58,8 +109,12 @@ def make_explainer(
     out-of-range target or an invalid traced option (bounds, baseline) gets an
     all-NaN relevance and the other clips are untouched; ``checked=True`` adds
     ``jax.experimental.checkify`` checks for these (run the function under
-    ``checkify.checkify``)."""
+    ``checkify.checkify``).
+
+    ``precision`` is the matmul/convolution precision of the model's and the
+    rules' passes (:data:`PRECISIONS`; see :func:`explain`)."""
     entry, merged = registry.resolve(method, options)
+    precision = _check_precision(precision, method)
     model, default = as_pure(model)
     if entry.family == "lrp":
         explainer = lrp(model, entry.build(**merged), checked=checked)
@@ -69,7 +124,7 @@ def make_explainer(
             variables = default if variables is None else variables
             return explainer(variables, check_clips(clips, values=False), target)
 
-        return lrp_explainer
+        return _with_precision(lrp_explainer, precision)
 
     def explainer(variables, clips, target=None):
         apply_fn = _apply_fn(model, default if variables is None else variables)
@@ -79,7 +134,7 @@ def make_explainer(
         finally:
             CHECKIFY.reset(token)
 
-    return explainer
+    return _with_precision(explainer, precision)
 
 
 def _apply_fn(model: Any, variables: Any) -> Callable:
@@ -132,6 +187,9 @@ def explain(
     keyword-only parameters of that function, with its defaults. LRP seeds
     the one-hot target (value 1), as Zennit does.
 
+    ``precision``: matmul/conv precision (:data:`PRECISIONS`); ``"auto"`` is
+    "highest" for LRP, JAX's default for gradients (:func:`default_precision`).
+
     Every argument is checked before anything runs, and a ``SelrelError``
     names the bad one: clips' rank, dtype and NaN/Inf values
     (``NonFiniteError``, with the count and the clips), the variables and the
@@ -143,7 +201,9 @@ def explain(
         rel = explain(model, variables, clips, jnp.array([3]), "lrp.epsilon_gamma_box",
                       low=-2.0, high=2.0)
     """
+    precision = options.pop("precision", "auto")
     entry, merged = registry.resolve(method, options)
+    _check_precision(precision, method)
     clips = check_clips(clips)
     model, default = as_pure(model)
     variables = default if variables is None else variables
@@ -155,8 +215,9 @@ def explain(
     logits, _ = inspect_forward(apply_fn, clips)
     target = check_target(target, clips.shape[0], check_logits(logits, clips.shape))
     if variables is None:  # apply_fn(clips) may close over anything: no cached jit
-        return make_explainer(model, method, **options)(None, clips, target)
+        return make_explainer(model, method, precision=precision, **options)(None, clips, target)
     static = tuple(sorted((k, v) for k, v in options.items() if k not in _ARRAY_OPTIONS))
+    static += (("precision", precision),)
     try:
         run = _jitted(model, method, static)
     except TypeError:  # unhashable model or option: compile without the cache

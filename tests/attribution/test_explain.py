@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import selrel_jax as sr
+from selrel_jax.attribution.explain import default_precision
 from selrel_jax.errors import SelrelError
 from tests.attribution.flax_nets import ConvNet, ResNet, with_positive_batch_stats
 
@@ -151,3 +152,62 @@ def test_sharded_batch_equals_unsharded():
     out = subprocess.run([sys.executable, "-c", SHARDING_SCRIPT], env=env, cwd=root,
                          capture_output=True, text=True, timeout=300)  # fmt: skip
     assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
+
+
+# ---------------------------------------------------------------- precision
+
+
+def _precisions(fn, *args) -> set:
+    """The precision of every convolution and matmul in the traced ``fn``."""
+    found = set()
+
+    def walk(jaxpr):
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name in ("conv_general_dilated", "dot_general"):
+                found.add(eqn.params["precision"])
+            for value in eqn.params.values():
+                inner = getattr(value, "jaxpr", value)
+                if hasattr(inner, "eqns"):
+                    walk(inner)
+
+    walk(jax.make_jaxpr(fn)(*args).jaxpr)
+    return found
+
+
+HIGHEST = (jax.lax.Precision.HIGHEST, jax.lax.Precision.HIGHEST)
+DEFAULT = (jax.lax.Precision.DEFAULT, jax.lax.Precision.DEFAULT)
+
+
+@pytest.mark.parametrize(
+    ("method", "precision", "want"),
+    [
+        ("lrp.epsilon_plus_flat", "auto", {HIGHEST}),
+        ("lrp.epsilon_plus_flat", "default", {DEFAULT}),
+        ("gradient", "auto", {None}),
+        ("gradient", "highest", {HIGHEST}),
+    ],
+)
+def test_precision_reaches_every_conv_and_matmul(
+    normal_clips, random_variables, method, precision, want
+):
+    """The forward passes, the rules' passes and the convolutions' derivatives all
+    run at the asked precision ("auto": highest for LRP, JAX's default else)."""
+    model = ConvNet()
+    x = normal_clips((1, 2, 4, 4, 2))
+    v = random_variables(model, x, 0)
+    explainer = sr.make_explainer(model, method, precision=precision)
+    assert _precisions(explainer, v, x, jnp.array([1])) == want
+    assert default_precision(method) == ("highest" if method.startswith("lrp.") else None)
+
+
+def test_precision_option_is_checked_and_changes_nothing_on_cpu(normal_clips, random_variables):
+    model = ConvNet()
+    x = normal_clips((1, 2, 4, 4, 2))
+    v = random_variables(model, x, 0)
+    with pytest.raises(SelrelError, match="precision must be one of auto, default"):
+        sr.explain(model, v, x, precision="fast")
+    with pytest.raises(SelrelError, match="precision must be one of"):
+        sr.make_explainer(model, "gradient", precision=None)
+    high = sr.explain(model, v, x, precision="highest")
+    low = sr.explain(model, v, x, precision="default")
+    np.testing.assert_allclose(low, high, rtol=1e-6, atol=1e-7)
