@@ -360,6 +360,8 @@ API_MODULES = (
     "selrel_jax.metrics",
     "selrel_jax.viz",
     "selrel_jax.video_explanation",
+    "selrel_jax.sweep",
+    "selrel_jax.report",
     "selrel_jax.models",
     "selrel_jax.data",
     "selrel_jax.data.synthetic_motion",

@@ -32,7 +32,15 @@ from selrel_jax.data._image_folder import IMAGE_EXTENSIONS
 from selrel_jax.data._loader import ArraySource, make_loader
 from selrel_jax.data._normalize import normalize
 from selrel_jax.data._order import batch_indices, batches_per_epoch, epoch_order
-from selrel_jax.data._reader import VideoProbe, iter_frames, probe_video, read_frames
+from selrel_jax.data._reader import (
+    DEFAULT_DECODE_TIMEOUT,
+    DecodeWorker,
+    VideoProbe,
+    decode_in_worker,
+    iter_frames,
+    probe_video,
+    read_frames,
+)
 from selrel_jax.data._sample import (
     render_sample_clip,
     sample_clip_info,
@@ -58,6 +66,7 @@ from selrel_jax.data._video import (
 
 __all__ = [
     "DATA_DIR_ENV",
+    "DEFAULT_DECODE_TIMEOUT",
     "IMAGE_EXTENSIONS",
     "MAX_FRAME_PIXELS",
     "MAX_FRAME_SIDE",
@@ -66,6 +75,7 @@ __all__ = [
     "VIDEO_EXTENSIONS",
     "ArraySource",
     "Clips",
+    "DecodeWorker",
     "LazyVideos",
     "VideoFolder",
     "VideoProbe",
@@ -75,6 +85,7 @@ __all__ = [
     "class_folders",
     "clip_indices",
     "count_frames",
+    "decode_in_worker",
     "default_data_dir",
     "epoch_order",
     "folder_splits",
