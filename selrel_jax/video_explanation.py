@@ -670,7 +670,7 @@ def save_explanation(
 
     The temporary sibling is ``.<name>.<pid>.<random>``: one that a killed process left
     behind is removed by :func:`explain_files` when it next writes ``<name>``."""
-    import tempfile
+    import secrets
 
     directory = os.path.abspath(os.fspath(directory))
     if os.path.lexists(directory) and not overwrite:
@@ -679,7 +679,9 @@ def save_explanation(
     try:
         os.makedirs(parent, exist_ok=True)
         prefix = f".{os.path.basename(directory)}.{os.getpid()}."
-        staging = tempfile.mkdtemp(prefix=prefix, dir=parent)
+        # not mkdtemp: its mode 0700 would hide the renamed output from other users
+        staging = os.path.join(parent, prefix + secrets.token_hex(4))
+        os.mkdir(staging, 0o777)
     except OSError as e:
         raise DataError(f"cannot write output {directory}: {e.strerror or e}") from None
     try:

@@ -231,6 +231,16 @@ def test_existing_output_is_refused_and_kept_without_overwrite(sample_result, tm
     assert "keep.txt" not in os.listdir(target) and "summary.json" in os.listdir(target)
 
 
+def test_the_output_folder_has_the_mode_of_any_new_folder(sample_result, tmp_path):
+    """Others on a shared machine can read it (the staging folder is not mkdtemp's 0700)."""
+    mask = os.umask(0o022)
+    try:
+        out = ve.save_explanation(sample_result, tmp_path / "shared")
+    finally:
+        os.umask(mask)
+    assert os.stat(out).st_mode & 0o777 == 0o755
+
+
 def test_a_failure_while_writing_leaves_nothing(sample_result, tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise OSError(28, "No space left on device")
