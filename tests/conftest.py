@@ -14,6 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+TINY_CLIP = (8, 32, 32)  # synthetic_motion's tiny configs
+
 
 def _he_variables(model, clip_shape, seed: int = 0):
     clips = jax.ShapeDtypeStruct(tuple(clip_shape), jnp.float32)
@@ -39,6 +41,20 @@ def _signed_variables(model, x, seed, scale=0.5):
     return jax.tree.map(lambda s: rng.normal(size=s.shape).astype(np.float32) * scale, shapes)
 
 
+def _save_tiny_model(directory, seed):
+    from selrel_jax import models
+    from selrel_jax.data import synthetic_motion
+
+    clip = TINY_CLIP
+    model = models.create("c3d_small", 6, width=0.25, clip_size=clip, stem_stride=(1, 2, 2))
+    init = jax.jit(lambda key: model.init(key, np.zeros((1, *clip, 3), np.float32)))
+    info = models.ModelInfo.for_arch(
+        "c3d_small", 6, class_names=synthetic_motion.CLASS_NAMES, width=0.25,
+        clip_length=clip[0], crop_size=clip[1:], extra={"model_kwargs": {"stem_stride": [1, 2, 2]}},
+    )  # fmt: skip
+    return models.save(directory, info, init(jax.random.key(seed)))
+
+
 def _normal_clips(shape, seed=0):
     return jnp.asarray(np.random.default_rng(seed).normal(size=shape), jnp.float32)
 
@@ -60,3 +76,11 @@ def random_variables():
 def normal_clips():
     """``(shape, seed=0) -> float32 clips`` of standard normal values."""
     return _normal_clips
+
+
+@pytest.fixture(scope="session")
+def save_tiny_model():
+    """``(directory, seed) -> directory`` of a saved, untrained thin c3d_small for
+    synthetic_motion's tiny clips (8x32x32): its relevance is arbitrary but
+    deterministic, which is all a sweep, report or kill test needs."""
+    return _save_tiny_model

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import re
 
-import jax
 import numpy as np
 import pytest
 
-from selrel_jax import models, report
-from selrel_jax.data import synthetic_motion
+from selrel_jax import report
 from selrel_jax.errors import DataError, OptionError
 from selrel_jax.sweep import read_table, run_sweep, table_columns
 
@@ -18,23 +16,13 @@ CLIP = (8, 32, 32)
 SIGMAS = [1.0, 2.0]
 
 
-def _tiny_model(directory, seed):
-    model = models.create("c3d_small", 6, width=0.25, clip_size=CLIP, stem_stride=(1, 2, 2))
-    init = jax.jit(lambda key: model.init(key, np.zeros((1, *CLIP, 3), np.float32)))
-    info = models.ModelInfo.for_arch(
-        "c3d_small", 6, class_names=synthetic_motion.CLASS_NAMES, width=0.25,
-        clip_length=CLIP[0], crop_size=CLIP[1:], extra={"model_kwargs": {"stem_stride": [1, 2, 2]}},
-    )  # fmt: skip
-    return models.save(directory, info, init(jax.random.key(seed)))
-
-
 @pytest.fixture(scope="module")
-def sweeps(tmp_path_factory):
+def sweeps(tmp_path_factory, save_tiny_model):
     """Two small sweeps of two tiny models on clips with static objects, with faithfulness."""
     root = tmp_path_factory.mktemp("report")
     directories = []
     for name, seed in (("motion_net", 3), ("still_net", 4)):
-        model_dir = _tiny_model(root / "models" / name, seed)
+        model_dir = save_tiny_model(root / "models" / name, seed)
         run_sweep(root / name, model=model_dir, dataset="synthetic_motion/tiny_distractors",
                   data_seed=2, limit=4, batch_size=4, methods=["gradient_x_input"],
                   sigmas=SIGMAS, faithfulness=True)  # fmt: skip

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import inspect
 
-import jax
-import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from selrel_jax import models, report
+from selrel_jax import report
 from selrel_jax.cli import app
 from selrel_jax.cli import report as report_command
-from selrel_jax.data import synthetic_motion
 from selrel_jax.sweep import run_sweep
 
 CLIP = (8, 32, 32)
@@ -20,16 +17,10 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def sweep_dir(tmp_path_factory):
+def sweep_dir(tmp_path_factory, save_tiny_model):
     """A sweep of an untrained tiny c3d_small on three clips (no faithfulness)."""
     root = tmp_path_factory.mktemp("sweep")
-    model = models.create("c3d_small", 6, width=0.25, clip_size=CLIP, stem_stride=(1, 2, 2))
-    init = jax.jit(lambda key: model.init(key, np.zeros((1, *CLIP, 3), np.float32)))
-    info = models.ModelInfo.for_arch(
-        "c3d_small", 6, class_names=synthetic_motion.CLASS_NAMES, width=0.25,
-        clip_length=CLIP[0], crop_size=CLIP[1:], extra={"model_kwargs": {"stem_stride": [1, 2, 2]}},
-    )  # fmt: skip
-    model_dir = models.save(root / "tiny", info, init(jax.random.key(5)))
+    model_dir = save_tiny_model(root / "tiny", 5)
     run_sweep(root / "sweep", model=model_dir, dataset="synthetic_motion/tiny", data_seed=1,
               limit=3, methods=["gradient"], sigmas=[0.5, 1.0, 2.0])  # fmt: skip
     return root / "sweep"

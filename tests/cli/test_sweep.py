@@ -10,30 +10,22 @@ import socket
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from selrel_jax import models, sweep
+from selrel_jax import sweep
 from selrel_jax.cli import app
 from selrel_jax.cli import sweep as sweep_command
-from selrel_jax.data import synthetic_motion
 
 CLIP = (8, 32, 32)
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
+def model_dir(tmp_path_factory, save_tiny_model):
     """An untrained tiny c3d_small."""
-    model = models.create("c3d_small", 6, width=0.25, clip_size=CLIP, stem_stride=(1, 2, 2))
-    init = jax.jit(lambda key: model.init(key, np.zeros((1, *CLIP, 3), np.float32)))
-    info = models.ModelInfo.for_arch(
-        "c3d_small", 6, class_names=synthetic_motion.CLASS_NAMES, width=0.25,
-        clip_length=CLIP[0], crop_size=CLIP[1:], extra={"model_kwargs": {"stem_stride": [1, 2, 2]}},
-    )  # fmt: skip
-    return models.save(tmp_path_factory.mktemp("model") / "tiny", info, init(jax.random.key(2)))
+    return save_tiny_model(tmp_path_factory.mktemp("model") / "tiny", 2)
 
 
 def _args(model_dir, out, *extra):
