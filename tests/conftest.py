@@ -84,3 +84,13 @@ def save_tiny_model():
     synthetic_motion's tiny clips (8x32x32): its relevance is arbitrary but
     deterministic, which is all a sweep, report or kill test needs."""
     return _save_tiny_model
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _release_compiled_code():
+    """Free every compiled executable after each test module. XLA:CPU maps about a
+    dozen memory regions per executable; one pytest process compiling thousands of
+    them (every shape a property test draws) reaches Linux's vm.max_map_count (65530)
+    and the next compilation crashes the interpreter."""
+    yield
+    jax.clear_caches()
