@@ -487,9 +487,10 @@ def _watch_parent(parent: int) -> None:
 
 
 def _serve(descriptor: int, parent: int) -> None:
-    """The worker's loop: take the caller's ``sys.path``, then run each ``(function, args,
-    kwargs)`` received and reply ``("ok", result)``, ``("error", SelrelError)`` or
-    ``("failed", "Type: message")``; None or a closed socket ends it."""
+    """The worker's loop: take the caller's ``sys.path``, then run each ``(cwd, function,
+    args, kwargs)`` received in the caller's working directory ``cwd`` and reply
+    ``("ok", result)``, ``("error", SelrelError)`` or ``("failed", "Type: message")``;
+    None or a closed socket ends it."""
     from multiprocessing.connection import Connection
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's to handle
@@ -504,8 +505,9 @@ def _serve(descriptor: int, parent: int) -> None:
             return
         if job is None:
             return
-        function, args, kwargs = job
+        cwd, function, args, kwargs = job
         try:
+            os.chdir(cwd)  # relative paths mean what they mean to the caller now
             reply = ("ok", function(*args, **kwargs))
         except SelrelError as e:
             reply = ("error", e)
@@ -542,7 +544,8 @@ class DecodeWorker:
         timeout = real("decode timeout", timeout, above=0.0)
         with self._lock:
             try:
-                status, value = self._call(path, timeout, (function, args, kwargs))
+                job = (os.getcwd(), function, args, kwargs)
+                status, value = self._call(path, timeout, job)
             except BaseException:  # a timeout, a crash, Ctrl-C: the worker's state is unknown
                 self.close()
                 raise

@@ -37,6 +37,17 @@ def _small_video(path, count=6):
     return data.write_video(path, frames, fps=8)
 
 
+def test_a_relative_path_means_the_callers_working_directory_now(worker, tmp_path, monkeypatch):
+    """The worker outlives a chdir of its caller (a notebook's os.chdir, a test's)."""
+    monkeypatch.chdir(tmp_path)
+    worker.run("first.mp4", 60.0, read_frames, os.path.abspath(_small_video("first.mp4")))
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    _small_video("second.mp4", count=4)
+    frames, _ = worker.run("second.mp4", 60.0, read_frames, "second.mp4")
+    assert len(frames) == 4
+
+
 def test_a_decode_that_hangs_is_stopped_at_the_timeout_naming_the_file(worker, tmp_path):
     video = _small_video(tmp_path / "good.mp4")
     start = time.perf_counter()
