@@ -132,6 +132,8 @@ def _check_clip_size(dataset: str, have: Sequence[int], want: Sequence[int] | No
         )
 
 
+# 61 lines, most of them the docstring of twelve options; the body checks which options
+# the dataset kind allows, then hands over to the folder, synthetic or TFDS reader.
 def load_clips(
     dataset: str,
     split: str,

@@ -270,6 +270,8 @@ def _epoch_record(
     }
 
 
+# The outer loop of `selrel train`, like Flax's train_and_evaluate: one place reads the
+# order of a run (claim, restore, epochs, evaluate, save); each step is its own function.
 def fit(
     model: nn.Module,
     info: ModelInfo,
