@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
+import jax
 import numpy as np
 
 from selrel_jax.errors import OptionError, SelrelError, ShapeError
@@ -108,3 +109,13 @@ def as_array(name: str, value: Any) -> Any:
         return np.asarray(value)
     except ValueError:  # ragged nesting
         raise ShapeError(f"{name} must be an array; got a ragged nested list") from None
+
+
+def hashable(value: Any) -> Any:
+    """``value`` as a key of a cache of compiled functions: mappings as sorted
+    ``(key, value)`` tuples, sequences and arrays (JAX's too) as nested tuples."""
+    if isinstance(value, Mapping):
+        return tuple(sorted((k, hashable(v)) for k, v in value.items()))
+    if isinstance(value, list | tuple | np.ndarray | jax.Array):
+        return tuple(hashable(v) for v in np.asarray(value).tolist())
+    return value

@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from selrel_jax import data, metrics
-from selrel_jax._checks import integer, one_of, positive_int, real
+from selrel_jax._checks import hashable, integer, one_of, positive_int, real
 from selrel_jax.attribution import make_explainer, registry
 from selrel_jax.data._reader import DEFAULT_DECODE_TIMEOUT, decode_in_worker
 from selrel_jax.errors import DataError, OptionError, ShapeError
@@ -170,14 +170,6 @@ class _ClipScores:
     SCORES = ("relevance_mass", "selective_mass", "kept_voxels", "gini_raw", "gini_selective")
 
 
-def _hashable(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return tuple(sorted((k, _hashable(v)) for k, v in value.items()))
-    if isinstance(value, list | tuple | np.ndarray | jax.Array):
-        return tuple(_hashable(v) for v in np.asarray(value).tolist())
-    return value
-
-
 def _normalizer(info: ModelInfo) -> Callable:
     return functools.partial(
         data.normalize,
@@ -198,7 +190,7 @@ def _compiled(model, info: ModelInfo, settings: ExplainSettings, options) -> tup
         model,
         (info.mean, info.std, info.value_range, info.channel_order),
         (settings.method, settings.sigma, settings.temporal_padding, settings.threshold),
-        _hashable(options),
+        hashable(options),
     )
     try:
         hash(key)

@@ -21,6 +21,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from selrel_jax import data, metrics
+from selrel_jax._checks import hashable
 from selrel_jax.attribution import make_explainer
 from selrel_jax.models.info import ModelInfo
 from selrel_jax.selective import motion_mask, selective_relevance
@@ -145,14 +146,6 @@ def clip_function(model: Any, info: ModelInfo, settings: SweepSettings) -> Calla
     return run
 
 
-def _hashable(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return tuple(sorted((k, _hashable(v)) for k, v in value.items()))
-    if isinstance(value, list | tuple | np.ndarray | jax.Array):
-        return tuple(_hashable(v) for v in np.asarray(value).tolist())
-    return value
-
-
 def _normalization(info: ModelInfo) -> tuple:
     return info.mean, info.std, info.value_range, info.channel_order
 
@@ -207,7 +200,7 @@ class BatchScorer:
         select = (settings.temporal_padding, settings.threshold)
         self._method_fns = {
             m: _jitted(
-                ("method", *key, *select, m, _hashable(options[m])),
+                ("method", *key, *select, m, hashable(options[m])),
                 self._clips,
                 functools.partial(method_function, model, m, options[m], settings),
             )
