@@ -115,6 +115,35 @@ def magnitudes(clip: jax.Array) -> jax.Array:
     return functools.reduce(operator.add, [a[..., c] for c in range(a.shape[-1])])
 
 
+def ascending(v: jax.Array) -> jax.Array:
+    """The flat values of ``v >= 0`` (magnitudes) sorted ascending.
+
+    Non-negative floats order as their bit patterns read as integers, so the sort
+    runs on those: XLA:CPU sorts a lone integer array ~5x faster than floats, whose
+    comparator orders NaN and -0 too (the result is the same; a NaN, which has
+    no place in either order, only ever makes the callers' scores NaN)."""
+    flat = v.ravel()
+    bits = jnp.dtype(f"int{8 * flat.dtype.itemsize}")
+    keys = jax.lax.bitcast_convert_type(flat, bits)
+    return jax.lax.bitcast_convert_type(jnp.sort(keys), flat.dtype)
+
+
+def top_k_selection(v: jax.Array, k: jax.Array, ascending_v: jax.Array | None = None) -> jax.Array:
+    """Bool, shaped as ``v >= 0``: the first ``k`` voxels of :func:`order_of`'s order.
+
+    That is every voxel above the k-th largest value ``t`` and, of those equal to
+    ``t``, the ones with the smallest flat indices: one sort of the values
+    (``ascending_v``, :func:`ascending` of ``v`` unless given) and O(n) passes,
+    instead of the slower sort of (value, index) pairs. ``k`` is clipped to [0, n]."""
+    s = ascending(v) if ascending_v is None else ascending_v
+    chosen = jnp.clip(k, 0, s.size)
+    kth = s[s.size - jnp.maximum(chosen, 1)]  # the k-th largest value
+    above = v > kth
+    ties = v == kth
+    tie_number = jnp.cumsum(ties.ravel(), dtype=jnp.int32).reshape(v.shape)  # 1, 2, ...
+    return (above | (ties & (tie_number <= chosen - jnp.sum(above)))) & (chosen > 0)
+
+
 def order_of(v: jax.Array) -> jax.Array:
     """Flat voxel indices from the largest to the smallest ``v``; equal values in
     increasing index order."""

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 
 from selrel_jax._checks import one_of
 from selrel_jax.metrics._inputs import (
+    ascending,
     checked_mask,
     checked_relevance,
     magnitudes,
@@ -25,7 +26,12 @@ ENTROPY_UNITS = ("nats", "bits")
 
 
 def _gini_of_clip(clip: jax.Array) -> jax.Array:
-    v = jnp.sort(magnitudes(clip).ravel())
+    return _gini_of_sorted(ascending(magnitudes(clip)))
+
+
+def _gini_of_sorted(v: jax.Array) -> jax.Array:
+    """Gini index of the flat values ``v`` sorted ascending (NaN if their sum is not
+    finite): the sweep reuses the sort it ranks voxels with."""
     n = v.size
     total = jnp.sum(v)
     rank = jnp.arange(1, n + 1, dtype=v.dtype)

@@ -23,9 +23,8 @@ from selrel_jax.metrics._inputs import (
     checked_relevance,
     magnitudes,
     mask_for,
-    order_of,
-    rank_of,
     ratio,
+    top_k_selection,
 )
 from selrel_jax.selective import Layout, _as_array, _describe, _nan_where, _traced
 
@@ -71,17 +70,24 @@ def _overlap_at_threshold_of_clip(clip, mask, fraction):
     return _invalid_overlap(~jnp.all(jnp.isfinite(v)) | _bad_fraction(fraction), scores)
 
 
-def _top_k_counts(v: jax.Array, mask: jax.Array, k: jax.Array) -> tuple[jax.Array, ...]:
-    """``(hits, chosen, relevant)`` of the top-k voxels of ``v`` against ``mask``."""
-    hits_at = jnp.cumsum(mask.ravel()[order_of(v)].astype(jnp.int32))
-    chosen = jnp.clip(k, 0, v.size)
-    hits = jnp.where(chosen > 0, hits_at[jnp.maximum(chosen - 1, 0)], 0)
-    return hits, chosen, hits_at[-1]
+def _top_k_counts(
+    v: jax.Array, mask: jax.Array, k: jax.Array, ascending_v: jax.Array | None = None
+) -> tuple[jax.Array, ...]:
+    """``(hits, chosen, relevant)`` of the top-k voxels of ``v`` against ``mask``
+    (``ascending_v``: ``v``'s sorted values, when the caller has them)."""
+    selected = top_k_selection(v, k, ascending_v)
+    count = functools.partial(jnp.sum, dtype=jnp.int32)
+    return count(selected & mask), jnp.clip(k, 0, v.size), count(mask)
 
 
 def _overlap_at_k_of_clip(clip, mask, k):
-    v = magnitudes(clip)
-    scores = _overlap(*_top_k_counts(v, mask, k), v.dtype)
+    return _overlap_at_k_of_magnitudes(magnitudes(clip), mask, k)
+
+
+def _overlap_at_k_of_magnitudes(v, mask, k, ascending_v=None):
+    """:func:`overlap_at_k` of one clip's magnitudes ``v`` (``ascending_v``: their
+    sorted values, when the caller has them: the sweep sorts once for every sigma)."""
+    scores = _overlap(*_top_k_counts(v, mask, k, ascending_v), v.dtype)
     invalid = ~jnp.all(jnp.isfinite(v)) | (k < 0) | (k > v.size)
     return _invalid_overlap(invalid, scores)
 
@@ -106,7 +112,7 @@ def _overlap_at_k(x, mask, k, batched, mask_batched):
 def _top_k_of_clip(clip, k):
     v = magnitudes(clip)
     valid = jnp.all(jnp.isfinite(v)) & (k >= 0) & (k <= v.size)
-    return (rank_of(v) < k) & valid
+    return top_k_selection(v, k) & valid
 
 
 @functools.partial(jax.jit, static_argnames=("batched",))

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 import selrel_jax as sr
 from selrel_jax import metrics
+from selrel_jax.metrics import _inputs
 
 # --- oracles ---
 
@@ -95,6 +96,38 @@ def test_gini_special_values():
     pair = np.zeros((3, 2, 2, 2), np.float32)
     pair[0, 0, 0] = [1.0, -1.0]
     assert float(metrics.gini(pair)) == pytest.approx(11 / 12, rel=1e-6)
+
+
+def _gini_by_float_sort(clip: np.ndarray) -> np.ndarray:
+    """The sorted formula with a float sort (jnp.sort): gini sorts the magnitudes as
+    their integer bit patterns instead, which must give the very same values."""
+    v = jnp.sort(_inputs.magnitudes(jnp.asarray(clip)).ravel())
+    n = v.size
+    g = jnp.sum((2 * jnp.arange(1, n + 1, dtype=v.dtype) - n - 1) * v) / (n * jnp.sum(v))
+    return np.asarray(jnp.where(jnp.sum(v) > 0, g, 0))
+
+
+@pytest.mark.parametrize(
+    "clip",
+    [
+        random_relevance(41, (4, 5, 6, 3)),
+        (np.random.default_rng(42).integers(-2, 3, (4, 5, 6, 2)) / 2).astype(np.float32),
+        np.zeros((3, 4, 5), np.float32),
+        np.array([[[1e-45, 0.0, -0.0, 3e37, 1.0]]], np.float32),  # subnormal, -0, huge
+    ],
+)
+def test_gini_equals_the_float_sort_formula_exactly(clip):
+    assert np.asarray(metrics.gini(clip)) == _gini_by_float_sort(clip)
+    v = _inputs.magnitudes(jnp.asarray(clip))
+    np.testing.assert_array_equal(np.asarray(_inputs.ascending(v)), np.sort(np.asarray(v).ravel()))
+
+
+def test_gini_of_a_map_with_nan_or_inf_is_nan_under_jit():
+    clip = random_relevance(43, (3, 4, 5, 2))
+    for value in (np.nan, np.inf, -np.inf):
+        bad = clip.copy()
+        bad[1, 2, 3, 1] = value
+        assert np.isnan(np.asarray(jax.jit(metrics.gini)(bad)))
 
 
 def test_entropy_special_values():

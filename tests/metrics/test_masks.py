@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 import selrel_jax as sr
 from selrel_jax import metrics
 from selrel_jax.data import synthetic_motion as sm
+from selrel_jax.metrics import _inputs, _masks
 
 # --- oracles ---
 
@@ -93,6 +94,55 @@ def test_all_zero_relevance_selects_the_first_voxels():
     rel = np.zeros((2, 3, 4, 3), np.float32)
     got = np.asarray(metrics.top_k_voxels(rel, 7)).ravel()
     np.testing.assert_array_equal(got, np.arange(24) < 7)
+
+
+def _first_k_of_the_ranking(v: np.ndarray, k: int) -> np.ndarray:
+    """The ranking top-k scores define (largest first, ties by index) as a pair sort."""
+    return np.asarray(_inputs.rank_of(jnp.asarray(v))) < k
+
+
+@pytest.mark.parametrize(
+    "v",
+    [
+        np.abs(tied_relevance(31, (3, 4, 5))),  # many ties, zeros among them
+        np.zeros((2, 3, 4), np.float32),
+        np.full((2, 3, 4), 0.5, np.float32),
+        np.random.default_rng(32).random((3, 4, 5)).astype(np.float32),
+        np.array([[[0.0, 1e-45, 3e38, np.inf, 1e-45, 0.0]]], np.float32),  # subnormal, inf
+    ],
+)
+def test_top_k_selection_is_the_first_k_of_the_ranking_for_every_k(v):
+    ks = jnp.arange(v.size + 1)
+    got = np.asarray(jax.vmap(lambda k: _inputs.top_k_selection(jnp.asarray(v), k))(ks))
+    want = np.stack([_first_k_of_the_ranking(v, k) for k in range(v.size + 1)])
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(np.asarray(_inputs.ascending(jnp.asarray(v))), np.sort(v.ravel()))
+
+
+@pytest.mark.parametrize("mask_kind", ["random", "empty", "full"])
+def test_overlap_at_k_from_a_shared_sort_equals_overlap_at_k(mask_kind):
+    rel = tied_relevance(33, (3, 4, 5, 2))
+    mask = {"random": random_mask(34, (3, 4, 5)), "empty": np.zeros((3, 4, 5), bool),
+            "full": np.ones((3, 4, 5), bool)}[mask_kind]  # fmt: skip
+    v = _inputs.magnitudes(jnp.asarray(rel))
+    shared = _inputs.ascending(v)
+    for k in range(61):
+        got = _masks._overlap_at_k_of_magnitudes(v, jnp.asarray(mask), jnp.int32(k), shared)
+        np.testing.assert_array_equal(scores(got), scores(metrics.overlap_at_k(rel, mask, k)))
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.tuples(st.integers(1, 4), st.integers(1, 5), st.integers(1, 5)),
+    st.integers(0, 2**31 - 1),
+    st.integers(1, 4),
+)
+def test_top_k_selection_matches_the_oracle_on_quantised_maps(dims, seed, levels):
+    rng = np.random.default_rng(seed)
+    v = (rng.integers(0, levels + 1, dims) / levels).astype(np.float32)  # ties and zeros
+    k = int(rng.integers(0, v.size + 1))
+    got = np.asarray(_inputs.top_k_selection(jnp.asarray(v), jnp.int32(k)))
+    assert set(np.flatnonzero(got).tolist()) == oracle_top_k(v, k)
 
 
 @pytest.mark.parametrize("shape", [(3, 4, 5), (4, 3, 3, 2)])
