@@ -20,6 +20,7 @@ from selrel_jax.errors import OptionError
 from selrel_jax.sweep import (
     FAITHFULNESS_COLUMNS,
     SCORE_COLUMNS,
+    _compute,
     read_manifest,
     read_table,
     run_sweep,
@@ -246,3 +247,21 @@ def test_a_folder_video_that_cannot_be_decoded_is_listed_and_skipped(model_dir, 
     assert table["label"].tolist() == [0, 0] and table["sigma"].tolist() == [1.0, 2.0]
     assert np.isnan(table["motion_precision_raw"]).all()  # no ground truth in a folder
     assert np.isfinite(table["spatial_bias"]).all()
+
+
+def test_the_sweeps_spatial_bias_equals_the_metric_on_every_kind_of_clip():
+    rng = np.random.default_rng(5)
+    rel = (rng.standard_normal((4, 6, 8, 8, 3)) * (rng.random((4, 6, 8, 8, 3)) < 0.4)).astype(
+        np.float32
+    )
+    rel[1] = 0  # no mass at all: bias 0
+    rel[2, :, :4] = 0  # motion only in part of the frame
+    rel[3, 2, 3, 4, 1] = np.nan  # a broken clip: NaN
+    for sigma in (0.0, 0.5, 2.0, -1.0):  # a negative sigma: every clip NaN
+        ranked, sel = jax.jit(lambda r, s: (_compute._ranked(r), sr.selective_relevance(r, s)))(
+            rel, sigma
+        )
+        got = np.asarray(jax.jit(_compute._spatial_bias)(ranked, sel))
+        want = np.asarray(jax.jit(metrics.spatial_bias)(rel, sel))
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+        assert np.isnan(got[3]) and (sigma < 0 or got[1] == 0)
