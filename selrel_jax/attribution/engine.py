@@ -78,8 +78,9 @@ def _plan(model: Any, composite: Composite, params: Any, clips: jax.Array, apply
 # Custom VJPs: rule layers and Pass regions.
 
 
-def _rule_layer(rule: Rule, fn: Callable, nonneg: bool) -> Callable:
-    """custom_vjp function: forward = the layer, backward = the rule's relevance."""
+def _rule_layer(rule: Rule, fn: Callable, nonneg: bool, unit_axes: tuple = ((), ())) -> Callable:
+    """custom_vjp function: forward = the layer, backward = the rule's relevance.
+    ``unit_axes``: a linear layer's ``(out_axes, kernel_axes)`` (see LayerCall)."""
 
     @jax.custom_vjp
     def layer(xs, params, operands, arrays):
@@ -91,7 +92,8 @@ def _rule_layer(rule: Rule, fn: Callable, nonneg: bool) -> Callable:
 
     def bwd(res, relevance):
         xs, params, operands, arrays, y = res
-        call = LayerCall(lambda v, p: fn(v, p, operands), xs, params, y, nonneg, arrays)
+        call = LayerCall(lambda v, p: fn(v, p, operands), xs, params, y, nonneg, arrays,
+                         *unit_axes)  # fmt: skip
         out = rule.relevance(call, relevance)
         out = tuple(r.astype(x.dtype) for r, x in zip(out, xs, strict=True))
         return out, None, None, None
@@ -175,6 +177,13 @@ def _linear_fn(graph: Graph, layer: Layer) -> Callable:
     return fn
 
 
+def _ungrouped(graph: Graph, layer: Layer) -> bool:
+    """Whether the linear layer takes a kernel with fewer output units (a grouped
+    convolution needs a multiple of its groups)."""
+    params = graph.nodes[layer.nodes[0]].params
+    return params.get("feature_group_count", 1) == 1 and params.get("batch_group_count", 1) == 1
+
+
 def _run_layer(graph: Graph, layer: Layer, env: dict) -> jax.Array:
     xs = tuple(env[a] for a in layer.inputs)
     if layer.linear:
@@ -182,13 +191,14 @@ def _run_layer(graph: Graph, layer: Layer, env: dict) -> jax.Array:
         scale, shift = fold(layer.steps, env, out_shape, layer.out_axes)
         params = merged_params(_read(env, layer.kernel), scale, shift, layer.kernel_axes)
         fn, operands = _linear_fn(graph, layer), {}
+        unit_axes = (layer.out_axes, layer.kernel_axes) if _ungrouped(graph, layer) else ((), ())
     else:
         params = {name: _read(env, atom) for name, atom in layer.params.items()}
         known = set(layer.inputs) | {a for a in layer.params.values() if isinstance(a, int)}
         operands = {v: env[v] for v in _operands(graph, layer.nodes, known)}
-        fn = _subgraph_fn(graph, layer)
+        fn, unit_axes = _subgraph_fn(graph, layer), ((), ())
     arrays = layer.rule.arrays()
-    return _rule_layer(layer.rule, fn, layer.nonneg)(xs, params, operands, arrays)
+    return _rule_layer(layer.rule, fn, layer.nonneg, unit_axes)(xs, params, operands, arrays)
 
 
 def _run_exits(graph: Graph, region: Region, node_index: int, env: dict) -> None:

@@ -81,6 +81,11 @@ class LayerCall(NamedTuple):
     every input is known to be >= 0 (e.g. a ReLU output). ``arrays`` holds
     the rule's array parameters (:meth:`Rule.arrays`), handed through the
     engine's custom VJP as explicit arguments so they may be traced values.
+    For a linear layer, ``out_axes`` are the axes of ``output`` and
+    ``kernel_axes`` those of ``params["kernel"]`` that index its output units
+    (empty when not known, e.g. for a custom layer): ``fn`` then also takes a
+    kernel with fewer units along ``kernel_axes`` (and no bias), which lets a
+    rule whose modified weights are equal for every unit compute one unit.
     """
 
     fn: LayerFn
@@ -89,6 +94,8 @@ class LayerCall(NamedTuple):
     output: jax.Array
     nonnegative: bool
     arrays: Mapping[str, jax.Array]
+    out_axes: tuple[int, ...] = ()
+    kernel_axes: tuple[int, ...] = ()
 
 
 def path_str(path: tuple[str, ...]) -> str:

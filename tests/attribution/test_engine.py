@@ -408,12 +408,14 @@ def test_conservation_property_bias_free_nets(normal_clips, random_variables, se
     x = normal_clips((1, 2, 2, 2, 2), seed)
     v = random_variables(model, x, seed + 1)
     # Relevance is conserved where the top layer's denominator is not ~0 (hidden
-    # units with a zero denominator are dead ReLUs and receive no relevance).
+    # units with a zero denominator are dead ReLUs and receive no relevance). The
+    # unit relevance 1 enters there whatever its size, so a denominator that cancels
+    # its terms amplifies float32 rounding: 0.0018 (seed 4192, target 1) lost 2.4e-4.
     logits, state = model.apply(v, x, capture_intermediates=True, mutable=["intermediates"])
     hidden = state["intermediates"]["Sum_0"]["__call__"][0][0]
     top = v["params"]["Dense_2"]["kernel"][:, target]
     denominator = logits[0, target] if method == "lrp.epsilon" else hidden @ jnp.maximum(top, 0)
-    assume(abs(float(denominator)) > 1e-3)
+    assume(abs(float(denominator)) > 0.05)
     fn = _conserving_explainer(method)
     rel = fn(v, x, jnp.array([target]))
     np.testing.assert_allclose(float(rel.sum()), 1.0, rtol=1e-4)

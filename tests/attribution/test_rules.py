@@ -275,6 +275,34 @@ def test_rule_matches_numpy_formula(random_variables, layer_name, rule_name):
 
 
 @pytest.mark.parametrize("layer_name", list(LAYERS))
+def _conv_call(kernel_axes: tuple, out_axes: tuple) -> tuple[LayerCall, jax.Array]:
+    """A strided, padded 3D conv with a bias as a hand-built LayerCall, and its R."""
+    rng = np.random.default_rng(7)
+    x = jnp.asarray(rng.normal(size=(2, 4, 6, 5, 3)), jnp.float32)
+    params = {"kernel": jnp.asarray(rng.normal(size=(3, 3, 2, 3, 5)), jnp.float32),
+              "bias": jnp.asarray(rng.normal(size=5), jnp.float32)}  # fmt: skip
+
+    def fn(xs, p):
+        y = jax.lax.conv_general_dilated(xs[0], p["kernel"], (2, 1, 2), ((1, 1), (1, 1), (0, 1)),
+                                         dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))  # fmt: skip
+        return y + p["bias"] if "bias" in p else y
+
+    y = fn((x,), params)
+    R = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
+    return LayerCall(fn, (x,), params, y, False, {}, out_axes, kernel_axes), R
+
+
+def test_flat_through_one_unit_equals_the_full_rule():
+    """Given the output-unit axes, Flat computes one unit's pass (all units share the
+    ones weights); the result is the full rule's, the one the formula test checks."""
+    full, R = _conv_call((), ())
+    one_unit, _ = _conv_call((4,), (4,))
+    want = np.asarray(rules.Flat().relevance(full, R)[0])
+    got = np.asarray(rules.Flat().relevance(one_unit, R)[0])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+    np.testing.assert_allclose(got.sum(), R.sum(), rtol=1e-4)
+
+
 def test_zbox_matches_numpy_formula_per_channel_bounds(random_variables, layer_name):
     channels = LAYERS[layer_name][1][-1]
     low = -1.0 - jnp.arange(channels, dtype=jnp.float32) * 0.1
