@@ -274,7 +274,6 @@ def test_rule_matches_numpy_formula(random_variables, layer_name, rule_name):
     check(random_variables, layer_name, *RULES[rule_name])
 
 
-@pytest.mark.parametrize("layer_name", list(LAYERS))
 def _conv_call(kernel_axes: tuple, out_axes: tuple) -> tuple[LayerCall, jax.Array]:
     """A strided, padded 3D conv with a bias as a hand-built LayerCall, and its R."""
     rng = np.random.default_rng(7)
@@ -303,6 +302,7 @@ def test_flat_through_one_unit_equals_the_full_rule():
     np.testing.assert_allclose(got.sum(), R.sum(), rtol=1e-4)
 
 
+@pytest.mark.parametrize("layer_name", list(LAYERS))
 def test_zbox_matches_numpy_formula_per_channel_bounds(random_variables, layer_name):
     channels = LAYERS[layer_name][1][-1]
     low = -1.0 - jnp.arange(channels, dtype=jnp.float32) * 0.1
