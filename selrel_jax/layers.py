@@ -27,6 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from selrel_jax._pool import max_pool
 from selrel_jax.errors import ShapeError
 
 __all__ = ["AvgPool", "GlobalAvgPool", "MaxPool", "Padding", "Sum"]
@@ -60,11 +61,12 @@ class _WindowPool(nn.Module):
 
 
 class MaxPool(_WindowPool):
-    """Max pooling over the spatio-temporal axes; padding pads with -inf."""
+    """Max pooling over the spatio-temporal axes; padding pads with -inf. Its
+    derivative is elementwise where the windows tile the input (``selrel_jax._pool``)."""
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        return nn.max_pool(x, *self._window_and_strides(), self.padding)
+        return max_pool(x, *self._window_and_strides(), self.padding)
 
 
 class AvgPool(_WindowPool):

@@ -42,6 +42,7 @@ import jax.numpy as jnp
 from jax.extend import core as jax_core
 
 from selrel_jax._conv import conv_config, fast_conv
+from selrel_jax._pool import reduce_window_max
 from selrel_jax.attribution._frontends import as_pure, is_linen, trace
 from selrel_jax.attribution._graph import Graph, analyse, bind, flatten
 from selrel_jax.attribution._inputs import (
@@ -124,10 +125,21 @@ def _read(env: dict, atom: Any) -> Any:
     return atom.val if isinstance(atom, jax_core.Literal) else env[atom]
 
 
+def _bind(node: Any, *args: Any) -> list:
+    """``bind(node, *args)``; a max pool whose windows tile its input gets the
+    elementwise derivative of :mod:`selrel_jax._pool` (the plain gradient of
+    every max pool is what its rule runs; XLA:CPU's takes index arrays the size
+    of the pool's input and as long as the relevance rule of the layer before)."""
+    if node.name == "reduce_window_max":
+        with node.context.manager:
+            return [reduce_window_max(*args, **node.params)]
+    return bind(node, *args)
+
+
 def _run_nodes(graph: Graph, nodes: list[int], env: dict) -> None:
     for index in nodes:
         node = graph.nodes[index]
-        env.update(zip(node.outputs, bind(node, *(_read(env, a) for a in node.inputs)),
+        env.update(zip(node.outputs, _bind(node, *(_read(env, a) for a in node.inputs)),
                        strict=True))  # fmt: skip
 
 
