@@ -131,9 +131,21 @@ def _lax_conv(x: jax.Array, w: jax.Array, strides, padding, config: ConvConfig) 
     )  # fmt: skip
 
 
+def _after(w: jax.Array, x: jax.Array) -> jax.Array:
+    """``w``, computed once ``x`` exists. XLA slices every layer's kernel taps (which
+    depend on parameters only) at the start of a program and holds them all to the
+    end (C3D's LRP: 27 copies of 9 MiB); tied to the layer's input by adding 0 times
+    one of its elements, each layer's are made when it runs. (An optimization
+    barrier does not survive to XLA:CPU's scheduling.) The element is replaced by 0
+    where it is not finite, so a NaN in one clip never reaches another's kernel."""
+    first = lax.stop_gradient(jnp.ravel(x)[0]).astype(w.dtype)
+    return w + jnp.where(jnp.isfinite(first), first, 0) * 0
+
+
 def _temporal_taps(x: jax.Array, w: jax.Array, padding, config: ConvConfig) -> jax.Array:
     """Stride-1 3D convolution as the sum over temporal taps of 2D convolutions
     of the (N * T') frames each tap reads."""
+    w = _after(w, x)
     (t_lo, t_hi), spatial = padding[0], padding[1:]
     x = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), (t_lo, t_hi, 0)] + [(0, 0, 0)] * 3)
     n, frames, h, width, c = x.shape
@@ -196,6 +208,7 @@ def _s1_fwd(x, w, padding, config):
 
 def _s1_bwd(padding, config, residuals, g):
     x, w = residuals
+    w = _after(w, g)
     pads = _input_grad_s1(g, w, padding, x.shape)
     dx = _forward_s1(g, _flipped(w).astype(g.dtype), pads, config).astype(x.dtype)
     # The kernel gradient (training) of the same decomposed forward, by autodiff.

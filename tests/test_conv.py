@@ -115,3 +115,24 @@ def _all_eqns(jaxpr):
                 yield from _all_eqns(inner)
             elif hasattr(value, "eqns"):
                 yield from _all_eqns(value)
+
+
+@pytest.mark.parametrize("entry", [_conv.conv_general_dilated, _conv.fast_conv])
+def test_a_non_finite_clip_leaves_the_other_clips_of_a_batch_alone(entry):
+    """Each layer's kernel taps are tied to one element of its input (so XLA makes
+    them when the layer runs); a NaN or inf there must not reach another clip."""
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 4, 6, 6, 3)), jnp.float32)
+    w = jnp.asarray(np.random.default_rng(1).standard_normal((3, 3, 3, 3, 4)), jnp.float32)
+    layout = LAYOUTS[3]
+
+    def fn(a):
+        return entry(a, w, (1, 1, 1), "SAME", dimension_numbers=layout)
+
+    clean, pull_clean = jax.vjp(fn, x)
+    g = jnp.ones_like(clean)
+    for bad in (jnp.nan, jnp.inf):
+        dirty = x.at[0, 0, 0, 0, 0].set(bad)
+        out, pull = jax.jit(lambda a: jax.vjp(fn, a))(dirty)
+        np.testing.assert_array_equal(out[1], clean[1])
+        np.testing.assert_array_equal(pull(g)[0][1], pull_clean(g)[0][1])
+        assert not np.all(np.isfinite(np.asarray(out[0])))
