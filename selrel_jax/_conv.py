@@ -306,11 +306,14 @@ def _model_conv_bwd(config, residuals, g):
 _model_conv.defvjp(_model_conv_fwd, _model_conv_bwd)
 
 
-#: Convolutions of fewer multiply-adds x 2 than this stay lax's own: their time is
-#: small either way, while the fast forms' several convolutions per layer cost
-#: compilation time (a thin R3D-18 at 8x32x32, gradient: 8.3 s with them, 1.5 s
-#: without, nearly all compiling). Tests set it to 0 to test the fast forms.
-MIN_FAST_FLOPS = 100_000_000
+#: Convolutions whose input and output both hold fewer elements than this stay
+#: lax's own: their time is small either way, while the fast forms' several
+#: convolutions per layer cost compilation time (a thin R3D-18 at 8x32x32,
+#: gradient: 33.7 s with them, 3.5 s without, nearly all compiling). Elements,
+#: not flops: lax's 3D convolutions with few channels are slow whatever their
+#: flops (C3D's Flat through one unit, 16x112x112x3 -> 1: 3x slower, 33 MFLOP).
+#: Tests set it to 0 to test the fast forms.
+MIN_FAST_ELEMENTS = 150_000
 
 
 def _output_shape(lhs_shape, rhs_shape, config: ConvConfig) -> tuple[int, ...]:
@@ -323,7 +326,7 @@ def _dispatch(lhs, rhs, args, kwargs, fast: bool) -> jax.Array:
     config = conv_config(jnp.shape(lhs), jnp.shape(rhs), *args, **kwargs)
     if config is not None:
         out = _output_shape(jnp.shape(lhs), jnp.shape(rhs), config)
-        if flops(jnp.shape(lhs), jnp.shape(rhs), out) < MIN_FAST_FLOPS:
+        if max(math.prod(jnp.shape(lhs)), math.prod(out)) < MIN_FAST_ELEMENTS:
             config = None
     if config is None:
         if kwargs.get("out_sharding", 1) is None:  # a primitive's parameters: lax's default

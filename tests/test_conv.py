@@ -36,7 +36,7 @@ CASES = [
 @pytest.fixture(autouse=True)
 def _fast_forms_at_every_size(monkeypatch):
     """The cases here are tiny: test the fast forms, not the small-conv fallback."""
-    monkeypatch.setattr(_conv, "MIN_FAST_FLOPS", 0)
+    monkeypatch.setattr(_conv, "MIN_FAST_ELEMENTS", 0)
 
 
 def _relative_error(got: jax.Array, want: jax.Array) -> float:
@@ -145,10 +145,10 @@ def test_a_non_finite_clip_leaves_the_other_clips_of_a_batch_alone(entry):
 
 
 def test_small_convolutions_stay_lax_own(monkeypatch):
-    """Below MIN_FAST_FLOPS the model's convolution is lax's, derivative included;
-    at or above it the derivative runs the fast forms (no lhs dilation)."""
+    """Below MIN_FAST_ELEMENTS (input and output) the model's convolution is lax's,
+    derivative included; from it the derivative runs the fast forms (no lhs dilation)."""
     x, w = jnp.ones((1, 4, 8, 8, 3)), jnp.ones((3, 3, 3, 3, 5))
-    work = _conv.flops(x.shape, w.shape, (1, 2, 4, 4, 5))
+    largest = max(x.size, 1 * 2 * 4 * 4 * 5)
 
     def backward_convs():
         def fn(a):
@@ -158,7 +158,7 @@ def test_small_convolutions_stay_lax_own(monkeypatch):
         jaxpr = jax.make_jaxpr(lambda a: jax.vjp(fn, a)[1](jnp.ones((1, 2, 4, 4, 5))))(x)
         return [e for e in _all_eqns(jaxpr.jaxpr) if e.primitive.name == "conv_general_dilated"]
 
-    monkeypatch.setattr(_conv, "MIN_FAST_FLOPS", work + 1)
+    monkeypatch.setattr(_conv, "MIN_FAST_ELEMENTS", largest + 1)
     assert any(set(e.params["lhs_dilation"]) != {1} for e in backward_convs())
-    monkeypatch.setattr(_conv, "MIN_FAST_FLOPS", work)
+    monkeypatch.setattr(_conv, "MIN_FAST_ELEMENTS", largest)
     assert all(set(e.params["lhs_dilation"]) == {1} for e in backward_convs())
