@@ -328,6 +328,8 @@ def _dispatch(lhs, rhs, args, kwargs, fast: bool) -> jax.Array:
         out = _output_shape(jnp.shape(lhs), jnp.shape(rhs), config)
         if max(math.prod(jnp.shape(lhs)), math.prod(out)) < MIN_FAST_ELEMENTS:
             config = None
+            if fast:  # the rules' modified kernels: made when the layer runs (see _after)
+                rhs = _after(jnp.asarray(rhs), jnp.asarray(lhs))
     if config is None:
         if kwargs.get("out_sharding", 1) is None:  # a primitive's parameters: lax's default
             del kwargs["out_sharding"]
