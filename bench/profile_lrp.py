@@ -4,9 +4,11 @@ For every layer of the full C3D (16x112x112, batch 1, random weights) this
 times, jit-compiled and in isolation on inputs of that layer's shape, what the
 relevance pass runs for it: the layer's forward pass and its rule's backward
 (Flat for conv1, ZPlus after ReLUs for the other convs, Epsilon for the dense
-layers, the plain gradient of the max pools), each with the convolution as
-the engine runs it (``fast``: :func:`selrel_jax._conv.fast_conv`) and as the
-one lax primitive (``lax``), side by side with alternating repeats. The last
+layers, the plain gradient of the max pools), each as the engine runs it
+(``fast``: :func:`selrel_jax._conv.fast_conv`, Flat through one output unit,
+:func:`selrel_jax._pool.max_pool`'s elementwise derivative) and with the plain
+forms (``lax``: the one lax convolution primitive, Flat over every unit,
+XLA's max-pool derivative), side by side with alternating repeats. The last
 row is the whole pass (``make_explainer``, jit) for scale: the layers' sum
 differs from it by what XLA fuses across layers and by the glue.
 
@@ -45,31 +47,37 @@ def _conv_fn(fast: bool) -> Callable:
     def fn(xs, params):
         pad = ((1, 1),) * 3
         y = conv(xs[0], params["kernel"], (1, 1, 1), pad, dimension_numbers=DN)
-        return y + params["bias"]
+        return y + params["bias"] if "bias" in params else y
 
     return fn
 
 
-def _layer_step(rule, fn: Callable, nonneg: bool) -> Callable:
-    """jit(x, params, relevance) -> the rule's input relevance (forward included)."""
+def _layer_step(rule, fn: Callable, nonneg: bool, unit_axes: tuple) -> Callable:
+    """jit(x, params, relevance) -> the rule's input relevance (forward included);
+    ``unit_axes``: the output-unit axes the engine tells the rule, or ``((), ())``."""
     import jax
 
     from selrel_jax.attribution.types import LayerCall
 
     def step(x, params, relevance):
         y = fn((x,), params)
-        return rule.relevance(LayerCall(fn, (x,), params, y, nonneg, {}), relevance)[0]
+        call = LayerCall(fn, (x,), params, y, nonneg, {}, *unit_axes)
+        return rule.relevance(call, relevance)[0]
 
     return jax.jit(step)
 
 
-def _pool_step(window, padding) -> Callable:
+def _pool_step(window, padding, fast: bool) -> Callable:
     import flax.linen as nn
     import jax
 
+    from selrel_jax import _pool
+
+    pool = _pool.max_pool if fast else nn.max_pool
+
     def step(x, relevance):
         pad = padding if padding == "VALID" else tuple(padding[1:4])
-        return jax.vjp(lambda v: nn.max_pool(v, window, window, pad), x)[1](relevance)[0]
+        return jax.vjp(lambda v: pool(v, window, window, pad), x)[1](relevance)[0]
 
     return jax.jit(step)
 
@@ -104,17 +112,18 @@ def _conv_rows(repeats: int) -> tuple[list, tuple]:
         relevance = jnp.asarray(rng.random((*shape, cout)), jnp.float32)
         calls = {}
         for impl in ("fast", "lax"):
-            step = _layer_step(rule, _conv_fn(impl == "fast"), i > 0)
+            axes = ((4,), (4,)) if impl == "fast" else ((), ())
+            step = _layer_step(rule, _conv_fn(impl == "fast"), i > 0, axes)
             calls[impl] = lambda s=step, p=params, r=relevance, v=x: s(v, p, r).block_until_ready()
         rows.append((name, f"{type(rule).__name__}, {shape[1:]}x{cin}->{cout}",
                      _time(calls, repeats)))  # fmt: skip
         if pool is not None:
             y = jnp.maximum(jax.random.normal(jax.random.key(i), (*shape, cout)), 0)
-            step = _pool_step(*pool)
             r = jnp.ones(jax.eval_shape(lambda v, p=pool: _max_pool(v, *p), y).shape)
-            took = _time({"both": lambda s=step, v=y, rr=r: s(v, rr).block_until_ready()}, repeats)
-            rows.append((f"pool after {name}", "Gradient (max pool)",
-                         {"fast": took["both"], "lax": took["both"]}))  # fmt: skip
+            steps = {impl: _pool_step(*pool, impl == "fast") for impl in ("fast", "lax")}
+            calls = {impl: lambda s=s, v=y, rr=r: s(v, rr).block_until_ready()
+                     for impl, s in steps.items()}  # fmt: skip
+            rows.append((f"pool after {name}", "Gradient (max pool)", _time(calls, repeats)))
             shape = r.shape[:-1]
     return rows, shape
 
