@@ -66,8 +66,7 @@ def _tiled_grad(x: jax.Array, y: jax.Array, g: jax.Array, window, padding) -> ja
     """d(max pool)/dx applied to ``g``: per window, the first element equal to the
     maximum gets ``g``. ``window`` equals the strides (the windows tile the padded
     input); elements in no window (a VALID remainder) get 0."""
-    low = jnp.asarray(-jnp.inf, x.dtype)
-    xp = lax.pad(x, low, [(lo, hi, 0) for lo, hi in padding])
+    xp = lax.pad(x, jnp.asarray(_lowest(x.dtype), x.dtype), [(lo, hi, 0) for lo, hi in padding])
     covered = [o * w for o, w in zip(y.shape, window, strict=True)]
     xr = xp[tuple(slice(0, c) for c in covered)]
     split = [d for o, w in zip(y.shape, window, strict=True) for d in (o, w)]

@@ -356,9 +356,16 @@ def _ones_rule(
     stabilizer: float,
 ) -> tuple[jax.Array]:
     """Input replaced by ones, parameters mapped (zero padding still contributes nothing)."""
-    x = call.inputs[0]
     params = _map_params(call.params, weight=weight, bias=bias)
-    ones = jnp.ones_like(x)
+    return _ones_pass(call, relevance, params, stabilizer)
+
+
+def _ones_pass(
+    call: LayerCall, relevance: jax.Array, params: Params, stabilizer: float
+) -> tuple[jax.Array]:
+    """The layer with parameters ``params`` on an all-ones input: ``relevance`` divided
+    by its stabilised output, pulled back through it."""
+    ones = jnp.ones_like(call.inputs[0])
     ratio = _ratio(relevance, call.fn((ones,), params), stabilizer)
     (grad,) = _pull(lambda v: call.fn((v,), params), (ones,), ratio)
     return (grad,)
@@ -397,15 +404,11 @@ def _flat_one_unit(call: LayerCall, relevance: jax.Array, stabilizer: float) -> 
     same denominator n and the same backward map: sum_k R_k / S(n_k) = (sum_k R_k) / S(n)
     taken through one unit's pass is the full rule's result, at 1/units of its cost (the
     first layer of a video model: 64 units over the largest input)."""
-    x = call.inputs[0]
     kernel = call.params["kernel"]
     shape = [1 if axis in call.kernel_axes else size for axis, size in enumerate(kernel.shape)]
     params = {"kernel": jnp.ones(shape, kernel.dtype)}
-    ones = jnp.ones_like(x)
     total = jnp.sum(relevance, axis=call.out_axes, keepdims=True)
-    ratio = _ratio(total, call.fn((ones,), params), stabilizer)
-    (grad,) = _pull(lambda v: call.fn((v,), params), (ones,), ratio)
-    return (grad,)
+    return _ones_pass(call, total, params, stabilizer)
 
 
 @dataclasses.dataclass(frozen=True)
