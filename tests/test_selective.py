@@ -210,6 +210,30 @@ def test_vmap_and_batch_equal_loop():
     np.testing.assert_array_equal(np.asarray(sr.temporal_gradient(batch)), g)
 
 
+def test_batch_in_loop_steps_equals_clip_by_clip(monkeypatch):
+    # On one CPU device a large batch runs a few clips per loop step. Shrink the step
+    # so a small batch takes that path (a shape no other test compiles).
+    from jax.experimental import checkify
+
+    from selrel_jax import selective
+
+    rel = random_relevance(21, (6, 5, 7, 9, 2))
+    rel[4, 2, 3, 3, 1] = np.nan
+    monkeypatch.setattr(selective, "CPU_STEP_ELEMENTS", 3 * 5 * 7 * 9 * 2)
+    assert selective._clips_per_step(jnp.asarray(rel)) == 3
+    for name, fn in FUNCTIONS.items():
+        got = np.asarray(jax.jit(fn)(rel, 1.5))
+        want = np.stack([np.asarray(fn(clip, 1.5)) for clip in np.delete(rel, 4, 0)])
+        np.testing.assert_array_equal(np.delete(got, 4, 0), want, err_msg=name)
+        assert (not got[4].any()) if name == "motion_mask" else np.isnan(got[4]).all(), name
+    assert np.isnan(np.asarray(jax.jit(sr.selective_relevance)(rel, -1.0))).all()
+    rel[4, 2, 3, 3, 1] = 0.0
+    fn = jax.jit(checkify.checkify(functools.partial(sr.selective_relevance, checked=True)))
+    err, out = fn(rel, 1.5)
+    err.throw()
+    np.testing.assert_array_equal(out, sr.selective_relevance(rel, 1.5))
+
+
 def test_bfloat16_agrees_with_float32():
     rel = random_relevance(13, (2, 8, 24, 24, 3))
     for threshold in ("clip", "frame"):
