@@ -42,6 +42,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import statistics
 import subprocess
 import sys
@@ -73,12 +74,17 @@ KEYS = (
 
 def alternate(calls: dict[str, Callable[[], object]], repeats: int) -> dict[str, dict]:
     """Warm every call up once, then time ``repeats`` rounds, the calls alternating
-    within each round (load changes hit every side alike): median, min, max (s)."""
+    within each round (load changes hit every side alike) in an order shuffled per
+    round (seeded): a call that always ran after the same one would carry that one's
+    after-effects, such as torch's freed memory faulting back in. Median, min, max (s)."""
     for call in calls.values():
         call()
     times: dict[str, list[float]] = {name: [] for name in calls}
+    order, shuffle = list(calls), random.Random(0).shuffle
     for _ in range(repeats):
-        for name, call in calls.items():
+        shuffle(order)
+        for name in order:
+            call = calls[name]
             start = time.perf_counter()
             call()
             times[name].append(time.perf_counter() - start)
