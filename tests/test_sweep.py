@@ -249,19 +249,31 @@ def test_a_folder_video_that_cannot_be_decoded_is_listed_and_skipped(model_dir, 
     assert np.isfinite(table["spatial_bias"]).all()
 
 
-def test_the_sweeps_spatial_bias_equals_the_metric_on_every_kind_of_clip():
+def test_the_sweeps_spatial_bias_and_gini_equal_the_metrics_on_every_kind_of_clip():
     rng = np.random.default_rng(5)
     rel = (rng.standard_normal((4, 6, 8, 8, 3)) * (rng.random((4, 6, 8, 8, 3)) < 0.4)).astype(
         np.float32
     )
+    rel[0, 1:3] = rel[0, 3]  # equal values: ties in the ranking
     rel[1] = 0  # no mass at all: bias 0
     rel[2, :, :4] = 0  # motion only in part of the frame
     rel[3, 2, 3, 4, 1] = np.nan  # a broken clip: NaN
-    for sigma in (0.0, 0.5, 2.0, -1.0):  # a negative sigma: every clip NaN
-        ranked, sel = jax.jit(lambda r, s: (_compute._ranked(r), sr.selective_relevance(r, s)))(
-            rel, sigma
-        )
-        got = np.asarray(jax.jit(_compute._spatial_bias)(ranked, sel))
-        want = np.asarray(jax.jit(metrics.spatial_bias)(rel, sel))
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-        assert np.isnan(got[3]) and (sigma < 0 or got[1] == 0)
+    sigmas = np.array([0.0, 0.5, 2.0, -1.0], np.float32)  # a negative sigma: every clip NaN
+
+    @jax.jit
+    def sweep_scores(rel):
+        ranked = _compute._ranked(rel)
+        masks = jax.vmap(lambda s: sr.motion_mask(rel, s))(sigmas)
+        ginis = _compute._selection_ginis(ranked, masks)
+        scores = jax.vmap(lambda s, m, g: _compute._sigma_scores(rel, ranked, s, m, g, {}, {}))
+        return scores(sigmas, masks, ginis)
+
+    got = sweep_scores(rel)
+    for k, sigma in enumerate(sigmas):
+        sel = jax.jit(sr.selective_relevance)(rel, sigma)
+        bias = np.asarray(got["spatial_bias"][k])
+        np.testing.assert_allclose(bias, jax.jit(metrics.spatial_bias)(rel, sel), 1e-5, 1e-6)
+        assert np.isnan(bias[3]) and (sigma < 0 or bias[1] == 0)
+        gini = np.asarray(got["gini_selective"][k])
+        np.testing.assert_allclose(gini, jax.jit(metrics.gini)(sel), rtol=1e-5, atol=1e-6)
+        assert np.isnan(gini[3]) and (sigma < 0 or gini[1] == 0)

@@ -40,6 +40,35 @@ def _gini_of_sorted(v: jax.Array) -> jax.Array:
     return _nan_where(~jnp.isfinite(total), g)
 
 
+def _ginis_of_selections(v: jax.Array, ascending_v: jax.Array, selections: jax.Array) -> jax.Array:
+    """Gini index of ``where(selections[k], v, 0)`` for each of the S bool
+    ``selections`` (S, *v.shape) of the magnitudes ``v >= 0`` of one clip, from their
+    ascending sort ``ascending_v``: (S,), without a sort per selection.
+
+    A selection's own ascending order is its zeros followed by its selected values in
+    ``ascending_v``'s order. Each voxel's rank (the first place of its value in
+    ``ascending_v``) and a count of the selected voxels at each rank (a scatter-add,
+    ~9x faster on XLA:CPU than a sort) give each run of c equal selected values its
+    places ``P + 1 .. P + c`` in that order (``P``: the unselected voxels and the
+    selected ones of smaller values), whose Gini weights ``2i - n - 1`` sum to
+    ``c (2P + c - n)``. :func:`gini` of the selected map up to float32 rounding; NaN
+    handling is the caller's."""
+    n = ascending_v.size
+    as_int = functools.partial(jax.lax.bitcast_convert_type, new_dtype=jnp.int32)
+    rank = jnp.searchsorted(as_int(ascending_v), as_int(v.ravel()), method="scan")
+    chosen = selections.reshape(selections.shape[0], n).astype(jnp.int32)  # (S, n)
+    count = jnp.zeros_like(chosen).at[:, rank].add(chosen)  # (S, n ranks)
+    # Selected voxels of smaller values: an exclusive running sum (an associative scan,
+    # as in top_k_selection). Rank along the minor axis: sums over a major axis of
+    # (n, S) took 1.3x longer.
+    below = jax.lax.associative_scan(jnp.add, count, axis=1) - count
+    m = jnp.sum(count, axis=1, keepdims=True)
+    dtype = ascending_v.dtype
+    c, places = count.astype(dtype), (2 * (n - m + below) - n).astype(dtype)
+    weighted = jnp.sum(c * (places + c) * ascending_v, axis=1)
+    return ratio(weighted, n * jnp.sum(c * ascending_v, axis=1))
+
+
 def _entropy_of_clip(clip: jax.Array, unit: str) -> jax.Array:
     v = magnitudes(clip).ravel()
     total = jnp.sum(v)
