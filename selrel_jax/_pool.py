@@ -62,44 +62,52 @@ def _lax_max(x, window, strides, padding, base=None, dilation=None):
     return lax.reduce_window(x, _lowest(x.dtype), lax.max, window, strides, padding, base, dilation)
 
 
-def _tiled_grad(x: jax.Array, y: jax.Array, g: jax.Array, window, padding) -> jax.Array:
-    """d(max pool)/dx applied to ``g``: per window, the first element equal to the
-    maximum gets ``g``. ``window`` equals the strides (the windows tile the padded
-    input); elements in no window (a VALID remainder) get 0."""
+def _winners(x: jax.Array, y: jax.Array, window, padding) -> jax.Array:
+    """uint8 shaped as ``y``: per window, the row-major offset of its first element
+    equal to the maximum ``y``, or the window's size where none is (a NaN maximum).
+    ``window`` equals the strides (the windows tile the padded input)."""
     xp = lax.pad(x, jnp.asarray(_lowest(x.dtype), x.dtype), [(lo, hi, 0) for lo, hi in padding])
     covered = [o * w for o, w in zip(y.shape, window, strict=True)]
     xr = xp[tuple(slice(0, c) for c in covered)]
-    split = [d for o, w in zip(y.shape, window, strict=True) for d in (o, w)]
-    xr = xr.reshape(split)  # (o0, w0, o1, w1, ...)
-    taken = jnp.zeros(y.shape, bool)
-    parts = []
-    for offset in itertools.product(*(range(w) for w in window)):
+    xr = xr.reshape([d for o, w in zip(y.shape, window, strict=True) for d in (o, w)])
+    offsets = list(itertools.product(*(range(w) for w in window)))
+    winner = jnp.full(y.shape, len(offsets), jnp.uint8)
+    for k, offset in reversed(list(enumerate(offsets))):  # the first hit is the last write
         element = xr[tuple(i for o in offset for i in (slice(None), o))]
-        hit = (element == y) & ~taken
-        taken = taken | hit
-        parts.append(jnp.where(hit, g, jnp.zeros((), g.dtype)))
-    stacked = jnp.stack(parts).reshape(*window, *y.shape)  # (w0, w1, ..., o0, o1, ...)
+        winner = jnp.where(element == y, jnp.uint8(k), winner)
+    return winner
+
+
+def _tiled_grad(winner: jax.Array, g: jax.Array, x_shape, window, padding) -> jax.Array:
+    """d(max pool)/dx applied to ``g``: each window's winner (:func:`_winners`) gets
+    ``g``; elements in no window (a VALID remainder) get 0."""
+    parts = [jnp.where(winner == k, g, jnp.zeros((), g.dtype)) for k in range(math.prod(window))]
+    stacked = jnp.stack(parts).reshape(*window, *g.shape)  # (w0, w1, ..., o0, o1, ...)
     rank = len(window)
     order = [a for axis in range(rank) for a in (rank + axis, axis)]
+    covered = [o * w for o, w in zip(g.shape, window, strict=True)]
     dx = stacked.transpose(order).reshape(covered)
-    grow = [(0, p - c, 0) for p, c in zip(xp.shape, covered, strict=True)]
+    padded = [n + lo + hi for n, (lo, hi) in zip(x_shape, padding, strict=True)]
+    grow = [(0, p - c, 0) for p, c in zip(padded, covered, strict=True)]
     dx = lax.pad(dx, jnp.zeros((), dx.dtype), grow)
-    return dx[tuple(slice(lo, lo + n) for (lo, _), n in zip(padding, x.shape, strict=True))]
+    return dx[tuple(slice(lo, lo + n) for (lo, _), n in zip(padding, x_shape, strict=True))]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
-def _tiled_max(x: jax.Array, window, strides, padding) -> jax.Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
+def _tiled_max(x: jax.Array, window, strides, padding, x_shape) -> jax.Array:
     return _lax_max(x, window, strides, padding)
 
 
-def _tiled_max_fwd(x, window, strides, padding):
+def _tiled_max_fwd(x, window, strides, padding, x_shape):
+    # The residual is one byte per output, not the input: the input (C3D's conv1
+    # output, 49 MiB at batch 1) would otherwise stay alive from the forward pass to
+    # this layer's derivative, under every layer above.
     y = _lax_max(x, window, strides, padding)
-    return y, (x, y)
+    return y, _winners(x, y, window, padding)
 
 
-def _tiled_max_bwd(window, strides, padding, residuals, g):
-    x, y = residuals
-    return (_tiled_grad(x, y, g, window, padding),)
+def _tiled_max_bwd(window, strides, padding, x_shape, winner, g):
+    return (_tiled_grad(winner, g, x_shape, window, padding),)
 
 
 _tiled_max.defvjp(_tiled_max_fwd, _tiled_max_bwd)
@@ -122,7 +130,7 @@ def reduce_window_max(
     dilation = tuple(window_dilation or (1,) * len(window))
     x = jnp.asarray(operand)
     if jnp.issubdtype(x.dtype, jnp.floating) and _tiles(window, strides, base, dilation):
-        return _tiled_max(x, window, strides, pads)
+        return _tiled_max(x, window, strides, pads, x.shape)
     return _lax_max(x, window, strides, pads, base, dilation)
 
 
