@@ -24,9 +24,10 @@ is measured in fresh subprocesses. The library is measured as a user gets it:
   metrics, faithfulness off: ``selrel_jax.sweep``'s own function) against
   explain alone, c3d_small at 16x64x64, batch 8.
 * ``rss``: peak RSS growth of one LRP pass (C3D, batch 1, compile included)
-  over the RSS after loading models and clips (the peak is reset there through
-  ``/proc/self/clear_refs``, Linux), selrel_jax vs Zennit, each in a fresh
-  subprocess.
+  over the RSS after loading models and clips and handing the heap that loading
+  freed back to the OS (``malloc_trim``, glibc; the peak is reset there through
+  ``/proc/self/clear_refs``, Linux), selrel_jax vs Zennit, each side in 3
+  (quick) or 5 fresh subprocesses, alternating; the ratio of the medians.
 
 Writes one flat JSON object (a contract; keys below are ratios, null with a
 ``<key>_why`` string where not measured) plus the medians and details under
@@ -39,6 +40,7 @@ Usage: ``python bench/run_all.py [--quick] [--json OUT.json] [--only lrp selecti
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import platform
@@ -261,19 +263,27 @@ def rss_worker(side: str) -> None:
     zennit, net, model, variables, clips, target = peers("c3d", 1)
     call = (jax_call(model, METHOD, variables, clips, target) if side == "jax"
             else zennit_call(zennit, net, "c3d", clips, target))  # fmt: skip
+    # Hand the heap that loading freed back to the OS first: each side's call would
+    # otherwise reuse a different, arbitrary amount of it without growing the RSS
+    # (Zennit's growth moved between 252 and 476 MiB across runs without this).
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
     loaded = _status_mib("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # Linux: VmHWM := VmRSS
     call()
     print(json.dumps({"peak_mib": _status_mib("VmHWM") - loaded}))
 
 
-def rss() -> dict:
-    out = {}
-    for side in ("jax", "zennit"):
-        done = subprocess.run([sys.executable, __file__, "--rss-worker", side],
-                              capture_output=True, text=True, check=True)  # fmt: skip
-        out[side] = json.loads(done.stdout.strip().splitlines()[-1])["peak_mib"]
-    return out
+def rss(repeats: int) -> dict:
+    """Peak RSS growth (MiB) of each side, ``repeats`` fresh subprocesses each, the
+    sides alternating: median, min, max (one process's figure moves by up to 140 MiB)."""
+    peaks: dict[str, list[float]] = {"jax": [], "zennit": []}
+    for _ in range(repeats):
+        for side, found in peaks.items():
+            done = subprocess.run([sys.executable, __file__, "--rss-worker", side],
+                                  capture_output=True, text=True, check=True)  # fmt: skip
+            found.append(json.loads(done.stdout.strip().splitlines()[-1])["peak_mib"])
+    return {side: {"median": statistics.median(p), "min": min(p), "max": max(p)}
+            for side, p in peaks.items()}  # fmt: skip
 
 
 # --------------------------------------------------------------------------
@@ -367,9 +377,13 @@ def main() -> None:
         table["sweep"] = result
         report("sweep", result)
     if "rss" in args.only:
-        peak = rss()
-        table["rss"] = {"ratios": {"rss_over_zennit": peak["jax"] / peak["zennit"]},
-                        "jax_peak_mib": peak["jax"], "zennit_peak_mib": peak["zennit"]}  # fmt: skip
+        peak = rss(3 if args.quick else 5)
+        table["rss"] = {
+            "ratios": {"rss_over_zennit": peak["jax"]["median"] / peak["zennit"]["median"]}
+        }
+        for side, stats in peak.items():
+            table["rss"] |= {f"{side}_peak_mib" + ("" if k == "median" else f"_{k}"): v
+                             for k, v in stats.items()}  # fmt: skip
         report("rss", table["rss"])
     out = flat(table, args.quick)
     out.update(machine=machine, quick=args.quick, seconds=time.time() - start,
