@@ -213,6 +213,14 @@ def selective(repeats: int, batch: int = 32, sigma: float = 1.0) -> dict:
     return {"times": times, "mask_agreement": agree}
 
 
+def _worker(*args: str, env: dict[str, str] | None = None) -> dict:
+    """Run this script with ``args`` in a fresh process (``env`` added to this one's)
+    and return the JSON object its last line prints."""
+    done = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True,
+                          check=True, env={**os.environ, **(env or {})})  # fmt: skip
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 #: glibc settings under which the reference's per-clip temporaries stay in the heap
 #: between calls instead of being mapped and unmapped (page faults) every time.
 KEPT_HEAP = {"MALLOC_MMAP_THRESHOLD_": "67108864", "MALLOC_TRIM_THRESHOLD_": "134217728"}
@@ -223,12 +231,8 @@ def selective_in_fresh_processes(repeats: int) -> dict:
     :data:`KEPT_HEAP`. The reference's time is mostly page faults (about 510,000 per
     call of 32 clips from a fresh process, none once glibc keeps its memory): in the
     suite's own process it depended on which benchmarks had run before."""
-    runs = {}
-    for name, env in (("default", {}), ("kept_heap", KEPT_HEAP)):
-        done = subprocess.run([sys.executable, __file__, "--selective-worker", str(repeats)],
-                              capture_output=True, text=True, check=True,
-                              env={**os.environ, **env})  # fmt: skip
-        runs[name] = json.loads(done.stdout.strip().splitlines()[-1])
+    runs = {name: _worker("--selective-worker", str(repeats), env=env)
+            for name, env in (("default", {}), ("kept_heap", KEPT_HEAP))}  # fmt: skip
     result = runs["default"]
     result["times"]["reference_kept_heap"] = runs["kept_heap"]["times"]["reference"]
     result["times"]["selective_kept_heap"] = runs["kept_heap"]["times"]["selective"]
@@ -304,9 +308,7 @@ def rss(repeats: int) -> dict:
     peaks: dict[str, list[float]] = {"jax": [], "zennit": []}
     for _ in range(repeats):
         for side, found in peaks.items():
-            done = subprocess.run([sys.executable, __file__, "--rss-worker", side],
-                                  capture_output=True, text=True, check=True)  # fmt: skip
-            found.append(json.loads(done.stdout.strip().splitlines()[-1])["peak_mib"])
+            found.append(_worker("--rss-worker", side)["peak_mib"])
     return {side: {"median": statistics.median(p), "min": min(p), "max": max(p)}
             for side, p in peaks.items()}  # fmt: skip
 
