@@ -31,6 +31,7 @@ from typing import Any, NamedTuple
 import flax.errors
 import flax.linen as nn
 import jax
+import numpy as np
 from flax import nnx
 
 from selrel_jax.attribution._graph import MODULE_SCOPE
@@ -41,7 +42,7 @@ from selrel_jax.attribution._model_checks import (
 )
 from selrel_jax.errors import OptionError
 
-__all__ = ["NnxApply", "Traced", "as_pure", "is_linen", "trace"]
+__all__ = ["NnxApply", "Traced", "as_pure", "check_params", "is_linen", "trace"]
 
 Path = tuple[str, ...]
 
@@ -93,6 +94,32 @@ def apply_fn(model: Any, apply_kwargs: Mapping[str, Any]) -> Callable:
         return model(params, clips, **apply_kwargs)
 
     return apply
+
+
+def check_params(params: Any) -> None:
+    """One clear error for a parameter pytree whose leaves are not all arrays (a
+    whole Equinox module holds its settings and activation functions as leaves;
+    traced as arrays they end in a raw JAX TypeError)."""
+    for keypath, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        array = isinstance(leaf, jax.Array | np.ndarray | np.generic)
+        if array or (isinstance(leaf, int | float | complex) and not isinstance(leaf, bool)):
+            continue
+        where = jax.tree_util.keystr(keypath) or "<root>"
+        hint = (" (a whole Equinox module?): split it with `params, static = "
+                "eqx.partition(model, eqx.is_array)` and explain `lambda p, x: jax.vmap("
+                "eqx.combine(p, static))(x)` with params, or use the closure form "
+                "explain(lambda x: jax.vmap(model)(x), None, clips)"
+                if _from_equinox(params) else
+                "; pass the arrays only, or close over the model and use the closure form "
+                "explain(lambda clips: ..., None, clips)")  # fmt: skip
+        raise OptionError(
+            f"variables must be a pytree of arrays, but the leaf at {where} is a "
+            f"{type(leaf).__name__}{hint}"
+        )
+
+
+def _from_equinox(value: Any) -> bool:
+    return any(c.__module__.split(".")[0] == "equinox" for c in type(value).__mro__)
 
 
 @dataclasses.dataclass(frozen=True)

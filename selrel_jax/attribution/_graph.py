@@ -52,6 +52,7 @@ __all__ = [
     "analyse",
     "bind",
     "flatten",
+    "follow_axes",
     "is_float",
     "literal_value",
     "varying_axes",
@@ -324,17 +325,13 @@ def _varying(graph: Graph, value: int, memo: dict) -> frozenset[int]:
         return every
     node = graph.nodes[node_index]
     operand = node.inputs[0] if node.inputs else None
-    if node.name == "broadcast_in_dim":
+    if node.name == "broadcast_in_dim":  # copies along new axes do not vary
         inner = varying_axes(graph, operand, memo)
         return frozenset(node.params["broadcast_dimensions"][i] for i in inner) & every
-    if node.name == "reshape":
-        before = [s for s in graph.shape(operand) if s != 1]
-        if before == [s for s in shape if s != 1]:  # only size-1 axes added or removed
-            kept = [i for i, s in enumerate(graph.shape(operand)) if s != 1]
-            inner = varying_axes(graph, operand, memo)
-            out_axes = [i for i, s in enumerate(shape) if s != 1]
-            return frozenset(o for o, i in zip(out_axes, kept, strict=True) if i in inner)
-        return every
+    if node.name in RELABEL and node.name not in _SAME_AXES:
+        inner = varying_axes(graph, operand, memo)
+        moved = _moved_axes(graph, node, tuple(sorted(inner)))
+        return every if moved is None else frozenset(a for a in moved if a is not None) & every
     if len(node.outputs) == 1 and _is_elementwise(node.name):
         found: set[int] = set()
         for atom in node.inputs:
@@ -342,6 +339,86 @@ def _varying(graph: Graph, value: int, memo: dict) -> frozenset[int]:
                 found |= varying_axes(graph, atom, memo)
         return frozenset(found) & every
     return every
+
+
+# Shape-only operations that move each value of their input to one place of their
+# output (a relabelling of axes, no copies): an axis can be followed through them
+# while it is not merged with or split into others. ``_SAME_AXES`` keep every axis.
+RELABEL = frozenset({
+    "reshape", "squeeze", "expand_dims", "transpose", "broadcast_in_dim", "copy", "copy_p",
+    "convert_element_type", "reduce_precision", "sharding_constraint",
+})  # fmt: skip
+_SAME_AXES = frozenset({
+    "copy", "copy_p", "convert_element_type", "reduce_precision", "sharding_constraint",
+})  # fmt: skip
+
+
+def follow_axes(
+    graph: Graph, node: Node, axes: tuple[int | None, ...]
+) -> tuple[int | None, ...] | None:
+    """Where the axes ``axes`` of ``node``'s first input lie in its output, for a
+    :data:`RELABEL` operation that keeps each of them whole; None where it does
+    not (an axis merged with another, values copied by a broadcast, another
+    primitive). None in ``axes`` (and in the result) stands for a size-1 axis
+    that is no longer there."""
+    if node.name not in RELABEL or len(node.outputs) != 1:
+        return None
+    if any(isinstance(a, int) for a in node.inputs[1:]):
+        return None  # dynamic shapes
+    return _moved_axes(graph, node, axes)
+
+
+def _moved_axes(
+    graph: Graph, node: Node, axes: tuple[int | None, ...]
+) -> tuple[int | None, ...] | None:
+    name, params = node.name, node.params
+    if name in _SAME_AXES:
+        return axes
+    src, dst = graph.shape(node.inputs[0]), graph.shape(node.outputs[0])
+    if name == "transpose":
+        permutation = list(params["permutation"])
+        return tuple(None if a is None else permutation.index(a) for a in axes)
+    if name == "squeeze":
+        dropped = set(params["dimensions"])
+        return tuple(None if a is None or a in dropped else a - sum(d < a for d in dropped)
+                     for a in axes)  # fmt: skip
+    if name == "broadcast_in_dim":
+        targets = list(params["broadcast_dimensions"])
+        kept = all(src[k] == dst[t] for k, t in enumerate(targets))
+        if not kept or any(dst[i] != 1 for i in range(len(dst)) if i not in targets):
+            return None  # values copied along an axis
+        return tuple(None if a is None else targets[a] for a in axes)
+    if name == "reshape" and params.get("dimensions") is None:
+        whole = _whole_axes(src, dst)
+        moved = [None if a is None or src[a] == 1 else whole.get(a, -1) for a in axes]
+        return None if -1 in moved else tuple(moved)
+    return None
+
+
+def _whole_axes(src: tuple[int, ...], dst: tuple[int, ...]) -> dict[int, int]:
+    """Input axis -> output axis of a reshape, for each axis of size > 1 it keeps
+    whole (only size-1 axes added or removed around it)."""
+    a = [i for i, s in enumerate(src) if s != 1]
+    b = [j for j, s in enumerate(dst) if s != 1]
+    if 0 in src or 0 in dst:
+        return {}
+    whole, i, j = {}, 0, 0
+    while i < len(a) and j < len(b):
+        group_a, group_b = [a[i]], [b[j]]
+        size_a, size_b = src[a[i]], dst[b[j]]
+        i, j = i + 1, j + 1
+        while size_a != size_b and i <= len(a) and j <= len(b):
+            if size_a < size_b and i < len(a):
+                group_a.append(a[i])
+                size_a, i = size_a * src[a[i]], i + 1
+            elif size_b < size_a and j < len(b):
+                group_b.append(b[j])
+                size_b, j = size_b * dst[b[j]], j + 1
+            else:
+                return whole  # pragma: no cover - sizes that do not match
+        if len(group_a) == 1 and len(group_b) == 1:
+            whole[group_a[0]] = group_b[0]
+    return whole
 
 
 ELEMENTWISE = frozenset({

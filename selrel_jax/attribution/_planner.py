@@ -38,7 +38,16 @@ from typing import Any
 import flax.linen as nn
 import jax
 
-from selrel_jax.attribution._graph import ELEMENTWISE, Analysis, Atom, Graph, Node
+from selrel_jax.attribution._graph import (
+    ELEMENTWISE,
+    RELABEL,
+    Analysis,
+    Atom,
+    Graph,
+    Node,
+    follow_axes,
+    varying_axes,
+)
 from selrel_jax.attribution.canonizers import AffineStep, affine_step, linear_axes
 from selrel_jax.attribution.composites import Composite
 from selrel_jax.attribution.rules import Gradient, Rule
@@ -60,6 +69,33 @@ _SHAPE_OPS = frozenset({
 })  # fmt: skip
 
 
+_PRODUCTS = frozenset({"mul", "div", "dot_general", "conv_general_dilated"})
+_PRODUCT_REASON = (
+    "it is a product of two activations (attention's q.k and attn.v, a gate, or a "
+    "normalisation by the activation's own statistics such as LayerNorm or GroupNorm), "
+    "which none of the engine's rules covers; explain the model with a gradient method "
+    "(method='gradient', 'integrated_gradients', ...) or leave that block out"
+)
+# Primitives the engine refuses whatever their operands, with the reason.
+_REASONS = (
+    (frozenset({"scan", "while"}),
+     "it is a loop (lax.scan, lax.fori_loop, lax.while_loop, nn.scan), whose body the "
+     "engine does not look into; write the repeated layers out with a Python for loop"),
+    (frozenset({"cond", "switch"}),
+     "it is control flow (lax.cond / lax.switch) whose branch depends on the clips; "
+     "compute both branches and pick one with jnp.where, or decide outside the model"),
+    (frozenset({"sort", "top_k", "approx_top_k", "argsort"}),
+     "it is a data-dependent selection (sort / top_k): which values it keeps depends on "
+     "the clips, and no relevance rule covers that; select with a fixed index instead"),
+    (frozenset({"psum", "pmean", "pmax", "pmin", "psum2", "all_gather", "all_to_all",
+                "ppermute", "reduce_scatter", "psum_scatter"}),
+     "it reduces over the batch (a collective over a named axis: a BatchNorm in training "
+     "mode?), which mixes clips; run the model in inference mode (linen "
+     "use_running_average=True, hk.BatchNorm is_training=False, eqx BatchNorm "
+     "inference=True)"),
+)  # fmt: skip
+
+
 @dataclasses.dataclass
 class Layer:
     """Operations run as one layer under one rule: ``nodes`` (node indices, in
@@ -73,12 +109,16 @@ class Layer:
     classes: tuple[type, ...]
     rule: Rule | None = None
     nonneg: bool = False
-    # linear layers: the kernel operand, its position, the merged affine steps
+    # linear layers: the kernel operand, its position, the merged affine steps,
+    # the shape-only operations after the conv/dense op (run after the merged
+    # bias) and where its output channels (out_axes) are after them
     kernel: Atom | None = None
     kernel_position: int = 1
     steps: list[AffineStep] = dataclasses.field(default_factory=list)
     out_axes: tuple[int, ...] = ()
     kernel_axes: tuple[int, ...] = ()
+    relabels: list[int] = dataclasses.field(default_factory=list)
+    channels: tuple[int | None, ...] = ()
     # custom layers: parameter operands by the name the rule sees
     params: dict[str, Atom] = dataclasses.field(default_factory=dict)
 
@@ -97,6 +137,8 @@ class Region:
     nodes: list[int] = dataclasses.field(default_factory=list)
     params: list[Atom] = dataclasses.field(default_factory=list)
     param_nodes: list[int] = dataclasses.field(default_factory=list)  # nodes reading params
+    # nodes adding a closed-over per-unit array (an unmerged bias of a closure model)
+    bias_nodes: list[int] = dataclasses.field(default_factory=list)
     exits: dict[int, list[int]] = dataclasses.field(default_factory=dict)
 
 
@@ -174,13 +216,22 @@ class _Planner:
             return self.start_pool(node, active)
         if name in _SHAPE_OPS or (name == "select_n" and node.inputs[0] not in self.info.active):
             return None
+        raise self.unsupported(node, self.reason(node, active))
+
+    def reason(self, node: Node, active: list[int]) -> str:
+        """Why ``node`` has no rule, and what the user can do about it."""
+        name = node.name
+        for names, why in _REASONS:
+            if name in names:
+                return why
+        shapes = {self.graph.shape(a) for a in active} | {self.graph.shape(node.outputs[0])}
+        if name in _PRODUCTS and (len(set(active)) > 1 or len(shapes) > 1):
+            return _PRODUCT_REASON
         if len(set(active)) > 1:
-            why = "it combines two activations"
-        elif self.graph.shape(active[0]) != self.graph.shape(node.outputs[0]):
-            why = "it broadcasts an activation"
-        else:
-            why = "no rule covers it"
-        raise self.unsupported(node, why)
+            return "it combines two activations in a way no rule covers"
+        if len(shapes) > 1:
+            return "it broadcasts an activation (copies its values along a new axis)"
+        return "no rule covers this primitive"
 
     def add_layer(self, layer: Layer) -> None:
         self.layers.append(layer)
@@ -189,19 +240,21 @@ class _Planner:
             self.member[index] = layer
 
     def start_linear(self, node: Node, active: list[int]) -> None:
-        if len(active) != 1 or len(node.inputs) != 2:
-            raise self.unsupported(node, "both operands depend on the clips")
         position = node.inputs.index(active[0])
-        kernel = node.inputs[1 - position]
-        if isinstance(kernel, int) and kernel in self.info.active:
-            raise self.unsupported(node, "both operands depend on the clips")
+        kernel = node.inputs[1 - position] if len(node.inputs) == 2 else None
+        if (
+            len(active) != 1
+            or kernel is None
+            or (isinstance(kernel, int) and kernel in self.info.active)
+        ):
+            raise self.unsupported(node, _PRODUCT_REASON)
         out_axes, kernel_axes = linear_axes(self.graph, node, 1 - position)
         named = self.param_path(kernel)
         kind = _LINEAR[node.name]
         layer = Layer(kind, [node.index], active, node.outputs[0], named and named[0],
                       self.classes(kind, named and named[0], node), kernel=kernel,
                       kernel_position=1 - position, out_axes=out_axes,
-                      kernel_axes=kernel_axes)  # fmt: skip
+                      kernel_axes=kernel_axes, channels=out_axes)  # fmt: skip
         self.add_layer(layer)
 
     def classes(self, kind: type | None, path: Path | None, node: Node) -> tuple[type, ...]:
@@ -213,21 +266,36 @@ class _Planner:
 
     def absorb(self, node: Node, active: int) -> bool:
         """Merge an affine step (linear layers) or a constant scaling (sums and
-        pooling) into the layer whose output ``active`` is, if it is its only reader."""
+        pooling) into the layer whose output ``active`` is, if it is its only
+        reader; a linear layer also takes the shape-only operations that keep
+        its channels whole (a reshape, a transpose, vmap's broadcasts), so its
+        bias and BatchNorm are merged however far behind them they come."""
         layer = self.open.get(active)
         if layer is None or layer.output != active or not self.only_reader(active, node):
             return False
+        if layer.linear and node.name in RELABEL:
+            channels = follow_axes(self.graph, node, layer.channels)
+            if channels is None:
+                return False
+            layer.relabels.append(node.index)
+            layer.channels = channels
+            return self.extend(layer, node)
         position = node.inputs.index(active)
         others = [a for i, a in enumerate(node.inputs) if i != position]
         if any(isinstance(a, int) and a in self.info.active for a in others):
             return False
-        axes = frozenset(layer.out_axes if layer.linear else range(len(self.graph.shape(active))))
+        channels = frozenset(a for a in layer.channels if a is not None)
+        axes = channels if layer.linear else frozenset(range(len(self.graph.shape(active))))
         step = affine_step(self.graph, node, active, axes, self.memo)
         if step is None or (not layer.linear and not self.scaling(step)):
             return False
         if layer.linear:
-            layer.steps.append(step)
-        del self.open[active]
+            frame = (self.graph.shape(active), layer.channels)
+            layer.steps.append(dataclasses.replace(step, frame=frame))
+        return self.extend(layer, node)
+
+    def extend(self, layer: Layer, node: Node) -> bool:
+        del self.open[layer.output]
         layer.nodes.append(node.index)
         layer.output = node.outputs[0]
         self.open[layer.output] = layer
@@ -258,9 +326,20 @@ class _Planner:
                   and a not in self.info.active and self.param_path(a)]  # fmt: skip
         region.params += params
         region.param_nodes += [node.index] if params else []
+        if not params and root != self.graph.clips and self.adds_array(node):
+            region.bias_nodes.append(node.index)
         self.root_of[node.outputs[0]] = root
         self.member[node.index] = region
         return True
+
+    def adds_array(self, node: Node) -> bool:
+        """Whether ``node`` adds a clip-independent array that varies (a bias): the
+        Pass rule would hand relevance through it as if it were an activation."""
+        if node.name not in _SUMS:
+            return False
+        return any(isinstance(a, int) and a not in self.info.active
+                   and varying_axes(self.graph, a, self.memo)
+                   for a in node.inputs)  # fmt: skip
 
     def start_sum(self, node: Node) -> None:
         """A sum of activations; sums it reads alone are fused into one n-ary sum."""
@@ -284,8 +363,9 @@ class _Planner:
 
     def start_pool(self, node: Node, active: list[int]) -> None:
         if _reads_batch_axis(node):
-            raise self.unsupported(node, "it reduces over axis 0, the batch, which mixes "
-                                         "clips (a BatchNorm in train mode?)")  # fmt: skip
+            raise self.unsupported(node, "it reduces over axis 0, the batch, which mixes clips "
+                                         "(a BatchNorm in training mode?); run the model in "
+                                         "inference mode")  # fmt: skip
         kind = _POOLS.get(node.name, MaxPool)
         layer = Layer(kind, [node.index], active, node.outputs[0], self.module_path(node),
                       self.classes(kind, None, node))  # fmt: skip
@@ -343,22 +423,29 @@ def _custom_layer(planner: _Planner, region: Region) -> Layer:
                  params=names)  # fmt: skip
 
 
-def _custom_message(planner: _Planner, region: Region, path: Path) -> str:
+def _custom_message(planner: _Planner, region: Region, path: Path | None) -> str:
     graph, info = planner.graph, planner.info
-    node = graph.nodes[region.param_nodes[0]]
-    text = (f"no relevance rule for '{path_str(path)}': {planner.where(node)} applies "
-            f"parameters to an activation")  # fmt: skip
+    if path is None:  # a closure model's bias: its parameters have no path
+        node = graph.nodes[region.bias_nodes[0]]
+        text = (f"no relevance rule for {planner.where(node)}: it adds a closed-over array "
+                f"(a bias?) to an activation")  # fmt: skip
+    else:
+        node = graph.nodes[region.param_nodes[0]]
+        text = (f"no relevance rule for '{path_str(path)}': {planner.where(node)} applies "
+                f"parameters to an activation")  # fmt: skip
+    advice = ("give it a rule by path or module type in the composite" if path is not None
+              else "pass the parameters in the params form explain(apply_fn, params, clips) "
+                   "and give it a rule by path in the composite")  # fmt: skip
     source = next((la for la in planner.layers if la.output == region.root), None)
-    if source is None or not source.linear:
-        return (f"{text} and does not directly follow a conv/dense layer, so it cannot be "
-                f"merged into one (canonizer; a BatchNorm must directly follow its conv/dense "
-                f"layer); give it a rule by path or module type in the composite")  # fmt: skip
+    if source is None or not source.linear or region.root not in node.inputs:
+        return (f"{text} that is not the output of a conv/dense layer (nor that output "
+                f"reshaped or transposed with its channels kept whole), so it cannot be merged "
+                f"into one (canonizer); {advice}")  # fmt: skip
     name = f"'{path_str(source.path)}'" if source.path is not None else "a conv/dense layer"
     readers = [r for r in info.consumers.get(region.root, []) if r != node.index]
     if not readers:
         return (f"{text}. It follows {name} but varies along more than its output channels, "
-                f"so it cannot be merged into it (canonizer); give it a rule by path or "
-                f"module type in the composite")  # fmt: skip
+                f"so it cannot be merged into it (canonizer); {advice}")  # fmt: skip
     others = ", ".join(sorted({_reader(planner, r) for r in readers}))
     return (f"{text}. It reads the output of {name}, which is also read by {others}: "
             f"merging it into {name} (canonizer) would change what they see. Apply it "
@@ -403,6 +490,8 @@ def make_plan(graph: Graph, info: Analysis, traced: Any, composite: Composite) -
     planner.run()
     for region in planner.regions.values():
         _exits(planner, region)
+        if not region.params and region.bias_nodes:
+            raise UnsupportedLayerError(_custom_message(planner, region, None))
         if region.params:
             planner.layers.append(_custom_layer(planner, region))
             for index in region.nodes:

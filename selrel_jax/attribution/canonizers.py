@@ -41,10 +41,15 @@ AFFINE_PRIMITIVES = frozenset({"add", "add_any", "sub", "mul", "div", "neg"})
 @dataclasses.dataclass(frozen=True)
 class AffineStep:
     """One step ``z -> op(z, operand)`` of an affine chain: ``op`` is one of add,
-    sub, rsub (``operand - z``), mul, div, neg (no operand)."""
+    sub, rsub (``operand - z``), mul, div, neg (no operand). ``frame`` is
+    ``(shape, feature axes)`` of ``z`` where shape-only operations (a reshape,
+    a transpose, vmap's broadcasts) stand between the layer and this step:
+    the feature axes in the layer's order, None for a size-1 axis no longer
+    there; None: the layer's own output frame."""
 
     op: str
     operand: Atom | None
+    frame: tuple[tuple[int, ...], tuple[int | None, ...]] | None = None
 
 
 def affine_step(
@@ -74,17 +79,23 @@ def affine_step(
     return AffineStep(op, operand) if op else None
 
 
-def per_feature(value: Any, out_shape: tuple[int, ...], feature_axes: tuple[int, ...]) -> Any:
+def per_feature(
+    value: Any, out_shape: tuple[int, ...], feature_axes: tuple[int | None, ...]
+) -> Any:
     """A value that varies along ``feature_axes`` only, as an array of the shape
-    of those axes (e.g. ``(C,)`` from ``(1, 1, 1, 1, C)``)."""
+    of those axes in their given order (e.g. ``(C,)`` from ``(1, 1, 1, 1, C)``;
+    None in ``feature_axes``: a size-1 feature axis the value does not have)."""
     value = jnp.asarray(value)
-    target = tuple(out_shape[a] for a in feature_axes)
+    target = tuple(1 if a is None else out_shape[a] for a in feature_axes)
     if value.ndim == 0:
         return jnp.broadcast_to(value, target)
-    index = tuple(slice(None) if a in feature_axes else slice(0, 1) for a in range(value.ndim))
+    known = [a for a in feature_axes if a is not None]
+    index = tuple(slice(None) if a in known else slice(0, 1) for a in range(value.ndim))
     value = value[index]
-    full = tuple(out_shape[a] if a in feature_axes else 1 for a in range(value.ndim))
-    return jnp.broadcast_to(value, full).reshape(target)
+    full = tuple(out_shape[a] if a in known else 1 for a in range(value.ndim))
+    ordered = sorted(known)
+    value = jnp.broadcast_to(value, full).reshape(tuple(out_shape[a] for a in ordered))
+    return value.transpose([ordered.index(a) for a in known]).reshape(target)
 
 
 def fold(
@@ -94,7 +105,9 @@ def fold(
     feature_axes: tuple[int, ...],
 ) -> tuple[Any, Any]:
     """``(scale, shift)`` per feature with ``chain(z) = scale * z + shift``; None
-    for a scale of 1 or a shift of 0 (so a plain bias add changes no weight)."""
+    for a scale of 1 or a shift of 0 (so a plain bias add changes no weight).
+    ``out_shape`` and ``feature_axes`` are the layer's output frame, which a
+    step's own ``frame`` replaces."""
     scale = shift = None
     for step in steps:
         if step.op == "neg":
@@ -103,7 +116,7 @@ def fold(
             continue
         operand = step.operand
         p = operand.val if not isinstance(operand, int) else operands[operand]
-        p = per_feature(p, out_shape, feature_axes)
+        p = per_feature(p, *(step.frame or (out_shape, feature_axes)))
         if step.op == "add":
             shift = p if shift is None else shift + p
         elif step.op == "sub":

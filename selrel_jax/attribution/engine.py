@@ -43,7 +43,7 @@ from jax.extend import core as jax_core
 
 from selrel_jax._conv import conv_config, fast_conv
 from selrel_jax._pool import reduce_window_max
-from selrel_jax.attribution._frontends import as_pure, is_linen, trace
+from selrel_jax.attribution._frontends import as_pure, check_params, is_linen, trace
 from selrel_jax.attribution._graph import Graph, analyse, bind, flatten
 from selrel_jax.attribution._inputs import (
     check_clips,
@@ -210,7 +210,13 @@ def _run_layer(graph: Graph, layer: Layer, env: dict) -> jax.Array:
         operands = {v: env[v] for v in _operands(graph, layer.nodes, known)}
         fn, unit_axes = _subgraph_fn(graph, layer), ((), ())
     arrays = layer.rule.arrays()
-    return _rule_layer(layer.rule, fn, layer.nonneg, unit_axes)(xs, params, operands, arrays)
+    y = _rule_layer(layer.rule, fn, layer.nonneg, unit_axes)(xs, params, operands, arrays)
+    # Shape-only operations between the conv/dense op and its merged bias: the
+    # rule runs in the op's own frame, their exact gradient carries relevance to it.
+    for index in layer.relabels:
+        node = graph.nodes[index]
+        (y,) = bind(node, y, *(_read(env, a) for a in node.inputs[1:]))
+    return y
 
 
 def _run_exits(graph: Graph, region: Region, node_index: int, env: dict) -> None:
@@ -271,6 +277,7 @@ def _front(model: Any, composite: Any) -> tuple[Any, Any]:
 def _params(model: Any, variables: Any, default: Any) -> Any:
     if variables is None and is_linen(model):
         raise OptionError("LRP of a Flax linen model needs its variables; got None")
+    check_params(variables)
     return default if variables is None else variables
 
 
@@ -284,8 +291,8 @@ def lrp(
     has now, or an ``nnx.State`` of it) or a plain ``apply_fn(params, clips)``
     (``variables``: its parameter pytree; None for ``apply_fn(clips)``).
 
-    Returns ``relevance(variables, clips, target=None) -> array`` (float32, the
-    shape of ``clips``): the one-hot target (predicted class when None) is
+    Returns ``relevance(variables, clips, target=None) -> array`` (the shape and
+    floating dtype of ``clips``): the one-hot target (predicted class when None) is
     propagated back to the input.
 
     Called with concrete arrays it checks them (rank, dtype, NaN/Inf, target
@@ -311,7 +318,7 @@ def lrp(
         classes = check_logits(plan.outputs, clips.shape)
         target = check_target(target, clips.shape[0], classes)
         logits, pull = _relevance_pass(plan, params, clips)
-        result = pull(one_hot_seed(logits, target)).astype(jnp.float32)
+        result = pull(one_hot_seed(logits, target)).astype(clips.dtype)
         problems = {**input_problems(clips, target, classes),
                     **_rule_problems(composite, clips)}  # fmt: skip
         return finish(result, problems, checked)

@@ -279,7 +279,7 @@ class TimeAxis(nn.Module):
 @pytest.mark.parametrize(
     ("model", "shape", "message"),
     [
-        (LoneBatchNorm(), (2, 3), "'bn': sub .* does not directly follow a conv/dense layer"),
+        (LoneBatchNorm(), (2, 3), "'bn': sub .* is not the output of a conv/dense layer"),
         (TrainMode(), (2, 3), r"changes its variables .* needs it in inference mode"),
         (TimeAxis(), (2, 3, 3, 2), "'bn'.* follows 'conv' but varies along more than its output "
                                    "channels"),
@@ -290,3 +290,65 @@ def test_batchnorm_errors(normal_clips, model, shape, message):
     v = model.init(jax.random.key(0), x)
     with pytest.raises(SelrelError, match=message):
         lrp(model, composites.epsilon_plus())(v, x, jnp.array([0, 1]))
+
+
+# ------------------------------------------- shape operations before the bias
+
+
+def _per_clip(params, clip):
+    """ConvBN for one clip (H, W, C), channels first inside as Equinox writes it:
+    conv -> squeeze -> bias (C, 1, 1) -> BatchNorm by hand -> relu -> dense."""
+    h = jax.lax.conv_general_dilated(clip.transpose(2, 0, 1)[None], params["w"], (1, 1), "SAME",
+                                     dimension_numbers=("NCHW", "OIHW", "NCHW"))  # fmt: skip
+    h = jnp.squeeze(h, 0) + params["b"].reshape(-1, 1, 1)
+    stats = params["stats"]
+    h = (h - stats["mean"][:, None, None]) * jax.lax.rsqrt(stats["var"][:, None, None] + 1e-3)
+    h = h * params["scale"][:, None, None] + params["shift"][:, None, None]
+    flat = jax.nn.relu(h).transpose(1, 2, 0).reshape(-1)
+    return params["fc_w"].T @ flat + params["fc_b"]  # dot_general -> transpose -> add
+
+
+def _per_clip_params(v):
+    p, s = v["params"], v["batch_stats"]["bn"]
+    return {"w": p["conv"]["kernel"].transpose(3, 2, 0, 1), "b": p["conv"]["bias"],
+            "stats": s, "scale": p["bn"]["scale"], "shift": p["bn"]["bias"],
+            "fc_w": p["fc"]["kernel"], "fc_b": p["fc"]["bias"]}  # fmt: skip
+
+
+@pytest.mark.parametrize("form", ["params", "closure"])
+@pytest.mark.parametrize("composite", ["epsilon", "epsilon_plus", "epsilon_gamma_box"])
+def test_bias_and_batchnorm_behind_shape_operations_are_merged(conv_bn, form, composite):
+    """Per-clip code under vmap (squeeze, transposes, vmap's reshapes and
+    broadcasts between each conv/dense op and its bias and BatchNorm) gets the
+    relevance of the batched linen model. The bias used to pass through like an
+    activation (every map summing to 1 per clip)."""
+    x, v, merged = conv_bn
+    x = jnp.concatenate([x, -x])
+    params = _per_clip_params(v)
+
+    def batched(p, clips):
+        return jax.vmap(lambda clip: _per_clip(p, clip))(clips)
+
+    np.testing.assert_allclose(np.asarray(batched(params, x)), np.asarray(ConvBN().apply(v, x)),
+                               rtol=1e-5, atol=1e-6)  # fmt: skip
+    options = {"low": -3.0, "high": 3.0} if composite == "epsilon_gamma_box" else {}
+    comp = getattr(composites, composite)(**options)
+    want = lrp(Merged(), comp)(merged, x, jnp.array([1, 0]))
+    if form == "params":
+        got = lrp(batched, comp)(params, x, jnp.array([1, 0]))
+    else:
+        got = lrp(lambda clips: batched(params, clips), comp)(None, x, jnp.array([1, 0]))
+    _assert_close(got, want)
+
+
+def test_a_closure_bias_that_cannot_be_merged_is_refused(normal_clips):
+    """A closed-over bias added where it cannot be merged is an error, not a Pass."""
+    x = normal_clips((2, 3), 3)
+    w, b = jnp.ones((3, 3)), jnp.arange(3.0)
+
+    def model(clips):
+        h = clips @ w
+        return (h + b) + h
+
+    with pytest.raises(UnsupportedLayerError, match=r"adds a closed-over array \(a bias\?\)"):
+        lrp(model, composites.epsilon())(None, x, jnp.array([0, 1]))

@@ -273,7 +273,7 @@ class LoneBatchNorm(nn.Module):
     [
         (WithLayerNorm(), r"no rule for mul at .*test_engine.py:\d+:\d+ .* in module 'norm'"),
         (WithCustom(), r"no relevance rule for 'inner': mul at .*test_engine.py:\d+"),
-        (LoneBatchNorm(), r"'bn': sub .* does not directly follow a conv/dense layer"),
+        (LoneBatchNorm(), r"'bn': sub .* is not the output of a conv/dense layer"),
     ],
 )
 def test_unsupported_layers_name_their_path_and_source_line(normal_clips, model, message):
@@ -311,18 +311,68 @@ def _attention(params, x):
     return (q @ q.T) @ params["g"].T
 
 
+def _layer_norm(params, x):
+    h = x @ params["w"]
+    centred = h - jnp.mean(h, axis=-1, keepdims=True)
+    return centred * jax.lax.rsqrt(jnp.mean(centred**2, axis=-1, keepdims=True) + 1e-5)
+
+
+def _scan(params, x):
+    h, _ = jax.lax.scan(lambda h, _: (jax.nn.relu(h) * 0.5, None), x @ params["w"], length=2)
+    return h
+
+
+def _fori(params, x):
+    return jax.lax.fori_loop(0, 2, lambda i, h: jax.nn.relu(h), x @ params["w"])
+
+
+def _cond(params, x):
+    h = x @ params["w"]
+    return jax.lax.cond(jnp.sum(x) > 0, lambda v: v, lambda v: -v, h)
+
+
+def _top_k(params, x):
+    return jax.lax.top_k(x @ params["g"], 2)[0]
+
+
+def _sort(params, x):
+    return jnp.sort(x @ params["w"], axis=-1)
+
+
+def _batch_statistics(params, x):
+    """A BatchNorm in training mode written with a named batch axis (Equinox's way)."""
+
+    def one(h):
+        return h - jax.lax.pmean(h, "batch")
+
+    return jax.vmap(one, axis_name="batch")(x @ params["w"])
+
+
+def _at(name, function):
+    return rf"LRP has no rule for {name} at .*test_engine.py:\d+:\d+ \({function}\): "
+
+
+_PRODUCT = "it is a product of two activations"
+
+
 @pytest.mark.parametrize(
     ("apply_fn", "message"),
     [
-        (_gate, r"LRP has no rule for mul at .*test_engine.py:\d+:\d+ \(_gate\): it combines "
-                r"two activations"),
-        (_cumulative, r"LRP has no rule for cumsum at .*test_engine.py:\d+:\d+ \(_cumulative\): "
-                      r"no rule covers it"),
-        (_attention, r"LRP has no rule for dot_general at .*test_engine.py:\d+:\d+ "
-                     r"\(_attention\): both operands depend on the clips"),
+        (_gate, _at("mul", "_gate") + _PRODUCT),
+        (_attention, _at("dot_general", "_attention") + _PRODUCT),
+        (_layer_norm, _at("mul", "_layer_norm") + _PRODUCT + r".* LayerNorm"),
+        (_cumulative, _at("cumsum", "_cumulative") + "no rule covers this primitive"),
+        (_scan, _at("scan", "_scan") + r"it is a loop .* Python for loop"),
+        (_fori, _at("scan", "_fori") + r"it is a loop \(lax.scan, lax.fori_loop"),
+        (_cond, _at("cond", "_cond") + r"it is control flow \(lax.cond / lax.switch\)"),
+        (_top_k, _at("top_k", "_top_k") + r"it is a data-dependent selection \(sort / top_k\)"),
+        (_sort, _at("sort", "_sort") + r"it is a data-dependent selection"),
+        (_batch_statistics, r"LRP has no rule for psum at .*: it reduces over the batch .* "
+                            r"run the model in inference mode"),
     ],
 )  # fmt: skip
 def test_unassignable_primitives_raise_naming_primitive_and_source_line(apply_fn, message):
+    """Each refusal names the primitive, the user's source line and the true reason."""
     params = {"w": jnp.ones((3, 2)), "g": jnp.ones((3, 2))}
     with pytest.raises(UnsupportedLayerError, match=message):
         lrp(apply_fn, composites.epsilon())(params, jnp.ones((2, 3)), jnp.array([0, 1]))
