@@ -147,12 +147,26 @@ def _key_name(key: Any) -> str:
     return str(key)  # pragma: no cover - a key type JAX may add
 
 
+def _labelled(node: Any) -> bool:
+    """A Penzai parameter value: its ``label`` (``"fc/Linear.weights"``) names it."""
+    return isinstance(getattr(node, "label", None), str) and hasattr(node, "value")
+
+
 def _leaf_paths(params: Any) -> tuple[tuple[Path, ...], tuple[str, ...]]:
     """Each leaf's ``(layer path, leaf name)``: the collection level of a linen
-    variables dict and an NNX variable's ``.value`` are dropped."""
+    variables dict and an NNX variable's ``.value`` are dropped; a Penzai
+    parameter is named by its label (``"fc/Linear.weights"`` or ``"fc.weights"``
+    -> layer ``fc``)."""
     collections = isinstance(params, Mapping) and "params" in params
     paths, names = [], []
-    for keypath, _ in jax.tree_util.tree_flatten_with_path(params)[0]:
+    found = jax.tree_util.tree_flatten_with_path(params, is_leaf=_labelled)[0]
+    for keypath, node in found:
+        if _labelled(node):
+            parts = node.label.split("/") if "/" in node.label else node.label.rsplit(".", 1)
+            for _ in jax.tree.leaves(node):
+                paths.append(tuple(parts[:-1]))
+                names.append(parts[-1])
+            continue
         parts = [_key_name(k) for k in keypath]
         if keypath and isinstance(keypath[-1], jax.tree_util.GetAttrKey) and parts[-1] == "value":
             parts = parts[:-1]

@@ -124,3 +124,21 @@ def test_leaf_paths_name_the_layer_of_each_parameter():
     assert found == {(("conv",), "bias"), (("conv",), "kernel"), (("fc",), "bias"),
                      (("fc",), "kernel")}  # fmt: skip
     assert _leaf_paths({"layers": [{"w": 0}], "b": 1}) == (((), ("layers", "0")), ("b", "w"))
+
+
+def test_penzai_parameters_are_named_by_their_labels():
+    """Penzai's unbound parameters (a tuple of ParameterValues) are named by label,
+    so path patterns reach them; they used to all be '<root>'."""
+    import penzai.nn as pnn
+    from penzai import pz
+
+    layer = pnn.linear_and_affine.Affine.from_config(
+        name="fc", init_base_rng=jax.random.key(0), input_axes={"c": 3}, output_axes={"o": 2}
+    )
+    _, params = pz.unbind_params(layer, freeze=True)
+    assert set(zip(*_leaf_paths(params), strict=True)) == {
+        (("fc",), "Linear.weights"), (("fc",), "AddBias.bias")
+    }  # fmt: skip
+    assert _leaf_paths([pz.ParameterValue(label="conv1.kernel", value=jnp.ones(2))]) == (
+        (("conv1",),), ("kernel",)
+    )  # fmt: skip
