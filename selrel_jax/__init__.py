@@ -10,6 +10,10 @@ Example::
     sr.metrics.gini(sel)                                 # more scores
     sr.viz.panels(frames, {"relevance": relevance, "selective": sel})  # pictures
 
+    mine = sr.Composite(layer_map=((flax.linen.Conv, sr.ZPlus()),), first=sr.Flat())
+    relevance = sr.explain(model, variables, clips, method=mine)  # your own LRP rules
+    fn = jax.jit(sr.lrp(model, mine))                              # or the transform
+
 ``selrel_jax.viz`` (matplotlib) is imported on first use of ``sr.viz``.
 """
 
@@ -26,7 +30,9 @@ from selrel_jax.attribution import (
     ZBox,
     ZPlus,
     explain,
+    lrp,
     make_explainer,
+    register_composite,
 )
 from selrel_jax.errors import (
     CheckpointError,
@@ -67,9 +73,11 @@ __all__ = [
     "ZBox",
     "ZPlus",
     "explain",
+    "lrp",
     "make_explainer",
     "metrics",
     "motion_mask",
+    "register_composite",
     "selective_relevance",
     "spatial_bias",
     "static_relevance",

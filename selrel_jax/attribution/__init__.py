@@ -50,7 +50,6 @@ from selrel_jax.attribution.rules import (
 )
 from selrel_jax.attribution.types import (
     LayerCall,
-    UnseenNonlinearityWarning,
     UnsupportedLayerError,
 )
 
@@ -66,7 +65,6 @@ __all__ = [
     "Norm",
     "Pass",
     "Rule",
-    "UnseenNonlinearityWarning",
     "UnsupportedLayerError",
     "WSquare",
     "ZBox",

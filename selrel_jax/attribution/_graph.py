@@ -40,8 +40,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax._src import source_info_util
 from jax.extend import core as jax_core
+from jax.extend import source_info_util
 
 __all__ = [
     "MODULE_SCOPE",
@@ -54,7 +54,6 @@ __all__ = [
     "flatten",
     "follow_axes",
     "is_float",
-    "literal_value",
     "varying_axes",
 ]
 
@@ -128,28 +127,37 @@ def is_float(dtype: Any) -> bool:
     return jnp.issubdtype(dtype, jnp.inexact)
 
 
-def literal_value(atom: Atom) -> Any:
-    return atom.val
-
-
-# Frames a source line should not point at: Flax's and this package's own.
-_LIBRARY_DIRS = (
-    os.path.dirname(os.path.dirname(os.path.abspath(nn.__file__))) + os.sep,
-    os.path.dirname(os.path.abspath(__file__)) + os.sep,
+# Frames a source line should not point at: JAX's, Flax's and this package's own.
+_LIBRARY_DIRS = tuple(
+    os.path.dirname(os.path.abspath(path)) + os.sep
+    for path in (jax.__file__, os.path.dirname(nn.__file__), __file__)
 )
 
 
 def _summary(source_info: Any) -> str:
-    """``file:line:col (function)`` of the first frame outside JAX, Flax and
+    """``file:line:col (function)`` of the innermost frame outside JAX, Flax and
     this package (the user's model code), else JAX's own summary."""
     try:
-        for frame in source_info_util.user_frames(source_info.traceback):
-            if not frame.file_name.startswith(_LIBRARY_DIRS):
-                return (f"{frame.file_name}:{frame.start_line}:{frame.start_column} "
-                        f"({frame.function_name})")  # fmt: skip
+        codes, offsets = source_info.traceback.raw_frames()
+        for code, offset in zip(codes, offsets, strict=True):
+            if not code.co_filename.startswith(_LIBRARY_DIRS):
+                line, _, column, _ = _position(code, offset)
+                name = getattr(code, "co_qualname", code.co_name)  # Python 3.10: no qualname
+                return f"{code.co_filename}:{line}:{column} ({name})"
         return source_info_util.summarize(source_info).strip()
     except Exception:  # pragma: no cover - source info is best effort
         return ""
+
+
+def _position(code: Any, offset: int) -> tuple:
+    """``(line, end line, column, end column)`` of the bytecode at ``offset``."""
+    if not hasattr(code, "co_positions"):  # Python 3.10: the line only
+        line = next((ln for start, end, ln in code.co_lines() if start <= offset < end), None)
+        return (line or code.co_firstlineno, None, 0, None)
+    for index, position in enumerate(code.co_positions()):
+        if index == offset // 2:
+            return position
+    return (code.co_firstlineno, None, 0, None)  # pragma: no cover
 
 
 def _scope(eqn: Any) -> int | None:

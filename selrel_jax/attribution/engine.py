@@ -38,7 +38,6 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 from jax.extend import core as jax_core
 
 from selrel_jax._conv import conv_config, fast_conv
@@ -66,7 +65,7 @@ from selrel_jax.attribution.types import (
 )
 from selrel_jax.errors import OptionError
 
-__all__ = ["UnsupportedLayerError", "lrp", "one_hot_seed", "path_str", "relevance_vjp"]
+__all__ = ["UnsupportedLayerError", "lrp", "one_hot_seed", "path_str"]
 
 
 def _plan(model: Any, composite: Composite, params: Any, clips: jax.Array, apply_kwargs) -> Plan:
@@ -338,16 +337,3 @@ def _rule_problems(composite: Composite, clips: jax.Array) -> dict[str, jax.Arra
                 what = f"{type(rule).__name__} {'/'.join(arrays)} invalid (NaN, or out of order)"
                 problems[what] = per_clip(bad, len(clips), clips.ndim)
     return problems
-
-
-def relevance_vjp(
-    model: Any, composite: Composite, variables: Any, clips: Any, **apply_kwargs: Any
-) -> tuple[Any, Callable[[jax.Array], jax.Array]]:
-    """``(outputs, pull)``: the model's outputs under the composite (BatchNorm
-    merged) and ``pull(output_relevance) -> input relevance`` for any output
-    relevance, not only a one-hot one."""
-    model, default = _front(model, composite)
-    params = _params(model, variables, default)
-    clips = jnp.asarray(clips)
-    plan = _plan(model, composite, params, clips, apply_kwargs)
-    return _relevance_pass(plan, params, clips)

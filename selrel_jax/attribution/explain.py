@@ -20,12 +20,13 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import numpy as np
 
 from selrel_jax._checks import one_of
 
 # composites and gradients register their methods when imported.
 from selrel_jax.attribution import composites, gradients, registry  # noqa: F401
-from selrel_jax.attribution._frontends import as_pure, is_linen
+from selrel_jax.attribution._frontends import as_pure, check_params, is_linen
 from selrel_jax.attribution._inputs import (
     CHECKIFY,
     check_clips,
@@ -34,6 +35,7 @@ from selrel_jax.attribution._inputs import (
     check_target,
 )
 from selrel_jax.attribution._model_checks import inspect_forward
+from selrel_jax.attribution.composites import Composite
 from selrel_jax.attribution.engine import lrp
 from selrel_jax.errors import OptionError
 
@@ -56,7 +58,20 @@ _ARRAY_OPTIONS = ("low", "high", "baseline")
 PRECISIONS: tuple[str, ...] = ("auto", "default", "high", "highest")
 
 
-def default_precision(method: str) -> str | None:
+def _resolve(method: Any, options: dict[str, Any]) -> tuple[registry.Method, dict[str, Any]]:
+    """The registered method named ``method``, or a :class:`Composite` as an LRP method."""
+    if not isinstance(method, Composite):
+        return registry.resolve(method, options)
+    if options:
+        raise OptionError(
+            f"option(s) {sorted(options)} are for named methods; a Composite carries its "
+            f"rules' settings (build it with them, e.g. composites.epsilon_gamma_box(low=..., "
+            f"high=...))"
+        )
+    return registry.Method("composite", "lrp", lambda: method, {}), {}
+
+
+def default_precision(method: Any) -> str | None:
     """The precision ``precision="auto"`` stands for: ``"highest"`` for LRP, JAX's
     own default (None: ``jax_default_matmul_precision``) for the gradient family.
 
@@ -68,10 +83,11 @@ def default_precision(method: str) -> str | None:
     default, the fast one. Where JAX's default differs: NVIDIA GPUs (Ampere
     and later) run float32 convolutions and matmuls as TF32, TPUs as bf16
     passes; CPUs in float32."""
-    return "highest" if method.startswith("lrp.") else None
+    lrp_method = isinstance(method, Composite) or str(method).startswith("lrp.")
+    return "highest" if lrp_method else None
 
 
-def _check_precision(precision: Any, method: str) -> str | None:
+def _check_precision(precision: Any, method: Any) -> str | None:
     precision = one_of("precision", precision, PRECISIONS)
     return default_precision(method) if precision == "auto" else precision
 
@@ -92,7 +108,7 @@ def _with_precision(fn: Callable, precision: str | None) -> Callable:
 
 def make_explainer(
     model: Any,
-    method: str = "lrp.epsilon_plus_flat",
+    method: str | Composite = "lrp.epsilon_plus_flat",
     *,
     checked: bool = False,
     precision: str = "auto",
@@ -113,7 +129,7 @@ def make_explainer(
 
     ``precision`` is the matmul/convolution precision of the model's and the
     rules' passes (:data:`PRECISIONS`; see :func:`explain`)."""
-    entry, merged = registry.resolve(method, options)
+    entry, merged = _resolve(method, options)
     precision = _check_precision(precision, method)
     model, default = as_pure(model)
     if entry.family == "lrp":
@@ -152,7 +168,50 @@ def _apply_fn(model: Any, variables: Any) -> Callable:
             f"model must be a Flax linen model, an NNX module or a callable apply_fn(params, "
             f"clips) / apply_fn(clips); got {type(model).__name__}"
         )
+    check_params(variables)
     return model if variables is None else functools.partial(model, variables)
+
+
+class _Closure:
+    """A plain ``apply_fn(clips)`` as its traced computation: equal for closures
+    that trace to the same jaxpr, so one compiled explainer serves every call.
+    The arrays it closes over are handed in at each call (``consts``), never
+    baked into the compiled code, so a closure whose captured weights change
+    between calls is explained with the weights of each call."""
+
+    def __init__(self, jaxpr: Any, treedef: Any) -> None:
+        self.jaxpr, self.treedef = jaxpr, treedef
+        self._key = (str(jaxpr), treedef)
+
+    def __hash__(self) -> int:
+        return hash(self._key)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Closure) and self._key == other._key
+
+    def bind(self, consts: list) -> Callable:
+        """``apply_fn(clips)`` closing over ``consts`` (traced ones inside jit)."""
+        return lambda clips: jax.tree.unflatten(
+            self.treedef, jax.core.eval_jaxpr(self.jaxpr, consts, clips)
+        )
+
+
+@functools.lru_cache(maxsize=32)
+def _jitted_closure(closure: _Closure, method: str, static: tuple) -> Callable:
+    def run(consts, clips, target, arrays):
+        explainer = make_explainer(closure.bind(consts), method, **dict(static), **arrays)
+        return explainer(None, clips, target)
+
+    return jax.jit(run)
+
+
+def _closure_run(apply_fn: Callable, clips: jax.Array, method: str, static: tuple) -> Callable:
+    """The cached jitted explainer of a plain ``apply_fn(clips)`` and its constants."""
+    struct = jax.ShapeDtypeStruct(clips.shape, clips.dtype)
+    closed, out = jax.make_jaxpr(apply_fn, return_shape=True)(struct)
+    closure = _Closure(closed.jaxpr, jax.tree.structure(out))
+    run = _jitted_closure(closure, method, static)
+    return functools.partial(run, list(closed.consts))
 
 
 @functools.lru_cache(maxsize=32)
@@ -168,11 +227,12 @@ def explain(
     variables: Any,
     clips: Any,
     target: Any = None,
-    method: str = "lrp.epsilon_plus_flat",
+    method: str | Composite = "lrp.epsilon_plus_flat",
     **options: Any,
 ) -> jax.Array:
     """Relevance of ``clips`` (float (N,T,H,W,C), normalised) for ``target``
-    (int (N,), None: the predicted class) under ``method``; float32 (N,T,H,W,C).
+    (int (N,), None: the predicted class) under ``method``: an array of the
+    shape and floating dtype of ``clips``.
 
     ``model`` is a Flax linen model with its ``variables``
     (``model.apply(variables, clips)`` returns logits (N, classes)), a Flax
@@ -183,7 +243,7 @@ def explain(
 
     ``method`` is one of :data:`METHODS`: the gradient family
     (:mod:`~selrel_jax.attribution.gradients`) or ``"lrp.<composite>"``
-    (:mod:`~selrel_jax.attribution.composites`). ``options`` are the
+    (:mod:`~selrel_jax.attribution.composites`), or a ``Composite`` of your own. ``options`` are the
     keyword-only parameters of that function, with its defaults. LRP seeds
     the one-hot target (value 1), as Zennit does.
 
@@ -202,7 +262,7 @@ def explain(
                       low=-2.0, high=2.0)
     """
     precision = options.pop("precision", "auto")
-    entry, merged = registry.resolve(method, options)
+    entry, merged = _resolve(method, options)
     _check_precision(precision, method)
     clips = check_clips(clips)
     model, default = as_pure(model)
@@ -210,16 +270,35 @@ def explain(
     apply_fn = _apply_fn(model, variables)
     if entry.family == "lrp":
         entry.build(**merged)  # the rules check their options (concrete here)
-    arrays = {k: check_option_array(k, v) for k, v in options.items()
-              if k in _ARRAY_OPTIONS and v is not None}  # fmt: skip
+    static, arrays = _split_options(options, precision)
     logits, _ = inspect_forward(apply_fn, clips)
     target = check_target(target, clips.shape[0], check_logits(logits, clips.shape))
-    if variables is None:  # apply_fn(clips) may close over anything: no cached jit
-        return make_explainer(model, method, precision=precision, **options)(None, clips, target)
-    static = tuple(sorted((k, v) for k, v in options.items() if k not in _ARRAY_OPTIONS))
-    static += (("precision", precision),)
+    if variables is None:  # apply_fn(clips): cached by its traced computation
+        if not _hashable(method, static):
+            explainer = make_explainer(model, method, precision=precision, **options)
+            return explainer(None, clips, target)
+        return _closure_run(apply_fn, clips, method, static)(clips, target, arrays)
+    if _hashable(model, method, static):
+        return _jitted(model, method, static)(variables, clips, target, arrays)
+    return _jitted.__wrapped__(model, method, static)(variables, clips, target, arrays)
+
+
+def _split_options(options: dict[str, Any], precision: str) -> tuple[tuple, dict[str, Any]]:
+    """``(static, arrays)``: the options compiled into the explainer (hashable),
+    and the array options handed to it as traced arguments (bounds, baseline,
+    a PRNG key)."""
+    arrays = {k: check_option_array(k, v) for k, v in options.items()
+              if k in _ARRAY_OPTIONS and v is not None}  # fmt: skip
+    if isinstance(options.get("key"), jax.Array | np.ndarray):
+        arrays["key"] = options["key"]
+    static = tuple(sorted((k, v) for k, v in options.items()
+                          if k not in _ARRAY_OPTIONS and k not in arrays))  # fmt: skip
+    return (*static, ("precision", precision)), arrays
+
+
+def _hashable(*values: Any) -> bool:
     try:
-        run = _jitted(model, method, static)
-    except TypeError:  # unhashable model or option: compile without the cache
-        run = _jitted.__wrapped__(model, method, static)
-    return run(variables, clips, target, arrays)
+        hash(values)
+    except TypeError:
+        return False
+    return True

@@ -9,6 +9,12 @@ compose with ``jax.jit``, ``jax.vmap`` and sharding. Each is registered as a
 method of :func:`~selrel_jax.attribution.explain` under its name; its
 keyword-only parameters are the method's options.
 
+``grad_cam`` finds its layer on the traced computation of ``apply_fn`` (any
+framework) and names it by the path of the kernel it consumes; the paths come
+from ``apply_fn`` given as ``functools.partial(apply, params)``, which is what
+``explain`` and ``make_explainer`` hand these functions for a model with its
+parameters.
+
 Each checks its arguments first (clips (N,T,H,W,C) floating, target, options;
 the model's output and minimum clip size on an abstract trace): concrete
 values that are invalid raise a ``SelrelError``; traced ones (a NaN clip, an
@@ -27,11 +33,12 @@ import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from selrel_jax._checks import integer, positive_int, real
+from selrel_jax._checks import positive_int, real
+from selrel_jax.attribution._cam import choose, layer_cam, trace_cam
 from selrel_jax.attribution._inputs import (
     check_clips,
     check_logits,
@@ -44,7 +51,7 @@ from selrel_jax.attribution._inputs import (
 )
 from selrel_jax.attribution._model_checks import inspect_forward
 from selrel_jax.attribution.registry import register_gradient
-from selrel_jax.attribution.types import CONV_TYPES, one_hot_seed, path_str
+from selrel_jax.attribution.types import one_hot_seed
 from selrel_jax.errors import OptionError, ShapeError
 
 __all__ = [
@@ -60,21 +67,20 @@ ApplyFn = Callable[[jax.Array], jax.Array]
 
 
 class _Inputs(NamedTuple):
-    """Checked inputs of one call: the module calls seen by the abstract trace,
-    and the per-clip flags of traced invalid values (see ``_inputs.finish``)."""
+    """Checked inputs of one call, and the per-clip flags of traced invalid
+    values (see ``_inputs.finish``)."""
 
     clips: jax.Array
     target: jax.Array | None
-    calls: list[tuple]
     problems: dict[str, jax.Array]
 
 
 def _checked_inputs(apply_fn: ApplyFn, clips: Any, target: Any) -> _Inputs:
     clips = check_clips(clips)
-    logits, calls = inspect_forward(apply_fn, clips)
+    logits, _ = inspect_forward(apply_fn, clips)
     classes = check_logits(logits, clips.shape)
     target = check_target(target, clips.shape[0], classes)
-    return _Inputs(clips, target, calls, input_problems(clips, target, classes))
+    return _Inputs(clips, target, input_problems(clips, target, classes))
 
 
 def _predicted(apply_fn: ApplyFn, clips: jax.Array, target):
@@ -93,7 +99,7 @@ def gradient(apply_fn: ApplyFn, clips: jax.Array, target=None) -> jax.Array:
     """Input gradient of the target logit."""
     inputs = _checked_inputs(apply_fn, clips, target)
     grad = target_gradient(apply_fn, inputs.clips, inputs.target)
-    return finish(grad.astype(jnp.float32), inputs.problems)
+    return finish(grad.astype(inputs.clips.dtype), inputs.problems)
 
 
 @register_gradient("gradient_x_input")
@@ -101,7 +107,7 @@ def gradient_x_input(apply_fn: ApplyFn, clips: jax.Array, target=None) -> jax.Ar
     """Input gradient times input."""
     inputs = _checked_inputs(apply_fn, clips, target)
     grad = target_gradient(apply_fn, inputs.clips, inputs.target)
-    return finish((grad * inputs.clips).astype(jnp.float32), inputs.problems)
+    return finish((grad * inputs.clips).astype(inputs.clips.dtype), inputs.problems)
 
 
 def _mean_over(fn: Callable, count: int, chunk: int, like: jax.Array) -> jax.Array:
@@ -145,7 +151,7 @@ def integrated_gradients(
         alpha = (i + 1).astype(clips.dtype) / steps
         return target_gradient(apply_fn, base + alpha * diff, target)
 
-    relevance = (diff * _mean_over(grad_at, steps, chunk, clips)).astype(jnp.float32)
+    relevance = (diff * _mean_over(grad_at, steps, chunk, clips)).astype(clips.dtype)
     return finish(relevance, {**inputs.problems, **problems})
 
 
@@ -175,85 +181,72 @@ def smoothgrad(
     *,
     samples: int = 20,
     noise_level: float = 0.1,
-    seed: int = 0,
+    key: Any = 0,
 ) -> jax.Array:
     """Mean input gradient over ``samples`` noisy copies; noise std =
-    ``noise_level * (max - min)`` of each clip. Sample i draws its noise from
-    ``fold_in(key(seed), i)`` with the shape of one clip, shared across the
-    batch, so a batch gives the same maps as one call per clip."""
+    ``noise_level * (max - min)`` of each clip. ``key`` is a JAX PRNG key
+    (``jax.random.key(...)``, or raw ``uint32[2]`` key data); an int ``n`` is a
+    convenience for ``jax.random.key(n)``. Sample i draws its noise from
+    ``fold_in(key, i)`` with the shape of one clip, shared across the batch, so
+    a batch gives the same maps as one call per clip."""
     samples = positive_int("samples", samples)
     noise_level = real("noise_level", noise_level, minimum=0.0)
-    seed = integer("seed", seed)
+    key = prng_key("smoothgrad key", key)
     inputs = _checked_inputs(apply_fn, clips, target)
     clips = inputs.clips
     target = _predicted(apply_fn, clips, inputs.target)
     axes = tuple(range(1, clips.ndim))
     span = jnp.max(clips, axis=axes, keepdims=True) - jnp.min(clips, axis=axes, keepdims=True)
     std = noise_level * span
-    key = jax.random.key(seed)
 
     def grad_at(i):
         noise = jax.random.normal(jax.random.fold_in(key, i), clips.shape[1:], clips.dtype)
         return target_gradient(apply_fn, clips + std * noise, target)
 
-    return finish(_mean_over(grad_at, samples, 1, clips).astype(jnp.float32), inputs.problems)
+    return finish(_mean_over(grad_at, samples, 1, clips).astype(clips.dtype), inputs.problems)
+
+
+def prng_key(name: str, key: Any) -> jax.Array:
+    """A typed PRNG key from a key, raw ``uint32[2]`` key data or an int in [0, 2**32)."""
+    if isinstance(key, jax.Array | np.ndarray) and jax.dtypes.issubdtype(
+        key.dtype, jax.dtypes.prng_key
+    ):
+        return key
+    if isinstance(key, jax.Array | np.ndarray) and key.shape == (2,) and key.dtype == np.uint32:
+        return jax.random.wrap_key_data(key)
+    if isinstance(key, int | np.integer) and not isinstance(key, bool) and 0 <= key < 2**32:
+        return jax.random.key(int(key))
+    raise OptionError(
+        f"{name} must be a JAX PRNG key (jax.random.key(n)) or an int in [0, 2**32); got {key!r}"
+    )
 
 
 @register_gradient("grad_cam")
 def grad_cam(apply_fn: ApplyFn, clips: jax.Array, target=None, *, layer: str | None = None):
-    """Grad-CAM 3D on the Flax linen module at path ``layer`` (default: the last
-    ``nn.Conv`` called). Channel weights = target-logit gradient averaged over
-    the layer's (T, H, W); map = ReLU(sum_c w_c A_c), resized trilinearly to the
-    clips' (T, H, W), divided by the clips' channel count C and broadcast over
-    channels (so summing over channels gives the map)."""
+    """Grad-CAM 3D on the conv layer ``layer`` of any model (default: the last
+    conv layer on the path to the logits). The layer is found on the traced
+    computation, as LRP finds its layers: a 3D convolution of the clips'
+    activations with a parameter kernel, its activation A taken after its bias
+    add (what a linen ``nn.Conv`` or a PyTorch ``Conv3d`` returns), in any
+    layout. ``layer`` is the path of the parameter the convolution consumes
+    (``conv1/kernel`` -> ``"conv1"``; for linen models the module path); names
+    need the model with its parameters (``explain(apply_fn, params, clips)``,
+    a linen or NNX model, or ``apply_fn`` a ``functools.partial(f, params)``),
+    since a plain ``apply_fn(clips)`` closes over them without a path (only a
+    linen model called inside it, by this function directly, still names its
+    modules). Channel weights = target-logit
+    gradient averaged over the layer's (T, H, W); map = ReLU(sum_c w_c A_c),
+    resized trilinearly to the clips' (T, H, W), divided by the clips' channel
+    count C and broadcast over channels (so summing over channels gives the
+    map)."""
     if layer is not None and not isinstance(layer, str):
         raise OptionError(f"grad_cam layer must be a module path (str) or None; got {layer!r}")
-    inputs = _checked_inputs(apply_fn, clips, target)
-    clips = inputs.clips
-    layer, shape = _cam_layer(inputs.calls, layer, clips)
-
-    def with_delta(delta):
-        captured = []
-
-        def add(next_fun, args, kwargs, context):
-            out = next_fun(*args, **kwargs)
-            if context.method_name == "__call__" and path_str(tuple(context.module.path)) == layer:
-                out = out + delta
-                captured.append(out)
-            return out
-
-        with nn.intercept_methods(add):
-            logits = apply_fn(clips)
-        return logits, captured[0]
-
-    delta = jnp.zeros(shape, clips.dtype)
-    logits, pull, acts = jax.vjp(with_delta, delta, has_aux=True)
-    (grads,) = pull(one_hot_seed(logits, inputs.target))
-    spatial = tuple(range(1, acts.ndim - 1))
-    weights = jnp.mean(grads, axis=spatial, keepdims=True)
-    cam = jax.nn.relu(jnp.sum(weights * acts, axis=-1))
+    clips = check_clips(clips)
+    model = trace_cam(apply_fn, clips)
+    classes = check_logits(model.outputs, clips.shape)
+    target = check_target(target, clips.shape[0], classes)
+    problems = input_problems(clips, target, classes)
+    cam = layer_cam(model, choose(model, layer), clips, target)
     cam = jax.image.resize(cam, clips.shape[:-1], method="trilinear")
     cam = cam[..., None] / clips.shape[-1]
-    return finish(jnp.broadcast_to(cam, clips.shape).astype(jnp.float32), inputs.problems)
-
-
-def _cam_layer(calls: list[tuple], layer: str | None, clips: jax.Array) -> tuple[str, tuple]:
-    """``(path, output shape)`` of Grad-CAM's layer (default: the last nn.Conv called)."""
-    if layer is None:
-        convs = [c for c in calls if isinstance(c[1], CONV_TYPES)]
-        if not convs:
-            raise OptionError("grad_cam found no nn.Conv layer in the model; pass layer=<path>")
-        layer = convs[-1][0]
-    shapes = [shape for path, _, shape in calls if path == layer]
-    if not shapes:
-        known = ", ".join(sorted({c[0] for c in calls}))
-        raise OptionError(f"grad_cam layer {layer!r} not found; module paths: {known}")
-    if len(shapes) > 1:
-        raise OptionError(f"grad_cam layer {layer!r} is called {len(shapes)} times; pick another")
-    shape = shapes[0]
-    if len(shape) != clips.ndim or shape[0] != clips.shape[0]:
-        raise ShapeError(
-            f"grad_cam layer {layer!r} outputs shape {shape}; needs (N, T, H, W, C) like clips "
-            f"{clips.shape}"
-        )
-    return layer, shape
+    return finish(jnp.broadcast_to(cam, clips.shape).astype(clips.dtype), problems)

@@ -37,7 +37,6 @@ __all__ = [
     "LayerCall",
     "LayerFn",
     "Params",
-    "UnseenNonlinearityWarning",
     "UnsupportedLayerError",
     "one_hot_seed",
     "path_str",
@@ -61,13 +60,6 @@ class UnsupportedLayerError(SelrelError):
     parameters that no rule of the composite covers, a BatchNorm that cannot be
     merged into the layer before it, or a primitive the engine has no rule for
     (the message names it and its source line)."""
-
-
-class UnseenNonlinearityWarning(UserWarning):
-    """Kept so that code filtering it keeps working; no longer issued. (LRP
-    used to give elementwise functions it could not see, such as ``jnp.tanh``,
-    their plain gradient with this warning; it now sees every operation and
-    gives each elementwise function the Pass rule.)"""
 
 
 class LayerCall(NamedTuple):

@@ -24,7 +24,7 @@ from selrel_jax._conv import conv_general_dilated
 from selrel_jax.errors import OptionError, ShapeError
 from selrel_jax.layers import GlobalAvgPool, MaxPool
 
-__all__ = ["C3D", "C3DSmall", "c3d_fc6_features", "c3d_pool5_size", "scaled"]
+__all__ = ["C3D", "C3DSmall", "c3d_pool5_size", "scaled"]
 
 _C3D_CONVS = (
     ("conv1", 64),
@@ -92,12 +92,6 @@ def check_not_empty(x: jax.Array, clips: tuple[int, ...], model: str, after: str
             f"clips of {clips} (T, H, W) are too small for {model}: {after} leaves "
             f"{tuple(x.shape[1:-1])}"
         )
-
-
-def c3d_fc6_features(clip_size: tuple[int, int, int], width: float = 1.0) -> int:
-    """Input size of fc6: 8192 for full-width C3D at 16x112x112."""
-    t, h, w = c3d_pool5_size(clip_size)
-    return t * h * w * scaled(512, width)
 
 
 class C3D(nn.Module):

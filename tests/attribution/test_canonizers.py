@@ -13,9 +13,9 @@ import pytest
 
 from selrel_jax.attribution import Composite, UnsupportedLayerError, composites, lrp, rules
 from selrel_jax.attribution.canonizers import AffineStep, fold, merged_params
-from selrel_jax.attribution.engine import relevance_vjp
 from selrel_jax.errors import SelrelError
 from selrel_jax.layers import Sum
+from tests.attribution.engine_helpers import relevance_vjp
 from tests.attribution.flax_nets import ResNet, with_positive_batch_stats
 
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -35,7 +36,7 @@ from tests.attribution.flax_nets import ConvNet, ResNet, with_positive_batch_sta
         ({"method": "lrp.zplus", "epsilon": 0.1}, r"'lrp.zplus'; valid: stabilizer=1e-06"),
         ({"method": "smoothgrad", "samples": 0}, "samples must be a positive int"),
         ({"method": "smoothgrad", "noise_level": -0.1}, "noise_level must be a finite number"),
-        ({"method": "smoothgrad", "seed": 1.5}, "seed must be an int"),
+        ({"method": "smoothgrad", "key": 1.5}, "smoothgrad key must be a JAX PRNG key"),
         ({"method": "integrated_gradients", "steps": True}, "steps must be a positive int"),
         ({"method": "integrated_gradients", "chunk_size": 0}, "chunk_size must be a positive"),
         ({"method": "lrp.epsilon", "epsilon": -1e-3}, "Epsilon epsilon must be a finite number"),
@@ -75,6 +76,61 @@ def test_every_method_takes_plain_callables_with_or_without_params(normal_clips,
         closure = sr.explain(lambda c: model.apply(v, c), None, x, None, method)
         for got in (with_params, closure):
             np.testing.assert_allclose(np.asarray(got), want, atol=1e-6 * np.abs(want).max())
+
+
+def test_a_composite_is_a_method_and_the_api_is_at_the_top_level(normal_clips, random_variables):
+    """explain and make_explainer take a Composite; lrp, register_composite and
+    Composite are importable from selrel_jax."""
+    model = ConvNet()
+    x = normal_clips((2, 2, 4, 4, 2))
+    v = random_variables(model, x, 0)
+    t = jnp.array([0, 1])
+    mine = sr.Composite(layer_map=((nn.Conv, sr.ZPlus()), (nn.Dense, sr.Epsilon(0.1))))
+    want = np.asarray(jax.jit(sr.lrp(model, mine))(v, x, t))
+    for got in (sr.explain(model, v, x, t, mine), sr.make_explainer(model, mine)(v, x, t),
+                sr.explain(lambda c: model.apply(v, c), None, x, t, method=mine)):  # fmt: skip
+        np.testing.assert_allclose(np.asarray(got), want, atol=1e-6 * np.abs(want).max())
+    assert default_precision(mine) == "highest"
+    assert callable(sr.register_composite("top_level_check"))
+    with pytest.raises(SelrelError, match="a Composite carries its rules' settings"):
+        sr.explain(model, v, x, t, mine, epsilon=0.1)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "bfloat16", "float16"])
+@pytest.mark.parametrize("method", ["lrp.epsilon_plus_flat", "gradient"])
+def test_relevance_comes_back_in_the_clips_dtype(normal_clips, random_variables, dtype, method):
+    """float64 stays float64 (with jax_enable_x64); bfloat16 and float16 clips into a
+    model of that dtype give a map of that dtype, close to the float32 map (the
+    rules' divisions run in the low precision: cosine > 0.99 here, not 1e-6)."""
+    model = ConvNet()
+    x32 = normal_clips((2, 2, 4, 4, 2))
+    v32 = random_variables(model, x32, 0)
+    t = jnp.array([0, 1])
+    want = np.asarray(sr.explain(model, v32, x32, t, method), np.float64)
+    with jax.enable_x64(dtype == "float64"):
+        cast = jax.tree.map(lambda a: jnp.asarray(a, dtype), (v32, x32))
+        got = sr.explain(model, *cast, t, method)
+        assert got.dtype == jnp.dtype(dtype)
+    got = np.asarray(got, np.float64).ravel()
+    cosine = got @ want.ravel() / (np.linalg.norm(got) * np.linalg.norm(want))
+    assert cosine > (1 - 1e-6 if dtype == "float64" else 0.99)
+
+
+def test_a_whole_equinox_module_as_params_is_one_clear_error(normal_clips):
+    eqx = pytest.importorskip("equinox")
+    net = eqx.nn.MLP(2, 3, 4, 1, key=jax.random.key(0))
+    x = normal_clips((2, 2, 4, 4, 2))
+
+    def apply_fn(module, clips):
+        return jax.vmap(module)(jnp.mean(clips, axis=(1, 2, 3)))
+
+    for method in ("lrp.epsilon", "gradient"):
+        with pytest.raises(SelrelError, match=r"a whole Equinox module\?\): split it with "
+                                              r"`params, static = eqx.partition"):  # fmt: skip
+            sr.explain(apply_fn, net, x, None, method)
+    params, static = eqx.partition(net, eqx.is_array)
+    combined = sr.explain(lambda p, c: apply_fn(eqx.combine(p, static), c), params, x)
+    assert combined.shape == x.shape
 
 
 # ---------------------------------------------------------------- transformations

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import selrel_jax as sr
+from selrel_jax.attribution import gradients
 from selrel_jax.errors import SelrelError
 from selrel_jax.layers import GlobalAvgPool
 
@@ -89,19 +90,23 @@ def test_integrated_gradients_is_right_riemann_sum_any_chunking(problem):
 
 
 def test_smoothgrad_is_seeded_and_batch_independent(problem):
-    """The documented noise, drawn by hand: sample i is normal(fold_in(key(seed), i))
-    of one clip's shape, scaled by noise_level * (max - min) of each clip."""
+    """The documented noise, drawn by hand: sample i is normal(fold_in(key, i))
+    of one clip's shape, scaled by noise_level * (max - min) of each clip. The
+    key is a JAX key (typed or raw data, traced under jit) or an int n for key(n)."""
     model, v, x, t = problem
     key = jax.random.key(3)
     span = np.asarray(x.max(axis=(1, 2, 3, 4)) - x.min(axis=(1, 2, 3, 4)))
     std = jnp.asarray(0.1 * span).reshape(-1, 1, 1, 1, 1)
     noises = [jax.random.normal(jax.random.fold_in(key, i), x.shape[1:]) for i in range(4)]
     want = np.mean([np.asarray(target_logit_grad(model, v, x + std * n, t)) for n in noises], 0)
-    a = sr.explain(model, v, x, t, "smoothgrad", samples=4, seed=3)
+    a = sr.explain(model, v, x, t, "smoothgrad", samples=4, key=3)
     np.testing.assert_allclose(np.asarray(a), want, rtol=1e-4, atol=1e-6)
-    c = sr.explain(model, v, x, t, "smoothgrad", samples=4, seed=4)
+    for same in (key, jax.random.key_data(key)):
+        got = sr.explain(model, v, x, t, "smoothgrad", samples=4, key=same)
+        np.testing.assert_allclose(np.asarray(got), np.asarray(a), rtol=1e-6, atol=1e-9)
+    c = sr.explain(model, v, x, t, "smoothgrad", samples=4, key=4)
     assert np.abs(np.asarray(a) - np.asarray(c)).max() > 1e-3 * np.abs(want).max()
-    fn = jax.jit(sr.make_explainer(model, "smoothgrad", samples=4, seed=3))
+    fn = jax.jit(sr.make_explainer(model, "smoothgrad", samples=4, key=3))
     single = fn(v, x[1:], t[1:])
     np.testing.assert_allclose(np.asarray(single), want[1:], rtol=1e-4, atol=1e-6)
     zero_noise = sr.explain(model, v, x, t, "smoothgrad", samples=2, noise_level=0.0)
@@ -119,7 +124,7 @@ def test_smoothgrad_statistics_on_quadratic_model(normal_clips):
 
     n = 400
     got = np.asarray(sr.explain(apply_fn, None, x, jnp.array([1]), "smoothgrad", samples=n,
-                                noise_level=0.2, seed=0))  # fmt: skip
+                                noise_level=0.2, key=0))  # fmt: skip
     sigma = 0.2 * float(x.max() - x.min())
     want = np.asarray(2 * w[1] * x[0])
     err = np.abs(got[0] - want) / (2 * np.abs(np.asarray(w[1])) * sigma / np.sqrt(n))
@@ -170,8 +175,11 @@ def test_grad_cam_equals_hand_computation(normal_clips, random_variables):
         np.testing.assert_allclose(got[n].sum(-1), want, rtol=1e-4, atol=1e-6 * want.max())
         np.testing.assert_allclose(got[n], np.broadcast_to(want[..., None] / 3, x.shape[1:]),
                                    rtol=1e-4, atol=1e-6 * want.max())  # fmt: skip
-    plain = sr.explain(lambda c: model.apply(v, c), None, x, t, "grad_cam", layer="conv")
+    plain = sr.explain(lambda c: model.apply(v, c), None, x, t, "grad_cam")
     np.testing.assert_allclose(np.asarray(plain), got, rtol=1e-6, atol=1e-9)
+    # Called directly, a closure over a linen model still names its modules.
+    direct = gradients.grad_cam(lambda c: model.apply(v, c), x, t, layer="conv")
+    np.testing.assert_allclose(np.asarray(direct), got, rtol=1e-6, atol=1e-9)
 
 
 def test_grad_cam_bad_layer_and_jit_vmap(normal_clips, random_variables):

@@ -246,7 +246,7 @@ BAD_OPTIONS = [
      r"baseline of shape \(3,\) does not broadcast to clips"),
     ("smoothgrad", {"samples": None}, OptionError, "samples must be a positive int"),
     ("smoothgrad", {"noise_level": "0.1"}, OptionError, "noise_level must be a finite number"),
-    ("smoothgrad", {"seed": 0.5}, OptionError, "seed must be an int"),
+    ("smoothgrad", {"key": 0.5}, OptionError, "smoothgrad key must be a JAX PRNG key"),
     ("grad_cam", {"layer": 3}, OptionError, r"grad_cam layer must be a module path \(str\)"),
     ("grad_cam", {"layer": "nope"}, OptionError, "grad_cam layer 'nope' not found"),
     ("lrp.epsilon", {"epsilon": "small"}, OptionError, "Epsilon epsilon must be a finite"),

@@ -24,9 +24,9 @@ import pytest
 
 import selrel_jax as sr
 from selrel_jax.attribution import LayerCall, composites, lrp, rules
-from selrel_jax.attribution.engine import relevance_vjp
 from selrel_jax.errors import SelrelError
 from selrel_jax.layers import AvgPool, GlobalAvgPool, MaxPool, Sum
+from tests.attribution.engine_helpers import relevance_vjp
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

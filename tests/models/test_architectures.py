@@ -10,7 +10,7 @@ import pytest
 
 from selrel_jax import models
 from selrel_jax.errors import OptionError, SelrelError, ShapeError
-from selrel_jax.models.c3d import c3d_fc6_features
+from selrel_jax.models.c3d import c3d_pool5_size, scaled
 from selrel_jax.models.resnet3d import midplanes
 
 
@@ -30,8 +30,9 @@ def test_resnet_parameter_counts_match_torchvision(arch, classes, count):
 
 
 def test_c3d_sizes():
-    assert c3d_fc6_features((16, 112, 112)) == 8192
-    assert c3d_fc6_features((16, 112, 112), width=0.5) == 4096
+    """fc6's input: pool5's (T, H, W) times its channels (8192 at 16x112x112)."""
+    assert np.prod(c3d_pool5_size((16, 112, 112))) * scaled(512, 1.0) == 8192
+    assert np.prod(c3d_pool5_size((16, 112, 112))) * scaled(512, 0.5) == 4096
     params = _abstract(models.create("c3d", 487), (16, 112, 112))["params"]
     convs = [(3, 64), (64, 128), (128, 256), (256, 256), (256, 512)] + [(512, 512)] * 3
     expected = sum(27 * i * o + o for i, o in convs)

@@ -1,7 +1,9 @@
 """The gradient family does not depend on the framework: every method gives each
 framework and form (see ``frameworks.py``) the result of the linen version, and
 "gradient" is ``jax.grad`` of the target logit summed over clips, taken through
-the framework's own forward pass."""
+the framework's own forward pass. Grad-CAM finds its layer on the traced
+computation, so it runs on every framework too (it used to hook linen modules
+only: a strict xfail here before)."""
 
 from __future__ import annotations
 
@@ -14,18 +16,13 @@ from selrel_jax.attribution.explain import GRADIENT_METHODS
 from tests.attribution.conformance.frameworks import CASES, case_id, explain
 from tests.attribution.conformance.twin import TARGET, assert_matches
 
-GRAD_CAM_XFAIL = pytest.mark.xfail(
-    strict=True, reason="grad_cam on traced computation: issue 21 item 3"
-)
-
 
 def _params():
     for case in CASES:
         if case == ("linen", "params"):  # the reference
             continue
         for method in GRADIENT_METHODS:
-            marks = GRAD_CAM_XFAIL if method == "grad_cam" and case[0] != "linen" else ()
-            yield pytest.param(case, method, id=f"{case_id(case)}-{method}", marks=marks)
+            yield pytest.param(case, method, id=f"{case_id(case)}-{method}")
 
 
 @pytest.mark.parametrize(("case", "method"), list(_params()))

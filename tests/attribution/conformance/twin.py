@@ -23,7 +23,7 @@ TARGET = np.array([1, 3])
 OPTIONS = {
     "lrp.epsilon_gamma_box": {"low": -3.0, "high": 3.0},
     "integrated_gradients": {"steps": 8},
-    "smoothgrad": {"samples": 4, "seed": 0},
+    "smoothgrad": {"samples": 4, "key": 0},
 }
 
 
