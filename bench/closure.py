@@ -32,9 +32,9 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_all import alternate  # noqa: E402
+from run_all import alternate
 
-import selrel_jax as sr  # noqa: E402
+import selrel_jax as sr
 
 METHODS = ("lrp.epsilon_plus_flat", "gradient")
 
@@ -70,7 +70,7 @@ def main() -> None:
         times = alternate({
             "explain": lambda m=method: sr.explain(closure, None, clips, target, m)
             .block_until_ready(),
-            "own_jit": lambda: own(clips, target).block_until_ready(),
+            "own_jit": lambda own=own: own(clips, target).block_until_ready(),
         }, args.repeats)  # fmt: skip
         ratio = times["explain"]["median"] / times["own_jit"]["median"]
         out[method] = times

@@ -7,21 +7,36 @@ it returns the value in canonical form so a call site reads as one line::
     steps = positive_int("steps", steps)
     sigma = real("sigma", sigma, minimum=0.0)
     mode = one_of("threshold", threshold, ("clip", "frame"))
+
+Array checks name the array the same way (:func:`describe`), and :func:`safe_divide`
+is the one division whose denominator may be 0.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from selrel_jax.errors import OptionError, SelrelError, ShapeError
+from selrel_jax.errors import NonFiniteError, OptionError, SelrelError, ShapeError
 
-__all__ = ["as_array", "integer", "key_json_pairs", "one_of", "positive_int", "real"]
+__all__ = [
+    "as_array",
+    "check_finite",
+    "describe",
+    "integer",
+    "key_json_pairs",
+    "one_of",
+    "positive_int",
+    "real",
+    "safe_divide",
+]
 
 T = TypeVar("T")
 
@@ -119,3 +134,45 @@ def hashable(value: Any) -> Any:
     if isinstance(value, list | tuple | np.ndarray | jax.Array):
         return tuple(hashable(v) for v in np.asarray(value).tolist())
     return value
+
+
+def describe(x: Any) -> str:
+    """``shape (2, 16, 8, 8, 3) float32``: how an error names an array it refuses (a
+    value without a dtype shows its type)."""
+    return f"shape {tuple(np.shape(x))} {getattr(x, 'dtype', type(x).__name__)}"
+
+
+@functools.partial(jax.jit, static_argnames=("batched",))
+def _nonfinite_counts(x, batched):
+    """(clips, 2) counts of NaN and infinite values per clip (one row if not batched)."""
+    x = x if batched else x[None]
+    axes = tuple(range(1, x.ndim))
+    return jnp.stack([jnp.sum(jnp.isnan(x), axes), jnp.sum(jnp.isinf(x), axes)], -1)
+
+
+def check_finite(
+    name: str, x: Any, *, batched: bool, error: type[SelrelError] = NonFiniteError
+) -> None:
+    """``error`` naming the count of NaN and infinite values in ``x`` and, if ``batched``
+    (axis 0 counts clips), the clips that hold them. Concrete ``x`` only, also inside a
+    function being traced (a NumPy array a jitted function closes over is concrete); a
+    traced ``x`` passes, its NaN showing in the result instead."""
+    if isinstance(x, jax.core.Tracer):
+        return
+    with jax.ensure_compile_time_eval():
+        counts = np.asarray(_nonfinite_counts(x, batched))
+    bad_clips = np.flatnonzero(counts.sum(-1))
+    if bad_clips.size:
+        nan, inf = (int(v) for v in counts.sum(0))
+        where = f" in clip(s) {bad_clips.tolist()}" if batched else ""
+        raise error(
+            f"{name} holds {nan + inf} non-finite values ({nan} NaN, {inf} infinite)"
+            f"{where} of {describe(x)}"
+        )
+
+
+def safe_divide(numerator: Any, denominator: Any) -> jax.Array:
+    """``numerator / denominator``, 0 where the denominator is not positive; no division
+    by 0 is evaluated, so the gradients stay finite too."""
+    positive = denominator > 0
+    return jnp.where(positive, numerator / jnp.where(positive, denominator, 1), 0)

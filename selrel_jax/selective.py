@@ -36,8 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import checkify
 
-from selrel_jax._checks import as_array, integer, one_of, real
-from selrel_jax.errors import DTypeError, NonFiniteError, OptionError, ShapeError
+from selrel_jax._checks import as_array, check_finite, describe, integer, one_of, real, safe_divide
+from selrel_jax.errors import DTypeError, OptionError, ShapeError
 
 __all__ = [
     "motion_mask",
@@ -69,10 +69,6 @@ LAYOUTS = {"THW": 3, "THWC": 4, "NTHW": 4, "NTHWC": 5}
 _LAYOUT_OF_RANK = {3: "THW", 4: "THWC", 5: "NTHWC"}
 
 
-def _describe(x: Any) -> str:
-    return f"shape {tuple(jnp.shape(x))} {jnp.result_type(x)}"
-
-
 def _traced(x: Any) -> bool:
     return isinstance(x, jax.core.Tracer)
 
@@ -99,16 +95,16 @@ def _resolve_layout(
             ranks = ", ".join(described[:-1]) + " or " + described[-1]
             raise ShapeError(
                 f"{fn}: {name} must have rank {ranks}, or pass layout= (one of "
-                f"{', '.join(layouts)}); got {_describe(x)}"
+                f"{', '.join(layouts)}); got {describe(x)}"
             )
         layout = by_rank[rank]
     one_of(f"{fn}: layout", layout, layouts)
     if rank != layouts[layout]:
         raise ShapeError(
-            f"{fn}: layout {layout!r} needs rank {layouts[layout]}; {name} has {_describe(x)}"
+            f"{fn}: layout {layout!r} needs rank {layouts[layout]}; {name} has {describe(x)}"
         )
     if 0 in (jnp.shape(x)[1:] if layout.startswith("N") else jnp.shape(x)):
-        raise ShapeError(f"{fn}: {name} has an empty axis: {_describe(x)}")
+        raise ShapeError(f"{fn}: {name} has an empty axis: {describe(x)}")
     return layout
 
 
@@ -117,13 +113,13 @@ def _check_relevance(x: Any, fn: str, layout: str | None, name: str = "relevance
     x = _as_array(x, fn, name)
     dtype = jnp.result_type(x)
     if not jnp.issubdtype(dtype, jnp.floating):
-        raise DTypeError(f"{fn}: {name} must be a real floating array; got {_describe(x)}")
+        raise DTypeError(f"{fn}: {name} must be a real floating array; got {describe(x)}")
     layout = _resolve_layout(fn, x, layout, name=name)
     t = jnp.shape(x)[layout.index("T")]
     if t < 3:
         raise ShapeError(
             f"{fn}: the temporal Sobel operator needs at least 3 frames (T >= 3); "
-            f"got T={t} in {_describe(x)}"
+            f"got T={t} in {describe(x)}"
         )
     return x, layout
 
@@ -139,7 +135,7 @@ def _check_sigma(fn: str, sigma: Any) -> None:
     computation (an invalid value makes the outputs NaN)."""
     if _traced(sigma):
         if jnp.ndim(sigma) != 0 or not jnp.issubdtype(jnp.result_type(sigma), jnp.number):
-            raise OptionError(f"{fn}: sigma must be a real scalar; got {_describe(sigma)}")
+            raise OptionError(f"{fn}: sigma must be a real scalar; got {describe(sigma)}")
         return
     if isinstance(sigma, np.ndarray | jax.Array) and sigma.ndim == 0:
         sigma = sigma.item()
@@ -152,33 +148,7 @@ def _check_sample_count(fn: str, x: Any, layout: str, threshold: str, ddof: int)
     if count <= ddof:
         raise ShapeError(
             f"{fn}: the {threshold} std needs more than ddof={ddof} values; "
-            f"got {count} in {_describe(x)}"
-        )
-
-
-@functools.partial(jax.jit, static_argnames=("batched",))
-def _nonfinite_counts(x, batched):
-    """(clips, 2) counts of NaN and infinite values per clip."""
-    x = x if batched else x[None]
-    axes = tuple(range(1, x.ndim))
-    return jnp.stack([jnp.sum(jnp.isnan(x), axes), jnp.sum(jnp.isinf(x), axes)], -1)
-
-
-def _check_finite(fn: str, x: Any, layout: str, name: str = "relevance") -> None:
-    """Concrete input only: NonFiniteError with the count and the clips affected, also
-    when the call sits inside a function being traced (a NumPy map closed over by a
-    jitted function is still concrete)."""
-    if _traced(x):
-        return
-    with jax.ensure_compile_time_eval():
-        counts = np.asarray(_nonfinite_counts(x, layout.startswith("N")))
-    bad_clips = np.flatnonzero(counts.sum(-1))
-    if bad_clips.size:
-        nan, inf = (int(v) for v in counts.sum(0))
-        where = f" in clip(s) {bad_clips.tolist()}" if layout.startswith("N") else ""
-        raise NonFiniteError(
-            f"{fn}: {name} holds {nan + inf} non-finite values ({nan} NaN, {inf} infinite)"
-            f"{where} of {_describe(x)}"
+            f"got {count} in {describe(x)}"
         )
 
 
@@ -187,7 +157,7 @@ def _checked_inputs(fn, relevance, layout, sigma, ddof, threshold, temporal_padd
     _check_options(fn, temporal_padding, threshold, ddof)
     _check_sigma(fn, sigma)
     _check_sample_count(fn, x, layout, threshold, ddof)
-    _check_finite(fn, x, layout)
+    check_finite(f"{fn}: relevance", x, batched=layout.startswith("N"))
     return jnp.asarray(x), layout
 
 
@@ -377,7 +347,7 @@ def temporal_gradient(
     """
     x, layout = _check_relevance(relevance, "temporal_gradient", layout)
     one_of("temporal_gradient: temporal_padding", temporal_padding, TEMPORAL_PADDINGS)
-    _check_finite("temporal_gradient", x, layout)
+    check_finite("temporal_gradient: relevance", x, batched=layout.startswith("N"))
     return _temporal_gradient(jnp.asarray(x), layout.startswith("N"), temporal_padding)
 
 
@@ -495,7 +465,7 @@ def _spatial_bias(relevance, selective, batched):
     total = jnp.sum(jnp.abs(rel), axis=axes)
     kept = jnp.sum(jnp.abs(sel), axis=axes)
     not_selected = jnp.sum((sel != rel) & (sel != 0), axis=axes)
-    bias = jnp.where(total > 0, 1 - kept / jnp.where(total > 0, total, 1), 0)
+    bias = jnp.where(total > 0, 1 - safe_divide(kept, total), 0)
     invalid = ~jnp.isfinite(total) | ~jnp.isfinite(kept) | (not_selected > 0)
     bias = jnp.where(invalid, jnp.nan, bias)
     return (bias, not_selected) if batched else (bias[0], not_selected[0])
@@ -519,11 +489,11 @@ def spatial_bias(relevance: Any, selective: Any, *, layout: Layout | None = None
     if jnp.shape(rel) != jnp.shape(sel):
         raise ShapeError(
             f"spatial_bias: relevance and selective must have the same shape; "
-            f"got {_describe(rel)} and {_describe(sel)}"
+            f"got {describe(rel)} and {describe(sel)}"
         )
-    _check_finite("spatial_bias", rel, layout)
-    _check_finite("spatial_bias", sel, layout, name="selective")
     batched = layout.startswith("N")
+    check_finite("spatial_bias: relevance", rel, batched=batched)
+    check_finite("spatial_bias: selective", sel, batched=batched)
     if _traced(rel) or _traced(sel):
         return _spatial_bias(jnp.asarray(rel), jnp.asarray(sel), batched)[0]
     with jax.ensure_compile_time_eval():  # concrete inputs: check them, even inside a trace
@@ -550,5 +520,5 @@ def validate_relevance(
     x, layout = _check_relevance(relevance, "validate_relevance", layout, name=name)
     if _traced(x):
         raise OptionError("validate_relevance inspects values; it can't run under jit")
-    _check_finite("validate_relevance", x, layout, name=name)
+    check_finite(f"validate_relevance: {name}", x, batched=layout.startswith("N"))
     return np.asarray(x)

@@ -33,8 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import checkify
 
-from selrel_jax._checks import as_array
-from selrel_jax.errors import DTypeError, NonFiniteError, OptionError, SelrelError, ShapeError
+from selrel_jax._checks import as_array, check_finite, describe
+from selrel_jax.errors import DTypeError, OptionError, ShapeError
 
 __all__ = [
     "CHECKIFY",
@@ -60,36 +60,8 @@ def traced(x: Any) -> bool:
     return isinstance(x, jax.core.Tracer)
 
 
-def _describe(x: Any) -> str:
-    return f"shape {tuple(np.shape(x))} {x.dtype}"
-
-
 def _is_real(dtype: Any) -> bool:
     return jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating)
-
-
-@functools.partial(jax.jit, static_argnames=("batched",))
-def _nonfinite_counts(x, batched):
-    """(clips, 2) counts of NaN and infinite values per clip (one row if not batched)."""
-    x = x if batched else x[None]
-    axes = tuple(range(1, x.ndim))
-    return jnp.stack([jnp.sum(jnp.isnan(x), axes), jnp.sum(jnp.isinf(x), axes)], -1)
-
-
-def check_finite(
-    name: str, x: Any, *, batched: bool, error: type[SelrelError] = NonFiniteError
-) -> None:
-    """Concrete ``x`` only: ``error`` with the count (and the clips, if batched)."""
-    with jax.ensure_compile_time_eval():  # concrete even inside another function's trace
-        counts = np.asarray(_nonfinite_counts(jnp.asarray(x), batched))
-    bad = np.flatnonzero(counts.sum(-1))
-    if bad.size:
-        nan, inf = (int(v) for v in counts.sum(0))
-        where = f" in clip(s) {bad.tolist()}" if batched else ""
-        raise error(
-            f"{name} must be finite; got {nan + inf} NaN or infinite value(s) ({nan} NaN, "
-            f"{inf} infinite){where} of {_describe(x)}"
-        )
 
 
 def check_clips(clips: Any, *, video: bool = True, values: bool = True) -> jax.Array:
@@ -100,7 +72,7 @@ def check_clips(clips: Any, *, video: bool = True, values: bool = True) -> jax.A
     x = as_array("clips", clips)
     if (len(x.shape) != 5) if video else (len(x.shape) < 1):
         layout = "(N, T, H, W, C)" if video else "(N, ...), the batch first"
-        raise ShapeError(f"clips must have shape {layout}; got {_describe(x)}")
+        raise ShapeError(f"clips must have shape {layout}; got {describe(x)}")
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise DTypeError(f"clips must be a float array (normalised); got dtype {x.dtype}")
     if 0 in x.shape:

@@ -16,10 +16,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from selrel_jax._checks import integer, one_of, positive_int, real
+from selrel_jax._checks import check_finite, describe, integer, one_of, positive_int, real
 from selrel_jax.errors import DTypeError, OptionError, ShapeError
 from selrel_jax.metrics._inputs import checked_relevance, magnitudes, rank_of
-from selrel_jax.selective import Layout, _as_array, _check_finite, _describe, _nan_where, _traced
+from selrel_jax.selective import Layout, _as_array, _nan_where, _traced
 
 ApplyFn = Callable[[jax.Array], jax.Array]
 Replacement = Literal["temporal_mean", "blur"]
@@ -176,16 +176,16 @@ def _checked_clips(fn: str, clips: Any) -> tuple[jax.Array, bool]:
     """``(clips (N, T, H, W, C), batched)``: real floating, finite (eager), nonempty."""
     x = _as_array(clips, fn, "clips")
     if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
-        raise DTypeError(f"{fn}: clips must be a real floating array; got {_describe(x)}")
+        raise DTypeError(f"{fn}: clips must be a real floating array; got {describe(x)}")
     if jnp.ndim(x) not in (4, 5):
         raise ShapeError(
             f"{fn}: clips must be one clip (T, H, W, C) or a batch (N, T, H, W, C); "
-            f"got {_describe(x)}"
+            f"got {describe(x)}"
         )
     batched = jnp.ndim(x) == 5
     if 0 in jnp.shape(x):
-        raise ShapeError(f"{fn}: clips has an empty axis: {_describe(x)}")
-    _check_finite(fn, x, "NTHWC" if batched else "THWC", name="clips")
+        raise ShapeError(f"{fn}: clips has an empty axis: {describe(x)}")
+    check_finite(f"{fn}: clips", x, batched=batched)
     return (jnp.asarray(x) if batched else jnp.asarray(x)[None]), batched
 
 
@@ -197,7 +197,7 @@ def _checked_relevance_for(fn: str, relevance: Any, clips: jax.Array, batched: b
         want = clips.shape[:4] if batched else clips.shape[1:4]
         raise ShapeError(
             f"{fn}: relevance must have the clips' {'(N, T, H, W)' if batched else '(T, H, W)'} "
-            f"{tuple(want)}; got {_describe(relevance)} (a channel-less batch needs "
+            f"{tuple(want)}; got {describe(relevance)} (a channel-less batch needs "
             f"layout='NTHW')"
         )
     return r
@@ -221,10 +221,10 @@ def _checked_target(fn: str, target: Any, clips: int, classes: int, batched: boo
     t = target if _traced(target) or isinstance(target, jax.Array) else np.asarray(target)
     dtype = jnp.result_type(t)
     if not jnp.issubdtype(dtype, jnp.integer) or dtype == jnp.bool_:
-        raise DTypeError(f"{fn}: target must be an integer class index; got {_describe(t)}")
+        raise DTypeError(f"{fn}: target must be an integer class index; got {describe(t)}")
     if tuple(jnp.shape(t)) not in (((), (clips,)) if batched else ((),)):
         wanted = f"a scalar or ({clips},)" if batched else "a scalar (one clip)"
-        raise ShapeError(f"{fn}: target must be {wanted}; got {_describe(t)}")
+        raise ShapeError(f"{fn}: target must be {wanted}; got {describe(t)}")
     if not _traced(t):
         values = np.asarray(t)
         if ((values < 0) | (values >= classes)).any():

@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from selrel_jax._checks import real
+from selrel_jax._checks import describe, real
 from selrel_jax.errors import DTypeError, OptionError, ShapeError
-from selrel_jax.selective import _as_array, _describe, _resolve_layout
+from selrel_jax.selective import _as_array, _resolve_layout
 
 #: Farneback parameters used unless overridden (OpenCV's tutorial values).
 FARNEBACK = {
@@ -110,14 +110,14 @@ def flow_motion_mask(
     min_flow = real("flow_motion_mask: min_flow", min_flow, minimum=0.0)
     x = _as_array(video, "flow_motion_mask", "video")
     if np.dtype(x.dtype) != np.uint8:
-        raise DTypeError(f"flow_motion_mask: video must be uint8 frames; got {_describe(x)}")
+        raise DTypeError(f"flow_motion_mask: video must be uint8 frames; got {describe(x)}")
     layout = _resolve_layout("flow_motion_mask", x, layout, name="video")
     x = np.asarray(x)
     clips = x if layout.startswith("N") else x[None]
     if "C" in layout and x.shape[-1] not in (1, 3):
-        raise ShapeError(f"flow_motion_mask: video must have 1 or 3 channels; got {_describe(x)}")
+        raise ShapeError(f"flow_motion_mask: video must have 1 or 3 channels; got {describe(x)}")
     if clips.shape[1] < 2:
-        raise ShapeError(f"flow_motion_mask: flow needs T >= 2 frames; got {_describe(x)}")
+        raise ShapeError(f"flow_motion_mask: flow needs T >= 2 frames; got {describe(x)}")
     cv2 = _cv2()
     masks = [_flow_mask_of_clip(_gray(c, cv2), cv2, options, min_flow) for c in clips]
     masks = np.stack(masks) if masks else np.zeros(clips.shape[:4], dtype=bool)

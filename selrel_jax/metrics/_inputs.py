@@ -11,16 +11,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from selrel_jax._checks import real
+from selrel_jax._checks import check_finite, describe, real
 from selrel_jax.errors import DTypeError, OptionError, ShapeError
-from selrel_jax.selective import (
-    _as_array,
-    _check_finite,
-    _compute_dtype,
-    _describe,
-    _resolve_layout,
-    _traced,
-)
+from selrel_jax.selective import _as_array, _compute_dtype, _resolve_layout, _traced
 
 #: How the axes of a mask are read: one clip (T, H, W) or a batch (N, T, H, W).
 MASK_LAYOUTS = {"THW": 3, "NTHW": 4}
@@ -33,9 +26,9 @@ def checked_relevance(
     """``(array, batched)`` of a real floating relevance map without NaN/Inf (eager)."""
     x = _as_array(relevance, fn, name)
     if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
-        raise DTypeError(f"{fn}: {name} must be a real floating array; got {_describe(x)}")
+        raise DTypeError(f"{fn}: {name} must be a real floating array; got {describe(x)}")
     layout = _resolve_layout(fn, x, layout, name=name)
-    _check_finite(fn, x, layout, name=name)
+    check_finite(f"{fn}: {name}", x, batched=layout.startswith("N"))
     return jnp.asarray(x), layout.startswith("N")
 
 
@@ -43,7 +36,7 @@ def checked_mask(fn: str, mask: Any, layout: str | None = None, name: str = "mas
     """A bool mask (T, H, W) or (N, T, H, W), its layout by rank unless given."""
     m = _as_array(mask, fn, name)
     if jnp.result_type(m) != jnp.bool_:
-        raise DTypeError(f"{fn}: {name} must be a bool array; got {_describe(m)}")
+        raise DTypeError(f"{fn}: {name} must be a bool array; got {describe(m)}")
     _resolve_layout(fn, m, layout, name=name, layouts=MASK_LAYOUTS, by_rank=_MASK_LAYOUT_OF_RANK)
     return jnp.asarray(m)
 
@@ -53,14 +46,14 @@ def mask_for(fn: str, mask: Any, relevance: jax.Array, batched: bool) -> tuple[j
     relevance maps takes one mask per clip (N, T, H, W) or one (T, H, W) for all."""
     m = _as_array(mask, fn, "mask")
     if jnp.result_type(m) != jnp.bool_:
-        raise DTypeError(f"{fn}: mask must be a bool array; got {_describe(m)}")
+        raise DTypeError(f"{fn}: mask must be a bool array; got {describe(m)}")
     thw = tuple(jnp.shape(relevance)[1:4] if batched else jnp.shape(relevance)[:3])
     shapes = [thw, (jnp.shape(relevance)[0], *thw)] if batched else [thw]
     if tuple(jnp.shape(m)) not in shapes:
         wanted = " or ".join(str(s) for s in shapes)
         raise ShapeError(
             f"{fn}: mask must have shape {wanted} to match relevance "
-            f"{_describe(relevance)}; got {_describe(m)}"
+            f"{describe(relevance)}; got {describe(m)}"
         )
     return jnp.asarray(m), jnp.ndim(m) == 4
 
@@ -72,11 +65,11 @@ def checked_counts(fn: str, name: str, k: Any, clips: int | None, limit: int) ->
     k = k if _traced(k) or isinstance(k, jax.Array) else np.asarray(k)
     dtype = jnp.result_type(k)
     if not jnp.issubdtype(dtype, jnp.integer) or dtype == jnp.bool_:
-        raise DTypeError(f"{fn}: {name} must be integer; got {_describe(k)}")
+        raise DTypeError(f"{fn}: {name} must be integer; got {describe(k)}")
     shape = tuple(jnp.shape(k))
     if shape not in ((), (clips,) if clips is not None else ()):
         wanted = "a scalar" + (f" or ({clips},), one per clip" if clips is not None else "")
-        raise ShapeError(f"{fn}: {name} must be {wanted}; got {_describe(k)}")
+        raise ShapeError(f"{fn}: {name} must be {wanted}; got {describe(k)}")
     if not _traced(k):
         values = np.asarray(k)
         bad = (values < 0) | (values > limit)
@@ -94,7 +87,7 @@ def checked_fraction(fn: str, name: str, value: Any) -> Any:
     (out of range or NaN makes every score NaN)."""
     if _traced(value):
         if jnp.ndim(value) != 0 or not jnp.issubdtype(jnp.result_type(value), jnp.floating):
-            raise OptionError(f"{fn}: {name} must be a real scalar; got {_describe(value)}")
+            raise OptionError(f"{fn}: {name} must be a real scalar; got {describe(value)}")
         return value
     if isinstance(value, np.ndarray | jax.Array) and value.ndim == 0:
         value = value.item()
@@ -160,9 +153,3 @@ def rank_of(v: jax.Array) -> jax.Array:
     order = order_of(v)
     rank = jnp.zeros(order.shape, jnp.int32).at[order].set(jnp.arange(order.size, dtype=jnp.int32))
     return rank.reshape(v.shape)
-
-
-def ratio(numerator: jax.Array, denominator: jax.Array) -> jax.Array:
-    """``numerator / denominator``, 0 where the denominator is 0."""
-    safe = jnp.where(denominator > 0, denominator, 1)
-    return jnp.where(denominator > 0, numerator / safe, 0)

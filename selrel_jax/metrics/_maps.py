@@ -9,13 +9,12 @@ from typing import Any, Literal
 import jax
 import jax.numpy as jnp
 
-from selrel_jax._checks import one_of
+from selrel_jax._checks import one_of, safe_divide
 from selrel_jax.metrics._inputs import (
     ascending,
     checked_mask,
     checked_relevance,
     magnitudes,
-    ratio,
 )
 from selrel_jax.selective import Layout, _nan_where, _per_clip
 
@@ -35,8 +34,8 @@ def _gini_of_sorted(v: jax.Array) -> jax.Array:
     n = v.size
     total = jnp.sum(v)
     rank = jnp.arange(1, n + 1, dtype=v.dtype)
-    # All zero: the numerator is 0 as well, and ratio() makes that 0.
-    g = ratio(jnp.sum((2 * rank - n - 1) * v), n * total)
+    # All zero: the numerator is 0 as well, and safe_divide() makes that 0.
+    g = safe_divide(jnp.sum((2 * rank - n - 1) * v), n * total)
     return _nan_where(~jnp.isfinite(total), g)
 
 
@@ -66,13 +65,13 @@ def _ginis_of_selections(v: jax.Array, ascending_v: jax.Array, selections: jax.A
     dtype = ascending_v.dtype
     c, places = count.astype(dtype), (2 * (n - m + below) - n).astype(dtype)
     weighted = jnp.sum(c * (places + c) * ascending_v, axis=1)
-    return ratio(weighted, n * jnp.sum(c * ascending_v, axis=1))
+    return safe_divide(weighted, n * jnp.sum(c * ascending_v, axis=1))
 
 
 def _entropy_of_clip(clip: jax.Array, unit: str) -> jax.Array:
     v = magnitudes(clip).ravel()
     total = jnp.sum(v)
-    p = ratio(v, total)
+    p = safe_divide(v, total)
     # 0 log 0 = 0: empty voxels (and an all-zero map) add nothing.
     h = -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1)), 0))
     if unit == "bits":

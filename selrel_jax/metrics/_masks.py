@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from selrel_jax._checks import positive_int
+from selrel_jax._checks import describe, positive_int, safe_divide
 from selrel_jax.errors import DTypeError, OptionError, ShapeError
 from selrel_jax.metrics._inputs import (
     checked_counts,
@@ -23,10 +23,9 @@ from selrel_jax.metrics._inputs import (
     checked_relevance,
     magnitudes,
     mask_for,
-    ratio,
     top_k_selection,
 )
-from selrel_jax.selective import Layout, _as_array, _describe, _nan_where, _traced
+from selrel_jax.selective import Layout, _as_array, _nan_where, _traced
 
 
 class Overlap(NamedTuple):
@@ -44,9 +43,8 @@ class Overlap(NamedTuple):
 def _overlap(hits: jax.Array, chosen: jax.Array, relevant: jax.Array, dtype: Any) -> Overlap:
     """The scores of ``hits`` of ``chosen`` selected voxels against ``relevant`` ones."""
     hits, chosen, relevant = (jnp.asarray(c).astype(dtype) for c in (hits, chosen, relevant))
-    return Overlap(
-        ratio(hits, chosen), ratio(hits, relevant), ratio(hits, chosen + relevant - hits)
-    )
+    union = chosen + relevant - hits
+    return Overlap(safe_divide(hits, chosen), safe_divide(hits, relevant), safe_divide(hits, union))
 
 
 def _invalid_overlap(invalid: jax.Array, scores: Overlap) -> Overlap:
@@ -123,7 +121,7 @@ def _top_k_voxels(x, k, batched):
 def _mass_in_mask_of_clip(clip, mask, _):
     v = magnitudes(clip)
     total = jnp.sum(v)
-    share = ratio(jnp.sum(jnp.where(mask, v, 0)), total)
+    share = safe_divide(jnp.sum(jnp.where(mask, v, 0)), total)
     return _nan_where(~jnp.isfinite(total), share)
 
 
@@ -308,9 +306,9 @@ def box_mask(boxes: Any, height: int, width: int) -> jax.Array:
     b = _as_array(boxes, "box_mask", "boxes")
     dtype = jnp.result_type(b)
     if not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)):
-        raise DTypeError(f"box_mask: boxes must be real numbers; got {_describe(b)}")
+        raise DTypeError(f"box_mask: boxes must be real numbers; got {describe(b)}")
     if jnp.ndim(b) not in (2, 3) or jnp.shape(b)[-1] != 4:
-        raise ShapeError(f"box_mask: boxes must be (T, 4) or (N, T, 4); got {_describe(b)}")
+        raise ShapeError(f"box_mask: boxes must be (T, 4) or (N, T, 4); got {describe(b)}")
     _check_boxes(b)
     b = jnp.asarray(b)
     return _box_mask(b.astype(jnp.promote_types(b.dtype, jnp.float32)), height, width)

@@ -11,6 +11,7 @@ Example::
     info = ModelInfo.for_arch("r3d_18", num_classes=400, class_names=names)
     info.to_dict()                      # JSON-ready
     ModelInfo.from_dict(info.to_dict()) == info
+    x = info.normalize(clips)           # uint8 clips -> the model's float32 input
 """
 
 from __future__ import annotations
@@ -21,7 +22,10 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 from selrel_jax._checks import one_of, positive_int, real
+from selrel_jax.data import normalize
 from selrel_jax.errors import SelrelError
 
 __all__ = [
@@ -141,6 +145,26 @@ class ModelInfo:
         """The shorter side frames are resized to before the centre crop:
         ``resize_size`` where the metadata records one, else the crop's larger side."""
         return self.resize_size if self.resize_size is not None else max(self.crop_size)
+
+    @property
+    def normalization(self) -> dict[str, Any]:
+        """The keywords of :func:`selrel_jax.data.normalize` that prepare this model's
+        input (``hashable(info.normalization)`` keys a cache of compiled functions)."""
+        return {"mean": self.mean, "std": self.std, "value_range": self.value_range,
+                "channel_order": self.channel_order}  # fmt: skip
+
+    def normalize(self, clips_uint8: Any) -> Any:
+        """uint8 RGB clips (N, T, H, W, 3) or (T, H, W, 3) -> the model's float32 input
+        (:func:`selrel_jax.data.normalize` with :attr:`normalization`; jit-friendly)."""
+        return normalize(clips_uint8, **self.normalization)
+
+    def input_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """The normalised input range per channel, ``(low, high)`` each (3,) float32:
+        pixels 0 and 255 after :meth:`normalize` (the natural ``low``/``high`` of
+        ``lrp.epsilon_gamma_box``)."""
+        low, high = self.value_range
+        mean, std = np.asarray(self.mean), np.asarray(self.std)
+        return ((low - mean) / std).astype(np.float32), ((high - mean) / std).astype(np.float32)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict (tuples become lists)."""

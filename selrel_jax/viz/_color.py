@@ -11,7 +11,7 @@ import matplotlib
 import numpy as np
 from matplotlib.colors import Colormap
 
-from selrel_jax._checks import positive_int, real
+from selrel_jax._checks import describe, positive_int, real
 from selrel_jax.errors import DTypeError, NonFiniteError, OptionError, ShapeError
 
 #: Colour maps used when ``cmap=None``: signed relevance on a diverging map whose
@@ -25,10 +25,6 @@ _LUT_SIZE = 511
 MIN_DISPLAY_SIDE = 160
 #: ITU-R BT.601 luma weights: the greyscale a heat map is blended onto.
 _LUMA = np.array([0.299, 0.587, 0.114])
-
-
-def describe(x: Any) -> str:
-    return f"shape {tuple(np.shape(x))} {getattr(x, 'dtype', type(x).__name__)}"
 
 
 def check_frames(fn: str, frames: Any, name: str = "frames") -> np.ndarray:

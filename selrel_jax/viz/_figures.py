@@ -13,13 +13,12 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Colormap, Normalize
 from matplotlib.figure import Figure
 
-from selrel_jax._checks import positive_int
+from selrel_jax._checks import describe, positive_int
 from selrel_jax.errors import OptionError, ShapeError
 from selrel_jax.viz._color import (
     blend,
     check_maps,
     checked_display,
-    describe,
     finite_float_array,
     greyscale,
     lookup_table,
