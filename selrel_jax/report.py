@@ -34,6 +34,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from selrel_jax._checks import integer, positive_int, real
+from selrel_jax._jobs import remove_stale_temporaries, write_text
 from selrel_jax.errors import DataError, OptionError
 from selrel_jax.sweep import read_manifest, read_table, table_columns
 
@@ -561,7 +562,5 @@ def write_report(
         figures |= figs
     for name, figure in figures.items():
         save_figure(figure, out.parent / name)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    tmp.write_text("\n\n".join(parts) + "\n")
-    os.replace(tmp, out)
-    return out
+    remove_stale_temporaries(out)
+    return write_text(out, "\n\n".join(parts) + "\n")

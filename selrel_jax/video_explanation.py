@@ -15,25 +15,24 @@ every ``clip_stride`` frames, and explains every window in jit-compiled batches:
 The result holds the frames, the per-frame maps (channels summed, for display),
 the clip logits, the video's class probabilities and the scores;
 :func:`save_explanation` writes it as pictures, an overlay video and
-``summary.json``.
+``summary.json`` (:func:`summary`). Those files, and :func:`explain_files` (many
+videos, resumable), live in :mod:`selrel_jax.explanation_files` and are exported
+here too.
 
 Example::
 
     from selrel_jax import models, video_explanation as ve
     model, variables, info = models.load("c3d_small_motion")
     result = ve.explain_video("clip.mp4", model, variables, info, sigma=1.0)
-    result.predicted_name, result.summary()["spatial_bias"]
+    result.predicted_name, result.scores()["spatial_bias"]
+    ve.summary(result, "c3d_small_motion")["spatial_bias"]  # summary.json, as a dict
     ve.save_explanation(result, "out/clip")
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import json
 import os
-import re
-import shutil
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -44,9 +43,9 @@ import numpy as np
 
 from selrel_jax import data, metrics
 from selrel_jax._checks import hashable, integer, one_of, positive_int, real
+from selrel_jax._worker import decode_in_worker
 from selrel_jax.attribution import make_explainer, registry
-from selrel_jax.data._reader import DEFAULT_DECODE_TIMEOUT, decode_in_worker
-from selrel_jax.errors import DataError, OptionError, ShapeError
+from selrel_jax.errors import OptionError, ShapeError
 from selrel_jax.models.info import ModelInfo
 from selrel_jax.selective import (
     TEMPORAL_PADDINGS,
@@ -60,11 +59,26 @@ __all__ = [
     "DEFAULT_TEMPORAL_PADDING",
     "DEFAULT_THRESHOLD",
     "VideoExplanation",
+    "explain_files",  # noqa: F822 (these three: __getattr__ below)
     "explain_video",
     "input_bounds",
     "resolve_target",
+    "save_explanation",  # noqa: F822
+    "summary",  # noqa: F822
     "window_starts",
 ]
+#: Exported here, defined in :mod:`selrel_jax.explanation_files`, which imports this
+#: module: they are looked up on first use.
+_FILES = ("explain_files", "output_directories", "save_explanation", "summary")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _FILES:
+        from selrel_jax import explanation_files
+
+        return getattr(explanation_files, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 DEFAULT_METHOD = "lrp.epsilon_plus_flat"
 #: Overlapping windows: under zero padding every window's first and last frame
@@ -78,10 +92,9 @@ DEFAULT_THRESHOLD = "clip"
 def input_bounds(info: ModelInfo) -> tuple[np.ndarray, np.ndarray]:
     """The model's normalised input range per channel, ``(low, high)`` each (3,):
     pixels 0 and 255 after :func:`selrel_jax.data.normalize` with ``info``'s
-    preprocessing (the natural ``low``/``high`` of ``lrp.epsilon_gamma_box``)."""
-    lo, hi = info.value_range
-    mean, std = np.asarray(info.mean), np.asarray(info.std)
-    return ((lo - mean) / std).astype(np.float32), ((hi - mean) / std).astype(np.float32)
+    preprocessing (the natural ``low``/``high`` of ``lrp.epsilon_gamma_box``);
+    :meth:`ModelInfo.input_bounds`."""
+    return info.input_bounds()
 
 
 def window_starts(num_frames: int, clip_length: int, stride: int) -> np.ndarray:
@@ -148,16 +161,17 @@ class ExplainSettings:
             positive_int("clip_stride", self.clip_stride)
         positive_int("batch_size", self.batch_size)
 
-
-def _method_options(settings: ExplainSettings, info: ModelInfo) -> dict[str, Any]:
-    """The method's options, ``low``/``high`` of ``lrp.epsilon_gamma_box`` defaulting
-    to the model's normalised input range (per channel)."""
-    options = dict(settings.method_options)
-    if "low" in registry.get(settings.method).options:
-        low, high = input_bounds(info)
-        options.setdefault("low", low)
-        options.setdefault("high", high)
-    return options
+    def options_for(self, info: ModelInfo) -> dict[str, Any]:
+        """The method's options for a model of ``info``, ``low``/``high`` of
+        ``lrp.epsilon_gamma_box`` defaulting to its normalised input range (per
+        channel); an OptionError if one the method needs is still missing."""
+        options = dict(self.method_options)
+        if "low" in registry.get(self.method).options:
+            low, high = info.input_bounds()
+            options.setdefault("low", low)
+            options.setdefault("high", high)
+        registry.resolve(self.method, options)
+        return options
 
 
 # ---------------------------------------------------------------------------- compute
@@ -170,16 +184,6 @@ class _ClipScores:
     SCORES = ("relevance_mass", "selective_mass", "kept_voxels", "gini_raw", "gini_selective")
 
 
-def _normalizer(info: ModelInfo) -> Callable:
-    return functools.partial(
-        data.normalize,
-        mean=info.mean,
-        std=info.std,
-        value_range=info.value_range,
-        channel_order=info.channel_order,
-    )
-
-
 _COMPILED: dict[Any, tuple[Callable, Callable]] = {}
 
 
@@ -188,7 +192,7 @@ def _compiled(model, info: ModelInfo, settings: ExplainSettings, options) -> tup
     same model, preprocessing and settings (one compilation for a list of videos)."""
     key = (
         model,
-        (info.mean, info.std, info.value_range, info.channel_order),
+        hashable(info.normalization),
         (settings.method, settings.sigma, settings.temporal_padding, settings.threshold),
         hashable(options),
     )
@@ -210,7 +214,7 @@ def _batch_function(model, info: ModelInfo, settings: ExplainSettings, options) 
     """``(variables, clips_uint8, target) -> dict`` of a batch of windows, jit-compiled:
     the channel-summed maps, the masses and scores, and the target logits."""
     explainer = make_explainer(model, settings.method, **options)
-    prepare = _normalizer(info)
+    prepare = info.normalize
     select = {
         "sigma": settings.sigma,
         "temporal_padding": settings.temporal_padding,
@@ -240,7 +244,7 @@ def _batch_function(model, info: ModelInfo, settings: ExplainSettings, options) 
 
 
 def _logits_function(model, info: ModelInfo) -> Callable:
-    prepare = _normalizer(info)
+    prepare = info.normalize
     return jax.jit(lambda variables, clips: model.apply(variables, prepare(clips)))
 
 
@@ -310,7 +314,7 @@ def sample_frames(
     sampled. Frames are resized (shorter side to the model's resize size, else the
     crop's larger side) and centre-cropped to its ``crop_size``. ``fps`` is None when
     the rate is unknown. With ``decode_timeout`` (seconds) a file is decoded in a
-    separate process (:class:`~selrel_jax.data._reader.DecodeWorker`): one that hangs or
+    separate process (:class:`~selrel_jax.data.DecodeWorker`): one that hangs or
     crashes the decoder is a DataError naming it.
     """
     if isinstance(video, np.ndarray | jax.Array):
@@ -496,8 +500,7 @@ def explain_video(
     settings = ExplainSettings(method, sigma, temporal_padding, threshold, clip_stride,
                                batch_size, dict(method_options))  # fmt: skip
     target_index = resolve_target(target, info.class_names)
-    options = _method_options(settings, info)
-    registry.resolve(method, options)
+    options = settings.options_for(info)
     if decode_timeout is not None:
         decode_timeout = real("decode_timeout", decode_timeout, above=0.0)
     clock = _Clock()
@@ -545,347 +548,3 @@ def _explain_frames(frames, model, variables, info, settings, options, target, p
 
 def _video_name(video: Any) -> str:
     return "<array>" if isinstance(video, np.ndarray | jax.Array) else os.fspath(video)
-
-
-# ---------------------------------------------------------------------------- writing
-
-
-def _rounded(x: Any) -> Any:
-    """JSON-ready with 6 significant digits: the same run gives the same bytes, and
-    last-bit differences of another machine's arithmetic don't show."""
-    if isinstance(x, Mapping):
-        return {str(k): _rounded(v) for k, v in x.items()}
-    if isinstance(x, list | tuple | np.ndarray | jax.Array):
-        return [_rounded(v) for v in np.asarray(x).tolist()]
-    if isinstance(x, float | np.floating):
-        return float(f"{float(x):.6g}")
-    if isinstance(x, np.integer | np.bool_):
-        return x.item()
-    return x
-
-
-def _versions() -> dict[str, str]:
-    import flax
-
-    from selrel_jax import __version__
-
-    return {"selrel_jax": __version__, "jax": jax.__version__, "flax": flax.__version__,
-            "numpy": np.__version__}  # fmt: skip
-
-
-def summary(result: VideoExplanation, model_name: str) -> dict[str, Any]:
-    """The deterministic ``summary.json`` of a result (see the README for every key)."""
-    top = np.argsort(-result.probs, kind="stable")[:5]
-    s = result.clip_scores
-    last = len(result.frames) - 1
-    clips = []
-    for i, start in enumerate(result.clip_starts):
-        end = min(start + result.clip_length - 1, last)  # a loop-padded clip ends at the last
-        clip = {"start_frame": start, "end_frame": end}
-        if result.fps:
-            clip |= {"start_time": start / result.fps, "end_time": end / result.fps}
-        clips.append(clip | {k: s[k][i] for k in ("target_logit", "spatial_bias", "kept_voxels")})
-    settings = result.settings
-    return _rounded({
-        "video": result.video,
-        "model": model_name,
-        "method": settings.method,
-        "method_options": result.method_options,
-        "sigma": settings.sigma,
-        "temporal_padding": settings.temporal_padding,
-        "threshold": settings.threshold,
-        "target": {"index": result.target, "name": result.target_name},
-        "predicted": {"index": result.predicted, "name": result.predicted_name},
-        "probs": result.probs,
-        "top5": [{"index": int(i), "name": result.class_names[i], "prob": result.probs[i]}
-                 for i in top],
-        **result.scores(),
-        "frames": len(result.frames),
-        "fps": result.fps,
-        "clip_length": result.clip_length,
-        "loop_padded": result.loop_padded,
-        "clips": clips,
-        "versions": _versions(),
-    })  # fmt: skip
-
-
-def _maps(result: VideoExplanation) -> dict[str, np.ndarray]:
-    return {"relevance": result.relevance, "selective": result.selective, "static": result.static}
-
-
-def _write_pictures(result: VideoExplanation, directory: str, scale: float) -> None:
-    from selrel_jax import viz
-
-    maps = _maps(result)
-    title = (
-        f"{os.path.basename(result.video)}: {result.predicted_name} - "
-        f"{result.settings.method}, sigma={result.settings.sigma:g}"
-    )
-    strip = viz.filmstrip(result.frames, maps, columns=min(8, len(result.frames)),
-                          scale=scale, title=title)  # fmt: skip
-    viz.save_figure(strip, os.path.join(directory, "filmstrip.png"))
-    masses = {name: np.abs(m).sum(axis=(1, 2)) for name, m in maps.items()}
-    viz.save_figure(viz.timeline(masses, title=title), os.path.join(directory, "timeline.png"))
-
-
-def _write_overlay(result: VideoExplanation, path: str, scale: float, chunk: int = 64) -> None:
-    """The three panels over every sampled frame, rendered and encoded ``chunk`` frames
-    at a time (a long video is never held whole as panels)."""
-    from selrel_jax import viz
-
-    caption = f"predicted: {result.predicted_name} ({result.probs[result.predicted]:.0%})" + (
-        "" if result.target == result.predicted else f" | explained: {result.target_name}"
-    )
-    maps = _maps(result)
-    panels = (
-        viz.panels(result.frames[i : i + chunk], {k: m[i : i + chunk] for k, m in maps.items()},
-                   scale=scale, caption=caption)
-        for i in range(0, len(result.frames), chunk)
-    )  # fmt: skip
-    viz.write_overlay_video(path, panels, fps=result.fps or 8.0)
-
-
-def save_explanation(
-    result: VideoExplanation,
-    directory: str | os.PathLike,
-    *,
-    model_name: str = "",
-    save_arrays: bool = False,
-    overwrite: bool = False,
-    timings: Mapping[str, Any] | None = None,
-) -> str:
-    """Write ``overlay.mp4``, ``filmstrip.png``, ``timeline.png``, ``summary.json``
-    (and ``timings.json`` when given, ``relevance.npz`` with ``save_arrays``) into
-    ``directory``, atomically: everything is written into a temporary sibling that is
-    renamed at the end, so a failure leaves nothing behind (and an existing output
-    intact). An existing ``directory`` needs ``overwrite=True``. Returns it.
-
-    The temporary sibling is ``.<name>.<pid>.<random>``: one that a killed process left
-    behind is removed by :func:`explain_files` when it next writes ``<name>``."""
-    import secrets
-
-    directory = os.path.abspath(os.fspath(directory))
-    if os.path.lexists(directory) and not overwrite:
-        raise OptionError(f"output {directory} exists; pass overwrite (--overwrite) to replace it")
-    parent = os.path.dirname(directory)
-    try:
-        os.makedirs(parent, exist_ok=True)
-        prefix = f".{os.path.basename(directory)}.{os.getpid()}."
-        # not mkdtemp: its mode 0700 would hide the renamed output from other users
-        staging = os.path.join(parent, prefix + secrets.token_hex(4))
-        os.mkdir(staging, 0o777)
-    except OSError as e:
-        raise DataError(f"cannot write output {directory}: {e.strerror or e}") from None
-    try:
-        scale = _color_scale(result)
-        _write_pictures(result, staging, scale)
-        _write_overlay(result, os.path.join(staging, "overlay.mp4"), scale)
-        with open(os.path.join(staging, "summary.json"), "w") as f:
-            json.dump(summary(result, model_name), f, indent=2, sort_keys=True)
-            f.write("\n")
-        if timings is not None:
-            with open(os.path.join(staging, "timings.json"), "w") as f:
-                json.dump(_rounded(dict(timings)), f, indent=2, sort_keys=True)
-        if save_arrays:
-            np.savez_compressed(os.path.join(staging, "relevance.npz"), **_arrays(result))
-        _replace(staging, directory)
-    except OSError as e:  # a full disk, a file too large: nothing is left
-        shutil.rmtree(staging, ignore_errors=True)
-        raise DataError(f"cannot write output {directory}: {e.strerror or e}") from None
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return directory
-
-
-def _color_scale(result: VideoExplanation) -> float:
-    from selrel_jax import viz
-
-    return viz.color_scale(result.relevance, result.selective, result.static)
-
-
-def _arrays(result: VideoExplanation) -> dict[str, np.ndarray]:
-    return {
-        **_maps(result),
-        "frames": result.frames,
-        "clip_starts": result.clip_starts,
-        "clip_logits": result.clip_logits,
-        "probs": result.probs,
-        **{f"clip_{k}": v for k, v in result.clip_scores.items()},
-    }
-
-
-def _replace(staging: str, directory: str) -> None:
-    """Move ``staging`` to ``directory``; an existing one is removed only once the new
-    one is in place."""
-    if not os.path.lexists(directory):
-        os.rename(staging, directory)
-        return
-    old = staging + ".old"
-    os.rename(directory, old)
-    os.rename(staging, directory)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-# ---------------------------------------------------------------------------- many files
-
-
-def output_directories(videos: Sequence[Any], out: str | os.PathLike) -> list[str]:
-    """``out/<stem>`` for each video; a stem that repeats gets ``-2``, ``-3``, ..."""
-    seen: dict[str, int] = {}
-    directories = []
-    for video in videos:
-        stem = os.path.splitext(os.path.basename(os.path.normpath(os.fspath(video))))[0]
-        seen[stem] = seen.get(stem, 0) + 1
-        name = stem if seen[stem] == 1 else f"{stem}-{seen[stem]}"
-        directories.append(os.path.join(os.fspath(out), name))
-    return directories
-
-
-def explain_files(
-    videos: Sequence[str | os.PathLike],
-    *,
-    model: str | os.PathLike = "c3d_small_motion",
-    out: str | os.PathLike = "selrel_out",
-    overwrite: bool = False,
-    save_arrays: bool = False,
-    progress: bool = False,
-    target: int | str | None = None,
-    method_options: Mapping[str, Any] | None = None,
-    decode_timeout: float | None = DEFAULT_DECODE_TIMEOUT,
-    **settings: Any,
-):
-    """Explain each file into ``out/<stem>/`` (:func:`save_explanation`), yielding
-    ``(video, record)`` per video: the record is ``{"video", "out", "predicted",
-    "spatial_bias"}`` (``"kept": True`` added for an output kept from an earlier run)
-    or the :class:`~selrel_jax.errors.SelrelError` that video raised (the others still
-    run). No videos: the bundled sample clip. The model, method, options and target
-    are checked once, before any video is read (and ``decode_timeout``).
-
-    Resuming: without ``overwrite``, an existing ``out/<stem>/`` that holds this
-    video's explanation with the same settings is kept and reported (nothing is
-    computed), one with other settings is an OptionError naming them; temporary
-    folders a killed run left are removed. Each file is decoded in a separate
-    process, stopped after ``decode_timeout`` seconds (None: decode in this process).
-    ``settings``: ``method``, ``sigma``, ``temporal_padding``, ``threshold``,
-    ``clip_stride``, ``batch_size`` of :func:`explain_video`."""
-    from selrel_jax import models
-    from selrel_jax.errors import SelrelError
-
-    videos = list(videos) or [data.sample_clip_path()]
-    net, variables, info = models.load(model)
-    checked = ExplainSettings(**settings, method_options=dict(method_options or {}))
-    expected = _Expected(checked, _method_options(checked, info), info, model, save_arrays,
-                         resolve_target(target, info.class_names))  # fmt: skip
-    registry.resolve(checked.method, expected.options)
-    if decode_timeout is not None:
-        decode_timeout = real("decode_timeout", decode_timeout, above=0.0)
-    for video, directory in zip(videos, output_directories(videos, out), strict=True):
-        try:
-            _remove_stale_staging(directory)
-            kept = None if overwrite else expected.finished(video, directory)
-            if kept is not None:
-                yield os.fspath(video), _record(video, directory, kept) | {"kept": True}
-                continue
-            result = explain_video(video, net, variables, info, target=target, progress=progress,
-                                   decode_timeout=decode_timeout, **settings,
-                                   **dict(method_options or {}))  # fmt: skip
-            save_explanation(result, directory, model_name=os.fspath(model),
-                             save_arrays=save_arrays, overwrite=overwrite,
-                             timings={**result.timings, **_backend()})  # fmt: skip
-            yield os.fspath(video), _record(video, directory, summary(result, os.fspath(model)))
-        except SelrelError as e:
-            yield os.fspath(video), e
-        except OSError as e:
-            yield os.fspath(video), DataError(f"{video}: {e.strerror or e}")
-
-
-def _record(video: Any, directory: str, summary_: Mapping[str, Any]) -> dict[str, Any]:
-    """The line ``selrel explain`` prints for a video, from its ``summary.json``."""
-    return {"video": os.fspath(video), "out": directory,
-            "predicted": summary_["predicted"]["name"],
-            "spatial_bias": summary_["spatial_bias"]}  # fmt: skip
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
-
-
-def _remove_stale_staging(directory: str) -> None:
-    """Remove the temporary siblings ``.<name>.<pid>.<random>[.old]`` of ``directory``
-    that a killed :func:`save_explanation` left (its process no longer runs)."""
-    parent, name = os.path.split(os.path.abspath(directory))
-    pattern = re.compile(rf"\.{re.escape(name)}\.(\d+)\.[A-Za-z0-9_]+(\.old)?")
-    try:
-        entries = os.listdir(parent)
-    except OSError:  # no folder yet, or a file where it should be: save_explanation says so
-        return
-    for entry in entries:
-        match = pattern.fullmatch(entry)
-        pid = int(match.group(1)) if match else None
-        if pid is not None and pid != os.getpid() and not _pid_alive(pid):
-            shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Expected:
-    """What an existing output must hold to be kept by a rerun of :func:`explain_files`."""
-
-    settings: ExplainSettings
-    options: dict[str, Any]
-    info: ModelInfo
-    model: Any
-    save_arrays: bool
-    target: int | None
-
-    def finished(self, video: Any, directory: str) -> dict[str, Any] | None:
-        """The summary of ``directory`` if it holds ``video`` explained with these
-        settings, None if there is no ``directory``; an OptionError naming what differs
-        (or that it holds no summary) otherwise."""
-        if not os.path.lexists(directory):
-            return None
-        refuse = f"output {directory} exists; pass --overwrite to replace it"
-        try:
-            with open(os.path.join(directory, "summary.json")) as f:
-                there = json.load(f)
-            changed = self._differences(video, directory, there)
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            raise OptionError(
-                f"{refuse} (it holds no readable summary.json of selrel explain)"
-            ) from None
-        if changed:
-            raise OptionError(f"{refuse} (it was made with other settings: {', '.join(changed)})")
-        return there
-
-    def _differences(self, video: Any, directory: str, there: Mapping[str, Any]) -> list[str]:
-        s = self.settings
-        now = json.loads(json.dumps(_rounded({
-            "video": os.fspath(video), "model": os.fspath(self.model), "method": s.method,
-            "method_options": self.options, "sigma": s.sigma,
-            "temporal_padding": s.temporal_padding, "threshold": s.threshold,
-        })))  # fmt: skip
-        changed = [f"{key} ({json.dumps(there.get(key))} there, {json.dumps(value)} now)"
-                   for key, value in now.items() if there.get(key) != value]  # fmt: skip
-        explained, predicted = there["target"]["index"], there["predicted"]["index"]
-        if explained != (predicted if self.target is None else self.target):
-            wanted = "predicted" if self.target is None else self.target
-            changed.append(f"target ({explained} there, {json.dumps(wanted)} now)")
-        stride = s.clip_stride or max(1, self.info.clip_length // 2)
-        starts = window_starts(there["frames"], self.info.clip_length, stride).tolist()
-        if [clip["start_frame"] for clip in there["clips"]] != starts:
-            changed.append(f"clip_stride (other windows there, {stride} now)")
-        arrays = os.path.exists(os.path.join(directory, "relevance.npz"))
-        if arrays != self.save_arrays:
-            changed.append(f"save_arrays ({json.dumps(arrays)} there, "
-                           f"{json.dumps(self.save_arrays)} now)")  # fmt: skip
-        return changed
-
-
-def _backend() -> dict[str, Any]:
-    return {"backend": jax.default_backend(), "device_count": jax.device_count()}

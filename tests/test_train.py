@@ -232,11 +232,11 @@ def test_run_directory_claims_saves_restores_and_refuses_other_settings(tmp_path
     other = {"config": {"seed": 2, "lr": 0.1}, "model": {"width": 0.5, "channels": [8]}}
     with pytest.raises(SelrelError, match="other settings") as e:
         RunDirectory(tmp_path / "run", other)
-    assert "config.seed (1 there, 2 now)" in str(e.value)
-    assert "model.channels (null there, [8] now)" in str(e.value)
+    assert "config.seed: 1 -> 2" in str(e.value)
+    assert "model.channels: null -> [8]" in str(e.value)
     assert "lr" not in str(e.value)
     many = {"config": {f"k{i}": i for i in range(8)}}
-    with pytest.raises(SelrelError, match=r"config\.k4 \(null there, 4 now\) and 6 more;"):
+    with pytest.raises(SelrelError, match=r"config\.k4: null -> 4, and 6 more\); rerun with"):
         RunDirectory(tmp_path / "run", many)
 
 
@@ -313,11 +313,11 @@ def test_killed_run_resumes_to_bitwise_identical_parameters(tmp_path):
     again = fit(model, info, train, val, config=config, out_dir=out, progress=False)
     assert_bitwise_equal(again.final_variables, straight.final_variables)
     other = TrainConfig(epochs=3, **{**CONFIG, "seed": 4})
-    with pytest.raises(SelrelError, match=r"other settings: config\.seed \(3 there, 4 now\)"):
+    with pytest.raises(SelrelError, match=r"other settings \(config\.seed: 3 -> 4\)"):
         fit(model, info, train, val, config=other, out_dir=out, progress=False)
     # the same parameter shapes but another architecture (a strided stem) is another run
     strided, *_ = setup(stem_stride=(1, 2, 2))
-    with pytest.raises(SelrelError, match=r"model\.stem_stride \(\[1, 1, 1\] there"):
+    with pytest.raises(SelrelError, match=r"model\.stem_stride: \[1, 1, 1\] -> "):
         fit(strided, info, train, val, config=config, out_dir=out, progress=False)
 
 
@@ -347,11 +347,11 @@ def test_fine_tune_on_lazy_folder_clips_resumes_bitwise(tmp_path):
     assert evaluate(model, straight.final_variables, info, val) == evaluate(
         model, straight.final_variables, info, in_memory
     )
-    with pytest.raises(SelrelError, match=r"other settings: init "):
+    with pytest.raises(SelrelError, match=r"other settings \(init"):
         run(out_dir=tmp_path / "b", init_variables=random_init(small_model(5)[0], seed=8))
     frozen = TrainConfig(epochs=3, batch_size=2, learning_rate=0.01, checkpoint_every=2,
                          freeze_backbone=True)  # fmt: skip
-    with pytest.raises(SelrelError, match=r"config\.freeze_backbone \(false there, true now\)"):
+    with pytest.raises(SelrelError, match=r"config\.freeze_backbone: false -> true"):
         run(out_dir=tmp_path / "b", config=frozen)
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import selrel_jax as sr
-from selrel_jax import data, models
+from selrel_jax import data, explanation_files, models
 from selrel_jax import video_explanation as ve
 
 SUMMARY_KEYS = {
@@ -76,7 +76,7 @@ def test_input_bounds_are_the_normalised_pixel_range(motion_model):
     info = motion_model[2]
     low, high = ve.input_bounds(info)
     extremes = np.array([[[[0, 0, 0], [255, 255, 255]]]], np.uint8)
-    x = np.asarray(data.normalize(extremes, **ve._normalizer(info).keywords))
+    x = np.asarray(info.normalize(extremes))
     np.testing.assert_allclose(x[0, 0, 0], low, rtol=1e-6)
     np.testing.assert_allclose(x[0, 0, 1], high, rtol=1e-6)
 
@@ -245,7 +245,7 @@ def test_a_failure_while_writing_leaves_nothing(sample_result, tmp_path, monkeyp
     def broken(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(ve, "_write_overlay", broken)
+    monkeypatch.setattr(explanation_files, "_write_overlay", broken)
     with pytest.raises(sr.DataError, match=r"cannot write output .*out: No space left on device"):
         ve.save_explanation(sample_result, tmp_path / "out")
     assert os.listdir(tmp_path) == []

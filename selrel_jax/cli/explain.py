@@ -98,7 +98,7 @@ def explain(
     the outputs already written and explains the rest."""
     from selrel_jax._checks import key_json_pairs
     from selrel_jax.cli import ERROR_EXIT_CODE
-    from selrel_jax.video_explanation import explain_files
+    from selrel_jax.explanation_files import explain_files
 
     failed = False
     stdout = sys.stdout  # one JSON line per video; everything else goes to stderr

@@ -17,6 +17,7 @@ Example::
         ...                                                     # uint8 (112, 112, 3)
 """
 
+from selrel_jax._worker import DEFAULT_DECODE_TIMEOUT, DecodeWorker, decode_in_worker
 from selrel_jax.data import synthetic_motion
 from selrel_jax.data._clips import Clips, LazyVideos, load_clips, parse_dataset
 from selrel_jax.data._folder import (
@@ -32,15 +33,7 @@ from selrel_jax.data._image_folder import IMAGE_EXTENSIONS
 from selrel_jax.data._loader import ArraySource, make_loader
 from selrel_jax.data._normalize import normalize
 from selrel_jax.data._order import batch_indices, batches_per_epoch, epoch_order
-from selrel_jax.data._reader import (
-    DEFAULT_DECODE_TIMEOUT,
-    DecodeWorker,
-    VideoProbe,
-    decode_in_worker,
-    iter_frames,
-    probe_video,
-    read_frames,
-)
+from selrel_jax.data._reader import VideoProbe, iter_frames, probe_video, read_frames
 from selrel_jax.data._sample import (
     render_sample_clip,
     sample_clip_info,

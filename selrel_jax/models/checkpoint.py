@@ -18,9 +18,7 @@ import contextlib
 import json
 import os
 import pathlib
-import shutil
 import sys
-import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,6 +26,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from selrel_jax._jobs import remove_stale_temporaries, write_folder
 from selrel_jax.errors import CheckpointError, SelrelError
 from selrel_jax.models.info import ModelInfo
 from selrel_jax.models.registry import create
@@ -143,22 +142,6 @@ def _make_parents(directory: pathlib.Path) -> list[pathlib.Path]:
     return created
 
 
-def _swap_in(staging: pathlib.Path, directory: pathlib.Path) -> None:
-    """Rename ``staging`` to ``directory``; an existing checkpoint there is moved aside
-    first and put back if the rename fails."""
-    if not directory.exists():
-        os.replace(staging, directory)
-        return
-    previous = directory.with_name(f".{directory.name}.replaced-{uuid.uuid4().hex[:8]}")
-    os.replace(directory, previous)
-    try:
-        os.replace(staging, directory)
-    except BaseException:
-        os.replace(previous, directory)
-        raise
-    shutil.rmtree(previous, ignore_errors=True)
-
-
 def save(directory: str | os.PathLike, info: ModelInfo, variables: Any) -> pathlib.Path:
     """Write ``variables`` (orbax) and ``info`` (``info.json``) to ``directory``; returns it.
 
@@ -166,7 +149,8 @@ def save(directory: str | os.PathLike, info: ModelInfo, variables: Any) -> pathl
     saved checkpoint always loads. The checkpoint is written into a temporary
     directory next to ``directory`` and renamed into place at the end, so a
     failure (a full disk, an interruption) leaves nothing behind and a checkpoint
-    already in ``directory`` intact; that one is replaced on success. A directory
+    already in ``directory`` intact; that one is replaced on success (temporaries a
+    killed save left beside ``directory`` are removed first). A directory
     that holds other files than a checkpoint is refused (see
     :func:`checkpoint_target`), as is one that cannot be written.
     """
@@ -177,18 +161,18 @@ def save(directory: str | os.PathLike, info: ModelInfo, variables: Any) -> pathl
     directory = checkpoint_target(directory)
     tree = jax.tree_util.tree_map(np.asarray, _plain(variables))
     check_variables(build(info), info, tree, "save()")
-    created, staging = [], None
-    try:
-        created = _make_parents(directory.parent)
-        staging = directory.with_name(f".{directory.name}.saving-{uuid.uuid4().hex[:8]}")
-        staging.mkdir()
+
+    def fill(staging: pathlib.Path) -> None:
         with ocp.PyTreeCheckpointer() as checkpointer:
             checkpointer.save(staging / VARIABLES_DIR, tree)
         (staging / INFO_FILE).write_text(json.dumps(info.to_dict(), indent=2) + "\n")
-        _swap_in(staging, directory)
+
+    created = []
+    try:
+        created = _make_parents(directory.parent)
+        remove_stale_temporaries(directory)
+        write_folder(directory, fill)
     except BaseException as error:
-        if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
         for parent in created:  # deepest first; stops at one that is not empty
             with contextlib.suppress(OSError):
                 parent.rmdir()

@@ -20,8 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from selrel_jax import data, metrics
-from selrel_jax._checks import hashable
+from selrel_jax import metrics
+from selrel_jax._checks import hashable, safe_divide
 from selrel_jax.attribution import make_explainer
 from selrel_jax.metrics import _inputs, _maps, _masks
 from selrel_jax.models.info import ModelInfo
@@ -36,12 +36,6 @@ from selrel_jax.sweep._sources import ClipBatch
 
 DATA_AXIS = "data"
 _AXES = (1, 2, 3)  # (T, H, W) of a batch of masks
-
-
-def _ratio(numerator: jax.Array, denominator: jax.Array) -> jax.Array:
-    """``numerator / denominator`` as float32, 0 where the denominator is 0."""
-    n, d = numerator.astype(jnp.float32), denominator.astype(jnp.float32)
-    return jnp.where(d > 0, n / jnp.where(d > 0, d, 1), 0)
 
 
 class _Ranked(NamedTuple):
@@ -65,7 +59,7 @@ def _spatial_bias(ranked: _Ranked, kept: jax.Array) -> jax.Array:
     (N, T, H, W, C) maps took ~8x longer). A selection from ``selective_relevance``
     always passes spatial_bias's is-a-selection check."""
     total = jnp.sum(ranked.magnitudes, axis=_AXES)
-    bias = jnp.where(total > 0, 1 - kept / jnp.where(total > 0, total, 1), 0)
+    bias = jnp.where(total > 0, 1 - safe_divide(kept, total), 0)
     return jnp.where(jnp.isfinite(total) & jnp.isfinite(kept), bias, jnp.nan)
 
 
@@ -124,7 +118,10 @@ def _sigma_scores(relevance, ranked: _Ranked, sigma, mask, gini, truth, select) 
             ranked.magnitudes, truth["mask"], kept, ranked.ascending
         )
         out["motion_precision_raw"] = top_k.precision
-        out["motion_precision_selective"] = _ratio(jnp.sum(mask & truth["mask"], axis=_AXES), kept)
+        hits = jnp.sum(mask & truth["mask"], axis=_AXES)
+        out["motion_precision_selective"] = safe_divide(
+            hits.astype(jnp.float32), kept.astype(jnp.float32)
+        )
     return out
 
 
@@ -173,10 +170,7 @@ def clip_function(model: Any, info: ModelInfo, settings: SweepSettings) -> Calla
     """``(variables, video uint8, label) -> {"x", "predicted", "target", ...}``: the
     normalised clips, the prediction, the class explained and (faithfulness) the
     target probability on the clip and on the clip frozen to its middle frame."""
-    prepare = functools.partial(
-        data.normalize, mean=info.mean, std=info.std, value_range=info.value_range,
-        channel_order=info.channel_order,
-    )  # fmt: skip
+    prepare = info.normalize
 
     def run(variables, video, label):
         x = prepare(video)
@@ -194,10 +188,6 @@ def clip_function(model: Any, info: ModelInfo, settings: SweepSettings) -> Calla
         return out
 
     return run
-
-
-def _normalization(info: ModelInfo) -> tuple:
-    return info.mean, info.std, info.value_range, info.channel_order
 
 
 _COMPILED: dict[Any, Callable] = {}
@@ -244,7 +234,7 @@ class BatchScorer:
         self._truth_keys = truth_keys
         key = (model, settings.target, settings.faithfulness)
         self._clip_fn = _jitted(
-            ("clip", *key, _normalization(info)), self._clips,
+            ("clip", *key, hashable(info.normalization)), self._clips,
             lambda: clip_function(model, info, settings),
         )  # fmt: skip
         select = (settings.temporal_padding, settings.threshold)

@@ -13,7 +13,8 @@ import numpy as np
 
 from selrel_jax import models
 from selrel_jax._checks import integer, positive_int, real
-from selrel_jax.data._reader import DEFAULT_DECODE_TIMEOUT
+from selrel_jax._jobs import versions
+from selrel_jax._worker import DEFAULT_DECODE_TIMEOUT
 from selrel_jax.errors import OptionError
 from selrel_jax.sweep import _store
 from selrel_jax.sweep._compute import BatchScorer
@@ -95,16 +96,6 @@ def shard_columns(
     return {name: np.concatenate([b[name] for b in blocks]) for name in blocks[0]}
 
 
-def _versions() -> dict[str, str]:
-    import flax
-    import pyarrow
-
-    from selrel_jax import __version__
-
-    return {"selrel_jax": __version__, "jax": jax.__version__, "flax": flax.__version__,
-            "numpy": np.__version__, "pyarrow": pyarrow.__version__}  # fmt: skip
-
-
 def _barrier(name: str) -> None:
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
@@ -130,7 +121,7 @@ class _Sweep:
         self.columns = columns_of(source.id_type, settings.faithfulness)
         self.schema = _store.schema(self.columns)
         self.total = -(-source.count // settings.batch_size)
-        self.versions = _versions()
+        self.versions = versions("pyarrow")
 
     def indices(self, shard: int) -> np.ndarray:
         first = shard * self.settings.batch_size

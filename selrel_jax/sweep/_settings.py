@@ -15,7 +15,6 @@ from selrel_jax.data import SPLIT_NAMES, parse_dataset
 from selrel_jax.errors import OptionError
 from selrel_jax.models.info import ModelInfo
 from selrel_jax.selective import TEMPORAL_PADDINGS, THRESHOLDS
-from selrel_jax.video_explanation import input_bounds
 
 #: ``"label"``: explain the dataset's label; ``"predicted"``: the model's prediction.
 TARGETS = ("label", "predicted")
@@ -123,7 +122,7 @@ def options_of(method: str, settings: SweepSettings, info: ModelInfo) -> dict[st
     taken = registry.get(method).options
     options = {k: v for k, v in settings.method_options.items() if k in taken}
     if "low" in taken and "high" in taken:
-        low, high = input_bounds(info)
+        low, high = info.input_bounds()
         options.setdefault("low", low)
         options.setdefault("high", high)
     registry.resolve(method, options)

@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 
 from selrel_jax import data
+from selrel_jax._worker import decode_in_worker
 from selrel_jax.data import synthetic_motion
-from selrel_jax.data._reader import decode_in_worker
 from selrel_jax.errors import DataError, OptionError, ShapeError
 from selrel_jax.models.checkpoint import writable_directory
 from selrel_jax.models.info import ModelInfo

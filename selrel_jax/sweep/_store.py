@@ -1,10 +1,10 @@
 """A sweep's directory: ``manifest.json`` and the Parquet shards under ``tables/``.
 
 Each shard holds the rows of one batch of clips and is written to a temporary name
-and renamed into place, so a shard file is complete or absent: the shard files are
-the record of what is done (a killed sweep restarts at the first missing one).
-A shard's Parquet metadata also records its clips and the clips that failed to
-decode, so the manifest can always be rebuilt from the shards.
+and renamed into place (:mod:`selrel_jax._jobs`), so a shard file is complete or
+absent: the shard files are the record of what is done (a killed sweep restarts at
+the first missing one). A shard's Parquet metadata also records its clips and the
+clips that failed to decode, so the manifest can always be rebuilt from the shards.
 """
 
 from __future__ import annotations
@@ -13,13 +13,19 @@ import json
 import os
 import pathlib
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from selrel_jax._jobs import (
+    refuse_other_settings,
+    remove_stale_temporaries,
+    temporary_target,
+    write_file,
+)
 from selrel_jax.errors import DataError, OptionError
 from selrel_jax.models.checkpoint import writable_directory
 
@@ -27,47 +33,31 @@ MANIFEST_FILE = "manifest.json"
 TABLES_DIR = "tables"
 FORMAT = 1
 _SHARD = re.compile(r"shard-(\d{6})\.parquet")
-_MANIFEST_TMP = re.compile(rf"\.{re.escape(MANIFEST_FILE)}\.\d+\.tmp")
 _META_KEY = b"selrel_sweep"
 _SORT = [("clip_id", "ascending"), ("method", "ascending"), ("sigma", "ascending")]
-MAX_SHOWN = 5  # settings named in a refusal
 
 
 def shard_name(shard: int) -> str:
     return f"shard-{shard:06d}.parquet"
 
 
-def differences(old: Any, new: Any, prefix: str = "") -> list[str]:
-    """Dotted paths where two JSON values differ (``sigmas``, ``method_options.gradient``)."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        out = []
-        for key in sorted(old.keys() | new.keys()):
-            out += differences(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else key)
-        return out
-    return [] if old == new else [prefix or "(everything)"]
-
-
-def _shown(tree: Any, path: str) -> str:
-    for key in path.split("."):
-        tree = tree.get(key) if isinstance(tree, dict) else None
-    text = json.dumps(tree)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _written(path: pathlib.Path, tmp: pathlib.Path, write: Any) -> None:
-    """``write(tmp)``, then ``tmp`` renamed to ``path``; a failed write (a full disk)
-    removes ``tmp`` and is a DataError naming ``path``."""
+def _written(path: pathlib.Path, write: Callable[[pathlib.Path], Any]) -> None:
+    """``path`` written atomically by ``write(temporary)``; a failed write (a full disk)
+    leaves no temporary and is a DataError naming ``path``."""
     try:
-        write(tmp)
-        os.replace(tmp, path)
+        write_file(path, write)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise DataError(f"cannot write {path}: {e.strerror or e}") from None
 
 
 def _write_json(path: pathlib.Path, value: Any) -> None:
     text = json.dumps(value, indent=2, sort_keys=True) + "\n"
-    _written(path, path.with_name(f".{path.name}.{os.getpid()}.tmp"), lambda t: t.write_text(text))
+    _written(path, lambda temporary: temporary.write_text(text))
+
+
+def _is_manifest_temporary(name: str) -> bool:
+    target = temporary_target(name)
+    return target is not None and target[0] == MANIFEST_FILE
 
 
 def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
@@ -92,24 +82,13 @@ def check_target(directory: str | os.PathLike, settings: Mapping[str, Any]) -> p
     if not path.is_dir():
         return path
     # A sweep killed while writing its first manifest leaves only that temporary file.
-    if all(_MANIFEST_TMP.fullmatch(p.name) for p in path.iterdir()):
+    if all(_is_manifest_temporary(p.name) for p in path.iterdir()):
         return path
     if not (path / MANIFEST_FILE).is_file():
         raise OptionError(
             f"--out {path} holds other files than a sweep (no {MANIFEST_FILE}); use a new directory"
         )
-    previous = read_manifest(path)["settings"]
-    changed = differences(previous, dict(settings))
-    if changed:
-        details = ", ".join(
-            f"{p} ({_shown(previous, p)} there, {_shown(settings, p)} now)"
-            for p in changed[:MAX_SHOWN]
-        )
-        more = f" and {len(changed) - MAX_SHOWN} more" if len(changed) > MAX_SHOWN else ""
-        raise OptionError(
-            f"{path} holds a sweep with other settings: {details}{more}; use a new --out "
-            "directory or the original settings"
-        )
+    refuse_other_settings("sweep", path, read_manifest(path)["settings"], dict(settings))
     return path
 
 
@@ -121,18 +100,11 @@ def done_shards(directory: pathlib.Path) -> set[int]:
 
 
 def remove_stale(directory: pathlib.Path, shards: Iterable[int], manifest: bool) -> None:
-    """Delete temporary files a killed sweep left for ``shards`` (shards this process
+    """Delete the temporary files a killed sweep left for ``shards`` (shards this process
     is about to write, so no other process is writing them) and, with ``manifest``
     (the process that writes it), of the manifest."""
-    if manifest:
-        for path in directory.iterdir():
-            if _MANIFEST_TMP.fullmatch(path.name):
-                path.unlink(missing_ok=True)
-    tables = directory / TABLES_DIR
-    prefixes = tuple(f".{shard_name(k)}." for k in shards)
-    for name in os.listdir(tables) if tables.is_dir() else []:
-        if name.startswith(prefixes) and name.endswith(".tmp"):
-            (tables / name).unlink(missing_ok=True)
+    paths = [directory / TABLES_DIR / shard_name(k) for k in shards]
+    remove_stale_temporaries(*paths, *([directory / MANIFEST_FILE] if manifest else []))
 
 
 def schema(columns: Mapping[str, str]) -> pa.Schema:
@@ -154,9 +126,7 @@ def write_shard(
     meta = {_META_KEY: json.dumps(dict(record), sort_keys=True).encode()}
     table = pa.table({name: columns[name] for name in table_schema.names}, schema=table_schema)
     table = table.replace_schema_metadata(meta)
-    target = tables / shard_name(shard)
-    tmp = tables / f".{shard_name(shard)}.{os.getpid()}.tmp"
-    _written(target, tmp, lambda t: pq.write_table(table, t))
+    _written(tables / shard_name(shard), lambda temporary: pq.write_table(table, temporary))
 
 
 def shard_record(directory: pathlib.Path, shard: int) -> dict[str, Any]:

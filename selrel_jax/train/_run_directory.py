@@ -11,38 +11,16 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from selrel_jax._jobs import (
+    refuse_other_settings,
+    remove_stale_temporaries,
+    settings_record,
+    write_text,
+)
 from selrel_jax.errors import CheckpointError, SelrelError
 from selrel_jax.models.checkpoint import first_words, writable_directory
 
 RUN_FILE = "run.json"
-MAX_SHOWN = 5  # differences named in the refusal (a run.json of an older version differs a lot)
-
-
-def _json(value: Any) -> Any:
-    """``value`` as JSON reads it back (tuples become lists, keys strings)."""
-    return json.loads(json.dumps(value))
-
-
-def differences(old: Any, new: Any, prefix: str = "") -> list[str]:
-    """Dotted paths where two JSON values differ (``config.seed``, ``model.width``)."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        out = []
-        for key in sorted(old.keys() | new.keys()):
-            path = f"{prefix}.{key}" if prefix else key
-            out += differences(old.get(key), new.get(key), path)
-        return out
-    return [] if old == new else [prefix or "(everything)"]
-
-
-def _shown(value: Any) -> str:
-    text = json.dumps(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _lookup(tree: Any, path: str) -> Any:
-    for key in path.split("."):
-        tree = tree.get(key) if isinstance(tree, dict) else None
-    return tree
 
 
 class RunDirectory:
@@ -65,7 +43,7 @@ class RunDirectory:
         self.path = writable_directory(path, "run directory")  # absolute, as orbax wants
         with self._writing("open"):
             self.path.mkdir(parents=True, exist_ok=True)
-            self._claim(_json(dict(identity)))
+            self._claim(settings_record(identity))
             self.latest = self._manager("latest")
             self.best = self._manager("best")
 
@@ -83,10 +61,9 @@ class RunDirectory:
 
     def _claim(self, identity: dict[str, Any]) -> None:
         run_file = self.path / RUN_FILE
+        remove_stale_temporaries(run_file)
         if not run_file.exists():
-            tmp = run_file.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps(identity, indent=2, sort_keys=True))
-            os.replace(tmp, run_file)
+            write_text(run_file, json.dumps(identity, indent=2, sort_keys=True))
             return
         try:
             previous = json.loads(run_file.read_text())
@@ -94,18 +71,7 @@ class RunDirectory:
             raise CheckpointError(
                 f"{run_file} is corrupt ({e}); use a new --out directory"
             ) from None
-        changed = differences(previous, identity)
-        if changed:
-            details = ", ".join(
-                f"{p} ({_shown(_lookup(previous, p))} there, {_shown(_lookup(identity, p))} now)"
-                for p in changed[:MAX_SHOWN]
-            )
-            if len(changed) > MAX_SHOWN:
-                details += f" and {len(changed) - MAX_SHOWN} more"
-            raise SelrelError(
-                f"{self.path} holds a run with other settings: {details}; "
-                "use a new --out directory or the original settings"
-            )
+        refuse_other_settings("run", self.path, previous, identity, error=SelrelError)
 
     def _manager(self, name: str) -> ocp.CheckpointManager:
         options = ocp.CheckpointManagerOptions(

@@ -23,7 +23,6 @@ from flax.training import train_state
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from selrel_jax._checks import integer, one_of, positive_int, real
-from selrel_jax.data import normalize
 from selrel_jax.errors import CheckpointError, OptionError
 from selrel_jax.models.info import ModelInfo
 from selrel_jax.models.registry import HEADS
@@ -164,14 +163,9 @@ def make_optimizer(
 
 
 def normalizer(info: ModelInfo) -> Callable[[Any], Any]:
-    """uint8 RGB clips -> the model's float input, as ``info`` prescribes (jit-friendly)."""
-    return functools.partial(
-        normalize,
-        mean=info.mean,
-        std=info.std,
-        value_range=info.value_range,
-        channel_order=info.channel_order,
-    )
+    """uint8 RGB clips -> the model's float input, as ``info`` prescribes (jit-friendly):
+    :meth:`ModelInfo.normalize`."""
+    return info.normalize
 
 
 def initial_variables(

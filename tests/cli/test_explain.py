@@ -99,7 +99,8 @@ def test_existing_output_needs_overwrite(tmp_path):
     assert _run("--out", tmp_path, "--method", "gradient")[0] == 0
     before = (tmp_path / "sample_clip" / "summary.json").read_bytes()
     code, _stdout, stderr = _run("--out", tmp_path, "--method", "gradient_x_input")
-    assert code == 2 and "exists; pass --overwrite to replace it" in stderr
+    assert code == 2 and "was made with other settings (method: " in stderr
+    assert "; pass --overwrite to replace it or choose another output" in stderr
     assert (tmp_path / "sample_clip" / "summary.json").read_bytes() == before
     code, _, stderr = _run("--out", tmp_path, "--method", "gradient_x_input", "--overwrite")
     assert code == 0, stderr

@@ -37,7 +37,8 @@ def _args(model_dir, out, *extra):
 
 def test_a_sweep_prints_one_json_line_and_shows_progress(model_dir, tmp_path):
     (tmp_path / "s").mkdir()  # as a sweep killed while writing its first manifest left it
-    (tmp_path / "s" / ".manifest.json.99.tmp").write_text('{"sett')
+    dead = 2**22 + 12345  # above the default pid_max: no such process
+    (tmp_path / "s" / f".manifest.json.{dead}.0a1b2c3d.tmp").write_text('{"sett')
     result = runner.invoke(app, _args(model_dir, tmp_path / "s"))
     assert result.exit_code == 0, result.stderr
     [line] = result.stdout.splitlines()

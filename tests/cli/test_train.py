@@ -77,7 +77,7 @@ def test_train_exports_a_model_that_evaluate_reads(tmp_path, monkeypatch):
 
     # the same directory with other settings is refused with a one-line error naming them
     message = one_line_error(*TRAIN, *data, "--seed", "1")
-    assert "other settings: config.seed (0 there, 1 now)" in message
+    assert "was made with other settings (config.seed: 0 -> 1)" in message
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +127,7 @@ def test_fine_tune_a_checkpoint_on_a_folder_of_videos(folder_and_checkpoint, tmp
     assert invoke(*shlex.split(command)[1:]) == summary  # the recorded command reloads
 
     message = one_line_error(*fine_tune(videos, checkpoint, tmp_path / "run", "--freeze-backbone"))
-    assert "config.freeze_backbone (false there, true now)" in message
+    assert "(config.freeze_backbone: false -> true)" in message
 
 
 def test_frozen_backbone_leaves_every_other_parameter_bitwise(folder_and_checkpoint, tmp_path):

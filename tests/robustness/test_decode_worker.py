@@ -16,9 +16,10 @@ from typer.testing import CliRunner
 
 from selrel_jax import data
 from selrel_jax import video_explanation as ve
+from selrel_jax._worker import DEFAULT_DECODE_TIMEOUT, DecodeWorker
 from selrel_jax.cli import app
 from selrel_jax.data import synthetic_motion
-from selrel_jax.data._reader import DEFAULT_DECODE_TIMEOUT, DecodeWorker, read_frames
+from selrel_jax.data._reader import read_frames
 from selrel_jax.errors import DataError, OptionError
 from selrel_jax.sweep import read_manifest, read_table, run_sweep
 from selrel_jax.sweep._sources import FolderClipSource
@@ -79,7 +80,7 @@ def test_errors_come_back_as_raised_and_others_as_data_errors_naming_the_file(wo
 
 CALLER = """
 import sys
-from selrel_jax.data._reader import DecodeWorker
+from selrel_jax._worker import DecodeWorker
 from tests.robustness import jobs
 worker = DecodeWorker()
 worker.run("warm-up", 600, int, "1")

@@ -93,14 +93,14 @@ def test_the_kept_line_equals_the_line_of_the_run_that_wrote_it(copy_of):
 @pytest.mark.parametrize(
     "changes, named",
     [
-        ({"sigma": 2.0}, "sigma (1.0 there, 2.0 now)"),
-        ({"method": "gradient_x_input"}, 'method ("gradient" there, "gradient_x_input" now)'),
-        ({"temporal_padding": "zero"}, 'temporal_padding ("edge" there, "zero" now)'),
-        ({"threshold": "frame"}, 'threshold ("clip" there, "frame" now)'),
-        ({"target": 0}, "target (1 there, 0 now)"),
-        ({"clip_stride": 4}, "clip_stride (other windows there, 4 now)"),
-        ({"save_arrays": True}, "save_arrays (false there, true now)"),
-        ({"model": "c3d_small_biased"}, 'model ("c3d_small_motion" there, "c3d_small_biased"'),
+        ({"sigma": 2.0}, "sigma: 1.0 -> 2.0"),
+        ({"method": "gradient_x_input"}, 'method: "gradient" -> "gradient_x_input"'),
+        ({"temporal_padding": "zero"}, 'temporal_padding: "edge" -> "zero"'),
+        ({"threshold": "frame"}, 'threshold: "clip" -> "frame"'),
+        ({"target": 0}, 'target: "predicted" -> 0'),
+        ({"clip_stride": 4}, "clip_starts: [0, 8, 16] -> [0, 4, 8, 12, 16]"),
+        ({"save_arrays": True}, "save_arrays: false -> true"),
+        ({"model": "c3d_small_biased"}, 'model: "c3d_small_motion" -> "c3d_small_biased"'),
     ],
 )
 def test_an_output_of_other_settings_is_refused_naming_them(copy_of, changes, named):
@@ -109,7 +109,8 @@ def test_an_output_of_other_settings_is_refused_naming_them(copy_of, changes, na
     [(_, error)] = _explain(videos[:1], out, **changes)
     assert isinstance(error, OptionError), error
     message = str(error)
-    assert message.startswith(f"output {out / 'first'} exists; pass --overwrite to replace it")
+    assert message.startswith(f"explanation at {out / 'first'} was made with other settings (")
+    assert message.endswith("; pass --overwrite to replace it or choose another output")
     assert named in message and "\n" not in message, message
     assert _tree(out) == before
 
@@ -127,7 +128,7 @@ def test_another_video_of_the_same_name_is_refused(copy_of, tmp_path):
     other.parent.mkdir()
     shutil.copy(data.sample_clip_path(), other)
     [(_, error)] = _explain([other], out)
-    assert isinstance(error, OptionError) and "video (" in str(error)
+    assert isinstance(error, OptionError) and "(video: " in str(error)
 
 
 def test_an_output_that_is_not_an_explanation_is_refused(copy_of):
@@ -143,8 +144,8 @@ def test_an_output_that_is_not_an_explanation_is_refused(copy_of):
 def test_temporary_folders_a_killed_run_left_are_removed(copy_of):
     videos, out, _ = copy_of
     dead = 2**22 + 12345  # above the default pid_max: no such process
-    stale = [out / f".first.{dead}.k2x9", out / f".second.{dead}.ab_1.old"]
-    live = out / f".first.{os.getppid()}.zz"  # a process that runs
+    stale = [out / f".first.{dead}.0a1b2c3d.tmp", out / f".second.{dead}.deadbeef.tmp"]
+    live = out / f".first.{os.getppid()}.00000000.tmp"  # a process that runs
     for folder in (*stale, live):
         folder.mkdir()
         (folder / "summary.json").write_text("{")

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from selrel_jax import data
-from selrel_jax.data._reader import DecodeWorker
+from selrel_jax._worker import DecodeWorker
 from selrel_jax.errors import DataError
 from tests.data.videos import codec, coded_frames, write_coded, write_frame_folder
 from tests.robustness import jobs

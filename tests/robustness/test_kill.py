@@ -66,14 +66,15 @@ def _hidden(directory) -> list[str]:
 EXPLAIN = textwrap.dedent(
     """
     import os, signal, sys
-    from selrel_jax import video_explanation as ve
+    from selrel_jax import explanation_files as files, video_explanation as ve
 
     kind, n, out, videos = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4:]
-    # kind -> (function, killed after it returns): an output renamed into place, the
-    # overlay about to be written into the temporary folder, a video being explained
-    name, after = {"after_output": ("_replace", True), "writing_output": ("_write_overlay", False),
-                   "computing": ("_explain_frames", False)}[kind]
-    original, calls = getattr(ve, name), []
+    # kind -> (module, function, killed after it returns): an output renamed into place,
+    # the overlay about to be written into the temporary folder, a video being explained
+    module, name, after = {"after_output": (files, "write_folder", True),
+                           "writing_output": (files, "_write_overlay", False),
+                           "computing": (ve, "_explain_frames", False)}[kind]
+    original, calls = getattr(module, name), []
 
     def killing(*args, **kwargs):
         calls.append(1)
@@ -84,7 +85,7 @@ EXPLAIN = textwrap.dedent(
             os.kill(os.getpid(), signal.SIGKILL)
         return result
 
-    setattr(ve, name, killing)
+    setattr(module, name, killing)
     for video, record in ve.explain_files(videos, out=out, method="gradient"):
         print(video, flush=True)
     """
@@ -138,6 +139,7 @@ SWEEP_KILLED = textwrap.dedent(
     """
     import json, os, signal, sys
     import pyarrow.parquet as pq
+    from selrel_jax._jobs import temporary_path
     from selrel_jax.sweep import _store, run_sweep
 
     kind, n, out, model, settings = sys.argv[1], int(sys.argv[2]), *sys.argv[3:5], sys.argv[5]
@@ -160,7 +162,7 @@ SWEEP_KILLED = textwrap.dedent(
 
     def half_a_manifest(path, value):
         if counted():
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp = temporary_path(path)
             tmp.write_text(json.dumps(value)[:100])
             die()
         write_json(path, value)

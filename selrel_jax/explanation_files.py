@@ -1,0 +1,361 @@
+"""An explanation's files, and explaining many videos into them with resume.
+
+:func:`save_explanation` writes what :func:`~selrel_jax.video_explanation.explain_video`
+found as pictures, an overlay video and ``summary.json``, atomically (one folder,
+renamed into place whole). :func:`explain_files` is what ``selrel explain`` runs: each
+video into ``out/<stem>/``, keeping the outputs an earlier run finished with the same
+settings and refusing those of other settings; the temporary folders a killed run
+left are removed.
+
+Example::
+
+    from selrel_jax import explanation_files, models, video_explanation as ve
+    model, variables, info = models.load("c3d_small_motion")
+    result = ve.explain_video("clip.mp4", model, variables, info)
+    explanation_files.save_explanation(result, "out/clip", model_name="c3d_small_motion")
+    for video, record in explanation_files.explain_files(["a.mp4", "b.mp4"], out="out"):
+        print(video, record)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import pathlib
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from selrel_jax import data, video_explanation
+from selrel_jax._checks import real
+from selrel_jax._jobs import (
+    refuse_other_settings,
+    remove_stale_temporaries,
+    settings_record,
+    versions,
+    write_folder,
+)
+from selrel_jax._worker import DEFAULT_DECODE_TIMEOUT
+from selrel_jax.errors import DataError, OptionError, SelrelError
+from selrel_jax.models.info import ModelInfo
+from selrel_jax.video_explanation import (
+    ExplainSettings,
+    VideoExplanation,
+    resolve_target,
+    window_starts,
+)
+
+__all__ = ["explain_files", "output_directories", "save_explanation", "summary"]
+
+#: The settings ``summary.json`` records as they were given.
+_RECORDED = ("video", "model", "method", "method_options", "sigma", "temporal_padding",
+             "threshold")  # fmt: skip
+
+
+# ---------------------------------------------------------------------------- summary
+
+
+def _rounded(x: Any) -> Any:
+    """JSON-ready with 6 significant digits: the same run gives the same bytes, and
+    last-bit differences of another machine's arithmetic don't show."""
+    if isinstance(x, Mapping):
+        return {str(k): _rounded(v) for k, v in x.items()}
+    if isinstance(x, list | tuple | np.ndarray | jax.Array):
+        return [_rounded(v) for v in np.asarray(x).tolist()]
+    if isinstance(x, float | np.floating):
+        return float(f"{float(x):.6g}")
+    if isinstance(x, np.integer | np.bool_):
+        return x.item()
+    return x
+
+
+def _clips(result: VideoExplanation) -> list[dict[str, Any]]:
+    """Each window's frames (and times, where the rate is known) and scores."""
+    s = result.clip_scores
+    last = len(result.frames) - 1
+    clips = []
+    for i, start in enumerate(result.clip_starts):
+        end = min(start + result.clip_length - 1, last)  # a loop-padded clip ends at the last
+        clip = {"start_frame": start, "end_frame": end}
+        if result.fps:
+            clip |= {"start_time": start / result.fps, "end_time": end / result.fps}
+        clips.append(clip | {k: s[k][i] for k in ("target_logit", "spatial_bias", "kept_voxels")})
+    return clips
+
+
+def summary(result: VideoExplanation, model_name: str) -> dict[str, Any]:
+    """The deterministic ``summary.json`` of a result (see the README for every key)."""
+    top = np.argsort(-result.probs, kind="stable")[:5]
+    settings = result.settings
+    return _rounded({
+        "video": result.video,
+        "model": model_name,
+        "method": settings.method,
+        "method_options": result.method_options,
+        "sigma": settings.sigma,
+        "temporal_padding": settings.temporal_padding,
+        "threshold": settings.threshold,
+        "target": {"index": result.target, "name": result.target_name},
+        "predicted": {"index": result.predicted, "name": result.predicted_name},
+        "probs": result.probs,
+        "top5": [{"index": int(i), "name": result.class_names[i], "prob": result.probs[i]}
+                 for i in top],
+        **result.scores(),
+        "frames": len(result.frames),
+        "fps": result.fps,
+        "clip_length": result.clip_length,
+        "loop_padded": result.loop_padded,
+        "clips": _clips(result),
+        "versions": versions(),
+    })  # fmt: skip
+
+
+# ---------------------------------------------------------------------------- writing
+
+
+def _maps(result: VideoExplanation) -> dict[str, np.ndarray]:
+    return {"relevance": result.relevance, "selective": result.selective, "static": result.static}
+
+
+def _write_pictures(result: VideoExplanation, directory: str, scale: float) -> None:
+    from selrel_jax import viz
+
+    maps = _maps(result)
+    title = (
+        f"{os.path.basename(result.video)}: {result.predicted_name} - "
+        f"{result.settings.method}, sigma={result.settings.sigma:g}"
+    )
+    strip = viz.filmstrip(result.frames, maps, columns=min(8, len(result.frames)),
+                          scale=scale, title=title)  # fmt: skip
+    viz.save_figure(strip, os.path.join(directory, "filmstrip.png"))
+    masses = {name: np.abs(m).sum(axis=(1, 2)) for name, m in maps.items()}
+    viz.save_figure(viz.timeline(masses, title=title), os.path.join(directory, "timeline.png"))
+
+
+def _write_overlay(result: VideoExplanation, path: str, scale: float, chunk: int = 64) -> None:
+    """The three panels over every sampled frame, rendered and encoded ``chunk`` frames
+    at a time (a long video is never held whole as panels)."""
+    from selrel_jax import viz
+
+    caption = f"predicted: {result.predicted_name} ({result.probs[result.predicted]:.0%})" + (
+        "" if result.target == result.predicted else f" | explained: {result.target_name}"
+    )
+    maps = _maps(result)
+    panels = (
+        viz.panels(result.frames[i : i + chunk], {k: m[i : i + chunk] for k, m in maps.items()},
+                   scale=scale, caption=caption)
+        for i in range(0, len(result.frames), chunk)
+    )  # fmt: skip
+    viz.write_overlay_video(path, panels, fps=result.fps or 8.0)
+
+
+def _color_scale(result: VideoExplanation) -> float:
+    from selrel_jax import viz
+
+    return viz.color_scale(result.relevance, result.selective, result.static)
+
+
+def _arrays(result: VideoExplanation) -> dict[str, np.ndarray]:
+    return {
+        **_maps(result),
+        "frames": result.frames,
+        "clip_starts": result.clip_starts,
+        "clip_logits": result.clip_logits,
+        "probs": result.probs,
+        **{f"clip_{k}": v for k, v in result.clip_scores.items()},
+    }
+
+
+def _write_files(
+    folder: pathlib.Path,
+    result: VideoExplanation,
+    model_name: str,
+    save_arrays: bool,
+    timings: Mapping[str, Any] | None,
+) -> None:
+    """Every file of an explanation, into ``folder``."""
+    scale = _color_scale(result)
+    _write_pictures(result, os.fspath(folder), scale)
+    _write_overlay(result, os.fspath(folder / "overlay.mp4"), scale)
+    text = json.dumps(summary(result, model_name), indent=2, sort_keys=True)
+    (folder / "summary.json").write_text(text + "\n")
+    if timings is not None:
+        text = json.dumps(_rounded(dict(timings)), indent=2, sort_keys=True)
+        (folder / "timings.json").write_text(text)
+    if save_arrays:
+        np.savez_compressed(folder / "relevance.npz", **_arrays(result))
+
+
+def save_explanation(
+    result: VideoExplanation,
+    directory: str | os.PathLike,
+    *,
+    model_name: str = "",
+    save_arrays: bool = False,
+    overwrite: bool = False,
+    timings: Mapping[str, Any] | None = None,
+) -> str:
+    """Write ``overlay.mp4``, ``filmstrip.png``, ``timeline.png``, ``summary.json``
+    (and ``timings.json`` when given, ``relevance.npz`` with ``save_arrays``) into
+    ``directory``, atomically: everything is written into a temporary sibling that is
+    renamed at the end, so a failure leaves nothing behind (and an existing output
+    intact). An existing ``directory`` needs ``overwrite=True``. Returns it.
+
+    The temporary sibling is ``.<name>.<pid>.<token>.tmp``: one that a killed process
+    left behind is removed by :func:`explain_files` when it next writes ``<name>``."""
+    directory = os.path.abspath(os.fspath(directory))
+    if os.path.lexists(directory) and not overwrite:
+        raise OptionError(f"output {directory} exists; pass overwrite (--overwrite) to replace it")
+    fill = functools.partial(_write_files, result=result, model_name=model_name,
+                             save_arrays=save_arrays, timings=timings)  # fmt: skip
+    try:
+        os.makedirs(os.path.dirname(directory), exist_ok=True)
+        write_folder(directory, fill)
+    except OSError as e:  # a full disk, a file too large: nothing is left
+        raise DataError(f"cannot write output {directory}: {e.strerror or e}") from None
+    return directory
+
+
+# ---------------------------------------------------------------------------- many files
+
+
+def output_directories(videos: Sequence[Any], out: str | os.PathLike) -> list[str]:
+    """``out/<stem>`` for each video; a stem that repeats gets ``-2``, ``-3``, ..."""
+    seen: dict[str, int] = {}
+    directories = []
+    for video in videos:
+        stem = os.path.splitext(os.path.basename(os.path.normpath(os.fspath(video))))[0]
+        seen[stem] = seen.get(stem, 0) + 1
+        name = stem if seen[stem] == 1 else f"{stem}-{seen[stem]}"
+        directories.append(os.path.join(os.fspath(out), name))
+    return directories
+
+
+def explain_files(
+    videos: Sequence[str | os.PathLike],
+    *,
+    model: str | os.PathLike = "c3d_small_motion",
+    out: str | os.PathLike = "selrel_out",
+    overwrite: bool = False,
+    save_arrays: bool = False,
+    progress: bool = False,
+    target: int | str | None = None,
+    method_options: Mapping[str, Any] | None = None,
+    decode_timeout: float | None = DEFAULT_DECODE_TIMEOUT,
+    **settings: Any,
+) -> Iterator[tuple[str, dict[str, Any] | SelrelError]]:
+    """Explain each file into ``out/<stem>/`` (:func:`save_explanation`), yielding
+    ``(video, record)`` per video: the record is ``{"video", "out", "predicted",
+    "spatial_bias"}`` (``"kept": True`` added for an output kept from an earlier run)
+    or the :class:`~selrel_jax.errors.SelrelError` that video raised (the others still
+    run). No videos: the bundled sample clip. The model, method, options and target
+    are checked once, before any video is read (and ``decode_timeout``).
+
+    Resuming: without ``overwrite``, an existing ``out/<stem>/`` that holds this
+    video's explanation with the same settings is kept and reported (nothing is
+    computed), one with other settings is an OptionError naming them; temporary
+    folders a killed run left are removed. Each file is decoded in a separate
+    process, stopped after ``decode_timeout`` seconds (None: decode in this process).
+    ``settings``: ``method``, ``sigma``, ``temporal_padding``, ``threshold``,
+    ``clip_stride``, ``batch_size`` of :func:`~selrel_jax.video_explanation.explain_video`."""
+    from selrel_jax import models
+
+    videos = list(videos) or [data.sample_clip_path()]
+    net, variables, info = models.load(model)
+    checked = ExplainSettings(**settings, method_options=dict(method_options or {}))
+    target_index = resolve_target(target, info.class_names)
+    expected = _Expected(checked, checked.options_for(info), info, model, save_arrays,
+                         target_index)  # fmt: skip
+    if decode_timeout is not None:
+        decode_timeout = real("decode_timeout", decode_timeout, above=0.0)
+    for video, directory in zip(videos, output_directories(videos, out), strict=True):
+        try:
+            remove_stale_temporaries(directory)
+            kept = None if overwrite else expected.finished(video, directory)
+            if kept is not None:
+                yield os.fspath(video), _record(video, directory, kept) | {"kept": True}
+                continue
+            # through its module: a patched explain_video (a test counting calls) is the one run
+            result = video_explanation.explain_video(
+                video, net, variables, info, target=target, progress=progress,
+                decode_timeout=decode_timeout, **settings, **dict(method_options or {}),
+            )  # fmt: skip
+            save_explanation(result, directory, model_name=os.fspath(model),
+                             save_arrays=save_arrays, overwrite=overwrite,
+                             timings={**result.timings, **_backend()})  # fmt: skip
+            yield os.fspath(video), _record(video, directory, summary(result, os.fspath(model)))
+        except SelrelError as e:
+            yield os.fspath(video), e
+        except OSError as e:
+            yield os.fspath(video), DataError(f"{video}: {e.strerror or e}")
+
+
+def _record(video: Any, directory: str, summary_: Mapping[str, Any]) -> dict[str, Any]:
+    """The line ``selrel explain`` prints for a video, from its ``summary.json``."""
+    return {"video": os.fspath(video), "out": directory,
+            "predicted": summary_["predicted"]["name"],
+            "spatial_bias": summary_["spatial_bias"]}  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class _Expected:
+    """What an existing output must hold to be kept by a rerun of :func:`explain_files`."""
+
+    settings: ExplainSettings
+    options: dict[str, Any]
+    info: ModelInfo
+    model: Any
+    save_arrays: bool
+    target: int | None
+
+    def finished(self, video: Any, directory: str) -> dict[str, Any] | None:
+        """The summary of ``directory`` if it holds ``video`` explained with these
+        settings, None if there is no ``directory``; an OptionError naming what differs
+        (or that it holds no summary) otherwise."""
+        if not os.path.lexists(directory):
+            return None
+        try:
+            with open(os.path.join(directory, "summary.json")) as f:
+                there = json.load(f)
+            made, asked = self._made(directory, there), self._asked(video, there)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            raise OptionError(
+                f"output {directory} exists; pass --overwrite to replace it (it holds no "
+                "readable summary.json of selrel explain)"
+            ) from None
+        refuse_other_settings("explanation", directory, made, asked, replaceable=True)
+        return there
+
+    @staticmethod
+    def _made(directory: str, there: Mapping[str, Any]) -> dict[str, Any]:
+        """The settings record of the explanation in ``directory`` (``there``: its summary)."""
+        explained, predicted = there["target"]["index"], there["predicted"]["index"]
+        return {
+            **{key: there.get(key) for key in _RECORDED},
+            "target": "predicted" if explained == predicted else explained,
+            "clip_starts": [clip["start_frame"] for clip in there["clips"]],
+            "save_arrays": os.path.exists(os.path.join(directory, "relevance.npz")),
+        }
+
+    def _asked(self, video: Any, there: Mapping[str, Any]) -> dict[str, Any]:
+        """The settings record this run would make of ``video`` (whose summary ``there``
+        says how many frames it has and which class the model predicts)."""
+        s = self.settings
+        stride = s.clip_stride or max(1, self.info.clip_length // 2)
+        predicted = there["predicted"]["index"]
+        return settings_record(_rounded({
+            "video": os.fspath(video), "model": os.fspath(self.model), "method": s.method,
+            "method_options": self.options, "sigma": s.sigma,
+            "temporal_padding": s.temporal_padding, "threshold": s.threshold,
+            "target": "predicted" if self.target in (None, predicted) else self.target,
+            "clip_starts": window_starts(there["frames"], self.info.clip_length, stride),
+            "save_arrays": self.save_arrays,
+        }))  # fmt: skip
+
+
+def _backend() -> dict[str, Any]:
+    return {"backend": jax.default_backend(), "device_count": jax.device_count()}
