@@ -26,11 +26,7 @@ def convert(
     ] = None,
     overwrite: Annotated[
         bool,
-        typer.Option(
-            "--overwrite",
-            "--force",
-            help="Replace a checkpoint already in OUT (--force: old name).",
-        ),
+        typer.Option("--overwrite", help="Replace a checkpoint already in OUT."),
     ] = False,
 ) -> None:
     """Convert torchvision video ResNet or C3D-port weights to an orbax checkpoint + info.json.

@@ -62,18 +62,6 @@ def _floats(values: Sequence[float], what: str, length: int) -> tuple[float, ...
     return out
 
 
-def _legacy_resize(extra: Mapping[str, Any]) -> int | None:
-    """The resize of an info.json written before ``resize_size`` was a field: a
-    fine-tune's ``extra["resize"]``, or converted weights' ``extra["resize_size"]``
-    (the [H, W] frames were resized to)."""
-    resize, sizes = extra.get("resize"), extra.get("resize_size")
-    if isinstance(resize, int) and not isinstance(resize, bool):
-        return resize
-    if isinstance(sizes, list) and sizes and all(isinstance(s, int) for s in sizes):
-        return min(sizes)
-    return None
-
-
 @dataclasses.dataclass(frozen=True)
 class ModelInfo:
     """Metadata stored next to every checkpoint (``info.json``).
@@ -192,8 +180,6 @@ class ModelInfo:
                 kw[key] = tuple(kw[key])
         if not isinstance(kw.get("extra", {}), Mapping):
             raise SelrelError(f"ModelInfo extra must be a mapping; got {kw['extra']!r}")
-        if "resize_size" not in kw:
-            kw["resize_size"] = _legacy_resize(kw.get("extra", {}))
         return cls(**kw)
 
     @classmethod

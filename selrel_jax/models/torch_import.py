@@ -433,7 +433,6 @@ def convert_torch_file(
     *,
     class_names: str | os.PathLike | None = None,
     overwrite: bool = False,
-    force: bool | None = None,
 ) -> pathlib.Path:
     """Convert a PyTorch .pth file to a checkpoint directory ``out``; returns it.
 
@@ -441,11 +440,10 @@ def convert_torch_file(
     normalisation, the 128 resize and 112x112 crop; torchvision's 15 fps) and the
     class names: ``class_names`` (a text file, one name per line in head order),
     else Kinetics-400 for 400-class ResNets, Sports-1M for the 487-class C3D, else
-    ``class_<i>``. An existing checkpoint in ``out`` needs ``overwrite=True``
-    (``force`` is its old name). Nothing is written on error.
+    ``class_<i>``. An existing checkpoint in ``out`` needs ``overwrite=True``. Nothing is
+    written on error.
     """
     arch = one_of("arch", arch, ARCHS)
-    overwrite = bool(overwrite or force)
     out = checkpoint_target(out)  # before the slow part: a path we cannot write is refused
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise CheckpointError(

@@ -137,11 +137,10 @@ def test_existing_checkpoint_needs_overwrite(weights, tmp_path):
         "ck already holds a checkpoint; pass --overwrite",
     )
     assert _run(weights[0], "--arch", "mc3_18", "--out", out, "--overwrite")[0] == 0
-    assert _run(weights[0], "--arch", "mc3_18", "--out", out, "--force")[0] == 0  # old name
+    assert _run(weights[0], "--arch", "mc3_18", "--out", out, "--force")[0] == 2  # no old name
     with pytest.raises(CheckpointError, match=r"overwrite=True"):
         convert_torch_file(weights[0], "mc3_18", out)
     assert convert_torch_file(weights[0], "mc3_18", out, overwrite=True) == out.resolve()
-    assert convert_torch_file(weights[0], "mc3_18", out, force=True) == out.resolve()
     assert "--overwrite" in runner.invoke(app, ["convert", "--help"]).stdout
 
 

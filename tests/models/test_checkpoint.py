@@ -245,11 +245,9 @@ def test_info_json_without_resize_size_loads_with_none(trained, tmp_path):
     assert models.load(d)[2].resize_size is None
     for name in ("c3d_small_motion", "c3d_small_biased"):  # shipped before the field existed
         assert models.load(name)[2].resize_size is None
-    # info.json files written before the field kept the resize in extra
-    legacy = {"arch": "r3d_18", "num_classes": 2, "extra": {"resize_size": [128, 171]}}
-    assert models.ModelInfo.from_dict(legacy).resize_size == 128
+    # extra is free-form metadata: it never sets a field
     tuned = {"arch": "c3d_small", "num_classes": 2, "extra": {"resize": 72}}
-    assert models.ModelInfo.from_dict(tuned).resize_size == 72
+    assert models.ModelInfo.from_dict(tuned).resize_size is None
 
 
 def test_resize_size_of_the_published_preprocessing():
