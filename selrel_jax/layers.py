@@ -32,6 +32,7 @@ from selrel_jax.errors import ShapeError
 
 __all__ = ["AvgPool", "GlobalAvgPool", "MaxPool", "Padding", "Sum"]
 
+#: A pooling padding: ``"VALID"``, ``"SAME"``, or a ``(low, high)`` pair per window axis.
 Padding = str | Sequence[tuple[int, int]]
 
 

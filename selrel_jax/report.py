@@ -67,7 +67,9 @@ SIGMA_METRICS = (
     "static_mass_selective",
     "box_mass_selective",
 )
+#: Bootstrap resamples per interval (``--resamples``).
 RESAMPLES = 1000
+#: Coverage of the percentile-bootstrap intervals.
 CONFIDENCE = 0.95
 
 

@@ -80,12 +80,14 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+#: The method of ``explain_video`` and ``selrel explain`` unless given.
 DEFAULT_METHOD = "lrp.epsilon_plus_flat"
 #: Overlapping windows: under zero padding every window's first and last frame
 #: "moves" (the paper's end-frame artefact), and averaging windows would paint that
 #: artefact onto every ``clip_stride``-th frame of the video. Edge padding makes a
 #: window's end frames one-sided differences instead.
 DEFAULT_TEMPORAL_PADDING = "edge"
+#: One motion threshold per window, as the paper does.
 DEFAULT_THRESHOLD = "clip"
 
 

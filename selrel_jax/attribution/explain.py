@@ -49,8 +49,11 @@ __all__ = [
     "make_explainer",
 ]
 
+#: Names of the gradient-family methods (registered with ``register_gradient``).
 GRADIENT_METHODS: tuple[str, ...] = registry.method_names("gradient")
+#: Names of the LRP methods: ``"lrp."`` and a composite registered with ``register_composite``.
 LRP_METHODS: tuple[str, ...] = registry.method_names("lrp")
+#: Every method name of ``explain`` at import: the gradient family, then the LRP composites.
 METHODS: tuple[str, ...] = (*GRADIENT_METHODS, *LRP_METHODS)
 # Options that may be arrays: handed to the jitted explainer as traced arguments.
 _ARRAY_OPTIONS = ("low", "high", "baseline")

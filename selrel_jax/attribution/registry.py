@@ -43,6 +43,7 @@ __all__ = [
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+#: The method families: gradient methods, and LRP composites (named ``"lrp.<name>"``).
 FAMILIES = ("gradient", "lrp")
 
 
@@ -53,6 +54,7 @@ class _Required:
         return "REQUIRED"
 
 
+#: The default recorded for an option the caller must give (no default in the signature).
 REQUIRED: Any = _Required()
 
 

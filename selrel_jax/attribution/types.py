@@ -42,16 +42,22 @@ __all__ = [
     "path_str",
 ]
 
+#: The layer kind of every convolution, however the model writes it.
 CONV_TYPES: tuple[type, ...] = (nn.Conv,)
+#: The layer kind of every dense product, however the model writes it.
 DENSE_TYPES: tuple[type, ...] = (nn.Dense,)
+#: Layers with weights, which a composite's rules apply to: convolutions and dense products.
 LINEAR_TYPES: tuple[type, ...] = CONV_TYPES + DENSE_TYPES
-# Parameter-free layers that split relevance proportionally (the Norm rule).
+#: Parameter-free layers that split relevance proportionally (the Norm rule).
 NORM_TYPES: tuple[type, ...] = (Sum, AvgPool, GlobalAvgPool)
-# Parameter-free layers explained by their plain gradient (winner takes all, identity).
+#: Parameter-free layers explained by their plain gradient (winner takes all, identity).
 GRADIENT_TYPES: tuple[type, ...] = (MaxPool, nn.Dropout)
+#: Every layer kind the engine knows.
 PRIMITIVE_TYPES: tuple[type, ...] = (*LINEAR_TYPES, *NORM_TYPES, *GRADIENT_TYPES)
 
+#: A layer's parameters by name (``{"kernel", "bias"}`` for conv and dense layers).
 Params = Mapping[str, jax.Array]
+#: A layer as a pure function: ``fn(inputs, params) -> output``.
 LayerFn = Callable[[tuple[jax.Array, ...], Params], jax.Array]
 
 

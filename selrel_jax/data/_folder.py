@@ -13,6 +13,7 @@ from selrel_jax.data._geometry import crop_pair
 from selrel_jax.data._video import clip_indices, count_frames, header_frame_count, read_video
 from selrel_jax.errors import DataError, OptionError
 
+#: File suffixes a video folder's videos are recognised by.
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg")
 
 
@@ -184,6 +185,7 @@ def read_split_file(path: str | os.PathLike) -> list[str]:
     return [line.split()[0] for line in lines if line.strip()]
 
 
+#: The splits of a dataset, in order.
 SPLIT_NAMES = ("train", "validation", "test")
 
 

@@ -12,10 +12,11 @@ import numpy as np
 from selrel_jax._checks import positive_int
 from selrel_jax.errors import DataError, OptionError, ShapeError
 
-# The largest frame a file may declare: 8K UHD (7680x4320) fits, and so does a 16384x4096
-# panorama. One RGB frame at the limit takes 192 MiB; FFmpeg itself refuses frames of about
-# 16256x16256 and more with unhelpful errors ("Device or resource busy").
+#: The largest frame a file may declare: 8K UHD (7680x4320) fits, and so does a 16384x4096
+#: panorama. One RGB frame at the limit takes 192 MiB; FFmpeg itself refuses frames of about
+#: 16256x16256 and more with unhelpful errors ("Device or resource busy").
 MAX_FRAME_SIDE = 16384
+#: The largest frame area a file may declare (8192 x 8192 pixels).
 MAX_FRAME_PIXELS = 8192 * 8192
 
 

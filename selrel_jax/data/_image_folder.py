@@ -12,6 +12,7 @@ import numpy as np
 from selrel_jax.data._geometry import check_frame_size
 from selrel_jax.errors import DataError
 
+#: File suffixes of the images a frame folder may hold.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
 
 

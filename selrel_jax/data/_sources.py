@@ -17,6 +17,7 @@ from selrel_jax.errors import DataError, OptionError
 if TYPE_CHECKING:
     from selrel_jax.data.synthetic_motion import MotionConfig
 
+#: The environment variable naming where TFDS datasets are built and read.
 DATA_DIR_ENV = "SELREL_DATA_DIR"
 
 

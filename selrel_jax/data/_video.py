@@ -21,6 +21,7 @@ from selrel_jax.data._reader import (
 )
 from selrel_jax.errors import DataError, DTypeError, OptionError, SelrelError, ShapeError
 
+#: How clips are cut from a video: one in the middle, ``num_clips`` evenly spaced, or every window.
 SAMPLING_MODES = ("center", "uniform", "sliding")
 
 

@@ -36,11 +36,13 @@ __all__ = [
     "numeric_class_names",
 ]
 
-# torchvision's video models were trained on RGB clips scaled to [0, 1].
+#: Per-channel (RGB) mean of torchvision's Kinetics-400 video models, which were
+#: trained on RGB clips scaled to [0, 1].
 KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
+#: Per-channel (RGB) std of torchvision's Kinetics-400 video models, in [0, 1].
 KINETICS_STD = (0.22803, 0.22145, 0.216989)
-# The Sports-1M C3D weights expect BGR pixels in [0, 255] minus the Caffe mean
-# cube (per channel, BGR order, as the common PyTorch ports use it), std 1.
+#: The Sports-1M C3D weights expect BGR pixels in [0, 255] minus the Caffe mean
+#: cube (per channel, BGR order, as the common PyTorch ports use it), std 1.
 C3D_MEAN_BGR = (90.0, 98.0, 102.0)
 # torchvision evaluates its Kinetics models on frames resized to 128x171 and
 # centre-cropped to 112x112; the C3D port used the same resize and crop.

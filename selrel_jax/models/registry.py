@@ -15,6 +15,7 @@ from selrel_jax.models.resnet3d import RESNET_ARCHS, VideoResNet
 
 __all__ = ["ARCHS", "HEADS", "create", "model_options"]
 
+#: The architecture names ``create`` takes.
 ARCHS: tuple[str, ...] = ("c3d", "c3d_small", "r3d_18", "mc3_18", "r2plus1d_18")
 
 _MODULES: dict[str, type[nn.Module]] = {
@@ -23,9 +24,9 @@ _MODULES: dict[str, type[nn.Module]] = {
     **{arch: VideoResNet for arch in RESNET_ARCHS},
 }
 
-# The top-level module of each arch that maps features to class logits: what a
-# fine-tune replaces when the class count changes, and all that trains when the
-# backbone is frozen.
+#: The top-level module of each arch that maps features to class logits: what a
+#: fine-tune replaces when the class count changes, and all that trains when the
+#: backbone is frozen.
 HEADS: dict[str, str] = {"c3d": "fc8", "c3d_small": "fc", **{a: "fc" for a in RESNET_ARCHS}}
 
 # Module fields that create sets itself (Flax's own, and create's arguments).

@@ -27,6 +27,7 @@ from selrel_jax.models.c3d import positive_ints, scaled
 
 __all__ = ["RESNET_ARCHS", "VideoResNet", "block_convs", "midplanes"]
 
+#: torchvision's video ResNets.
 RESNET_ARCHS = ("r3d_18", "mc3_18", "r2plus1d_18")
 STAGE_PLANES = (64, 128, 256, 512)
 BLOCKS_PER_STAGE = (2, 2, 2, 2)

@@ -31,6 +31,7 @@ from selrel_jax.sweep._sources import ClipBatch, ClipSource, open_source
 #: Columns of every table, in order (``clip_id`` is int64, or a string for folders).
 KEY_COLUMNS = {"label": "int32", "target": "int32", "predicted": "int32", "method": "string",
                "sigma": "float64"}  # fmt: skip
+#: The score columns of every table, in order, after the key columns.
 SCORE_COLUMNS = (
     "spatial_bias",
     "kept_voxels",

@@ -18,13 +18,16 @@ from selrel_jax.selective import TEMPORAL_PADDINGS, THRESHOLDS
 
 #: ``"label"``: explain the dataset's label; ``"predicted"``: the model's prediction.
 TARGETS = ("label", "predicted")
+#: The methods of a sweep unless given.
 DEFAULT_METHODS = ("lrp.epsilon_plus_flat",)
+#: The sigmas of a sweep unless given.
 DEFAULT_SIGMAS = (0.5, 1.0, 2.0, 3.0)
 #: Edge padding: with the paper's zero padding the first and last frame of every clip
 #: count as motion wherever there is relevance, crediting static relevance as motion.
 DEFAULT_TEMPORAL_PADDING = "edge"
 #: Faithfulness curves: steps (11 forward passes each) and what deleted voxels become.
 FAITHFULNESS_STEPS = 10
+#: What deleted voxels become in a sweep's faithfulness curves.
 FAITHFULNESS_REPLACEMENT = "temporal_mean"
 #: Share of a map's maximum above which a voxel counts as selected (``*_at_threshold``).
 PRECISION_FRACTION = 0.1

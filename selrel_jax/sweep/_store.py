@@ -29,7 +29,9 @@ from selrel_jax._jobs import (
 from selrel_jax.errors import DataError, OptionError
 from selrel_jax.models.checkpoint import writable_directory
 
+#: A sweep's manifest, in its output folder.
 MANIFEST_FILE = "manifest.json"
+#: The folder of a sweep's Parquet shards, in its output folder.
 TABLES_DIR = "tables"
 FORMAT = 1
 _SHARD = re.compile(r"shard-(\d{6})\.parquet")

@@ -27,8 +27,8 @@ from selrel_jax.errors import CheckpointError, OptionError
 from selrel_jax.models.info import ModelInfo
 from selrel_jax.models.registry import HEADS
 
-# XLA's RngBitGenerator: the same bits on every run of a backend, and it compiles in a
-# fraction of the time threefry needs (about 2 s instead of 20 s for a model's init here).
+#: XLA's RngBitGenerator: the same bits on every run of a backend, and it compiles in a
+#: fraction of the time threefry needs (about 2 s instead of 20 s for a model's init here).
 PRNG_IMPL = "rbg"
 
 

@@ -17,6 +17,7 @@ from selrel_jax.errors import DTypeError, NonFiniteError, OptionError, ShapeErro
 #: Colour maps used when ``cmap=None``: signed relevance on a diverging map whose
 #: centre (zero) is near white, magnitudes on a sequential one.
 SIGNED_CMAP = "RdBu_r"
+#: The colour map of magnitudes (``signed=False``) when ``cmap=None``.
 MAGNITUDE_CMAP = "inferno"
 #: Entries of the colour lookup table; odd, so that zero hits the diverging map's centre.
 _LUT_SIZE = 511

@@ -1,6 +1,6 @@
 """Method registry: options come from the registered functions' signatures, the
-errors name the method and its valid options, and the README's method table
-says exactly what the registry holds."""
+errors name the method and its valid options, and the method table of
+docs/methods.md says exactly what the registry holds."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from selrel_jax.attribution import Composite, composites, gradients, lrp, regist
 from selrel_jax.attribution.registry import REQUIRED, register_composite
 from selrel_jax.errors import OptionError
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+METHODS_PAGE = Path(__file__).resolve().parents[2] / "docs" / "methods.md"
 explain_module = importlib.import_module("selrel_jax.attribution.explain")
 
 
@@ -90,19 +90,17 @@ def test_a_registered_composite_is_a_method(normal_clips, random_variables):
         registry._METHODS.pop("lrp.test_all_gamma")
 
 
-# ---------------------------------------------------------------- README table
+# ---------------------------------------------------------------- docs/methods.md table
 
 
-def _readme_method_table() -> dict[str, dict[str, object]]:
-    """{method: {option: default or REQUIRED}} from the README's method table.
+def _documented_method_table() -> dict[str, dict[str, object]]:
+    """{method: {option: default or REQUIRED}} from the method table of docs/methods.md.
 
     Rows are ``| `method` | what it is | options |``; the options cell lists
     `name=default` (a Python literal) or `name` (required), comma-separated,
     each optionally followed by an explanation in parentheses, or "—"."""
-    text = README.read_text()
-    section = text[text.index("## Relevance methods") :]
-    section = section[: section.index("\n## ", 1)]
-    table = section[section.index("| method | what it is | options |") :]
+    text = METHODS_PAGE.read_text()
+    table = text[text.index("| method | what it is | options |") :]
     table = table[: table.index("\n\n")]
     rows = {}
     for line in table.splitlines()[2:]:
@@ -113,15 +111,15 @@ def _readme_method_table() -> dict[str, dict[str, object]]:
         if bare.strip() != "—":
             for item in bare.split(","):
                 spec = re.fullmatch(r"\s*`(\w+)(?:=([^`]+))?`\s*", item)
-                assert spec, f"README row {name}: cannot read option {item!r}"
+                assert spec, f"docs/methods.md row {name}: cannot read option {item!r}"
                 key, default = spec.groups()
                 options[key] = REQUIRED if default is None else ast.literal_eval(default)
         rows[name] = options
     return rows
 
 
-def test_readme_method_table_matches_the_registry():
-    table = _readme_method_table()
+def test_documented_method_table_matches_the_registry():
+    table = _documented_method_table()
     assert tuple(table) == explain_module.METHODS
     for method, options in table.items():
         registered = dict(registry.get(method).options)

@@ -28,7 +28,7 @@ from selrel_jax.errors import SelrelError
 from selrel_jax.layers import AvgPool, GlobalAvgPool, MaxPool, Sum
 from tests.attribution.engine_helpers import relevance_vjp
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+METHODS_PAGE = Path(__file__).resolve().parents[2] / "docs" / "methods.md"
 
 # ---------------------------------------------------------------- NumPy references
 
@@ -529,18 +529,18 @@ def test_one_input_rules_reject_two_inputs():
     np.testing.assert_allclose(np.asarray(v), [3.0, 2.0], rtol=1e-5)
 
 
-# ---------------------------------------------------------------- README: your own rule
+# ---------------------------------------------------------------- docs/methods.md: your own rule
 
 
-def test_readme_custom_rule_example_runs_and_conserves(capsys, monkeypatch):
-    """The README's worked example of a custom rule, executed as written."""
-    text = README.read_text()
+def test_documented_custom_rule_example_runs_and_conserves(capsys, monkeypatch):
+    """docs/methods.md's worked example of a custom rule, executed as written."""
+    text = METHODS_PAGE.read_text()
     section = text[text.index("**Your own rule.**") :]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    module = types.ModuleType("readme_custom_rule")  # dataclasses look their module up
+    module = types.ModuleType("documented_custom_rule")  # dataclasses look their module up
     monkeypatch.setitem(sys.modules, module.__name__, module)
     namespace = module.__dict__
-    exec(compile(code, "README.md (Your own rule)", "exec"), namespace)
+    exec(compile(code, "docs/methods.md (Your own rule)", "exec"), namespace)
     relevance = np.asarray(namespace["relevance"])
     np.testing.assert_allclose(relevance.sum(axis=(1, 2, 3, 4)), [1.0, 1.0], rtol=1e-4)
     assert "[1. 1.]" in capsys.readouterr().out

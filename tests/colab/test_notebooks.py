@@ -138,8 +138,8 @@ def test_quickstart_runs_in_colab_layout(content):
     assert out["predicted"] == {"lrp.epsilon_plus_flat": "translate_right",
                                 "gradient_x_input": "translate_right"}  # fmt: skip
     assert all(0.0 <= b <= 1.0 for b in out["bias"].values())
-    assert 0.2 < out["bias"]["lrp.epsilon_plus_flat"] < 0.35  # the README's table: 0.27
-    # The README's sample-clip table: the shortcut model loses more to selection (0.46 vs 0.27).
+    assert 0.2 < out["bias"]["lrp.epsilon_plus_flat"] < 0.35  # docs/explain.md's table: 0.27
+    # docs/explain.md's sample-clip table: the shortcut model loses more to selection (0.46 vs 0.27).
     assert out["biased_predicted"] == "rotate_counterclockwise"
     assert out["biased"] > out["bias"]["lrp.epsilon_plus_flat"] + 0.1
     assert out["grad_shape"] == [1, 16, 48, 48, 3] and 0.0 < out["grad_bias"][0] < 1.0

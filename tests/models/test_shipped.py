@@ -74,7 +74,7 @@ def test_recorded_accuracies_hold_on_the_recorded_splits(name):
     for split, key in SPLITS.items():
         # a 240-clip sample of a 1200 / 600 clip split: binomial sd <= 0.032
         assert abs(measured[split] - info.extra[key]) <= 0.1, (split, measured, info.extra[key])
-    if name in BIASED:  # at chance without the cue, as the README says
+    if name in BIASED:  # at chance without the cue, as docs/training.md says
         assert measured["test"] <= 0.35
 
 

@@ -70,6 +70,7 @@ __all__ = [
     "render_object_layer",
 ]
 
+#: The six classes, in label order.
 CLASS_NAMES: tuple[str, ...] = (
     "translate_left",
     "translate_right",
@@ -79,6 +80,7 @@ CLASS_NAMES: tuple[str, ...] = (
     "rotate_counterclockwise",
 )
 
+#: The splits of every config.
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 
 # Unit displacement per class in (y, x) pixels with y pointing down, and rotation sense
@@ -116,6 +118,7 @@ class MotionConfig:
     description: str = ""
 
 
+#: The dataset's configs by name.
 CONFIGS: dict[str, MotionConfig] = {
     "default": MotionConfig(
         name="default",
