@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -109,24 +110,54 @@ def window_starts(num_frames: int, clip_length: int, stride: int) -> np.ndarray:
     return starts
 
 
+#: A target that is a number: ASCII digits only (``str.isdigit`` also accepts "²").
+_INDEX = re.compile(r"[+-]?[0-9]+")
+
+
 def resolve_target(target: int | str | None, class_names: Sequence[str]) -> int | None:
-    """``None`` / ``"predicted"``: None (the video's prediction); an int or a digit
-    string: that class index; anything else: the class of that name."""
+    """The class index ``target`` names, None for the video's prediction.
+
+    ``None`` / ``"predicted"``: the prediction. An int, ``"index:N"`` or a bare number
+    ``"N"``: class index N. ``"name:X"`` or any other string: the class named X. A bare
+    number that is also the name of another class is ambiguous (class names that are
+    digits) and refused, asking for ``index:N`` or ``name:N``.
+    """
     if target is None or target == "predicted":
         return None
-    if isinstance(target, str) and target.strip().lstrip("-").isdigit():
-        target = int(target)
-    if isinstance(target, str):
-        if target not in class_names:
-            raise OptionError(
-                f"target {target!r} is not a class name of the model; classes: "
-                f"{_abbreviated(class_names)}"
-            )
-        return class_names.index(target)
-    index = integer("target", target)
+    if not isinstance(target, str):
+        return _class_index(integer("target", target), class_names)
+    text = target.strip()
+    if text.startswith("name:"):
+        return _class_named(target, text[len("name:") :], class_names)
+    if text.startswith("index:"):
+        if not _INDEX.fullmatch(text[len("index:") :].strip()):
+            raise OptionError(f"target {text}: the index must be an integer, e.g. index:3")
+        return _class_index(int(text[len("index:") :]), class_names)
+    if not _INDEX.fullmatch(text):
+        return _class_named(target, target, class_names)
+    index = _class_index(int(text), class_names)
+    if text in class_names and class_names.index(text) != index:
+        raise OptionError(
+            f"target {text!r} is ambiguous: class {index} is named {class_names[index]!r} "
+            f"and class {class_names.index(text)} is named {text!r}; pass index:{text} or "
+            f"name:{text}"
+        )
+    return index
+
+
+def _class_index(index: int, class_names: Sequence[str]) -> int:
     if not 0 <= index < len(class_names):
         raise OptionError(f"target {index} out of range for {len(class_names)} classes")
     return index
+
+
+def _class_named(target: str, name: str, class_names: Sequence[str]) -> int:
+    if name not in class_names:
+        raise OptionError(
+            f"target {target!r} is not a class name of the model; classes: "
+            f"{_abbreviated(class_names)}"
+        )
+    return list(class_names).index(name)
 
 
 def _abbreviated(names: Sequence[str], limit: int = 12) -> str:

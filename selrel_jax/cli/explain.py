@@ -45,7 +45,11 @@ TemporalPadding = Annotated[
 Threshold = Annotated[str, typer.Option(help="clip (one threshold per window) or frame.")]
 Target = Annotated[
     str,
-    typer.Option(help="predicted (the video's prediction), a class index or a class name."),
+    typer.Option(
+        help="predicted (the video's prediction), a class index or a class name; index:N "
+        "or name:X where class names are numbers (a bare number that names another class "
+        "is refused as ambiguous)."
+    ),
 ]
 ClipStride = Annotated[
     int | None,

@@ -80,6 +80,8 @@ def test_a_bad_video_is_reported_and_the_others_still_run(tmp_path):
         (["--sigma", "-1"], "sigma must be a finite number >= 0.0; got -1.0"),
         (["--target", "99"], "target 99 out of range for 6 classes"),
         (["--target", "jumping"], "target 'jumping' is not a class name"),
+        (["--target", "\u00b2"], "target '\u00b2' is not a class name"),
+        (["--target", "name:2"], "target 'name:2' is not a class name"),
         (["--temporal-padding", "wrap"], "temporal_padding must be one of zero, edge"),
         (["--threshold", "pixel"], "threshold must be one of clip, frame"),
         (["--clip-stride", "0"], "clip_stride must be a positive int"),
