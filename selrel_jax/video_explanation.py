@@ -60,6 +60,7 @@ __all__ = [
     "DEFAULT_TEMPORAL_PADDING",
     "DEFAULT_THRESHOLD",
     "VideoExplanation",
+    "check_method_on_model",
     "explain_files",  # noqa: F822 (these three: __getattr__ below)
     "explain_video",
     "input_bounds",
@@ -272,6 +273,19 @@ def _batch_function(model, info: ModelInfo, settings: ExplainSettings, options) 
         }
 
     return jax.jit(run)
+
+
+def check_method_on_model(
+    model: Any, variables: Any, info: ModelInfo, settings: ExplainSettings, options: Any
+) -> None:
+    """Trace one batch of windows abstractly (no compilation, no data): an option value
+    the method refuses (``epsilon="abc"``) or a model it cannot explain is an error now,
+    before any video is read, not once per video as if the videos were bad. The trace
+    is cached, so the explanation that follows does not trace again."""
+    _, run = _compiled(model, info, settings, options)
+    clips = jax.ShapeDtypeStruct((settings.batch_size, *info.clip_size, 3), jnp.uint8)
+    targets = jax.ShapeDtypeStruct((settings.batch_size,), jnp.int32)
+    jax.eval_shape(run, variables, clips, targets)
 
 
 def _logits_function(model, info: ModelInfo) -> Callable:
@@ -534,6 +548,7 @@ def explain_video(
     options = settings.options_for(info)
     if decode_timeout is not None:
         decode_timeout = real("decode_timeout", decode_timeout, above=0.0)
+    check_method_on_model(model, variables, info, settings, options)
     clock = _Clock()
     frames, fps = sample_frames(video, info, decode_timeout)
     clock.lap("read_seconds")

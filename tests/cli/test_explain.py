@@ -97,6 +97,28 @@ def test_bad_settings_are_one_line_and_write_nothing(tmp_path, args, message):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize(
+    ("method", "option", "message"),
+    [
+        ("lrp.epsilon_plus_flat", 'epsilon="abc"', "epsilon must be a finite number"),
+        ("smoothgrad", 'noise_level="abc"', "noise_level must be a finite number"),
+    ],
+)
+def test_a_bad_method_option_value_stops_before_any_video_is_read(
+    tmp_path, method, option, message
+):
+    # The value used to be found only when each video was explained, and reported per
+    # video as if the videos were bad: here two missing videos were each "not found".
+    missing = [tmp_path / "a.mp4", tmp_path / "b.mp4"]
+    code, stdout, stderr = _run(*missing, "--method", method, "--method-option", option,
+                                "--out", tmp_path / "o")  # fmt: skip
+    assert code == 2 and stdout == ""
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("selrel: error: "), stderr
+    assert message in lines[0] and "a.mp4" not in lines[0]
+    assert not (tmp_path / "o").exists()
+
+
 def test_existing_output_needs_overwrite(tmp_path):
     assert _run("--out", tmp_path, "--method", "gradient")[0] == 0
     before = (tmp_path / "sample_clip" / "summary.json").read_bytes()
