@@ -539,7 +539,9 @@ def explain_video(
     input range. ``sigma``, ``temporal_padding`` (default ``"edge"``: see
     :data:`DEFAULT_TEMPORAL_PADDING`) and ``threshold`` go to
     :func:`selrel_jax.selective_relevance`. A video shorter than one clip is
-    loop-padded, with a :class:`SelrelWarning`. ``decode_timeout``: decode a file in a
+    loop-padded, with a :class:`SelrelWarning`; one whose sampled frames are all one
+    image (a still, a single frame) has no motion scores and is a DataError
+    (:func:`selrel_jax.data.refuse_still`). ``decode_timeout``: decode a file in a
     separate process, stopped after that many seconds (see :func:`sample_frames`).
     """
     settings = ExplainSettings(method, sigma, temporal_padding, threshold, clip_stride,
@@ -551,6 +553,7 @@ def explain_video(
     check_method_on_model(model, variables, info, settings, options)
     clock = _Clock()
     frames, fps = sample_frames(video, info, decode_timeout)
+    data.refuse_still(frames, _video_name(video))
     clock.lap("read_seconds")
     if len(frames) < info.clip_length:
         import warnings

@@ -187,6 +187,17 @@ def test_short_video_is_loop_padded_with_a_warning(motion_model):
     assert np.isfinite(r.relevance).all()
 
 
+@pytest.mark.parametrize("count", [1, 20])
+def test_a_still_video_has_no_motion_scores_and_is_refused(motion_model, count):
+    # A 1-frame video (loop-padded to a clip) used to report kept_voxels and a spatial
+    # bias for a still image; so did a video of one frame repeated.
+    model, variables, info = motion_model
+    frame = data.read_video(data.sample_clip_path())[5]
+    still = np.repeat(frame[None], count, axis=0)
+    with pytest.raises(sr.DataError, match=rf"<array> has no motion: its {count} sampled fr"):
+        ve.explain_video(still, model, variables, info, method="gradient")
+
+
 def test_explicit_target_is_explained_in_every_window(motion_model):
     model, variables, info = motion_model
     frames = data.read_video(data.sample_clip_path())[:16]

@@ -53,6 +53,7 @@ from selrel_jax.data._video import (
     clip_indices,
     count_frames,
     read_video,
+    refuse_still,
     video_fps,
     write_video,
 )
@@ -93,6 +94,7 @@ __all__ = [
     "read_frames",
     "read_split_file",
     "read_video",
+    "refuse_still",
     "render_sample_clip",
     "sample_clip_info",
     "sample_clip_path",

@@ -71,8 +71,9 @@ class ClipSource:
 
 
 class FolderClipSource(ClipSource):
-    """The clips of a folder dataset, decoded on demand; a video that fails to decode
-    is reported in the batch's ``failed`` instead of stopping the sweep. With
+    """The clips of a folder dataset, decoded on demand; a video that fails to decode,
+    or whose clip is one image repeated (a still, a single frame: no motion scores), is
+    reported in the batch's ``failed`` instead of stopping the sweep. With
     ``decode_timeout`` (seconds) each video is decoded in a separate process, so one
     that hangs or crashes the decoder fails alone (None: decoded in this process)."""
 
@@ -96,6 +97,7 @@ class FolderClipSource(ClipSource):
             try:
                 path = self._paths[int(index)]
                 clip = decode_in_worker(path, self._timeout, self._example, int(index))
+                data.refuse_still(clip["video"], path)  # no motion scores for a still
                 video[row] = clip["video"]
             except DataError as e:
                 failed[row] = str(e)

@@ -17,7 +17,14 @@ from PIL import Image
 
 from selrel_jax import data
 from selrel_jax.errors import DataError, OptionError, ShapeError
-from tests.data.videos import codec, coded_frames, frame_ids, write_coded, write_frame_folder
+from tests.data.videos import (
+    codec,
+    coded_frames,
+    frame_ids,
+    write_coded,
+    write_frame_folder,
+    write_png16,
+)
 
 H264, MPEG4 = codec("libx264", "h264"), codec("mpeg4")
 CONTAINERS = [
@@ -391,28 +398,6 @@ def test_iter_frames_option_errors_are_raised_at_the_call(tmp_path, option, valu
         data.read_video(3)
 
 
-def _png16(path: pathlib.Path, pixels: np.ndarray) -> pathlib.Path:
-    """A 16-bit PNG of ``pixels`` uint16 (H, W) grey, (H, W, 2) grey + alpha, (H, W, 3)
-    RGB or (H, W, 4) RGBA (written by hand: Pillow writes no 16-bit colour PNG)."""
-    colour_type = {1: 0, 2: 4, 3: 2, 4: 6}[1 if pixels.ndim == 2 else pixels.shape[2]]
-    height, width = pixels.shape[:2]
-    rows = pixels.reshape(height, -1).astype(">u2").tobytes()
-    row_bytes = len(rows) // height
-    raw = b"".join(b"\0" + rows[r * row_bytes : (r + 1) * row_bytes] for r in range(height))
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-        )
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
-    path.write_bytes(
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw))
-        + chunk(b"IEND", b"")
-    )  # fmt: skip
-    return path
-
-
 @pytest.mark.parametrize("channels", [1, 2, 3, 4])
 def test_sixteen_bit_png_frames_are_scaled_to_eight_bits(tmp_path, channels):
     # Pillow opens 16-bit grey as mode I;16, whose convert("RGB") clips every value above
@@ -426,7 +411,7 @@ def test_sixteen_bit_png_frames_are_scaled_to_eight_bits(tmp_path, channels):
     pixels[0, 0, 0] = 0
     pixels[1, 0, 0] = 65535
     for i, frame in enumerate(pixels):
-        _png16(folder / f"f{i}.png", frame)
+        write_png16(folder / f"f{i}.png", frame)
     frames, _ = data.read_frames(folder)
     eight = np.round(pixels.astype(np.float64) / 257).astype(np.uint8)
     # grey (+ alpha) is repeated over RGB; the alpha is dropped
