@@ -19,7 +19,7 @@ Example::
 
 from selrel_jax._worker import DEFAULT_DECODE_TIMEOUT, DecodeWorker, decode_in_worker
 from selrel_jax.data import synthetic_motion
-from selrel_jax.data._clips import Clips, LazyVideos, load_clips, parse_dataset
+from selrel_jax.data._clips import Clips, LazyVideos, cap_limit, load_clips, parse_dataset
 from selrel_jax.data._folder import (
     SPLIT_NAMES,
     VIDEO_EXTENSIONS,
@@ -75,6 +75,7 @@ __all__ = [
     "VideoProbe",
     "batch_indices",
     "batches_per_epoch",
+    "cap_limit",
     "center_crop",
     "class_folders",
     "clip_indices",

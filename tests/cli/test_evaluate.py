@@ -140,3 +140,14 @@ def test_model_path_that_is_a_file(tmp_path):
     (tmp_path / "notes.txt").write_text("a regular file\n")
     result = run("--model", str(tmp_path / "notes.txt"), "--dataset", "synthetic_motion/tiny")
     assert "notes.txt is a file, not a checkpoint" in _one_line_error(result)
+
+
+def test_a_limit_beyond_the_split_is_capped_with_one_warning_line(model_dir):
+    # --limit beyond the split's end used to generate past it without a word.
+    result = run("--model", str(model_dir), "--dataset", "synthetic_motion/tiny",
+                 "--data-seed", "5", "--limit", "30")  # fmt: skip
+    assert one_json_line(result)["n"] == 24
+    assert result.stderr.strip().splitlines() == [
+        "selrel: warning: limit 30 exceeds the 24 clips of synthetic_motion/tiny's test split; "
+        "using 24"
+    ]
