@@ -127,6 +127,11 @@ class ModelInfo:
     and in ``channel_order``. ``resize_size`` is the shorter side video frames
     are resized to before the centre crop of ``crop_size``; None means the
     crop's larger side (frames are only scaled as far as the crop needs).
+
+    Every field is checked when the metadata is made or read (SelrelError naming the
+    field): class names unique, crop sides up to :data:`MAX_CROP_SIDE`, clip length up
+    to :data:`MAX_CLIP_LENGTH`, ``resize_size`` up to the largest frame side, width in
+    (0, :data:`MAX_WIDTH`], ``value_range`` low < high, ``std`` positive.
     """
 
     arch: str
