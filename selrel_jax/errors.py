@@ -34,3 +34,8 @@ class CheckpointError(SelrelError):
 
 class DataError(SelrelError):
     """A data file or dataset cannot be found, opened or decoded."""
+
+
+class DataWarning(UserWarning):
+    """A dataset request that was adjusted to what the data holds (a ``limit`` beyond
+    a split's end, capped); the CLI prints it as one ``selrel: warning:`` line."""

@@ -252,8 +252,9 @@ def explain_files(
     ``(video, record)`` per video: the record is ``{"video", "out", "predicted",
     "spatial_bias"}`` (``"kept": True`` added for an output kept from an earlier run)
     or the :class:`~selrel_jax.errors.SelrelError` that video raised (the others still
-    run). No videos: the bundled sample clip. The model, method, options and target
-    are checked once, before any video is read (and ``decode_timeout``).
+    run). No videos: the bundled sample clip. The model, method, options (their values
+    too, on the model) and target are checked once, before any video is read (and
+    ``decode_timeout``).
 
     Resuming: without ``overwrite``, an existing ``out/<stem>/`` that holds this
     video's explanation with the same settings is kept and reported (nothing is
@@ -270,6 +271,7 @@ def explain_files(
     target_index = resolve_target(target, info.class_names)
     expected = _Expected(checked, checked.options_for(info), info, model, save_arrays,
                          target_index)  # fmt: skip
+    video_explanation.check_method_on_model(net, variables, info, checked, expected.options)
     if decode_timeout is not None:
         decode_timeout = real("decode_timeout", decode_timeout, above=0.0)
     for video, directory in zip(videos, output_directories(videos, out), strict=True):

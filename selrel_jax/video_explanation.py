@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -59,6 +60,7 @@ __all__ = [
     "DEFAULT_TEMPORAL_PADDING",
     "DEFAULT_THRESHOLD",
     "VideoExplanation",
+    "check_method_on_model",
     "explain_files",  # noqa: F822 (these three: __getattr__ below)
     "explain_video",
     "input_bounds",
@@ -111,24 +113,54 @@ def window_starts(num_frames: int, clip_length: int, stride: int) -> np.ndarray:
     return starts
 
 
+#: A target that is a number: ASCII digits only (``str.isdigit`` also accepts "²").
+_INDEX = re.compile(r"[+-]?[0-9]+")
+
+
 def resolve_target(target: int | str | None, class_names: Sequence[str]) -> int | None:
-    """``None`` / ``"predicted"``: None (the video's prediction); an int or a digit
-    string: that class index; anything else: the class of that name."""
+    """The class index ``target`` names, None for the video's prediction.
+
+    ``None`` / ``"predicted"``: the prediction. An int, ``"index:N"`` or a bare number
+    ``"N"``: class index N. ``"name:X"`` or any other string: the class named X. A bare
+    number that is also the name of another class is ambiguous (class names that are
+    digits) and refused, asking for ``index:N`` or ``name:N``.
+    """
     if target is None or target == "predicted":
         return None
-    if isinstance(target, str) and target.strip().lstrip("-").isdigit():
-        target = int(target)
-    if isinstance(target, str):
-        if target not in class_names:
-            raise OptionError(
-                f"target {target!r} is not a class name of the model; classes: "
-                f"{_abbreviated(class_names)}"
-            )
-        return class_names.index(target)
-    index = integer("target", target)
+    if not isinstance(target, str):
+        return _class_index(integer("target", target), class_names)
+    text = target.strip()
+    if text.startswith("name:"):
+        return _class_named(target, text[len("name:") :], class_names)
+    if text.startswith("index:"):
+        if not _INDEX.fullmatch(text[len("index:") :].strip()):
+            raise OptionError(f"target {text}: the index must be an integer, e.g. index:3")
+        return _class_index(int(text[len("index:") :]), class_names)
+    if not _INDEX.fullmatch(text):
+        return _class_named(target, target, class_names)
+    index = _class_index(int(text), class_names)
+    if text in class_names and class_names.index(text) != index:
+        raise OptionError(
+            f"target {text!r} is ambiguous: class {index} is named {class_names[index]!r} "
+            f"and class {class_names.index(text)} is named {text!r}; pass index:{text} or "
+            f"name:{text}"
+        )
+    return index
+
+
+def _class_index(index: int, class_names: Sequence[str]) -> int:
     if not 0 <= index < len(class_names):
         raise OptionError(f"target {index} out of range for {len(class_names)} classes")
     return index
+
+
+def _class_named(target: str, name: str, class_names: Sequence[str]) -> int:
+    if name not in class_names:
+        raise OptionError(
+            f"target {target!r} is not a class name of the model; classes: "
+            f"{_abbreviated(class_names)}"
+        )
+    return list(class_names).index(name)
 
 
 def _abbreviated(names: Sequence[str], limit: int = 12) -> str:
@@ -243,6 +275,19 @@ def _batch_function(model, info: ModelInfo, settings: ExplainSettings, options) 
         }
 
     return jax.jit(run)
+
+
+def check_method_on_model(
+    model: Any, variables: Any, info: ModelInfo, settings: ExplainSettings, options: Any
+) -> None:
+    """Trace one batch of windows abstractly (no compilation, no data): an option value
+    the method refuses (``epsilon="abc"``) or a model it cannot explain is an error now,
+    before any video is read, not once per video as if the videos were bad. The trace
+    is cached, so the explanation that follows does not trace again."""
+    _, run = _compiled(model, info, settings, options)
+    clips = jax.ShapeDtypeStruct((settings.batch_size, *info.clip_size, 3), jnp.uint8)
+    targets = jax.ShapeDtypeStruct((settings.batch_size,), jnp.int32)
+    jax.eval_shape(run, variables, clips, targets)
 
 
 def _logits_function(model, info: ModelInfo) -> Callable:
@@ -496,7 +541,9 @@ def explain_video(
     input range. ``sigma``, ``temporal_padding`` (default ``"edge"``: see
     :data:`DEFAULT_TEMPORAL_PADDING`) and ``threshold`` go to
     :func:`selrel_jax.selective_relevance`. A video shorter than one clip is
-    loop-padded, with a :class:`SelrelWarning`. ``decode_timeout``: decode a file in a
+    loop-padded, with a :class:`SelrelWarning`; one whose sampled frames are all one
+    image (a still, a single frame) has no motion scores and is a DataError
+    (:func:`selrel_jax.data.refuse_still`). ``decode_timeout``: decode a file in a
     separate process, stopped after that many seconds (see :func:`sample_frames`).
     """
     settings = ExplainSettings(method, sigma, temporal_padding, threshold, clip_stride,
@@ -505,8 +552,10 @@ def explain_video(
     options = settings.options_for(info)
     if decode_timeout is not None:
         decode_timeout = real("decode_timeout", decode_timeout, above=0.0)
+    check_method_on_model(model, variables, info, settings, options)
     clock = _Clock()
     frames, fps = sample_frames(video, info, decode_timeout)
+    data.refuse_still(frames, _video_name(video))
     clock.lap("read_seconds")
     if len(frames) < info.clip_length:
         import warnings

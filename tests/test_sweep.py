@@ -250,6 +250,26 @@ def test_a_folder_video_that_cannot_be_decoded_is_listed_and_skipped(model_dir, 
     assert np.isfinite(table["spatial_bias"]).all()
 
 
+@pytest.mark.parametrize("frames", [1, 10])
+def test_a_folder_video_without_motion_is_listed_as_failed_not_scored(model_dir, tmp_path, frames):
+    # A 1-frame video (loop-padded to a clip), or one image repeated, used to get motion
+    # scores (kept_voxels 0.09, spatial_bias 0.386) for a still image.
+    root = tmp_path / "videos"
+    _folder_with_a_corrupt_video(root)
+    still = np.random.default_rng(3).integers(0, 255, (1, 40, 40, 3), dtype=np.uint8)
+    data.write_video(root / synthetic_motion.CLASS_NAMES[1] / "v2.mp4",
+                     np.repeat(still, frames, 0), fps=8)  # fmt: skip
+    out = tmp_path / "sweep"
+    summary = run_sweep(out, model=model_dir, dataset=f"folder:{root}", methods=["gradient"],
+                        sigmas=[1.0], batch_size=4)  # fmt: skip
+    assert summary["complete"] and summary["failed"] == 1
+    [failure] = read_manifest(out)["failed"]
+    assert failure["clip_id"] == "translate_right/v2.mp4#0"
+    assert "v2.mp4 has no motion" in failure["reason"], failure
+    table = table_columns(read_table(out))
+    assert table["clip_id"].tolist() == ["translate_left/v2.mp4#0"]
+
+
 def test_the_sweeps_spatial_bias_and_gini_equal_the_metrics_on_every_kind_of_clip():
     rng = np.random.default_rng(5)
     rel = (rng.standard_normal((4, 6, 8, 8, 3)) * (rng.random((4, 6, 8, 8, 3)) < 0.4)).astype(

@@ -96,6 +96,40 @@ def test_targets_by_name_index_or_prediction():
         ve.resolve_target(-1, names)
 
 
+def test_digit_class_names_a_bare_number_is_an_index_and_ambiguity_is_refused():
+    # Class names that are digits used to turn --target 0 into the class *named* '0'.
+    # The rule: index:N is an index, name:X a name; a bare number is an index, refused
+    # when another class is named so.
+    names = ("5", "4", "3", "2", "1", "0", "walk")
+    assert ve.resolve_target("index:0", names) == 0
+    assert ve.resolve_target("name:0", names) == 5
+    assert ve.resolve_target("name:walk", names) == ve.resolve_target("walk", names) == 6
+    assert ve.resolve_target(" 6 ", names) == 6  # no class is named '6'
+    assert ve.resolve_target("index:6", names) == 6
+    with pytest.raises(
+        sr.OptionError,
+        match=r"target '0' is ambiguous: class 0 is named '5' "
+        r"and class 5 is named '0'; pass index:0 or name:0",
+    ):
+        ve.resolve_target("0", names)  # fmt: skip
+    with pytest.raises(sr.OptionError, match=r"target 'name:9' is not a class name"):
+        ve.resolve_target("name:9", names)
+    with pytest.raises(sr.OptionError, match=r"target index:x: the index must be an integer"):
+        ve.resolve_target("index:x", names)
+    with pytest.raises(sr.OptionError, match=r"target 9 out of range for 7 classes"):
+        ve.resolve_target("index:9", names)
+    same = ("0", "1")  # each digit name names its own index: not ambiguous
+    assert ve.resolve_target("1", same) == 1
+
+
+@pytest.mark.parametrize("target", ["\u00b2", "\u0663"])
+def test_non_ascii_digits_are_names_not_a_raw_value_error(target):
+    # str.isdigit accepts '²' and '٣', which int() refuses with a raw ValueError.
+    with pytest.raises(sr.OptionError, match=f"target {target!r} is not a class name"):
+        ve.resolve_target(target, ("walk", "run"))
+    assert ve.resolve_target(target, ("walk", target)) == 1
+
+
 def test_output_directories_number_repeated_stems():
     got = ve.output_directories(["a/clip.mp4", "b/clip.avi", "c/other.mp4", "d/clip"], "out")
     assert got == [os.path.join("out", n) for n in ("clip", "clip-2", "other", "clip-3")]
@@ -151,6 +185,17 @@ def test_short_video_is_loop_padded_with_a_warning(motion_model):
         r = ve.explain_video(frames, model, variables, info, method="gradient_x_input")
     assert r.loop_padded and r.relevance.shape == (10, 48, 48)
     assert np.isfinite(r.relevance).all()
+
+
+@pytest.mark.parametrize("count", [1, 20])
+def test_a_still_video_has_no_motion_scores_and_is_refused(motion_model, count):
+    # A 1-frame video (loop-padded to a clip) used to report kept_voxels and a spatial
+    # bias for a still image; so did a video of one frame repeated.
+    model, variables, info = motion_model
+    frame = data.read_video(data.sample_clip_path())[5]
+    still = np.repeat(frame[None], count, axis=0)
+    with pytest.raises(sr.DataError, match=rf"<array> has no motion: its {count} sampled fr"):
+        ve.explain_video(still, model, variables, info, method="gradient")
 
 
 def test_explicit_target_is_explained_in_every_window(motion_model):

@@ -13,8 +13,10 @@ an OSError that still gets here is reported with its path.
 
 from __future__ import annotations
 
+import contextlib
 import shlex
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import typer
@@ -86,6 +88,19 @@ def command_line(ctx: typer.Context, values: Mapping[str, Any]) -> str:
         else:
             words += [param.opts[0], str(value)]
     return shlex.join(words)
+
+
+@contextlib.contextmanager
+def one_line_warnings() -> Iterator[None]:
+    """The library's warnings as ``selrel: warning: ...`` lines on stderr."""
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        typer.echo(f"selrel: warning: {message}", err=True)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = show
+        yield
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from selrel_jax.cli import app
+from selrel_jax.cli import app, one_line_warnings
 
 
 @app.command()
@@ -39,6 +39,6 @@ def evaluate(
     """Print {"accuracy", "n", ...} of MODEL on DATASET's SPLIT as one JSON line on stdout."""
     from selrel_jax.train import evaluate_dataset
 
-    with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the result
+    with one_line_warnings(), contextlib.redirect_stdout(sys.stderr):  # stdout: the result
         result = evaluate_dataset(**ctx.params)
     typer.echo(json.dumps(result))

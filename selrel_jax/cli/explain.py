@@ -5,13 +5,12 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
-import warnings
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from selrel_jax.cli import app
+from selrel_jax.cli import app, one_line_warnings
 
 # Literal defaults keep `selrel --help` fast (no JAX import); a test checks that they
 # equal the library's (selrel_jax.video_explanation).
@@ -45,7 +44,11 @@ TemporalPadding = Annotated[
 Threshold = Annotated[str, typer.Option(help="clip (one threshold per window) or frame.")]
 Target = Annotated[
     str,
-    typer.Option(help="predicted (the video's prediction), a class index or a class name."),
+    typer.Option(
+        help="predicted (the video's prediction), a class index or a class name; index:N "
+        "or name:X where class names are numbers (a bare number that names another class "
+        "is refused as ambiguous)."
+    ),
 ]
 ClipStride = Annotated[
     int | None,
@@ -102,7 +105,7 @@ def explain(
 
     failed = False
     stdout = sys.stdout  # one JSON line per video; everything else goes to stderr
-    with _one_line_warnings(), contextlib.redirect_stdout(sys.stderr):
+    with one_line_warnings(), contextlib.redirect_stdout(sys.stderr):
         results = explain_files(
             videos or [], model=model, out=out, overwrite=overwrite, save_arrays=save_arrays,
             progress=progress, target=target, decode_timeout=decode_timeout,
@@ -118,16 +121,3 @@ def explain(
                 print(json.dumps(record), file=stdout, flush=True)
     if failed:
         raise typer.Exit(ERROR_EXIT_CODE)
-
-
-@contextlib.contextmanager
-def _one_line_warnings():
-    """The library's warnings as ``selrel: warning: ...`` lines on stderr."""
-
-    def show(message, category, filename, lineno, file=None, line=None):
-        typer.echo(f"selrel: warning: {message}", err=True)
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("always")
-        warnings.showwarning = show
-        yield

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from selrel_jax.cli import app
+from selrel_jax.cli import app, one_line_warnings
 
 # Literal defaults keep `selrel --help` fast (no JAX import); a test checks that they
 # equal the library's (selrel_jax.sweep).
@@ -116,7 +116,7 @@ def sweep(
         or process_id is not None
     ):
         initialize_distributed(coordinator, num_processes, process_id)
-    with _stdout_to_stderr():
+    with one_line_warnings(), _stdout_to_stderr():
         result = run_sweep(
             out, dataset=dataset, split=split, model=model, methods=method_names,
             sigmas=sigma_values, method_options=options, target=target, data_seed=data_seed,

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from selrel_jax.cli import app, command_line
+from selrel_jax.cli import app, command_line, one_line_warnings
 
 _DEFAULT = "(default: from --init-from, else {})"
 
@@ -127,7 +127,7 @@ def train(
     from selrel_jax.train import TrainSettings, train_and_evaluate
 
     settings = TrainSettings(**ctx.params)
-    with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the summary
+    with one_line_warnings(), contextlib.redirect_stdout(sys.stderr):  # stdout: the summary
         summary = train_and_evaluate(
             settings, command_line=lambda resolved: command_line(ctx, vars(resolved))
         )

@@ -19,7 +19,7 @@ Example::
 
 from selrel_jax._worker import DEFAULT_DECODE_TIMEOUT, DecodeWorker, decode_in_worker
 from selrel_jax.data import synthetic_motion
-from selrel_jax.data._clips import Clips, LazyVideos, load_clips, parse_dataset
+from selrel_jax.data._clips import Clips, LazyVideos, cap_limit, load_clips, parse_dataset
 from selrel_jax.data._folder import (
     SPLIT_NAMES,
     VIDEO_EXTENSIONS,
@@ -53,6 +53,7 @@ from selrel_jax.data._video import (
     clip_indices,
     count_frames,
     read_video,
+    refuse_still,
     video_fps,
     write_video,
 )
@@ -74,6 +75,7 @@ __all__ = [
     "VideoProbe",
     "batch_indices",
     "batches_per_epoch",
+    "cap_limit",
     "center_crop",
     "class_folders",
     "clip_indices",
@@ -93,6 +95,7 @@ __all__ = [
     "read_frames",
     "read_split_file",
     "read_video",
+    "refuse_still",
     "render_sample_clip",
     "sample_clip_info",
     "sample_clip_path",

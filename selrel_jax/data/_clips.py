@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import pathlib
 import sys
+import warnings
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -20,7 +21,7 @@ from selrel_jax._checks import integer, one_of, positive_int
 from selrel_jax.data import synthetic_motion
 from selrel_jax.data._folder import SPLIT_NAMES, VideoFolder, folder_splits
 from selrel_jax.data._sources import load_source
-from selrel_jax.errors import DataError, OptionError, ShapeError
+from selrel_jax.errors import DataError, DataWarning, OptionError, ShapeError
 
 SYNTHETIC = "synthetic_motion"
 FOLDER_PREFIX = "folder:"
@@ -121,6 +122,20 @@ def parse_dataset(dataset: str) -> tuple[str, str]:
     return "tfds", dataset
 
 
+def cap_limit(limit: int | None, available: int, dataset: str, split: str) -> int:
+    """The clips to take of a split of ``available`` clips: ``limit``, capped at the
+    split's end with a :class:`~selrel_jax.errors.DataWarning` saying so (None: all)."""
+    if limit is None or limit <= available:
+        return available if limit is None else limit
+    warnings.warn(
+        f"limit {limit} exceeds the {available} clips of {dataset}'s {split} split; "
+        f"using {available}",
+        DataWarning,
+        stacklevel=3,
+    )
+    return available
+
+
 def _numeric_class_names(num_classes: int) -> tuple[str, ...]:
     return tuple(f"class_{i}" for i in range(num_classes))
 
@@ -185,7 +200,7 @@ def load_clips(
         config = synthetic_motion.get_config(argument or "default")
         _check_clip_size(dataset, (config.frames, config.height, config.width), clip_size)
         if data_seed is not None:
-            count = config.split_sizes[split] if limit is None else limit
+            count = cap_limit(limit, config.split_sizes[split], dataset, split)
             if progress:
                 print(f"generating {count} {dataset} {split} clips, seed {data_seed}",
                       file=sys.stderr)  # fmt: skip
@@ -209,7 +224,7 @@ def _read_source(
     from tqdm import tqdm
 
     source = load_source(dataset, split, data_dir=data_dir)
-    n = len(source) if limit is None else min(limit, len(source))
+    n = cap_limit(limit, len(source), dataset, split)
     if n == 0:
         raise DataError(f"dataset {dataset!r} split {split!r} is empty")
     first = source[0]
@@ -237,7 +252,8 @@ def _folder_clips(
     if clip_size is None:
         raise OptionError(f"a folder dataset needs clip_size (T, H, W); got none for {root}")
     t, h, w = (positive_int("clip_size", int(s)) for s in clip_size)
-    videos = folder_splits(root, split_file=split_file)[split][:limit]
+    videos = folder_splits(root, split_file=split_file)[split]
+    videos = videos[: cap_limit(limit, len(videos), f"{FOLDER_PREFIX}{root}", split)]
     if not videos:
         raise DataError(
             f"the {split} split of folder {root} is empty (validation and test take a slice "

@@ -66,13 +66,30 @@ def open_image(path: pathlib.Path):
         check_frame_size(path, image.width, image.height, "declares")
         with image:
             upright = ImageOps.exif_transpose(image)
-            return upright.convert("RGB")
+            return _eight_bit_rgb(upright, path, image.mode, image.format)
     except Image.DecompressionBombError as e:
         raise DataError(f"image {path} is too large: {e}") from None
     except (OSError, ValueError, SyntaxError) as e:
         if isinstance(e, DataError):
             raise
         raise DataError(f"cannot read image {path}: {e}") from None
+
+
+#: Pillow's modes of 16-bit grey PNGs ("I": older Pillows; colour ones come as RGB).
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
+
+
+def _eight_bit_rgb(image, path: pathlib.Path, mode: str, file_format: str | None):
+    """``image`` as 8-bit RGB. Pillow's convert("RGB") clips 16-bit grey to 255 (all
+    white), so those values are scaled (``round(v / 257)``: 65535 -> 255) first.
+    Pillow reads 16-bit colour as 8-bit RGB itself (the high byte)."""
+    from PIL import Image
+
+    if mode in _SIXTEEN_BIT_MODES or (mode == "I" and file_format == "PNG"):
+        values = np.asarray(image, dtype=np.float64)
+        grey = np.clip(np.round(values / 257), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, "L").convert("RGB")
+    return image.convert("RGB")
 
 
 def upright_size(path: pathlib.Path) -> tuple[int, int]:

@@ -210,3 +210,18 @@ def clip_indices(
         starts = np.arange(0, last_start + 1, step)
     offsets = np.arange(clip_length) * frame_step
     return (starts[:, None] + offsets[None, :]) % num_frames
+
+
+def refuse_still(frames: np.ndarray, name: str | os.PathLike) -> None:
+    """DataError naming ``name`` if ``frames`` (T, ...) are all one image: a single frame,
+    a still image or a video that never changes. Selective relevance keeps what changes
+    from frame to frame; with one distinct frame nothing does, and whatever it kept would
+    come from the model's temporal padding, not from the video, so such a video has no
+    motion scores."""
+    frames = np.asarray(frames)
+    if len(frames) == 0 or not np.any(frames[1:] != frames[:-1]):
+        raise DataError(
+            f"{os.fspath(name)} has no motion: its {len(frames)} sampled frame(s) are one "
+            "image; selective relevance needs at least 2 distinct frames, so a still has "
+            "no motion scores"
+        )

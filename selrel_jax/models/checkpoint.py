@@ -90,6 +90,25 @@ def check_variables(model: nn.Module, info: ModelInfo, variables: Any, where: st
         )
 
 
+def check_finite_variables(variables: Any, where: str, limit: int = 5) -> None:
+    """Raise CheckpointError naming each array of ``variables`` that holds NaN or
+    infinite values (the first ``limit``, then a count): such weights make every
+    logit and every relevance map NaN, so they are refused where they are read."""
+    bad = []
+    for name, leaf in _flat(_plain(variables)).items():
+        array = np.asarray(leaf)
+        if not np.issubdtype(array.dtype, np.inexact):
+            continue
+        nan, inf = int(np.isnan(array).sum()), int(np.isinf(array).sum())
+        if nan or inf:
+            bad.append(f"{name} ({nan} NaN, {inf} infinite of {array.size})")
+    if bad:
+        more = f" and {len(bad) - limit} more" if len(bad) > limit else ""
+        raise CheckpointError(
+            f"variables in {where} hold non-finite values: {'; '.join(bad[:limit])}{more}"
+        )
+
+
 def writable_directory(
     path: str | os.PathLike,
     what: str,
@@ -161,6 +180,7 @@ def save(directory: str | os.PathLike, info: ModelInfo, variables: Any) -> pathl
     directory = checkpoint_target(directory)
     tree = jax.tree_util.tree_map(np.asarray, _plain(variables))
     check_variables(build(info), info, tree, "save()")
+    check_finite_variables(tree, "save()")
 
     def fill(staging: pathlib.Path) -> None:
         with ocp.PyTreeCheckpointer() as checkpointer:
@@ -298,4 +318,5 @@ def load(name_or_path: str | pathlib.Path) -> tuple[nn.Module, dict[str, Any], M
         ) from None
     variables = jax.tree_util.tree_map(np.asarray, _plain(restored))
     check_variables(model, info, variables, str(var_dir))
+    check_finite_variables(variables, str(var_dir))
     return model, variables, info

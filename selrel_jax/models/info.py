@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from selrel_jax._checks import one_of, positive_int, real
-from selrel_jax.data import normalize
+from selrel_jax.data import MAX_FRAME_SIDE, normalize
 from selrel_jax.errors import SelrelError
 
 __all__ = [
@@ -46,6 +46,12 @@ KINETICS_STD = (0.22803, 0.22145, 0.216989)
 C3D_MEAN_BGR = (90.0, 98.0, 102.0)
 # torchvision evaluates its Kinetics models on frames resized to 128x171 and
 # centre-cropped to 112x112; the C3D port used the same resize and crop.
+# Bounds of what a model's metadata may say; beyond them the first clip would not fit in
+# memory (a crop of 20000x20000 aborted XLA) or the file is not metadata of a real model.
+MAX_CROP_SIDE = 1024
+MAX_CLIP_LENGTH = 1024
+MAX_WIDTH = 64.0
+MAX_CLASSES = 1_000_000
 _PUBLISHED_RESIZE = {"c3d": 128, "r3d_18": 128, "mc3_18": 128, "r2plus1d_18": 128}
 
 
@@ -64,6 +70,42 @@ def _floats(values: Sequence[float], what: str, length: int) -> tuple[float, ...
     return out
 
 
+def _class_names(names: Sequence[Any], num_classes: int) -> tuple[str, ...]:
+    """``names`` as strings, one per class and each once (a target given by name must
+    name one class); none given: :func:`numeric_class_names`."""
+    positive_int("ModelInfo num_classes", num_classes, SelrelError)
+    if num_classes > MAX_CLASSES:
+        raise SelrelError(f"ModelInfo num_classes must be 1 to {MAX_CLASSES}; got {num_classes}")
+    out = tuple(str(n) for n in names) or numeric_class_names(num_classes)
+    if len(out) != num_classes:
+        raise SelrelError(f"ModelInfo has {len(out)} class names for num_classes={num_classes}")
+    first: dict[str, int] = {}
+    for index, name in enumerate(out):
+        if name in first:
+            raise SelrelError(
+                f"ModelInfo class_names repeat {name!r} (indices {first[name]} and {index}); "
+                "each class needs its own name"
+            )
+        first[name] = index
+    return out
+
+
+def _crop_size(crop_size: Any) -> tuple[int, int]:
+    """``crop_size`` as (H, W), each side 1 to :data:`MAX_CROP_SIDE`."""
+    try:
+        crop = tuple(positive_int("crop_size", v, SelrelError) for v in crop_size)
+    except (SelrelError, TypeError):
+        crop = ()
+    if len(crop) != 2:
+        raise SelrelError(f"ModelInfo crop_size must be (H, W) > 0; got {crop_size!r}")
+    if max(crop) > MAX_CROP_SIDE:
+        raise SelrelError(
+            f"ModelInfo crop_size must be (H, W) of 1 to {MAX_CROP_SIDE} pixels a side; got "
+            f"{list(crop)}"
+        )
+    return crop
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelInfo:
     """Metadata stored next to every checkpoint (``info.json``).
@@ -75,6 +117,11 @@ class ModelInfo:
     and in ``channel_order``. ``resize_size`` is the shorter side video frames
     are resized to before the centre crop of ``crop_size``; None means the
     crop's larger side (frames are only scaled as far as the crop needs).
+
+    Every field is checked when the metadata is made or read (SelrelError naming the
+    field): class names unique, crop sides up to :data:`MAX_CROP_SIDE`, clip length up
+    to :data:`MAX_CLIP_LENGTH`, ``resize_size`` up to the largest frame side, width in
+    (0, :data:`MAX_WIDTH`], ``value_range`` low < high, ``std`` positive.
     """
 
     arch: str
@@ -94,30 +141,35 @@ class ModelInfo:
 
     def __post_init__(self) -> None:
         put = object.__setattr__
-        positive_int("ModelInfo num_classes", self.num_classes, SelrelError)
-        names = tuple(str(n) for n in self.class_names) or numeric_class_names(self.num_classes)
-        if len(names) != self.num_classes:
+        put(self, "class_names", _class_names(self.class_names, self.num_classes))
+        width = real("ModelInfo width", self.width, above=0, error=SelrelError)
+        if width > MAX_WIDTH:
             raise SelrelError(
-                f"ModelInfo has {len(names)} class names for num_classes={self.num_classes}"
+                f"ModelInfo width must be above 0 and at most {MAX_WIDTH}; got {width}"
             )
-        put(self, "class_names", names)
-        put(self, "width", real("ModelInfo width", self.width, above=0, error=SelrelError))
+        put(self, "width", width)
         for field in ("clip_length", "frame_step"):
             positive_int(f"ModelInfo {field}", getattr(self, field), SelrelError)
+        if self.clip_length > MAX_CLIP_LENGTH:
+            raise SelrelError(f"ModelInfo clip_length must be 1 to {MAX_CLIP_LENGTH}; got "
+                              f"{self.clip_length}")  # fmt: skip
         if self.fps is not None:
             put(self, "fps", real("ModelInfo fps", self.fps, above=0, error=SelrelError))
-        try:
-            crop = tuple(positive_int("crop_size", v, SelrelError) for v in self.crop_size)
-        except (SelrelError, TypeError):
-            crop = ()
-        if len(crop) != 2:
-            raise SelrelError(f"ModelInfo crop_size must be (H, W) > 0; got {self.crop_size!r}")
-        put(self, "crop_size", crop)
+        put(self, "crop_size", _crop_size(self.crop_size))
         if self.resize_size is not None:
-            put(self, "resize_size", positive_int("ModelInfo resize_size", self.resize_size,
-                                                  SelrelError))  # fmt: skip
+            resize = positive_int("ModelInfo resize_size", self.resize_size, SelrelError)
+            if resize > MAX_FRAME_SIDE:
+                raise SelrelError(
+                    f"ModelInfo resize_size must be 1 to {MAX_FRAME_SIDE}; got {resize}"
+                )
+            put(self, "resize_size", resize)
         one_of("ModelInfo channel_order", self.channel_order, ("RGB", "BGR"), SelrelError)
-        put(self, "value_range", _floats(self.value_range, "value_range", 2))
+        low, high = _floats(self.value_range, "value_range", 2)
+        if not low < high:  # pixels would all map to one value, or divide by 0
+            raise SelrelError(
+                f"ModelInfo value_range must be (low, high) with low < high; got {[low, high]}"
+            )
+        put(self, "value_range", (low, high))
         put(self, "mean", _floats(self.mean, "mean", 3))
         std = _floats(self.std, "std", 3)
         if min(std) <= 0:

@@ -133,6 +133,12 @@ def _to_numpy(key: str, value: Any) -> np.ndarray:
         raise CheckpointError(
             f"state_dict[{key!r}] must be floating point; got dtype {array.dtype}"
         )
+    nan, inf = int(np.isnan(array).sum()), int(np.isinf(array).sum())
+    if nan or inf:
+        raise CheckpointError(
+            f"state_dict[{key!r}] holds {nan + inf} non-finite values ({nan} NaN, {inf} "
+            f"infinite) of shape {array.shape}: a model with such weights explains nothing"
+        )
     return array.astype(np.float32)
 
 
@@ -415,15 +421,23 @@ def _class_names(path: pathlib.Path | None, arch: str, num_classes: int) -> tupl
             return sports1m_class_names()
         return numeric_class_names(num_classes)
     try:
-        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
     except (OSError, UnicodeDecodeError) as e:
         raise CheckpointError(f"cannot read class names {path}: {e}") from None
-    names = [n for n in names if n]
-    if len(names) != num_classes:
+    numbered = [(number, name) for number, name in enumerate(lines, 1) if name]
+    if len(numbered) != num_classes:
         raise CheckpointError(
-            f"class names {path} has {len(names)} names; the model has {num_classes} classes"
+            f"class names {path} has {len(numbered)} names; the model has {num_classes} classes"
         )
-    return tuple(names)
+    first: dict[str, int] = {}
+    for number, name in numbered:
+        if name in first:
+            raise CheckpointError(
+                f"class names {path} repeat {name!r} (lines {first[name]} and {number}); "
+                "each class needs its own name"
+            )
+        first[name] = number
+    return tuple(name for _, name in numbered)
 
 
 def convert_torch_file(
@@ -450,7 +464,11 @@ def convert_torch_file(
             f"{out} already holds a checkpoint; pass --overwrite (overwrite=True) to replace it"
         )
     weights = pathlib.Path(weights)
-    model, variables = from_torch_state_dict(arch, read_torch_state_dict(weights))
+    state_dict = read_torch_state_dict(weights)
+    try:
+        model, variables = from_torch_state_dict(arch, state_dict)
+    except CheckpointError as e:  # which file: the state_dict's problems name keys only
+        raise CheckpointError(f"{weights}: {e}") from None
     num_classes = variables["params"][HEADS[arch]]["bias"].shape[0]
     names_file = None if class_names is None else pathlib.Path(class_names)
     info = ModelInfo.for_arch(

@@ -71,8 +71,9 @@ class ClipSource:
 
 
 class FolderClipSource(ClipSource):
-    """The clips of a folder dataset, decoded on demand; a video that fails to decode
-    is reported in the batch's ``failed`` instead of stopping the sweep. With
+    """The clips of a folder dataset, decoded on demand; a video that fails to decode,
+    or whose clip is one image repeated (a still, a single frame: no motion scores), is
+    reported in the batch's ``failed`` instead of stopping the sweep. With
     ``decode_timeout`` (seconds) each video is decoded in a separate process, so one
     that hangs or crashes the decoder fails alone (None: decoded in this process)."""
 
@@ -96,6 +97,7 @@ class FolderClipSource(ClipSource):
             try:
                 path = self._paths[int(index)]
                 clip = decode_in_worker(path, self._timeout, self._example, int(index))
+                data.refuse_still(clip["video"], path)  # no motion scores for a still
                 video[row] = clip["video"]
             except DataError as e:
                 failed[row] = str(e)
@@ -112,7 +114,8 @@ def _check_clip_size(dataset: str, have: Sequence[int], info: ModelInfo) -> None
 def _generated(settings: SweepSettings, config: str, info: ModelInfo) -> ClipSource:
     cfg = synthetic_motion.get_config(config or "default")
     _check_clip_size(settings.dataset, (cfg.frames, cfg.height, cfg.width), info)
-    count = settings.limit or cfg.split_sizes[settings.split]
+    count = data.cap_limit(settings.limit, cfg.split_sizes[settings.split], settings.dataset,
+                           settings.split)  # fmt: skip
     seed, split = settings.data_seed, settings.split
 
     def example(index: int) -> dict[str, Any]:
@@ -124,7 +127,7 @@ def _generated(settings: SweepSettings, config: str, info: ModelInfo) -> ClipSou
 
 def _indexed(settings: SweepSettings, info: ModelInfo, data_dir: Any) -> ClipSource:
     source = data.load_source(settings.dataset, settings.split, data_dir=data_dir)
-    count = len(source) if settings.limit is None else min(settings.limit, len(source))
+    count = data.cap_limit(settings.limit, len(source), settings.dataset, settings.split)
     if count == 0:
         raise DataError(f"dataset {settings.dataset!r} split {settings.split!r} is empty")
     first = source[0]
@@ -137,7 +140,8 @@ def _indexed(settings: SweepSettings, info: ModelInfo, data_dir: Any) -> ClipSou
 def _folder(
     settings: SweepSettings, path: str, info: ModelInfo, decode_timeout: float | None
 ) -> ClipSource:
-    videos = data.folder_splits(path)[settings.split][: settings.limit]
+    videos = data.folder_splits(path)[settings.split]
+    videos = videos[: data.cap_limit(settings.limit, len(videos), settings.dataset, settings.split)]
     if not videos:
         raise DataError(
             f"the {settings.split} split of folder {path} is empty (validation and test take "

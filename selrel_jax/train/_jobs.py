@@ -302,6 +302,11 @@ def train_and_evaluate(
     config = settings.config()
     splits = _load_splits(settings, init_info)
     train_clips, class_names = splits["train"]
+    if len(class_names) < 2:  # a 1-class model is always right: its accuracy says nothing
+        raise DataError(
+            f"{settings.dataset} has {len(class_names)} class ({', '.join(class_names)}); "
+            "a classifier needs at least 2"
+        )
     clip_size = tuple(train_clips.video.shape[1:4])
     model_kwargs = parse_model_options(settings.model_option)
     model = models.create(settings.arch, len(class_names), width=settings.width,

@@ -198,3 +198,26 @@ def test_library_calls_raise_checkpoint_errors_and_write_nothing(weights, tmp_pa
         read_torch_state_dict(tmp_path / "missing.pth")
     assert not (tmp_path / "ck").exists()
     assert convert_torch_file(path, "mc3_18", tmp_path / "ck") == (tmp_path / "ck").resolve()
+
+
+def test_convert_refuses_weights_holding_nan_or_inf_naming_the_file_and_key(weights, tmp_path):
+    # A checkpoint with NaN weights used to be saved; every explanation of it was NaN.
+    state = weights[1]
+    bad = {k: v.clone() for k, v in state.items()}
+    bad["layer1.0.conv1.0.weight"][0, 0, 0, 0, 0] = float("nan")
+    bad["fc.bias"][3] = float("inf")
+    torch.save(bad, tmp_path / "nan.pth")
+    code, stdout, stderr = _run(tmp_path / "nan.pth", "--arch", "mc3_18", "--out", tmp_path / "ck")
+    _assert_one_line_error(code, stdout, stderr, "nan.pth")
+    assert "['layer1.0.conv1.0.weight'] holds 1 non-finite values (1 NaN, 0 infinite)" in stderr
+    assert not (tmp_path / "ck").exists()
+
+
+def test_convert_refuses_repeated_class_names_naming_the_file(weights, tmp_path):
+    names = tmp_path / "names.txt"
+    names.write_text("".join(f"action {i}\n" for i in range(399)) + "action 7\n")
+    code, stdout, stderr = _run(
+        weights[0], "--arch", "mc3_18", "--out", tmp_path / "ck", "--class-names", names
+    )
+    _assert_one_line_error(code, stdout, stderr, "names.txt repeat 'action 7' (lines 8 and 400)")
+    assert not (tmp_path / "ck").exists()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from typer.testing import CliRunner
 
@@ -140,3 +142,33 @@ def test_model_path_that_is_a_file(tmp_path):
     (tmp_path / "notes.txt").write_text("a regular file\n")
     result = run("--model", str(tmp_path / "notes.txt"), "--dataset", "synthetic_motion/tiny")
     assert "notes.txt is a file, not a checkpoint" in _one_line_error(result)
+
+
+def test_a_limit_beyond_the_split_is_capped_with_one_warning_line(model_dir):
+    # --limit beyond the split's end used to generate past it without a word.
+    result = run("--model", str(model_dir), "--dataset", "synthetic_motion/tiny",
+                 "--data-seed", "5", "--limit", "30")  # fmt: skip
+    assert one_json_line(result)["n"] == 24
+    assert result.stderr.strip().splitlines() == [
+        "selrel: warning: limit 30 exceeds the 24 clips of synthetic_motion/tiny's test split; "
+        "using 24"
+    ]
+
+
+def test_a_checkpoint_with_nan_weights_is_one_line_naming_the_file_and_parameter(
+    model_dir, tmp_path
+):
+    # It used to load and print {"loss": NaN, ...}.
+    _, variables, _ = models.load(model_dir)
+    bad = jax.tree_util.tree_map(np.array, variables)
+    bad["params"]["fc"]["kernel"][0, 0] = np.nan
+    copy = tmp_path / "nan"
+    shutil.copytree(model_dir, copy)
+    shutil.rmtree(copy / "variables")
+    with ocp.PyTreeCheckpointer() as checkpointer:
+        checkpointer.save(copy / "variables", bad)
+    result = run("--model", str(copy), "--dataset", "synthetic_motion/tiny", "--data-seed", "5")
+    assert result.exit_code == 2 and result.stdout == ""
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"selrel: error: variables in {copy / 'variables'} hold non-finite")
+    assert "params/fc/kernel (1 NaN, 0 infinite" in line

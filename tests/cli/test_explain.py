@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import matplotlib.image as mpimg
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -16,6 +17,7 @@ from selrel_jax import data
 from selrel_jax import video_explanation as ve
 from selrel_jax.cli import app
 from selrel_jax.cli import explain as explain_command
+from tests.data.videos import write_png16
 
 runner = CliRunner()
 
@@ -80,6 +82,8 @@ def test_a_bad_video_is_reported_and_the_others_still_run(tmp_path):
         (["--sigma", "-1"], "sigma must be a finite number >= 0.0; got -1.0"),
         (["--target", "99"], "target 99 out of range for 6 classes"),
         (["--target", "jumping"], "target 'jumping' is not a class name"),
+        (["--target", "\u00b2"], "target '\u00b2' is not a class name"),
+        (["--target", "name:2"], "target 'name:2' is not a class name"),
         (["--temporal-padding", "wrap"], "temporal_padding must be one of zero, edge"),
         (["--threshold", "pixel"], "threshold must be one of clip, frame"),
         (["--clip-stride", "0"], "clip_stride must be a positive int"),
@@ -93,6 +97,52 @@ def test_bad_settings_are_one_line_and_write_nothing(tmp_path, args, message):
     assert len(lines) == 1 and lines[0].startswith("selrel: error: "), stderr
     assert message in lines[0]
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    ("method", "option", "message"),
+    [
+        ("lrp.epsilon_plus_flat", 'epsilon="abc"', "epsilon must be a finite number"),
+        ("smoothgrad", 'noise_level="abc"', "noise_level must be a finite number"),
+    ],
+)
+def test_a_bad_method_option_value_stops_before_any_video_is_read(
+    tmp_path, method, option, message
+):
+    # The value used to be found only when each video was explained, and reported per
+    # video as if the videos were bad: here two missing videos were each "not found".
+    missing = [tmp_path / "a.mp4", tmp_path / "b.mp4"]
+    code, stdout, stderr = _run(*missing, "--method", method, "--method-option", option,
+                                "--out", tmp_path / "o")  # fmt: skip
+    assert code == 2 and stdout == ""
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("selrel: error: "), stderr
+    assert message in lines[0] and "a.mp4" not in lines[0]
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_sixteen_bit_frame_folder_is_explained_scaled_and_a_still_is_refused(tmp_path):
+    # 16-bit PNG frames used to be read all white and "explained"; a 1-frame folder got
+    # motion scores for a still image.
+    pixels = np.random.default_rng(2).integers(0, 65536, (16, 48, 48), dtype=np.uint16)
+    (tmp_path / "deep").mkdir()
+    for i, frame in enumerate(pixels):
+        write_png16(tmp_path / "deep" / f"f{i}.png", frame)
+    (tmp_path / "still").mkdir()
+    write_png16(tmp_path / "still" / "f0.png", pixels[0])
+    code, stdout, stderr = _run(tmp_path / "still", tmp_path / "deep", "--method", "gradient",
+                                "--save-arrays", "--out", tmp_path / "o")  # fmt: skip
+    assert code == 2
+    assert stderr.strip().splitlines() == [
+        f"selrel: error: {tmp_path / 'still'}: {tmp_path / 'still'} has no motion: its 1 "
+        "sampled frame(s) are one image; selective relevance needs at least 2 distinct "
+        "frames, so a still has no motion scores"
+    ]
+    assert [json.loads(line)["video"] for line in stdout.splitlines()] == [str(tmp_path / "deep")]
+    assert sorted(os.listdir(tmp_path / "o")) == ["deep"]
+    frames = np.load(tmp_path / "o" / "deep" / "relevance.npz")["frames"]
+    eight = np.round(pixels / 257).astype(np.uint8)
+    np.testing.assert_array_equal(frames, np.repeat(eight[..., None], 3, -1))
 
 
 def test_existing_output_needs_overwrite(tmp_path):

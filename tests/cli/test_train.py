@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shlex
+import shutil
 
 import jax
 import numpy as np
@@ -180,6 +181,18 @@ def test_flags_that_contradict_the_checkpoint_are_errors(folder_and_checkpoint, 
 def test_bad_train_options_are_one_line_errors(tmp_path, args, message):
     out = ["--out", str(tmp_path / "run"), "--data-dir", str(tmp_path)]
     assert message in one_line_error(*TRAIN, *out, *args)
+
+
+def test_a_folder_of_one_class_is_refused_before_training(tmp_path):
+    # It used to train a 1-class model and report test_accuracy 1.0.
+    videos = write_video_folder(tmp_path / "videos")
+    for name in CLASSES[1:]:
+        shutil.rmtree(videos / name)
+    line = one_line_error("train", "--dataset", f"folder:{videos}", "--out", str(tmp_path / "run"),
+                          "--epochs", "1", "--batch-size", "2", "--crop-size", "16", "16",
+                          "--clip-length", "4", "--no-progress")  # fmt: skip
+    assert f"folder:{videos} has 1 class ({CLASSES[0]}); a classifier needs at least 2" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["videos"]
 
 
 def test_command_defaults_are_the_library_defaults():

@@ -3,12 +3,14 @@ generated, cached and folder datasets."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
 from selrel_jax import data
 from selrel_jax.data import synthetic_motion
-from selrel_jax.errors import DataError, OptionError, ShapeError
+from selrel_jax.errors import DataError, DataWarning, OptionError, ShapeError
 
 
 def test_parse_dataset():
@@ -115,6 +117,23 @@ def test_folder_splits_load_lazily_with_the_folders_class_names(folder):
     )  # fmt: skip
     assert names == ("sit", "run", "jump") and renamed.label.tolist() == [2, 1, 0]
     assert renamed.video[0].shape == (2, 8, 8, 3)
+
+
+def test_a_limit_beyond_the_split_is_capped_with_a_warning(folder):
+    # --limit 5000 on a generated 1200-clip test split used to generate past its end.
+    with pytest.warns(
+        DataWarning,
+        match=r"limit 30 exceeds the 24 clips of synthetic_motion/"
+        r"tiny's test split; using 24",
+    ):
+        clips, _ = data.load_clips("synthetic_motion/tiny", "test", data_seed=4, limit=30)
+    assert len(clips.label) == 24
+    with pytest.warns(DataWarning, match=r"limit 9 exceeds the 3 clips of folder:.*'s test"):
+        clips, _ = data.load_clips(f"folder:{folder}", "test", clip_size=(4, 16, 16), limit=9)
+    assert len(clips.label) == 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a limit within the split: no warning
+        data.load_clips("synthetic_motion/tiny", "test", data_seed=4, limit=24)
 
 
 def test_folder_needs_a_clip_size_and_non_empty_splits(folder, tmp_path):

@@ -17,7 +17,14 @@ from PIL import Image
 
 from selrel_jax import data
 from selrel_jax.errors import DataError, OptionError, ShapeError
-from tests.data.videos import codec, coded_frames, frame_ids, write_coded, write_frame_folder
+from tests.data.videos import (
+    codec,
+    coded_frames,
+    frame_ids,
+    write_coded,
+    write_frame_folder,
+    write_png16,
+)
 
 H264, MPEG4 = codec("libx264", "h264"), codec("mpeg4")
 CONTAINERS = [
@@ -389,3 +396,28 @@ def test_iter_frames_option_errors_are_raised_at_the_call(tmp_path, option, valu
         data.iter_frames(tmp_path / "not-even-there.mp4", **{option: value})
     with pytest.raises(OptionError, match=r"path must be a str or os\.PathLike; got 3"):
         data.read_video(3)
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 4])
+def test_sixteen_bit_png_frames_are_scaled_to_eight_bits(tmp_path, channels):
+    # Pillow opens 16-bit grey as mode I;16, whose convert("RGB") clips every value above
+    # 255 to white: such frames were read all white. Each 16-bit value v is read as the
+    # 8-bit round(v / 257), the scaling that maps 65535 to 255 (oracle: NumPy).
+    rng = np.random.default_rng(channels)
+    folder = tmp_path / "frames16"
+    folder.mkdir()
+    shape = (2, 12, 10) if channels == 1 else (2, 12, 10, channels)
+    pixels = rng.integers(0, 65536, shape, dtype=np.uint16)
+    pixels[0, 0, 0] = 0
+    pixels[1, 0, 0] = 65535
+    for i, frame in enumerate(pixels):
+        write_png16(folder / f"f{i}.png", frame)
+    frames, _ = data.read_frames(folder)
+    eight = np.round(pixels.astype(np.float64) / 257).astype(np.uint8)
+    # grey (+ alpha) is repeated over RGB; the alpha is dropped
+    expected = np.repeat(eight[..., None], 3, -1) if channels == 1 else eight[..., :3]
+    expected = np.repeat(eight[..., :1], 3, -1) if channels == 2 else expected
+    assert frames.shape == (2, 12, 10, 3)
+    # Pillow takes the high byte of 16-bit colour (v >> 8): within 1 of round(v / 257)
+    assert np.abs(frames.astype(int) - expected).max() <= (0 if channels == 1 else 1)
+    assert frames.min() < 128 < frames.max()

@@ -310,3 +310,15 @@ def test_write_video_refuses_chunks_that_change_size_and_leaves_nothing(tmp_path
     with pytest.raises(ShapeError, match=r"got no frames"):
         data.write_video(tmp_path / "v.mp4", iter([]), fps=5)
     assert os.listdir(tmp_path) == []
+
+
+def test_refuse_still_refuses_one_image_and_passes_any_change():
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 256, (6, 5, 3), dtype=np.uint8)
+    for count in (1, 2, 17):
+        with pytest.raises(DataError, match=rf"clip\.mp4 has no motion: its {count} sampled"):
+            data.refuse_still(np.repeat(frame[None], count, 0), "clip.mp4")
+    for changed in (0, 8, 16):
+        moved = np.repeat(frame[None], 17, 0)
+        moved[changed, 4, 2, 1] ^= 1  # one value of one frame: two distinct frames
+        data.refuse_still(moved, "clip.mp4")

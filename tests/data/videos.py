@@ -7,6 +7,8 @@ to survive lossy codecs, palettes and resizing that keeps the whole width.
 from __future__ import annotations
 
 import pathlib
+import struct
+import zlib
 
 import av
 import numpy as np
@@ -52,3 +54,25 @@ def write_frame_folder(folder: pathlib.Path, frames: np.ndarray, suffix: str = "
     for frame, path in zip(frames, paths, strict=True):
         Image.fromarray(frame).save(path, quality=95)
     return paths
+
+
+def write_png16(path: pathlib.Path, pixels: np.ndarray) -> pathlib.Path:
+    """A 16-bit PNG of ``pixels`` uint16 (H, W) grey, (H, W, 2) grey + alpha, (H, W, 3)
+    RGB or (H, W, 4) RGBA (written by hand: Pillow writes no 16-bit colour PNG)."""
+    colour_type = {1: 0, 2: 4, 3: 2, 4: 6}[1 if pixels.ndim == 2 else pixels.shape[2]]
+    height, width = pixels.shape[:2]
+    rows = pixels.reshape(height, -1).astype(">u2").tobytes()
+    row_bytes = len(rows) // height
+    raw = b"".join(b"\0" + rows[r * row_bytes : (r + 1) * row_bytes] for r in range(height))
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )  # fmt: skip
+    return path

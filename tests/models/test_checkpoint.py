@@ -290,6 +290,62 @@ def test_info_json_field_of_the_wrong_type_names_the_field(trained, tmp_path, ch
         models.load(d)
 
 
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        ({"crop_size": [20000, 20000]}, r"crop_size must be \(H, W\) of 1 to 1024"),
+        ({"clip_length": 100000}, "clip_length must be 1 to 1024"),
+        ({"resize_size": 10**9}, "resize_size must be 1 to 16384"),
+        ({"value_range": [1, 1]}, r"value_range must be \(low, high\) with low < high"),
+        ({"value_range": [255, 0]}, r"value_range must be \(low, high\) with low < high"),
+        ({"width": 1e9}, "width must be above 0 and at most 64"),
+        ({"class_names": ["a", "b", "a", "c", "d"]}, "class_names repeat 'a' .indices 0 and 2"),
+    ],
+)
+def test_info_json_out_of_range_is_refused_at_load_naming_the_file(
+    trained, tmp_path, change, needle
+):
+    # Each of these loaded before: crop 20000 then aborted the interpreter in XLA when a
+    # video was explained, value_range [1, 1] divided by 0 in every video's normalisation.
+    d = _copy(trained[3], tmp_path)
+    data = json.loads((d / "info.json").read_text())
+    (d / "info.json").write_text(json.dumps({**data, **change}))
+    with pytest.raises(CheckpointError, match=r"invalid metadata .*info\.json: .*" + needle):
+        models.load(d)
+    with pytest.raises(SelrelError, match=needle):
+        models.ModelInfo.from_dict({**data, **change})
+
+
+def _with_bad_values(variables):
+    """A copy of ``variables`` with a NaN in conv1's kernel and an inf in fc's bias."""
+    bad = jax.tree_util.tree_map(np.array, variables)
+    bad["params"]["conv1"]["kernel"].flat[5] = np.nan
+    bad["params"]["fc"]["bias"][2] = -np.inf
+    return bad
+
+
+def test_nonfinite_weights_are_refused_at_load_naming_the_file_and_parameter(trained, tmp_path):
+    import orbax.checkpoint as ocp
+
+    d = _copy(trained[3], tmp_path)
+    shutil.rmtree(d / "variables")
+    with ocp.PyTreeCheckpointer() as checkpointer:  # written as a buggy trainer would
+        checkpointer.save(d / "variables", _with_bad_values(trained[1]))
+    with pytest.raises(CheckpointError) as caught:
+        models.load(d)
+    message = str(caught.value)
+    assert str(d / "variables") in message
+    assert "params/conv1/kernel (1 NaN, 0 infinite" in message
+    assert "params/fc/bias (0 NaN, 1 infinite" in message
+
+
+def test_save_refuses_nonfinite_weights_and_writes_nothing(trained, tmp_path):
+    _, variables, info, _ = trained
+    with pytest.raises(CheckpointError, match=r"params/conv1/kernel \(1 NaN"):
+        models.save(tmp_path / "nan", info, _with_bad_values(variables))
+    assert not (tmp_path / "nan").exists()
+
+
 def test_load_of_a_regular_file_says_so(tmp_path):
     with pytest.raises(CheckpointError, match=r"notes\.txt is a file, not a checkpoint"):
         models.load(_regular_file(tmp_path))
