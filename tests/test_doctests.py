@@ -13,6 +13,7 @@ import importlib
 import inspect
 import pkgutil
 import re
+import sys
 
 import numpy as np
 import pytest
@@ -44,8 +45,19 @@ def test_walk_finds_the_package() -> None:
     assert {"selrel_jax.selective", "selrel_jax.attribution.explain"} <= set(MODULES)
 
 
+@pytest.fixture
+def restored_registry():
+    """Examples may register methods (``register_composite``); the suite sees none."""
+    from selrel_jax.attribution import registry
+
+    methods = dict(registry._METHODS)
+    yield
+    registry._METHODS.clear()
+    registry._METHODS.update(methods)
+
+
 @pytest.mark.parametrize("name", MODULES)
-def test_docstring_examples_run(name: str, tmp_path, monkeypatch) -> None:
+def test_docstring_examples_run(name: str, tmp_path, monkeypatch, restored_registry) -> None:
     module = importlib.import_module(name)
     monkeypatch.chdir(tmp_path)
     runner = doctest.DocTestRunner(optionflags=OPTIONFLAGS)
@@ -53,6 +65,8 @@ def test_docstring_examples_run(name: str, tmp_path, monkeypatch) -> None:
     with np.printoptions(precision=4, suppress=True, linewidth=100, threshold=1000):
         for test in _doctests(module):
             runner.run(test, out=report.append)
+    if "matplotlib.pyplot" in sys.modules:
+        sys.modules["matplotlib.pyplot"].close("all")  # the figures the examples drew
     assert runner.failures == 0, f"{name}: doctest failures\n" + "".join(report)
 
 
