@@ -34,6 +34,16 @@ def _module_names() -> list[str]:
 MODULES = _module_names()
 # modules whose examples need an optional extra: (module that must import, the extra)
 OPTIONAL = {"selrel_jax.metrics._flow": ("cv2", "flow")}
+# modules whose examples run whole jobs (a sweep, a training run, many videos): 15-35 s
+# each on a loaded 2-core machine
+JOBS = {
+    "selrel_jax.explanation_files",
+    "selrel_jax.report",
+    "selrel_jax.sweep",
+    "selrel_jax.sweep._run",
+    "selrel_jax.sweep._store",
+    "selrel_jax.train",
+}
 
 
 def _doctests(module) -> list[doctest.DocTest]:
@@ -45,6 +55,7 @@ def _doctests(module) -> list[doctest.DocTest]:
 def test_walk_finds_the_package() -> None:
     assert len(MODULES) > 50
     assert {"selrel_jax.selective", "selrel_jax.attribution.explain"} <= set(MODULES)
+    assert (set(OPTIONAL) | JOBS) <= set(MODULES)
 
 
 @pytest.fixture
@@ -58,7 +69,11 @@ def restored_registry():
     registry._METHODS.update(methods)
 
 
-@pytest.mark.parametrize("name", MODULES)
+def _marked(name: str):
+    return pytest.param(name, marks=pytest.mark.slow) if name in JOBS else name
+
+
+@pytest.mark.parametrize("name", [_marked(name) for name in MODULES])
 def test_docstring_examples_run(name: str, tmp_path, monkeypatch, restored_registry) -> None:
     if name in OPTIONAL:
         needed, extra = OPTIONAL[name]
