@@ -325,7 +325,8 @@ def box_mask(boxes: Any, height: int, width: int) -> jax.Array:
     Args:
       boxes: real (T, 4) or a batch (N, T, 4) of ``(y0, x0, y1, x1)`` in pixels, as
         :func:`~selrel_jax.data.synthetic_motion.generate_example` gives them.
-      height, width: the frame size.
+      height: the frame height.
+      width: the frame width.
 
     Returns:
       bool (T, H, W) or (N, T, H, W). Under jit a box with NaN or ``y1 < y0`` is

@@ -279,8 +279,9 @@ def run_sweep(
         the device count).
       limit: only the first K clips.
       data_dir: the TFDS cache (default ``$SELREL_DATA_DIR`` or ``~/.cache``).
-      temporal_padding, threshold: as :func:`selrel_jax.selective_relevance` (default
-        ``"edge"``: zero padding makes every clip's end frames look like motion).
+      temporal_padding: as :func:`selrel_jax.selective_relevance` (default ``"edge"``:
+        zero padding makes every clip's end frames look like motion).
+      threshold: as :func:`selrel_jax.selective_relevance`.
       progress: a progress bar (clips/s, ETA) on stderr.
       on_shard: called as ``on_shard(shard, record)`` after each shard is written.
       decode_timeout: seconds a folder video may take to decode, in a separate process,

@@ -239,7 +239,8 @@ def overlay(
       scale: colour scale (> 0), e.g. :func:`color_scale` of all maps shown together.
       alpha: opacity of the strongest colour, in [0, 1]. A voxel's opacity is
         ``alpha * min(|R| / scale, 1)``, so where the map is 0 the frame stays grey.
-      signed, cmap: as :func:`colorize`.
+      signed: as :func:`colorize`.
+      cmap: as :func:`colorize`.
 
     Examples:
         >>> import numpy as np

@@ -78,7 +78,9 @@ def filmstrip(
       columns: how many frames to show (all of them if T is smaller).
       scale: one colour scale for every row; None: :func:`color_scale` of all maps.
       title: a line above the grid.
-      signed, cmap, alpha: as :func:`overlay`.
+      signed: as :func:`overlay`.
+      cmap: as :func:`overlay`.
+      alpha: as :func:`overlay`.
 
     Returns:
       a matplotlib Figure (Agg canvas, not registered with pyplot); write it with
@@ -121,7 +123,9 @@ def timeline(
     Args:
       masses: non-empty dict of label -> (T,) real array, all of the same T, such as
         :func:`selrel_jax.metrics.frame_mass` of each map.
-      title, xlabel, ylabel: the axes' texts.
+      title: the axes' title.
+      xlabel: the x axis' label.
+      ylabel: the y axis' label.
 
     Examples:
         >>> import numpy as np

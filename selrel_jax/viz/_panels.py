@@ -152,7 +152,9 @@ def panels(
         ``maps`` together.
       upscale: integer factor (nearest neighbour) applied to every panel; None: the
         smallest that makes the frames' shorter side >= 160 pixels (48 -> 4).
-      signed, cmap, alpha: as :func:`overlay`.
+      signed: as :func:`overlay`.
+      cmap: as :func:`overlay`.
+      alpha: as :func:`overlay`.
 
     Examples:
         >>> import numpy as np

@@ -222,7 +222,8 @@ def render_object_layer(
     """Render the object alone, frame by frame, on the torus.
 
     Args:
-      height, width: frame size.
+      height: frame height.
+      width: frame width.
       centers: (T, 2) object centre per frame in pixels (y, x); wrapped modulo the size.
       angles: (T,) orientation per frame in radians (positive turns clockwise on screen).
       half_size: the object's half extents (a, b) along its own axes (u, v).
