@@ -2,17 +2,41 @@
 
 Layout is NTHWC everywhere: clips and relevance maps are (N, T, H, W, C).
 
-Example::
+Examples:
+    A tiny untrained C3D and one random clip (1 clip, 8 frames of 32x32 RGB):
 
-    import selrel_jax as sr
-    sel = sr.selective_relevance(relevance, sigma=1.0)   # motion relevance
-    bias = sr.spatial_bias(relevance, sel)               # share that was static
-    sr.metrics.gini(sel)                                 # more scores
-    sr.viz.panels(frames, {"relevance": relevance, "selective": sel})  # pictures
+    >>> import flax.linen
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import numpy as np
+    >>> import selrel_jax as sr
+    >>> from selrel_jax import models
+    >>> model = models.create("c3d_small", 4, width=0.25, clip_size=(8, 32, 32))
+    >>> variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 32, 32, 3)), train=False)
+    >>> frames = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    >>> clips = jnp.asarray(frames[None] / 127.5 - 1.0, jnp.float32)
+    >>> relevance = sr.explain(model, variables, clips, method="lrp.epsilon_plus_flat")
+    >>> relevance.shape, relevance.dtype
+    ((1, 8, 32, 32, 3), dtype('float32'))
+    >>> sel = sr.selective_relevance(relevance, sigma=1.0)   # motion relevance
+    >>> bias = sr.spatial_bias(relevance, sel)               # share that was static
+    >>> bias.shape, bool(0 <= bias[0] <= 1)
+    ((1,), True)
+    >>> sr.metrics.gini(sel).shape                           # more scores
+    (1,)
+    >>> fig = sr.viz.panels(frames, {"relevance": relevance[0], "selective": sel[0]})
 
-    mine = sr.Composite(layer_map=((flax.linen.Conv, sr.ZPlus()),), first=sr.Flat())
-    relevance = sr.explain(model, variables, clips, method=mine)  # your own LRP rules
-    fn = jax.jit(sr.lrp(model, mine))                              # or the transform
+    Your own LRP rules (one for every layer with parameters), through ``explain`` or
+    as a transform:
+
+    >>> linen = flax.linen
+    >>> mine = sr.Composite(
+    ...     layer_map=((linen.Conv, sr.ZPlus()), (linen.Dense, sr.Epsilon())), first=sr.Flat()
+    ... )
+    >>> relevance = sr.explain(model, variables, clips, method=mine)
+    >>> fn = jax.jit(sr.lrp(model, mine))
+    >>> fn(variables, clips).shape
+    (1, 8, 32, 32, 3)
 
 ``selrel_jax.viz`` (matplotlib) is imported on first use of ``sr.viz``.
 """

@@ -31,11 +31,24 @@ Two entry points, with :func:`jax.lax.conv_general_dilated`'s signature:
 Anything else (dilation, feature or batch groups, other layouts) is handed to
 :func:`jax.lax.conv_general_dilated` unchanged.
 
-Example::
+Examples:
+    The same convolution and the same input gradient as Flax's default, computed
+    the faster way:
 
-    import flax.linen as nn
-    from selrel_jax._conv import conv_general_dilated
-    conv = nn.Conv(64, (3, 7, 7), (1, 2, 2), conv_general_dilated=conv_general_dilated)
+    >>> import flax.linen as nn
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from selrel_jax._conv import conv_general_dilated
+    >>> conv = nn.Conv(8, (3, 7, 7), (1, 2, 2), conv_general_dilated=conv_general_dilated)
+    >>> plain = nn.Conv(8, (3, 7, 7), (1, 2, 2))
+    >>> x = jax.random.normal(jax.random.key(0), (1, 4, 16, 16, 3))
+    >>> variables = plain.init(jax.random.key(1), x)
+    >>> conv.apply(variables, x).shape
+    (1, 4, 8, 8, 8)
+    >>> def input_grad(module):
+    ...     return jax.grad(lambda x: module.apply(variables, x).sum())(x)
+    >>> bool(jnp.allclose(input_grad(conv), input_grad(plain), atol=1e-4))
+    True
 """
 
 from __future__ import annotations

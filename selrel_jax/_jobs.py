@@ -8,12 +8,24 @@ and naming its writer, so a later run can tell a dead job's leftovers from a liv
 one's), flushed to disk, then renamed into place. A job that resumes compares the
 settings it was made with to the ones it is given, and refuses in one message shape.
 
-Example::
-
-    write_text("out/report.md", text)
-    write_folder("out/clip", lambda folder: (folder / "a.json").write_text("{}"))
-    refuse_other_settings("sweep", "out", on_disk, settings)   # OptionError if they differ
-    remove_stale_temporaries("out/clip")                        # what a killed writer left
+Examples:
+    >>> import pathlib
+    >>> from selrel_jax._jobs import (
+    ...     refuse_other_settings, remove_stale_temporaries, write_folder, write_text,
+    ... )
+    >>> pathlib.Path("out").mkdir()
+    >>> write_text("out/report.md", "# Report")
+    PosixPath('out/report.md')
+    >>> folder = write_folder("out/clip", lambda folder: (folder / "a.json").write_text("{}"))
+    >>> sorted(p.name for p in folder.iterdir())
+    ['a.json']
+    >>> on_disk, settings = {"sigma": 1.0, "limit": 8}, {"sigma": 2.0, "limit": 8}
+    >>> refuse_other_settings("sweep", "out", on_disk, settings)
+    Traceback (most recent call last):
+    ...
+    selrel_jax.errors.OptionError: sweep at out was made with other settings (sigma: 1.0 -> 2.0)...
+    >>> remove_stale_temporaries("out/clip")   # what a killed writer left: nothing here
+    []
 """
 
 from __future__ import annotations

@@ -16,10 +16,20 @@ is the one ``reduce_window_max`` primitive (what a traced model shows), its
 derivative (``jax.custom_vjp``) the elementwise form where windows tile, JAX's
 own otherwise. :func:`max_pool` is ``flax.linen.max_pool`` on it.
 
-Example::
+Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from selrel_jax._pool import max_pool
+    >>> x = jnp.arange(2 * 4 * 4 * 1, dtype=jnp.float32).reshape(1, 2, 4, 4, 1)  # NTHWC
+    >>> max_pool(x, (2, 2, 2), (2, 2, 2), "VALID")[..., 0]
+    Array([[[[21., 23.],
+             [29., 31.]]]], dtype=float32)
 
-    from selrel_jax._pool import max_pool
-    y = max_pool(x, (2, 2, 2), (2, 2, 2), "VALID")   # NTHWC
+    The derivative goes to each window's maximum only:
+
+    >>> grad = jax.grad(lambda x: max_pool(x, (2, 2, 2), (2, 2, 2), "VALID").sum())(x)
+    >>> int(grad.sum()), float(grad[0, 1, 1, 1, 0]), float(grad[0, 0, 0, 0, 0])
+    (4, 1.0, 0.0)
 """
 
 from __future__ import annotations

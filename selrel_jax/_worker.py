@@ -2,9 +2,13 @@
 decoding a damaged video (FFmpeg is C code): :class:`DecodeWorker` runs one picklable
 call at a time in a separate process, under a timeout.
 
-Example::
-
-    frames, rate = decode_in_worker("clip.mp4", 60.0, read_frames, "clip.mp4", size=128)
+Examples:
+    >>> from selrel_jax._worker import decode_in_worker
+    >>> from selrel_jax.data import read_frames, sample_clip_path
+    >>> path = sample_clip_path()
+    >>> frames, rate = decode_in_worker(path, 60.0, read_frames, path, size=16)
+    >>> frames.shape, frames.dtype
+    ((32, 16, 16, 3), dtype('uint8'))
 """
 
 from __future__ import annotations
@@ -97,10 +101,15 @@ class DecodeWorker:
     any other exception as a DataError naming ``path``. The worker ends with the
     caller (``close()``, interpreter exit, or the caller killed).
 
-    Example::
-
-        worker = DecodeWorker()
-        frames, rate = worker.run("clip.mp4", 60.0, read_frames, "clip.mp4", size=128)
+    Examples:
+        >>> from selrel_jax._worker import DecodeWorker
+        >>> from selrel_jax.data import read_frames, sample_clip_path
+        >>> path = sample_clip_path()
+        >>> worker = DecodeWorker()
+        >>> frames, rate = worker.run(path, 60.0, read_frames, path, max_frames=4)
+        >>> frames.shape
+        (4, 48, 48, 3)
+        >>> worker.close()
     """
 
     def __init__(self) -> None:

@@ -7,14 +7,25 @@ video into ``out/<stem>/``, keeping the outputs an earlier run finished with the
 settings and refusing those of other settings; the temporary folders a killed run
 left are removed.
 
-Example::
+Examples:
+    >>> import shutil
+    >>> from selrel_jax import data, explanation_files, models
+    >>> from selrel_jax import video_explanation as ve
+    >>> model, variables, info = models.load("c3d_small_motion")
+    >>> result = ve.explain_video(data.sample_clip_path(), model, variables, info)
+    >>> explanation_files.save_explanation(result, "out/clip", model_name="c3d_small_motion")
+    '.../out/clip'
 
-    from selrel_jax import explanation_files, models, video_explanation as ve
-    model, variables, info = models.load("c3d_small_motion")
-    result = ve.explain_video("clip.mp4", model, variables, info)
-    explanation_files.save_explanation(result, "out/clip", model_name="c3d_small_motion")
-    for video, record in explanation_files.explain_files(["a.mp4", "b.mp4"], out="out"):
-        print(video, record)
+    Many videos (here two copies of the sample clip), each into ``out/<stem>/``; a
+    second run keeps what the first finished:
+
+    >>> videos = [shutil.copy(data.sample_clip_path(), name) for name in ("a.mp4", "b.mp4")]
+    >>> for video, record in explanation_files.explain_files(videos, out="out"):
+    ...     print(video, record["out"], record["predicted"])
+    a.mp4 out/a translate_right
+    b.mp4 out/b translate_right
+    >>> [record.get("kept") for _, record in explanation_files.explain_files(videos, out="out")]
+    [True, True]
 """
 
 from __future__ import annotations

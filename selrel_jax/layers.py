@@ -8,13 +8,22 @@ readable paths (``layer1_0/sum``) that a composite's path patterns can select.
 
 Layout is NTHWC (channels last), as everywhere in the library.
 
-Example::
+Examples:
+    A residual block whose sum a composite can select by its path ``sum``:
 
-    class Block(nn.Module):
-        @nn.compact
-        def __call__(self, x):
-            y = nn.relu(nn.Conv(x.shape[-1], (3, 3, 3), padding=1)(x))
-            return Sum()(x, y)
+    >>> import flax.linen as nn
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from selrel_jax.layers import Sum
+    >>> class Block(nn.Module):
+    ...     @nn.compact
+    ...     def __call__(self, x):
+    ...         y = nn.relu(nn.Conv(x.shape[-1], (3, 3, 3), padding=1)(x))
+    ...         return Sum()(x, y)
+    >>> x = jnp.ones((1, 4, 8, 8, 3))   # NTHWC
+    >>> variables = Block().init(jax.random.key(0), x)
+    >>> Block().apply(variables, x).shape
+    (1, 4, 8, 8, 3)
 """
 
 from __future__ import annotations

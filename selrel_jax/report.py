@@ -12,13 +12,21 @@ Every number comes with a 95% percentile-bootstrap interval over clips, drawn fr
 ``np.random.default_rng(seed)``: the same sweeps and seed give the same report, and
 :func:`write_report`'s PNGs are byte-identical (:func:`selrel_jax.viz.save_figure`).
 
-Example::
+Examples:
+    Two small sweeps, one per shipped model, then their report:
 
-    from selrel_jax import report
-    sweeps = report.load_sweeps(["sweeps/motion", "sweeps/biased"])
-    report.summarize(sweeps, ["spatial_bias"])[0]   # {"model", "method", "sigma", ...}
-    fig = report.plot_metric_vs_sigma(sweeps, "spatial_bias")
-    report.write_report(["sweeps/motion", "sweeps/biased"], "report/report.md")
+    >>> from selrel_jax import report
+    >>> from selrel_jax.sweep import run_sweep
+    >>> for name in ("motion", "biased"):
+    ...     _ = run_sweep(f"sweeps/{name}", model=f"c3d_small_{name}", dataset="synthetic_motion",
+    ...                   data_seed=7, limit=2, methods=["gradient"], sigmas=[1, 2])
+    >>> sweeps = report.load_sweeps(["sweeps/motion", "sweeps/biased"])
+    >>> row = report.summarize(sweeps, ["spatial_bias"])[0]
+    >>> row["model"], row["method"], row["sigma"]
+    ('c3d_small_motion', 'gradient', 1.0)
+    >>> fig = report.plot_metric_vs_sigma(sweeps, "spatial_bias")
+    >>> report.write_report(["sweeps/motion", "sweeps/biased"], "report/report.md")
+    PosixPath('report/report.md')
 """
 
 from __future__ import annotations

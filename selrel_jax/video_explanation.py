@@ -19,14 +19,22 @@ the clip logits, the video's class probabilities and the scores;
 videos, resumable), live in :mod:`selrel_jax.explanation_files` and are exported
 here too.
 
-Example::
+Examples:
+    The bundled sample clip (32 frames of 48x48) with the shipped motion model:
 
-    from selrel_jax import models, video_explanation as ve
-    model, variables, info = models.load("c3d_small_motion")
-    result = ve.explain_video("clip.mp4", model, variables, info, sigma=1.0)
-    result.predicted_name, result.scores()["spatial_bias"]
-    ve.summary(result, "c3d_small_motion")["spatial_bias"]  # summary.json, as a dict
-    ve.save_explanation(result, "out/clip")
+    >>> from selrel_jax import data, models
+    >>> from selrel_jax import video_explanation as ve
+    >>> model, variables, info = models.load("c3d_small_motion")
+    >>> result = ve.explain_video(data.sample_clip_path(), model, variables, info, sigma=1.0)
+    >>> result.predicted_name
+    'translate_right'
+    >>> bias = result.scores()["spatial_bias"]
+    >>> 0 <= bias <= 1
+    True
+    >>> ve.summary(result, "c3d_small_motion")["predicted"]["name"]   # summary.json's
+    'translate_right'
+    >>> ve.save_explanation(result, "out/clip")
+    '.../out/clip'
 """
 
 from __future__ import annotations

@@ -14,13 +14,20 @@
 * :mod:`~selrel_jax.attribution.registry`: methods by name, options from signatures.
 * :func:`explain`: one entry point by method name.
 
-Example::
-
-    import jax
-    from selrel_jax.attribution import composites, explain, lrp
-    rel = explain(model, variables, clips, method="lrp.epsilon_plus_flat")
-    rel = explain(nnx_model, None, clips, method="lrp.epsilon_plus_flat")
-    fn = jax.jit(lrp(model, composites.epsilon_gamma_box(low=-2.0, high=2.0)))
+Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from selrel_jax import models
+    >>> model = models.create("c3d_small", 4, width=0.25, clip_size=(8, 32, 32))
+    >>> variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 32, 32, 3)), train=False)
+    >>> clips = jax.random.normal(jax.random.key(1), (1, 8, 32, 32, 3))
+    >>> from selrel_jax.attribution import composites, explain, lrp
+    >>> rel = explain(model, variables, clips, method="lrp.epsilon_plus_flat")
+    >>> rel.shape, rel.dtype
+    ((1, 8, 32, 32, 3), dtype('float32'))
+    >>> fn = jax.jit(lrp(model, composites.epsilon_gamma_box(low=-2.0, high=2.0)))
+    >>> fn(variables, clips, jnp.array([3])).shape
+    (1, 8, 32, 32, 3)
 """
 
 from selrel_jax.attribution import canonizers, composites, gradients, registry, rules, types

@@ -16,11 +16,22 @@ A layer is named by the path of the parameter its convolution consumes
 on a closed-over kernel inside a linen module takes the module's path, and one
 in a plain ``apply_fn(clips)`` has no name.
 
-Example::
-
-    model = trace_cam(apply_fn, clips)
-    layer = choose(model, "conv4")
-    cam = layer_cam(model, layer, clips, target)  # (N, T', H', W')
+Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from selrel_jax import models
+    >>> model = models.create("c3d_small", 4, width=0.25, clip_size=(8, 32, 32))
+    >>> variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 32, 32, 3)), train=False)
+    >>> clips = jax.random.normal(jax.random.key(1), (1, 8, 32, 32, 3))
+    >>> import functools
+    >>> from selrel_jax.attribution._cam import choose, layer_cam, trace_cam
+    >>> apply_fn = functools.partial(model.apply, variables, train=False)
+    >>> traced = trace_cam(apply_fn, clips)
+    >>> [layer.name for layer in traced.layers]
+    ['conv1', 'conv2', 'conv3', 'conv4']
+    >>> layer = choose(traced, "conv4")
+    >>> layer_cam(traced, layer, clips, jnp.array([2])).shape   # (N, T', H', W')
+    (1, 2, 4, 4)
 """
 
 from __future__ import annotations

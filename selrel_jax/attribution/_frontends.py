@@ -16,10 +16,22 @@ Private: :mod:`~selrel_jax.attribution.engine` and
 ``conv1/kernel`` (a linen ``{"params": ...}`` collection level and an NNX
 variable's ``.value`` are left out) belongs to the layer ``conv1``.
 
-Example::
-
-    model, default_params = as_pure(model)
-    traced = trace(model, params, clips, apply_kwargs={})
+Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from selrel_jax import models
+    >>> model = models.create("c3d_small", 4, width=0.25, clip_size=(8, 32, 32))
+    >>> variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 32, 32, 3)), train=False)
+    >>> clips = jax.random.normal(jax.random.key(1), (1, 8, 32, 32, 3))
+    >>> from selrel_jax.attribution._frontends import as_pure, trace
+    >>> pure, default_params = as_pure(model)   # a linen model stays as it is
+    >>> pure is model, default_params
+    (True, None)
+    >>> traced = trace(pure, variables, clips, apply_kwargs={"train": False})
+    >>> traced.outputs.shape
+    (1, 4)
+    >>> traced.leaf_paths[:2], traced.leaf_names[:2]
+    ((('conv1',), ('conv1',)), ('bias', 'kernel'))
 """
 
 from __future__ import annotations

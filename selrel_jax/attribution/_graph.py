@@ -22,10 +22,20 @@ linen front end marked module calls with :data:`MODULE_SCOPE` name scopes).
 (a bias reshaped to ``(1, 1, 1, 1, C)`` varies along the last axis only), which
 is what the canonizer needs to know to merge a per-channel affine map.
 
-Example::
-
-    graph = flatten(closed_jaxpr, n_params=len(leaves))
-    info = analyse(graph)
+Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from selrel_jax.attribution._graph import analyse, flatten
+    >>> def apply(params, clips):
+    ...     return jax.nn.relu(clips @ params["w"] + params["b"])
+    >>> params = {"b": jnp.zeros(3), "w": jnp.ones((2, 3))}
+    >>> closed = jax.make_jaxpr(apply)(params, jnp.ones((4, 2)))
+    >>> graph = flatten(closed, n_params=len(jax.tree.leaves(params)))
+    >>> [node.name for node in graph.nodes]   # relu's jit call inlined
+    [...'dot_general', ..., 'max']
+    >>> info = analyse(graph)
+    >>> graph.outputs[0] in info.relevant, graph.outputs[0] in info.nonneg
+    (True, True)
 """
 
 from __future__ import annotations

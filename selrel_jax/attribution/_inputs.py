@@ -13,11 +13,27 @@ values"):
   of a flagged clip NaN, leaving the other clips untouched. With checkify on
   (``checked=True``) it also adds ``jax.experimental.checkify`` checks.
 
-Example::
+Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from selrel_jax.attribution._inputs import (
+    ...     check_clips, check_target, finish, input_problems,
+    ... )
+    >>> clips = check_clips(jnp.ones((2, 3, 4, 4, 3)))
+    >>> check_target([1, 3], clips.shape[0], classes=4)
+    Array([1, 3], dtype=int32)
+    >>> check_target([1, 4], clips.shape[0], classes=4)
+    Traceback (most recent call last):
+    ...
+    selrel_jax.errors.OptionError: target [4] out of range for 4 classes
 
-    clips = check_clips(clips)
-    target = check_target(target, clips.shape[0], classes)
-    relevance = finish(relevance, input_problems(clips, target, classes))
+    Under ``jit`` a clip with NaN gets an all-NaN relevance, the others are kept:
+
+    >>> @jax.jit
+    ... def doubled(clips):
+    ...     return finish(2 * clips, input_problems(clips, None, classes=4))
+    >>> doubled(clips.at[1, 0, 0, 0, 0].set(jnp.nan))[:, 0, 0, 0, 0]
+    Array([ 2., nan], dtype=float32)
 """
 
 from __future__ import annotations

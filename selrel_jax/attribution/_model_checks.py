@@ -9,11 +9,26 @@ ends, the gradient family and ``explain`` use them.
   mean over it is NaN and the relevance silently 0) raise a
   :class:`ShapeError` naming the layer and the clip shape.
 
-Example::
-
-    with variable_errors(clips.shape):
-        jaxpr = jax.make_jaxpr(forward)(struct)
-    check_no_empty_reduction(jaxpr.jaxpr, clips.shape)
+Examples:
+    >>> import flax.linen as nn
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from selrel_jax.attribution._model_checks import (
+    ...     check_no_empty_reduction, variable_errors,
+    ... )
+    >>> x = jnp.ones((1, 4))
+    >>> variables = nn.Dense(3).init(jax.random.key(0), x)
+    >>> with variable_errors(x.shape):
+    ...     jax.make_jaxpr(lambda x: nn.Dense(3).apply(variables, x))(jnp.ones((1, 5)))
+    Traceback (most recent call last):
+    ...
+    selrel_jax.errors.ShapeError: variables do not fit the model: parameter 'kernel' ...
+    >>> empty = jnp.ones((1, 0, 4))   # a clip with no frames left
+    >>> jaxpr = jax.make_jaxpr(lambda x: x.mean(axis=1))(empty)
+    >>> check_no_empty_reduction(jaxpr.jaxpr, empty.shape)
+    Traceback (most recent call last):
+    ...
+    selrel_jax.errors.ShapeError: clips of shape (1, 0, 4) are too small for the model: ...
 """
 
 from __future__ import annotations

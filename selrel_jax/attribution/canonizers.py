@@ -16,11 +16,25 @@ A chain is only merged while each step is the only reader of the value before
 it (else that reader would see the merged, normalised value): the engine
 checks that and names both layers when it is not so.
 
-Example::
+Examples:
+    A dense layer followed by BatchNorm's ``(z - mean) * g + beta`` (operands given
+    by value id, as :func:`affine_step` finds them in the graph), merged into one
+    dense layer:
 
-    step = affine_step(graph, node, active_input, feature_axes, memo)
-    scale, shift = fold(steps, operand_values, out_shape, feature_axes)
-    params = merged_params(kernel, scale, shift, kernel_axes)
+    >>> import jax.numpy as jnp
+    >>> from selrel_jax.attribution.canonizers import AffineStep, fold, merged_params
+    >>> kernel, bias = jnp.array([[1.0, 2.0], [3.0, 4.0]]), jnp.array([0.5, -0.5])
+    >>> mean, g, beta = jnp.array([1.0, 0.0]), jnp.array([2.0, 0.5]), jnp.array([0.0, 1.0])
+    >>> steps = [AffineStep("add", 0), AffineStep("sub", 1), AffineStep("mul", 2),
+    ...          AffineStep("add", 3)]
+    >>> operands = {0: bias, 1: mean, 2: g, 3: beta}
+    >>> operands = {k: v.reshape(1, 2) for k, v in operands.items()}  # the output's rank
+    >>> scale, shift = fold(steps, operands, out_shape=(1, 2), feature_axes=(1,))
+    >>> params = merged_params(kernel, scale, shift, kernel_axes=(1,))
+    >>> a = jnp.array([[1.0, -1.0]])
+    >>> chained = ((a @ kernel + bias) - mean) * g + beta
+    >>> bool(jnp.allclose(a @ params["kernel"] + params["bias"], chained))
+    True
 """
 
 from __future__ import annotations

@@ -28,15 +28,22 @@ options: :func:`epsilon`, :func:`zplus`, :func:`epsilon_plus`,
 :func:`epsilon_plus_flat`, :func:`epsilon_gamma_box`,
 :func:`epsilon_alpha2_beta1`, :func:`epsilon_alpha2_beta1_flat`.
 
-Example::
-
-    import flax.linen as nn
-    from selrel_jax.attribution import Composite, rules
-    comp = Composite(
-        layer_map=((nn.Conv, rules.ZPlus()), (nn.Dense, rules.Epsilon(0.25))),
-        path_map=(("head/*", rules.Epsilon(1e-3)),),
-        first=rules.Flat(),
-    )
+Examples:
+    >>> import flax.linen as nn
+    >>> from selrel_jax.attribution import Composite, explain, rules
+    >>> comp = Composite(
+    ...     layer_map=((nn.Conv, rules.ZPlus()), (nn.Dense, rules.Epsilon(0.25))),
+    ...     path_map=(("conv4", rules.Epsilon(1e-3)),),
+    ...     first=rules.Flat(),
+    ... )
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from selrel_jax import models
+    >>> model = models.create("c3d_small", 4, width=0.25, clip_size=(8, 32, 32))
+    >>> variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 32, 32, 3)), train=False)
+    >>> clips = jax.random.normal(jax.random.key(1), (1, 8, 32, 32, 3))
+    >>> explain(model, variables, clips, method=comp).shape
+    (1, 8, 32, 32, 3)
 """
 
 from __future__ import annotations

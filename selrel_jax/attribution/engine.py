@@ -302,11 +302,18 @@ def lrp(
     ``jax.experimental.checkify`` checks for these (run it under
     ``checkify.checkify``).
 
-    Example::
-
-        from selrel_jax.attribution import composites, lrp
-        fn = jax.jit(lrp(model, composites.epsilon_plus_flat()))
-        relevance = fn(variables, clips, jnp.array([3, 1]))
+    Examples:
+        >>> import jax
+        >>> import jax.numpy as jnp
+        >>> from selrel_jax import models
+        >>> model = models.create("c3d_small", 4, width=0.25, clip_size=(8, 32, 32))
+        >>> variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 32, 32, 3)), train=False)
+        >>> clips = jax.random.normal(jax.random.key(1), (1, 8, 32, 32, 3))
+        >>> from selrel_jax.attribution import composites, lrp
+        >>> fn = jax.jit(lrp(model, composites.epsilon_plus_flat()))
+        >>> two_clips = jnp.concatenate([clips, -clips])
+        >>> fn(variables, two_clips, jnp.array([3, 1])).shape
+        (2, 8, 32, 32, 3)
     """
     model, default = _front(model, composite)
 

@@ -1,12 +1,39 @@
 """One entry point for every attribution method: :func:`explain`.
 
-Example::
+Examples:
+    A Flax linen model with its variables:
 
-    import selrel_jax as sr
-    relevance = sr.explain(model, variables, clips, method="lrp.epsilon_plus_flat")
-    relevance = sr.explain(nnx_model, None, clips)            # Flax NNX
-    relevance = sr.explain(apply_fn, params, clips)           # apply_fn(params, clips)
-    grads = sr.explain(lambda x: my_fn(x), None, clips, method="gradient")
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from selrel_jax import models
+    >>> model = models.create("c3d_small", 4, width=0.25, clip_size=(8, 32, 32))
+    >>> variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 32, 32, 3)), train=False)
+    >>> clips = jax.random.normal(jax.random.key(1), (1, 8, 32, 32, 3))
+    >>> import selrel_jax as sr
+    >>> relevance = sr.explain(model, variables, clips, method="lrp.epsilon_plus_flat")
+    >>> relevance.shape
+    (1, 8, 32, 32, 3)
+
+    A plain ``apply_fn(params, clips)`` with its parameters, or ``apply_fn(clips)``:
+
+    >>> def apply_fn(params, clips):
+    ...     return model.apply(params, clips, train=False)
+    >>> relevance = sr.explain(apply_fn, variables, clips)
+    >>> grads = sr.explain(lambda x: apply_fn(variables, x), None, clips, method="gradient")
+    >>> grads.shape
+    (1, 8, 32, 32, 3)
+
+    A Flax NNX module, with the state it holds:
+
+    >>> from flax import nnx
+    >>> class Tiny(nnx.Module):
+    ...     def __init__(self, rngs):
+    ...         self.conv = nnx.Conv(3, 4, (3, 3, 3), rngs=rngs)
+    ...         self.fc = nnx.Linear(4, 2, rngs=rngs)
+    ...     def __call__(self, x):
+    ...         return self.fc(jax.nn.relu(self.conv(x)).mean(axis=(1, 2, 3)))
+    >>> sr.explain(Tiny(nnx.Rngs(0)), None, clips).shape
+    (1, 8, 32, 32, 3)
 
 For repeated calls under your own ``jax.jit`` / ``jax.vmap`` use
 :func:`make_explainer`, which returns the pure function
@@ -259,10 +286,18 @@ def explain(
     clip size against the model, the model's output, the target's shape,
     dtype and range, the options' types and ranges.
 
-    Example::
-
-        rel = explain(model, variables, clips, jnp.array([3]), "lrp.epsilon_gamma_box",
-                      low=-2.0, high=2.0)
+    Examples:
+        >>> import jax
+        >>> import jax.numpy as jnp
+        >>> from selrel_jax import models
+        >>> model = models.create("c3d_small", 4, width=0.25, clip_size=(8, 32, 32))
+        >>> variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 32, 32, 3)), train=False)
+        >>> clips = jax.random.normal(jax.random.key(1), (1, 8, 32, 32, 3))
+        >>> from selrel_jax import explain
+        >>> rel = explain(model, variables, clips, jnp.array([3]), "lrp.epsilon_gamma_box",
+        ...               low=-2.0, high=2.0)
+        >>> rel.shape, bool(jnp.isfinite(rel).all())
+        ((1, 8, 32, 32, 3), True)
     """
     precision = options.pop("precision", "auto")
     entry, merged = _resolve(method, options)

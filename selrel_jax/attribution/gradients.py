@@ -20,11 +20,20 @@ the model's output and minimum clip size on an abstract trace): concrete
 values that are invalid raise a ``SelrelError``; traced ones (a NaN clip, an
 out-of-range target, a NaN baseline) make the relevance of their clip all NaN.
 
-Example::
-
-    from selrel_jax.attribution import gradients
-    apply_fn = lambda x: model.apply(variables, x)
-    ig = gradients.integrated_gradients(apply_fn, clips, None, steps=32)
+Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from selrel_jax import models
+    >>> model = models.create("c3d_small", 4, width=0.25, clip_size=(8, 32, 32))
+    >>> variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 32, 32, 3)), train=False)
+    >>> clips = jax.random.normal(jax.random.key(1), (1, 8, 32, 32, 3))
+    >>> from selrel_jax.attribution import gradients
+    >>> apply_fn = lambda x: model.apply(variables, x, train=False)
+    >>> ig = gradients.integrated_gradients(apply_fn, clips, None, steps=4)
+    >>> ig.shape, ig.dtype
+    ((1, 8, 32, 32, 3), dtype('float32'))
+    >>> gradients.grad_cam(apply_fn, clips, jnp.array([1]), layer="conv4").shape
+    (1, 8, 32, 32, 3)
 """
 
 from __future__ import annotations

@@ -8,17 +8,24 @@ keyword-only parameters are its options and their defaults are the method's
 defaults; a keyword-only parameter without a default is a required option. So
 the signature is the one place each method's options are written down.
 
-Example::
-
-    from selrel_jax.attribution import Composite, rules
-    from selrel_jax.attribution.registry import register_composite
-
-    @register_composite("all_gamma")
-    def all_gamma(*, gamma: float = 0.25, stabilizer: float = 1e-6) -> Composite:
-        return Composite(layer_map=((nn.Conv, rules.Gamma(gamma, stabilizer)),
-                                    (nn.Dense, rules.Epsilon())))
-
-    explain(model, variables, clips, method="lrp.all_gamma", gamma=0.5)
+Examples:
+    >>> import flax.linen as nn
+    >>> from selrel_jax.attribution import Composite, explain, registry, rules
+    >>> from selrel_jax.attribution.registry import register_composite
+    >>> @register_composite("all_gamma")
+    ... def all_gamma(*, gamma: float = 0.25, stabilizer: float = 1e-6) -> Composite:
+    ...     return Composite(layer_map=((nn.Conv, rules.Gamma(gamma, stabilizer)),
+    ...                                 (nn.Dense, rules.Epsilon())))
+    >>> registry.get("lrp.all_gamma").options
+    {'gamma': 0.25, 'stabilizer': 1e-06}
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from selrel_jax import models
+    >>> model = models.create("c3d_small", 4, width=0.25, clip_size=(8, 32, 32))
+    >>> variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 32, 32, 3)), train=False)
+    >>> clips = jax.random.normal(jax.random.key(1), (1, 8, 32, 32, 3))
+    >>> explain(model, variables, clips, method="lrp.all_gamma", gamma=0.5).shape
+    (1, 8, 32, 32, 3)
 """
 
 from __future__ import annotations

@@ -19,10 +19,14 @@ average pooling: proportional split), :class:`Pass` (relevance unchanged) and
 A stabiliser of 0 (``Epsilon(0)`` is LRP-0) is allowed: where a denominator is
 exactly 0 the ratio is 0 (no relevance flows through that unit), never NaN.
 
-Example::
-
-    from selrel_jax.attribution import rules
-    rule = rules.Gamma(gamma=0.5)
+Examples:
+    >>> from selrel_jax.attribution import rules
+    >>> rules.Gamma(gamma=0.5)
+    Gamma(gamma=0.5, stabilizer=1e-06)
+    >>> rules.Gamma(gamma=-1.0)
+    Traceback (most recent call last):
+    ...
+    selrel_jax.errors.OptionError: Gamma gamma must be ...
 """
 
 from __future__ import annotations

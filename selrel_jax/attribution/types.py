@@ -8,11 +8,13 @@ kinds), how a layer path is written, the one-hot output relevance, and
 Everything here is plain data: the gradient family and the LRP engine both
 build on it, and it imports neither.
 
-Example::
-
-    from selrel_jax.attribution.types import CONV_TYPES, path_str
-    isinstance(module, CONV_TYPES)
-    path_str(("layer1_0", "conv1"))  # "layer1_0/conv1"
+Examples:
+    >>> import flax.linen as nn
+    >>> from selrel_jax.attribution.types import CONV_TYPES, path_str
+    >>> isinstance(nn.Conv(8, (3, 3, 3)), CONV_TYPES), isinstance(nn.Dense(8), CONV_TYPES)
+    (True, False)
+    >>> path_str(("layer1_0", "conv1"))
+    'layer1_0/conv1'
 """
 
 from __future__ import annotations

@@ -5,16 +5,38 @@ Layout is NTHWC: clips are uint8 RGB (N, T, H, W, 3) until :func:`normalize` tur
 into float32 model inputs, with the normalisation passed in as parameters (data code
 never imports models).
 
-Example::
+Examples:
+    A split of the synthetic benchmark as a source (``load_source("synthetic_motion",
+    "train")`` builds and reads the cached dataset instead), normalised, batched:
 
-    from selrel_jax import data
-    source = data.load_source("synthetic_motion", "train")      # built on first use
-    clip = source[0]["video"]                                   # uint8 (16, 48, 48, 3)
-    x = data.normalize(clip, mean=0.45, std=0.225)              # float32
-    loader = data.make_loader(source, batch_size=32, seed=0, mean=0.45, std=0.225)
-    clips, class_names = data.load_clips("folder:UCF-101", "train", clip_size=(16, 112, 112))
-    for frame in data.iter_frames("clip.mov", fps=15, size=128, crop=112):  # streaming
-        ...                                                     # uint8 (112, 112, 3)
+    >>> from selrel_jax import data
+    >>> from selrel_jax.data import synthetic_motion
+    >>> source = data.ArraySource(synthetic_motion.generate_split("tiny", "train", 0, 8))
+    >>> clip = source[0]["video"]
+    >>> clip.shape, clip.dtype
+    ((8, 32, 32, 3), dtype('uint8'))
+    >>> data.normalize(clip, mean=0.45, std=0.225).dtype
+    dtype('float32')
+    >>> loader = data.make_loader(source, batch_size=4, seed=0, mean=0.45, std=0.225,
+    ...                           num_epochs=1)
+    >>> [batch["video"].shape for batch in loader]
+    [(4, 8, 32, 32, 3), (4, 8, 32, 32, 3)]
+
+    A folder of videos, a class per sub-folder, and one video streamed frame by frame:
+
+    >>> import pathlib
+    >>> import shutil
+    >>> from selrel_jax.data import sample_clip_path
+    >>> for name in ("walk/a.mp4", "walk/b.mp4", "walk/c.mp4", "wave/a.mp4", "wave/b.mp4"):
+    ...     path = pathlib.Path("videos", name)   # a class per folder, as UCF-101
+    ...     path.parent.mkdir(parents=True, exist_ok=True)
+    ...     _ = shutil.copy(sample_clip_path(), path)
+    >>> clips, class_names = data.load_clips("folder:videos", "train", clip_size=(8, 32, 32))
+    >>> clips.video.shape, class_names
+    ((2, 8, 32, 32, 3), ('walk', 'wave'))
+    >>> frames = data.iter_frames(sample_clip_path(), fps=4, size=32, crop=24)
+    >>> next(frames).shape   # uint8, 4 frames per second of video
+    (24, 24, 3)
 """
 
 from selrel_jax._worker import DEFAULT_DECODE_TIMEOUT, DecodeWorker, decode_in_worker

@@ -46,10 +46,18 @@ class LazyVideos:
     never has to fit in memory; ``np.asarray`` decodes every clip. ``clip_shape``
     (T, H, W, 3) is read from the first clip when not given; every clip must have it.
 
-    Example::
-
-        videos = LazyVideos(VideoFolder("UCF-101", clip_length=16, crop=112))
-        videos[[3, 17, 40]].shape    # (3, 16, 112, 112, 3), three videos decoded
+    Examples:
+        >>> import pathlib
+        >>> import shutil
+        >>> from selrel_jax.data import sample_clip_path
+        >>> for name in ("walk/a.mp4", "walk/b.mp4", "walk/c.mp4", "wave/a.mp4", "wave/b.mp4"):
+        ...     path = pathlib.Path("videos", name)   # a class per folder, as UCF-101
+        ...     path.parent.mkdir(parents=True, exist_ok=True)
+        ...     _ = shutil.copy(sample_clip_path(), path)
+        >>> from selrel_jax.data import LazyVideos, VideoFolder
+        >>> videos = LazyVideos(VideoFolder("videos", clip_length=8, crop=32))
+        >>> len(videos), videos[[0, 3]].shape    # two videos decoded
+        (5, (2, 8, 32, 32, 3))
     """
 
     dtype = np.dtype(np.uint8)
@@ -175,10 +183,20 @@ def load_clips(
     ``class_names``, in that order) and ``split_file`` is passed to
     :func:`folder_splits`. Class names of other TFDS datasets are ``class_<i>``.
 
-    Example::
-
-        clips, names = load_clips("folder:UCF-101", "train", clip_size=(16, 112, 112),
-                                  size=128, split_file="ucfTrainTestlist/trainlist01.txt")
+    Examples:
+        >>> import pathlib
+        >>> import shutil
+        >>> from selrel_jax.data import sample_clip_path
+        >>> for name in ("walk/a.mp4", "walk/b.mp4", "walk/c.mp4", "wave/a.mp4", "wave/b.mp4"):
+        ...     path = pathlib.Path("videos", name)   # a class per folder, as UCF-101
+        ...     path.parent.mkdir(parents=True, exist_ok=True)
+        ...     _ = shutil.copy(sample_clip_path(), path)
+        >>> from selrel_jax.data import load_clips
+        >>> _ = pathlib.Path("trainlist.txt").write_text("walk/a.mp4\\nwave/a.mp4\\n")
+        >>> clips, names = load_clips("folder:videos", "train", clip_size=(8, 32, 32),
+        ...                           size=40, split_file="trainlist.txt")
+        >>> clips.video.shape, clips.label.tolist(), names
+        ((2, 8, 32, 32, 3), [0, 1], ('walk', 'wave'))
     """
     kind, argument = parse_dataset(dataset)
     one_of("split", split, SPLIT_NAMES)

@@ -32,10 +32,18 @@ class VideoFolder(Sequence):
     "clip_index": int32}``; ``paths[video_index]`` is the file. Works directly as a
     :func:`make_loader` source.
 
-    Example::
-
-        folder = VideoFolder("UCF-101", clip_length=16, size=128, crop=112)
-        folder.class_names[folder[0]["label"]]
+    Examples:
+        >>> import pathlib
+        >>> import shutil
+        >>> from selrel_jax.data import sample_clip_path
+        >>> for name in ("walk/a.mp4", "walk/b.mp4", "walk/c.mp4", "wave/a.mp4", "wave/b.mp4"):
+        ...     path = pathlib.Path("videos", name)   # a class per folder, as UCF-101
+        ...     path.parent.mkdir(parents=True, exist_ok=True)
+        ...     _ = shutil.copy(sample_clip_path(), path)
+        >>> from selrel_jax.data import VideoFolder
+        >>> folder = VideoFolder("videos", clip_length=8, size=40, crop=32)
+        >>> len(folder), folder.class_names[folder[4]["label"]], folder[0]["video"].shape
+        (5, 'wave', (8, 32, 32, 3))
     """
 
     def __init__(

@@ -24,10 +24,11 @@ from selrel_jax.errors import ShapeError
 class ArraySource(Sequence):
     """Random-access source over a dict of equally long arrays (e.g. ``generate_split``).
 
-    Example::
-
-        source = ArraySource(synthetic_motion.generate_split("default", "test", 7, 600))
-        source[0]["label"]
+    Examples:
+        >>> from selrel_jax.data import ArraySource, synthetic_motion
+        >>> source = ArraySource(synthetic_motion.generate_split("tiny", "test", 7, 6))
+        >>> len(source), sorted(source[0])
+        (6, ['boxes', 'label', 'mask', 'static_mask', 'video'])
     """
 
     def __init__(self, arrays: Mapping[str, np.ndarray]):
@@ -149,12 +150,15 @@ def make_loader(
     process with ``prefetch`` threads). ``iter(loader)`` has ``get_state()`` /
     ``set_state()`` to resume mid-run.
 
-    Example::
-
-        loader = make_loader(load_source("synthetic_motion", "train"), batch_size=32,
-                             seed=0, mean=0.45, std=0.225)
-        for batch in loader:
-            batch["video"].shape   # (32, 16, 48, 48, 3)
+    Examples:
+        >>> from selrel_jax.data import make_loader, synthetic_motion
+        >>> arrays = synthetic_motion.generate_split("tiny", "train", 0, 6)
+        >>> loader = make_loader(arrays, batch_size=4, seed=0, mean=0.45, std=0.225,
+        ...                      num_epochs=1)
+        >>> for batch in loader:
+        ...     print(batch["video"].shape, batch["video"].dtype, batch["label"].shape)
+        (4, 8, 32, 32, 3) float32 (4,)
+        (2, 8, 32, 32, 3) float32 (2,)
     """
     if isinstance(source, Mapping):
         source = ArraySource(source)

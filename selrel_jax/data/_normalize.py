@@ -36,9 +36,13 @@ def normalize(
     that channel order) are applied last. Works on NumPy and JAX arrays alike and returns
     float32 of the same shape.
 
-    Example::
-
-        x = normalize(clips, mean=(0.43, 0.40, 0.37), std=(0.23, 0.22, 0.22))
+    Examples:
+        >>> import numpy as np
+        >>> from selrel_jax.data import normalize
+        >>> clips = np.full((1, 2, 4, 4, 3), 255, np.uint8)
+        >>> x = normalize(clips, mean=(0.43, 0.40, 0.37), std=(0.23, 0.22, 0.22))
+        >>> x.dtype, x[0, 0, 0, 0].round(3)
+        (dtype('float32'), array([2.478, 2.727, 2.864], dtype=float32))
     """
     dtype = getattr(clips_uint8, "dtype", None)
     if dtype != np.uint8:

@@ -41,9 +41,13 @@ def batch_indices(
     ``b * batch_size : (b + 1) * batch_size`` of :func:`epoch_order` (of ``range(n)``
     when ``shuffle=False``). Batches never straddle epochs.
 
-    Example::
-
-        batch_indices(seed=0, batch=7, n=100, batch_size=32)   # epoch 2, batch 1
+    Examples:
+        >>> from selrel_jax.data import batch_indices
+        >>> batch = batch_indices(seed=0, batch=7, n=100, batch_size=32)   # epoch 2, batch 1
+        >>> batch.shape
+        (32,)
+        >>> batch_indices(seed=0, batch=7, n=100, batch_size=32, shuffle=False)[:4]
+        array([32, 33, 34, 35])
     """
     per_epoch = batches_per_epoch(n, batch_size, drop_remainder=drop_remainder)
     if per_epoch == 0:

@@ -357,10 +357,12 @@ def iter_frames(
     Decoding is lazy: stopping early never decodes the rest, and nothing but the frame
     being converted is held at full resolution.
 
-    Example::
-
-        for frame in iter_frames("clip.mp4", fps=15, size=128, crop=112):
-            ...  # uint8 (112, 112, 3), 15 per second of video
+    Examples:
+        >>> from selrel_jax.data import iter_frames, sample_clip_path
+        >>> for frame in iter_frames(sample_clip_path(), fps=2, size=32, crop=24):
+        ...     pass   # uint8 (24, 24, 3), 2 per second of video
+        >>> frame.shape, frame.dtype
+        ((24, 24, 3), dtype('uint8'))
     """
     request = _request(fps, frame_step, size, crop, max_frames)
     path, kind = _locate(path)
@@ -378,9 +380,11 @@ def read_frames(
 ) -> tuple[np.ndarray, float | None]:
     """``(frames uint8 (T, H, W, 3), their frame rate or None)``: :func:`iter_frames`, stacked.
 
-    Example::
-
-        frames, rate = read_frames("clip.webm", fps=15, size=128, crop=112)
+    Examples:
+        >>> from selrel_jax.data import read_frames, sample_clip_path
+        >>> frames, rate = read_frames(sample_clip_path(), fps=4, size=32, crop=24)
+        >>> frames.shape, rate   # 32 frames at 8 fps, halved
+        ((16, 24, 24, 3), 4.0)
     """
     request = _request(fps, frame_step, size, crop, max_frames)
     path, kind = _locate(path)
@@ -393,10 +397,11 @@ def probe_video(path: str | os.PathLike) -> VideoProbe:
     """What a video file or frame folder holds (:class:`VideoProbe`), from its header
     and first frame; a source that cannot be read raises DataError naming it.
 
-    Example::
-
-        probe = probe_video("clip.mov")
-        probe.fps, probe.frame_count, (probe.height, probe.width), probe.rotation
+    Examples:
+        >>> from selrel_jax.data import probe_video, sample_clip_path
+        >>> probe = probe_video(sample_clip_path())
+        >>> probe.fps, probe.frame_count, (probe.height, probe.width), probe.rotation
+        (8.0, 32, (48, 48), 0)
     """
     path, kind = _locate(path)
     if kind == "frames":

@@ -27,11 +27,13 @@ def _sample_dir() -> pathlib.Path:
 def sample_clip_path() -> pathlib.Path:
     """Path of the bundled sample clip (mp4, 48x48, 32 frames at 8 fps).
 
-    Example::
-
-        from selrel_jax.data import read_video, sample_clip_path, sample_clip_info
-        frames = read_video(sample_clip_path())        # uint8 (32, 48, 48, 3)
-        sample_clip_info()["class_name"]               # 'translate_right'
+    Examples:
+        >>> from selrel_jax.data import read_video, sample_clip_info, sample_clip_path
+        >>> frames = read_video(sample_clip_path())
+        >>> frames.shape, frames.dtype
+        ((32, 48, 48, 3), dtype('uint8'))
+        >>> sample_clip_info()["class_name"]
+        'translate_right'
     """
     return _sample_dir() / SAMPLE_FILE
 

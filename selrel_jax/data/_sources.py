@@ -65,14 +65,24 @@ def synthetic_motion_builder(
     sizes, seed...), built under its ``name``. ``data_dir`` defaults to
     :func:`default_data_dir`.
 
-    Example::
+    Examples:
+        Your own config (here a small one), built on first use (generated, not
+        downloaded):
 
-        from selrel_jax.data.synthetic_motion import CONFIGS
-        import dataclasses
-        big = dataclasses.replace(CONFIGS["default"], name="big64", height=64, width=64)
-        builder = synthetic_motion_builder(big)
-        builder.download_and_prepare()
-        source = builder.as_data_source("test")
+        >>> import dataclasses
+        >>> from selrel_jax.data import synthetic_motion_builder
+        >>> from selrel_jax.data.synthetic_motion import CONFIGS
+        >>> small = dataclasses.replace(
+        ...     CONFIGS["tiny"], name="small24", height=24, width=24,
+        ...     split_sizes={"train": 4, "validation": 2, "test": 2},
+        ... )
+        >>> builder = synthetic_motion_builder(small, data_dir="tfds")
+        >>> builder.download_and_prepare()
+        Downloading and preparing dataset ...
+        Dataset synthetic_motion downloaded and prepared to ...
+        >>> source = builder.as_data_source("test")
+        >>> len(source), source[0]["video"].shape
+        (2, (8, 24, 24, 3))
     """
     from selrel_jax.data.synthetic_motion import CONFIGS, MotionConfig, get_config
     from selrel_jax.data.synthetic_motion.synthetic_motion_dataset_builder import (
@@ -103,10 +113,11 @@ def load_source(name: str, split: str, data_dir: str | os.PathLike | None = None
     ``tfds.data_source(name, split=split, data_dir=data_dir)``, which needs a dataset
     already prepared in array_record format.
 
-    Example::
-
-        source = load_source("synthetic_motion/tiny", "train", data_dir="/tmp/tfds")
-        len(source), source[0]["video"].shape   # (48, (8, 32, 32, 3))
+    Examples:
+        >>> from selrel_jax.data import load_source
+        >>> source = load_source("synthetic_motion/tiny", "train", data_dir="tfds")
+        >>> len(source), source[0]["video"].shape
+        (48, (8, 32, 32, 3))
     """
     from selrel_jax.data.synthetic_motion import SPLITS
 
@@ -153,10 +164,12 @@ def load_tfds_videos(
     clips with :func:`clip_indices` and :func:`center_crop`. ``data_dir`` defaults to
     :func:`default_data_dir`; ``load_kwargs`` go to ``tfds.load``.
 
-    Example::
+    Examples:
+        Skipped as a doctest: it needs TensorFlow and downloads UCF-101 (6.5 GB).
 
-        for example in load_tfds_videos("ucf101/ucf101_1_256", "test"):
-            frames = example["video"][clip_indices(len(example["video"]), 16)[0]]
+        >>> from selrel_jax.data import clip_indices, load_tfds_videos
+        >>> for example in load_tfds_videos("ucf101/ucf101_1_256", "test"):  # doctest: +SKIP
+        ...     frames = example["video"][clip_indices(len(example["video"]), 16)[0]]
     """
     try:
         import tensorflow  # noqa: F401

@@ -40,9 +40,10 @@ def read_video(
     decoding early. Missing, empty, corrupt or undecodable files raise
     :class:`~selrel_jax.errors.DataError` naming the file.
 
-    Example::
-
-        frames = read_video("clip.mp4", size=128, crop=112)   # (T, 112, 112, 3)
+    Examples:
+        >>> from selrel_jax.data import read_video, sample_clip_path
+        >>> read_video(sample_clip_path(), size=40, crop=32).shape   # (T, 32, 32, 3)
+        (32, 32, 32, 3)
     """
     return read_frames(path, size=size, crop=crop, max_frames=max_frames)[0]
 
@@ -83,10 +84,22 @@ def write_video(
     ``path`` replaces it once complete, so a failure leaves no partial file and an
     older ``path`` intact. Returns ``path``.
 
-    Example::
+    Examples:
+        >>> import numpy as np
+        >>> from selrel_jax.data import read_video, write_video
+        >>> frames = np.zeros((8, 32, 32, 3), np.uint8)
+        >>> write_video("out.mp4", frames, fps=12)
+        PosixPath('out.mp4')
+        >>> read_video("out.mp4").shape
+        (8, 32, 32, 3)
 
-        write_video("out.mp4", frames, fps=12)
-        write_video("long.mp4", (render(i) for i in range(0, n, 64)), fps=12)
+        A long video in chunks, never all in memory:
+
+        >>> chunks = (np.full((4, 32, 32, 3), 16 * i, np.uint8) for i in range(3))
+        >>> write_video("long.mp4", chunks, fps=12)
+        PosixPath('long.mp4')
+        >>> read_video("long.mp4").shape
+        (12, 32, 32, 3)
     """
     chunks = [frames_uint8] if hasattr(frames_uint8, "shape") else frames_uint8
     rate = Fraction(real("fps", fps, above=0.0)).limit_denominator(1001)

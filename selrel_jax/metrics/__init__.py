@@ -37,14 +37,24 @@ For a whole video, call :func:`spatial_bias` on the video's frames
 one number, the per-clip values weighted by each clip's relevance mass (not their
 plain mean).
 
-Example::
+Examples:
+    Two clips of the synthetic motion benchmark, with their exact motion masks:
 
-    from selrel_jax import metrics
-    sel = sr.selective_relevance(rel, sigma=2.0)         # rel: (N, T, H, W, C)
-    metrics.spatial_bias(rel, sel)                       # (N,)
-    k = jnp.sum(sr.motion_mask(rel, 2.0), axis=(1, 2, 3))
-    metrics.overlap_at_k(rel, mask, k).precision         # (N,) raw, at selective's sparsity
-    metrics.gini(rel), metrics.gini(sel)                 # (N,) each: sel is sparser
+    >>> import jax.numpy as jnp
+    >>> import selrel_jax as sr
+    >>> from selrel_jax.data import synthetic_motion
+    >>> data = synthetic_motion.generate_split("tiny", "test", seed=1, count=2)
+    >>> rel = jnp.asarray(data["video"], jnp.float32) / 255   # stands in for a relevance map
+    >>> sel = sr.selective_relevance(rel, sigma=2.0)
+    >>> from selrel_jax import metrics
+    >>> metrics.spatial_bias(rel, sel).shape             # (N,)
+    (2,)
+    >>> k = jnp.sum(sr.motion_mask(rel, 2.0), axis=(1, 2, 3))
+    >>> raw = metrics.overlap_at_k(rel, data["mask"], k)  # raw, at selective's sparsity
+    >>> raw.precision.shape, bool(((raw.iou >= 0) & (raw.iou <= 1)).all())
+    ((2,), True)
+    >>> bool((metrics.gini(sel) > metrics.gini(rel)).all())   # sel is sparser
+    True
 """
 
 from selrel_jax.metrics._faithfulness import (

@@ -290,10 +290,23 @@ def deletion_curve(
       ``auc`` () or (N,); float32. NaN for a clip with NaN/Inf clips or relevance
       under jit (eager calls raise).
 
-    Example::
-
-        apply_fn = functools.partial(model.apply, variables, train=False)
-        deletion_curve(apply_fn, clips, sel).auc   # (N,)
+    Examples:
+        >>> import jax
+        >>> import jax.numpy as jnp
+        >>> from selrel_jax import models
+        >>> model = models.create("c3d_small", 4, width=0.25, clip_size=(8, 32, 32))
+        >>> variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 32, 32, 3)), train=False)
+        >>> clips = jax.random.normal(jax.random.key(1), (1, 8, 32, 32, 3))
+        >>> import functools
+        >>> from selrel_jax import selective_relevance
+        >>> from selrel_jax.metrics import deletion_curve
+        >>> apply_fn = functools.partial(model.apply, variables, train=False)
+        >>> sel = selective_relevance(jnp.abs(clips), sigma=1.0)   # any relevance map
+        >>> curve = deletion_curve(apply_fn, clips, sel, steps=4)
+        >>> curve.fractions
+        Array([0.  , 0.25, 0.5 , 0.75, 1.  ], dtype=float32)
+        >>> curve.probability.shape, curve.auc.shape
+        ((1, 5), (1,))
     """
     options = (steps, replacement, blur_sigma, chunk_size, layout)
     return _run_curve("deletion_curve", False, apply_fn, clips, relevance, target, options)
@@ -318,9 +331,20 @@ def insertion_curve(
     is the baseline, the last step the clip). Higher ``auc`` means the map found what
     the model uses. Arguments and result as :func:`deletion_curve`.
 
-    Example::
-
-        insertion_curve(apply_fn, clips, sel, replacement="blur").auc   # (N,)
+    Examples:
+        >>> import jax
+        >>> import jax.numpy as jnp
+        >>> from selrel_jax import models
+        >>> model = models.create("c3d_small", 4, width=0.25, clip_size=(8, 32, 32))
+        >>> variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 32, 32, 3)), train=False)
+        >>> clips = jax.random.normal(jax.random.key(1), (1, 8, 32, 32, 3))
+        >>> import functools
+        >>> from selrel_jax import selective_relevance
+        >>> from selrel_jax.metrics import insertion_curve
+        >>> apply_fn = functools.partial(model.apply, variables, train=False)
+        >>> sel = selective_relevance(jnp.abs(clips), sigma=1.0)   # any relevance map
+        >>> insertion_curve(apply_fn, clips, sel, steps=4, replacement="blur").auc.shape
+        (1,)
     """
     options = (steps, replacement, blur_sigma, chunk_size, layout)
     return _run_curve("insertion_curve", True, apply_fn, clips, relevance, target, options)
@@ -345,9 +369,16 @@ def faithfulness_baseline(
     Returns:
       the clips' shape and dtype.
 
-    Example::
-
-        deleted = faithfulness_baseline(clips, "blur", blur_sigma=3.0)   # (N, T, H, W, C)
+    Examples:
+        >>> import jax
+        >>> from selrel_jax.metrics import faithfulness_baseline
+        >>> clips = jax.random.normal(jax.random.key(1), (1, 8, 32, 32, 3))
+        >>> deleted = faithfulness_baseline(clips, "blur", blur_sigma=3.0)
+        >>> deleted.shape
+        (1, 8, 32, 32, 3)
+        >>> still = faithfulness_baseline(clips)   # temporal_mean: every frame the same
+        >>> bool(jax.numpy.allclose(still[:, 0], still[:, -1]))
+        True
     """
     fn = "faithfulness_baseline"
     one_of(f"{fn}: replacement", replacement, REPLACEMENTS)
@@ -381,9 +412,19 @@ def frame_freezing(
       float32. NaN for a clip with NaN/Inf values (or, traced, a target out of
       range) under jit; eager calls raise.
 
-    Example::
-
-        frame_freezing(apply_fn, clips).drop   # (N,)
+    Examples:
+        >>> import jax
+        >>> import jax.numpy as jnp
+        >>> from selrel_jax import models
+        >>> model = models.create("c3d_small", 4, width=0.25, clip_size=(8, 32, 32))
+        >>> variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 32, 32, 3)), train=False)
+        >>> clips = jax.random.normal(jax.random.key(1), (1, 8, 32, 32, 3))
+        >>> import functools
+        >>> from selrel_jax.metrics import frame_freezing
+        >>> apply_fn = functools.partial(model.apply, variables, train=False)
+        >>> frozen = frame_freezing(apply_fn, clips)
+        >>> frozen.drop.shape, bool(jnp.allclose(frozen.drop, frozen.original - frozen.frozen))
+        ((1,), True)
     """
     fn = "frame_freezing"
     apply_fn = _checked_apply_fn(fn, apply_fn)

@@ -101,10 +101,15 @@ def flow_motion_mask(
     Raises:
       OptionError: OpenCV is not installed (``pip install 'selrel-jax[flow]'``).
 
-    Example::
+    Examples:
+        Needs OpenCV (``pip install 'selrel-jax[flow]'``).
 
-        frames = data.read_video(data.sample_clip_path())[:16]   # uint8 (16, H, W, 3)
-        precision = overlap_at_k(rel, flow_motion_mask(frames), k).precision
+        >>> from selrel_jax import data
+        >>> from selrel_jax.metrics import flow_motion_mask
+        >>> frames = data.read_video(data.sample_clip_path())[:16]   # uint8 (16, H, W, 3)
+        >>> mask = flow_motion_mask(frames)
+        >>> mask.shape, mask.dtype, bool(mask.any())
+        ((16, 48, 48), dtype('bool'), True)
     """
     options = _checked_options(farneback)
     min_flow = real("flow_motion_mask: min_flow", min_flow, minimum=0.0)

@@ -151,10 +151,18 @@ def top_k_voxels(relevance: Any, k: Any, *, layout: Layout | None = None) -> jax
       bool (T, H, W) for one clip, (N, T, H, W) for a batch. Under jit a clip with
       NaN/Inf relevance or ``k`` out of range selects nothing (eager calls raise).
 
-    Example::
-
-        k = jnp.sum(sr.motion_mask(rel, 2.0), axis=(1, 2, 3))   # (N,) voxels kept
-        top_k_voxels(rel, k)   # the raw map's k strongest voxels, clip by clip
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import selrel_jax as sr
+        >>> from selrel_jax.data import synthetic_motion
+        >>> data = synthetic_motion.generate_split("tiny", "test", seed=1, count=2)
+        >>> rel = jnp.asarray(data["video"], jnp.float32) / 255   # stands in for a relevance map
+        >>> sel = sr.selective_relevance(rel, sigma=2.0)
+        >>> from selrel_jax.metrics import top_k_voxels
+        >>> k = jnp.sum(sr.motion_mask(rel, 2.0), axis=(1, 2, 3))   # (N,) voxels kept
+        >>> top = top_k_voxels(rel, k)   # the raw map's k strongest voxels, clip by clip
+        >>> top.shape, bool((top.sum(axis=(1, 2, 3)) == k).all())
+        ((2, 8, 32, 32), True)
     """
     x, batched = checked_relevance("top_k_voxels", relevance, layout)
     clips = jnp.shape(x)[0] if batched else None
@@ -187,9 +195,17 @@ def overlap_at_threshold(
       (float64 for float64 input). NaN for a clip with NaN/Inf relevance under jit
       (eager calls raise).
 
-    Example::
-
-        overlap_at_threshold(sel, data["mask"]).precision   # (N,)
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import selrel_jax as sr
+        >>> from selrel_jax.data import synthetic_motion
+        >>> data = synthetic_motion.generate_split("tiny", "test", seed=1, count=2)
+        >>> rel = jnp.asarray(data["video"], jnp.float32) / 255   # stands in for a relevance map
+        >>> sel = sr.selective_relevance(rel, sigma=2.0)
+        >>> from selrel_jax.metrics import overlap_at_threshold
+        >>> scores = overlap_at_threshold(sel, data["mask"])
+        >>> scores.precision.shape, scores.precision.dtype
+        ((2,), dtype('float32'))
     """
     fn = "overlap_at_threshold"
     x, batched = checked_relevance(fn, relevance, layout)
@@ -219,10 +235,19 @@ def overlap_at_k(relevance: Any, mask: Any, k: Any, *, layout: Layout | None = N
     Returns:
       :class:`Overlap`, as :func:`overlap_at_threshold`.
 
-    Example::
-
-        k = jnp.sum(sr.motion_mask(rel, 2.0), axis=(1, 2, 3))
-        overlap_at_k(rel, data["mask"], k).precision   # raw map at selective's sparsity
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import selrel_jax as sr
+        >>> from selrel_jax.data import synthetic_motion
+        >>> data = synthetic_motion.generate_split("tiny", "test", seed=1, count=2)
+        >>> rel = jnp.asarray(data["video"], jnp.float32) / 255   # stands in for a relevance map
+        >>> sel = sr.selective_relevance(rel, sigma=2.0)
+        >>> from selrel_jax.metrics import overlap_at_k
+        >>> k = jnp.sum(sr.motion_mask(rel, 2.0), axis=(1, 2, 3))
+        >>> overlap_at_k(rel, data["mask"], k).precision.shape   # raw map, sel's sparsity
+        (2,)
+        >>> overlap_at_k(rel, data["mask"], 8 * 32 * 32).recall   # every voxel: recall 1
+        Array([1., 1.], dtype=float32)
     """
     x, batched = checked_relevance("overlap_at_k", relevance, layout)
     m, mask_batched = mask_for("overlap_at_k", mask, x, batched)
@@ -246,9 +271,17 @@ def mass_in_mask(relevance: Any, mask: Any, *, layout: Layout | None = None) -> 
       in [0, 1]: a scalar for one clip, (N,) for a batch; float32 (float64 for
       float64 input). NaN for a clip with NaN/Inf relevance under jit.
 
-    Example::
-
-        mass_in_mask(rel, box_mask(data["boxes"], 32, 32))   # (N,) share on the object
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> import selrel_jax as sr
+        >>> from selrel_jax.data import synthetic_motion
+        >>> data = synthetic_motion.generate_split("tiny", "test", seed=1, count=2)
+        >>> rel = jnp.asarray(data["video"], jnp.float32) / 255   # stands in for a relevance map
+        >>> sel = sr.selective_relevance(rel, sigma=2.0)
+        >>> from selrel_jax.metrics import box_mask, mass_in_mask
+        >>> share = mass_in_mask(rel, box_mask(data["boxes"], 32, 32))   # on the object
+        >>> share.shape, bool(((share >= 0) & (share <= 1)).all())
+        ((2,), True)
     """
     x, batched = checked_relevance("mass_in_mask", relevance, layout)
     m, mask_batched = mask_for("mass_in_mask", mask, x, batched)
@@ -292,15 +325,27 @@ def box_mask(boxes: Any, height: int, width: int) -> jax.Array:
     Args:
       boxes: real (T, 4) or a batch (N, T, 4) of ``(y0, x0, y1, x1)`` in pixels, as
         :func:`~selrel_jax.data.synthetic_motion.generate_example` gives them.
-      height, width: the frame size.
+      height: the frame height.
+      width: the frame width.
 
     Returns:
       bool (T, H, W) or (N, T, H, W). Under jit a box with NaN or ``y1 < y0`` is
       empty (eager calls raise).
 
-    Example::
-
-        box_mask(data["boxes"], 32, 32)   # (N, T, 32, 32)
+    Examples:
+        >>> import numpy as np
+        >>> from selrel_jax.metrics import box_mask
+        >>> boxes = np.array([[1.0, 1.0, 3.0, 2.0], [1.0, 3.0, 3.0, 5.0]])  # (T, 4), y0 x0 y1 x1
+        >>> box_mask(boxes, 4, 4).astype(int)   # the second box wraps past the right edge
+        Array([[[0, 0, 0, 0],
+                [0, 1, 0, 0],
+                [0, 1, 0, 0],
+                [0, 0, 0, 0]],
+        <BLANKLINE>
+               [[0, 0, 0, 0],
+                [1, 0, 0, 1],
+                [1, 0, 0, 1],
+                [0, 0, 0, 0]]], dtype=int32)
     """
     height, width = positive_int("box_mask: height", height), positive_int("box_mask: width", width)
     b = _as_array(boxes, "box_mask", "boxes")

@@ -3,17 +3,32 @@
 Every model takes NTHWC clips (already normalised as its :class:`ModelInfo`
 says) and returns logits; ``train=False`` is deterministic.
 
-Example::
+Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from selrel_jax import models
+    >>> model = models.create("c3d_small", 4, width=0.25, clip_size=(8, 32, 32))
+    >>> variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 32, 32, 3)), train=False)
+    >>> clips = jax.random.normal(jax.random.key(1), (1, 8, 32, 32, 3))
+    >>> info = models.ModelInfo.for_arch("c3d_small", 4, width=0.25, clip_length=8,
+    ...                                  crop_size=(32, 32))
+    >>> models.save("runs/c3d_small", info, variables)
+    PosixPath('.../runs/c3d_small')
+    >>> model, variables, info = models.load("runs/c3d_small")
+    >>> info.clip_size, model.apply(variables, clips, train=False).shape
+    ((8, 32, 32), (1, 4))
 
-    from selrel_jax import models
-    model = models.create("c3d_small", num_classes=8, clip_size=(16, 64, 64))
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 16, 64, 64, 3)))
-    info = models.ModelInfo.for_arch("c3d_small", 8, crop_size=(64, 64))
-    models.save("runs/c3d_small", info, variables)
-    model, variables, info = models.load("runs/c3d_small")
+    PyTorch weights (torchvision key names; the C3D port's key names for ``c3d``),
+    here a c3d_small's state_dict:
 
-    # PyTorch weights (torchvision key names; C3D port key names for c3d):
-    model, variables = models.from_torch_state_dict("r3d_18", state_dict)
+    >>> import torch
+    >>> convs = zip(("conv1", "conv2", "conv3", "conv4"), (3, 4, 8, 16), (4, 8, 16, 16))
+    >>> layers = {name: torch.nn.Conv3d(i, o, 3, padding=1) for name, i, o in convs}
+    >>> state_dict = torch.nn.ModuleDict({**layers, "fc": torch.nn.Linear(16, 4)}).state_dict()
+    >>> model, variables = models.from_torch_state_dict("c3d_small", state_dict,
+    ...                                                 clip_size=(8, 32, 32))
+    >>> model.width, variables["params"]["conv1"]["kernel"].shape
+    (0.25, (3, 3, 3, 3, 4))
 """
 
 from selrel_jax.errors import CheckpointError

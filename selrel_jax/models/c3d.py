@@ -5,11 +5,21 @@ fc6, fc7, fc8) so imported weights map one to one; fc6's input size follows
 from ``clip_size``. ``C3DSmall`` is a few conv stages and a global average
 pool, small enough to train on a laptop CPU in minutes.
 
-Example::
+Examples:
+    The published C3D, traced abstractly (``jax.eval_shape``: shapes only, no
+    compute); ``model.init`` and ``model.apply`` take the same arguments:
 
-    model = C3D(num_classes=487)
-    variables = model.init(key, jnp.zeros((1, 16, 112, 112, 3)), train=False)
-    logits = model.apply(variables, clips, train=False)
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from selrel_jax.models.c3d import C3D
+    >>> model = C3D(num_classes=487)
+    >>> clips = jnp.zeros((1, 16, 112, 112, 3))
+    >>> init = lambda clips: model.init(jax.random.key(0), clips, train=False)
+    >>> variables = jax.eval_shape(init, clips)
+    >>> variables["params"]["fc6"]["kernel"].shape
+    (8192, 4096)
+    >>> jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, clips).shape
+    (1, 487)
 """
 
 from __future__ import annotations

@@ -6,10 +6,23 @@ the stored arrays against the parameters that model needs, and returns
 ``(model, variables, info)``. Names resolve to ``checkpoints/<name>/`` in the
 source tree first, then to the copy installed with the package.
 
-Example::
-
-    save("runs/c3d_small", info, variables)
-    model, variables, info = load("runs/c3d_small")
+Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from selrel_jax import models
+    >>> model = models.create("c3d_small", 4, width=0.25, clip_size=(8, 32, 32))
+    >>> variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 32, 32, 3)), train=False)
+    >>> clips = jax.random.normal(jax.random.key(1), (1, 8, 32, 32, 3))
+    >>> from pathlib import Path
+    >>> from selrel_jax.models import ModelInfo, load, save
+    >>> info = ModelInfo.for_arch("c3d_small", 4, width=0.25, clip_length=8, crop_size=(32, 32))
+    >>> save("runs/c3d_small", info, variables)
+    PosixPath('.../runs/c3d_small')
+    >>> sorted(p.name for p in Path("runs/c3d_small").iterdir())
+    ['info.json', 'variables']
+    >>> model, loaded, info = load("runs/c3d_small")
+    >>> bool(jnp.array_equal(loaded["params"]["fc"]["kernel"], variables["params"]["fc"]["kernel"]))
+    True
 """
 
 from __future__ import annotations
@@ -290,10 +303,17 @@ def read_info(directory: pathlib.Path) -> ModelInfo:
 def load(name_or_path: str | pathlib.Path) -> tuple[nn.Module, dict[str, Any], ModelInfo]:
     """Load a checkpoint by shipped name or directory -> ``(model, variables, info)``.
 
-    Example::
+    Examples:
+        A checkpoint shipped with the package, by name:
 
-        model, variables, info = load("c3d_small_motion")
-        logits = model.apply(variables, clips, train=False)
+        >>> import jax.numpy as jnp
+        >>> from selrel_jax.models import load
+        >>> model, variables, info = load("c3d_small_motion")
+        >>> info.clip_size, info.class_names[:2]
+        ((16, 48, 48), ('translate_left', 'translate_right'))
+        >>> clips = info.normalize(jnp.zeros((1, 16, 48, 48, 3), jnp.uint8))
+        >>> model.apply(variables, clips, train=False).shape
+        (1, 6)
     """
     import orbax.checkpoint as ocp
 

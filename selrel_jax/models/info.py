@@ -6,12 +6,18 @@ clips for a model: clip length and frame step, crop size, channel order, the
 range raw pixels are scaled to, the per-channel mean and std, and the shorter
 side frames are resized to before the centre crop.
 
-Example::
-
-    info = ModelInfo.for_arch("r3d_18", num_classes=400, class_names=names)
-    info.to_dict()                      # JSON-ready
-    ModelInfo.from_dict(info.to_dict()) == info
-    x = info.normalize(clips)           # uint8 clips -> the model's float32 input
+Examples:
+    >>> import json
+    >>> import numpy as np
+    >>> from selrel_jax.models import ModelInfo, kinetics400_class_names
+    >>> info = ModelInfo.for_arch("r3d_18", num_classes=400, class_names=kinetics400_class_names())
+    >>> record = json.dumps(info.to_dict())   # JSON-ready
+    >>> ModelInfo.from_dict(json.loads(record)) == info
+    True
+    >>> clips = np.zeros((1, 16, 112, 112, 3), np.uint8)
+    >>> x = info.normalize(clips)           # uint8 clips -> the model's float32 input
+    >>> x.dtype, x[0, 0, 0, 0].round(3)
+    (dtype('float32'), array([-1.895, -1.782, -1.735], dtype=float32))
 """
 
 from __future__ import annotations

@@ -105,11 +105,19 @@ def create(
     the model's init, so a value the module cannot use raises OptionError naming
     it here rather than deep inside JAX later.
 
-    Example::
-
-        model = create("c3d_small", num_classes=8, clip_size=(16, 64, 64))
-        variables = model.init(jax.random.key(0), jnp.zeros((1, 16, 64, 64, 3)))
-        logits = model.apply(variables, clips, train=False)
+    Examples:
+        >>> import jax
+        >>> import jax.numpy as jnp
+        >>> from selrel_jax import models
+        >>> model = models.create("c3d_small", 4, width=0.25, clip_size=(8, 32, 32))
+        >>> variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 32, 32, 3)), train=False)
+        >>> clips = jax.random.normal(jax.random.key(1), (1, 8, 32, 32, 3))
+        >>> model.apply(variables, clips, train=False).shape
+        (1, 4)
+        >>> models.create("c3d_small", 4, depth=3)
+        Traceback (most recent call last):
+        ...
+        selrel_jax.errors.OptionError: ...
     """
     valid = model_options(arch)
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:

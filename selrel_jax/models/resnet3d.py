@@ -8,10 +8,19 @@ relevance engine can merge them. Module names mirror torchvision's state_dict
 ``conv1.1``, ``downsample_conv``/``downsample_bn``, ``fc``), which keeps the
 weight import a table.
 
-Example::
+Examples:
+    Traced abstractly (``jax.eval_shape``: shapes only, no compute):
 
-    model = VideoResNet(arch="r2plus1d_18", num_classes=400)
-    logits = model.apply(variables, clips, train=False)   # clips (N, T, H, W, 3)
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from selrel_jax.models.resnet3d import VideoResNet
+    >>> model = VideoResNet(arch="r2plus1d_18", num_classes=400)
+    >>> clips = jnp.zeros((1, 16, 112, 112, 3))   # (N, T, H, W, 3)
+    >>> variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), clips)
+    >>> sorted(variables)
+    ['batch_stats', 'params']
+    >>> jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, clips).shape
+    (1, 400)
 """
 
 from __future__ import annotations

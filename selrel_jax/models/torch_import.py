@@ -7,14 +7,27 @@ statistics -> scale/bias/mean/var), permutes C3D's fc6 rows from the NCDHW
 flatten order to NTHWC, and reports every missing, unexpected or misshaped
 key at once. torch itself is only needed when values are torch tensors.
 
-Example::
+Examples:
+    A c3d_small saved by PyTorch (the same goes for torchvision's ``r3d_18`` and
+    the other archs, under their own key names), with the same logits here:
 
-    state = torch.load("r3d_18-b3b3357e.pth", weights_only=True)
-    model, variables = from_torch_state_dict("r3d_18", state)
-    logits = model.apply(variables, clips, train=False)
+    >>> import jax.numpy as jnp
+    >>> import numpy as np
+    >>> import torch
+    >>> from selrel_jax.models.torch_import import convert_torch_file, from_torch_state_dict
+    >>> convs = zip(("conv1", "conv2", "conv3", "conv4"), (3, 4, 8, 16), (4, 8, 16, 16))
+    >>> layers = {name: torch.nn.Conv3d(i, o, 3, padding=1) for name, i, o in convs}
+    >>> torch_model = torch.nn.ModuleDict({**layers, "fc": torch.nn.Linear(16, 4)})
+    >>> torch.save(torch_model.state_dict(), "c3d_small.pth")
+    >>> state = torch.load("c3d_small.pth", weights_only=True)
+    >>> model, variables = from_torch_state_dict("c3d_small", state, clip_size=(8, 32, 32))
+    >>> model.apply(variables, jnp.zeros((1, 8, 32, 32, 3)), train=False).shape
+    (1, 4)
 
-    # a .pth file straight to a checkpoint directory (what ``selrel convert`` does)
-    convert_torch_file("r3d_18-b3b3357e.pth", "r3d_18", "models/r3d_18")
+    A .pth file straight to a checkpoint directory (what ``selrel convert`` does):
+
+    >>> convert_torch_file("c3d_small.pth", "c3d_small", "models/c3d_small")
+    PosixPath('.../models/c3d_small')
 """
 
 from __future__ import annotations

@@ -7,14 +7,18 @@ the devices; the rows are written shard by shard as Parquet files, so a killed s
 rerun with the same arguments picks up where it stopped and ends with the same table.
 :func:`read_table` reads it back.
 
-Example::
+Examples:
+    Two clips of the synthetic benchmark (generated afresh from ``data_seed``), two
+    sigmas:
 
-    from selrel_jax.sweep import read_table, run_sweep
-    run_sweep("sweeps/motion", dataset="synthetic_motion", data_seed=7, limit=48,
-              model="c3d_small_motion", methods=["lrp.epsilon_plus_flat", "gradient"],
-              sigmas=[0.5, 1, 2, 3])
-    table = read_table("sweeps/motion")      # pyarrow.Table, sorted by clip, method, sigma
-    table.column("spatial_bias").to_numpy()
+    >>> from selrel_jax.sweep import read_table, run_sweep
+    >>> record = run_sweep("sweeps/motion", dataset="synthetic_motion", data_seed=7, limit=2,
+    ...                    model="c3d_small_motion", methods=["gradient"], sigmas=[1, 2])
+    >>> record["clips"], record["rows"], record["complete"]
+    (2, 4, True)
+    >>> table = read_table("sweeps/motion")   # pyarrow.Table, sorted by clip, method, sigma
+    >>> table.column("spatial_bias").to_numpy().shape
+    (4,)
 """
 
 from selrel_jax.sweep._run import (

@@ -280,8 +280,9 @@ def run_sweep(
         the device count).
       limit: only the first K clips.
       data_dir: the TFDS cache (default ``$SELREL_DATA_DIR`` or ``~/.cache``).
-      temporal_padding, threshold: as :func:`selrel_jax.selective_relevance` (default
-        ``"edge"``: zero padding makes every clip's end frames look like motion).
+      temporal_padding: as :func:`selrel_jax.selective_relevance` (default ``"edge"``:
+        zero padding makes every clip's end frames look like motion).
+      threshold: as :func:`selrel_jax.selective_relevance`.
       progress: a progress bar (clips/s, ETA) on stderr.
       on_shard: called as ``on_shard(shard, record)`` after each shard is written.
       decode_timeout: seconds a folder video may take to decode, in a separate process,
@@ -292,11 +293,20 @@ def run_sweep(
       ``{"out", "clips", "rows", "shards", "shards_written", "failed", "complete",
       "seconds", "clips_per_second"}``.
 
-    Example::
-
-        run_sweep("sweeps/motion", dataset="synthetic_motion", data_seed=7, limit=48,
-                  methods=["lrp.epsilon_plus_flat", "gradient_x_input"])
-        table = read_table("sweeps/motion")
+    Examples:
+        >>> from selrel_jax.sweep import read_table, run_sweep
+        >>> settings = dict(dataset="synthetic_motion", data_seed=7, limit=4, batch_size=2,
+        ...                 methods=["gradient"], sigmas=[1.0])
+        >>> run_sweep("sweeps/motion", **settings)["shards_written"]
+        2
+        >>> run_sweep("sweeps/motion", **settings)["shards_written"]   # done: nothing to do
+        0
+        >>> read_table("sweeps/motion").num_rows
+        4
+        >>> run_sweep("sweeps/motion", **{**settings, "sigmas": [2.0]})
+        Traceback (most recent call last):
+        ...
+        selrel_jax.errors.OptionError: sweep at .../sweeps/motion was made with other settings ...
     """
     start = time.perf_counter()
     settings = SweepSettings(

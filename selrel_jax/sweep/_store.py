@@ -173,10 +173,13 @@ def read_table(directory: str | os.PathLike) -> pa.Table:
     ``table.to_pandas()`` (pandas installed), ``table.to_pydict()``, or
     ``table_columns(table)`` for a dict of NumPy columns.
 
-    Example::
-
-        table = read_table("sweeps/c3d_small_motion")
-        table.num_rows, table.column_names
+    Examples:
+        >>> from selrel_jax.sweep import read_table, run_sweep
+        >>> _ = run_sweep("sweeps/c3d_small_motion", dataset="synthetic_motion", data_seed=7,
+        ...               limit=2, methods=["gradient"], sigmas=[1.0])
+        >>> table = read_table("sweeps/c3d_small_motion")
+        >>> table.num_rows, table.column_names[:3]
+        (2, ['clip_id', 'label', 'target'])
     """
     path = pathlib.Path(directory)
     manifest = read_manifest(path)

@@ -32,11 +32,27 @@ class RunDirectory:
     checkpoint), each manager keeps one step, and a step already saved is not
     written again (a replay after an interruption produces the same bytes).
 
-    Example::
-
-        with RunDirectory("runs/a", identity) as run:
-            state, meta = run.restore_latest(state) or (state, {"history": []})
-            run.save_latest(state, meta)
+    Examples:
+        >>> import flax.struct
+        >>> import jax.numpy as jnp
+        >>> from selrel_jax.train._run_directory import RunDirectory
+        >>> @flax.struct.dataclass
+        ... class State:   # any pytree with a step; fit saves its TrainState
+        ...     step: jnp.ndarray
+        ...     w: jnp.ndarray
+        >>> identity = {"model": "c3d_small", "seed": 0}
+        >>> state = State(jnp.array(0), jnp.zeros(3))
+        >>> with RunDirectory("runs/a", identity) as run:
+        ...     state, meta = run.restore_latest(state) or (state, {"history": []})
+        ...     run.save_latest(State(jnp.array(1), jnp.ones(3)), {"history": [0.5]})
+        >>> with RunDirectory("runs/a", identity) as run:   # a rerun resumes
+        ...     state, meta = run.restore_latest(state)
+        >>> int(state.step), meta["history"]
+        (1, [0.5])
+        >>> RunDirectory("runs/a", {"model": "c3d_small", "seed": 1})
+        Traceback (most recent call last):
+        ...
+        selrel_jax.errors.SelrelError: run at ... was made with other settings (seed: 0 -> 1)...
     """
 
     def __init__(self, path: str | os.PathLike, identity: Mapping[str, Any]):

@@ -11,13 +11,22 @@ negative blue, zero white, positive red), magnitudes on a sequential one
 get equal colours: :func:`color_scale` of all maps shown together (a high
 percentile, so one outlier voxel does not wash the rest out).
 
-Example::
-
-    from selrel_jax import viz
-    maps = {"relevance": rel, "selective": sel, "static": static}   # each (T, H, W, C)
-    video = viz.panels(frames, maps, caption="predicted: translate_right")
-    viz.write_overlay_video("explained.mp4", video, fps=8)
-    viz.save_figure(viz.filmstrip(frames, maps), "filmstrip.png")
+Examples:
+    >>> import numpy as np
+    >>> import selrel_jax as sr
+    >>> from selrel_jax import data, viz
+    >>> frames = data.read_video(data.sample_clip_path())[:8]   # uint8 (8, 48, 48, 3)
+    >>> rel = frames.astype(np.float32) / 255 - 0.5             # stands in for relevance
+    >>> sel = np.asarray(sr.selective_relevance(rel, sigma=1.0))
+    >>> static = rel - sel
+    >>> maps = {"relevance": rel, "selective": sel, "static": static}   # each (T, H, W, C)
+    >>> video = viz.panels(frames, maps, caption="predicted: translate_right")
+    >>> video.dtype, video.shape[0]   # one picture of four panels per frame
+    (dtype('uint8'), 8)
+    >>> viz.write_overlay_video("explained.mp4", video, fps=8)
+    PosixPath('explained.mp4')
+    >>> viz.save_figure(viz.filmstrip(frames, maps), "filmstrip.png")
+    PosixPath('filmstrip.png')
 """
 
 from selrel_jax.viz._animation import HTMLAnimation, show, write_overlay_video

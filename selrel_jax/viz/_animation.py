@@ -30,9 +30,20 @@ def write_overlay_video(
     heat-map colours and text crisp). Odd sizes are padded by a row or column (see
     :func:`selrel_jax.data.write_video`).
 
-    Example::
-
-        write_overlay_video("explained.mp4", panels(frames, maps), fps=8)
+    Examples:
+        >>> import numpy as np
+        >>> import selrel_jax as sr
+        >>> from selrel_jax import data, viz
+        >>> frames = data.read_video(data.sample_clip_path())[:8]   # uint8 (8, 48, 48, 3)
+        >>> rel = frames.astype(np.float32) / 255 - 0.5             # stands in for relevance
+        >>> sel = np.asarray(sr.selective_relevance(rel, sigma=1.0))
+        >>> static = rel - sel
+        >>> from selrel_jax.viz import panels, write_overlay_video
+        >>> maps = {"relevance": rel, "selective": sel}
+        >>> write_overlay_video("explained.mp4", panels(frames, maps), fps=8)
+        PosixPath('explained.mp4')
+        >>> data.read_video("explained.mp4").shape[0]
+        8
     """
     chunks = [panels_uint8] if hasattr(panels_uint8, "shape") else panels_uint8
     fps = real("write_overlay_video: fps", fps, above=0.0)
@@ -65,9 +76,18 @@ def show(frames_or_panels: Any, fps: float = 8.0, *, upscale: int | None = None)
     side >= 160 pixels). matplotlib's ``animation.embed_limit`` (20 MB by default)
     caps the size: show a slice of a long video.
 
-    Example::
-
-        viz.show(viz.panels(frames, {"relevance": rel}), fps=8)
+    Examples:
+        >>> import numpy as np
+        >>> import selrel_jax as sr
+        >>> from selrel_jax import data, viz
+        >>> frames = data.read_video(data.sample_clip_path())[:8]   # uint8 (8, 48, 48, 3)
+        >>> rel = frames.astype(np.float32) / 255 - 0.5             # stands in for relevance
+        >>> sel = np.asarray(sr.selective_relevance(rel, sigma=1.0))
+        >>> static = rel - sel
+        >>> animation = viz.show(viz.panels(frames, {"relevance": rel}), fps=8)
+        >>> html = str(animation)   # what a notebook displays; write it to a .html file
+        >>> "<script" in html, html.count("data:image/png") >= 8   # a player, the frames
+        (True, True)
     """
     frames = check_frames("show", frames_or_panels, "frames_or_panels")
     fps = real("show: fps", fps, above=0.0)

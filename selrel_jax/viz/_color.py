@@ -135,9 +135,17 @@ def color_scale(*maps: Any, percentile: float = 99.0) -> float:
     every value is 0. Pass the raw, selective and static maps of one video
     together so that equal values get equal colours in every panel.
 
-    Example::
-
-        scale = color_scale(rel, sel, static)   # float > 0
+    Examples:
+        >>> import numpy as np
+        >>> import selrel_jax as sr
+        >>> from selrel_jax import data, viz
+        >>> frames = data.read_video(data.sample_clip_path())[:8]   # uint8 (8, 48, 48, 3)
+        >>> rel = frames.astype(np.float32) / 255 - 0.5             # stands in for relevance
+        >>> sel = np.asarray(sr.selective_relevance(rel, sigma=1.0))
+        >>> static = rel - sel
+        >>> scale = viz.color_scale(rel, sel, static)
+        >>> isinstance(scale, float) and scale > 0
+        True
     """
     if not maps:
         raise OptionError("color_scale: give at least one map")
@@ -166,9 +174,17 @@ def colorize(
     the end colours. Works elementwise on any shape: sum channels first to show a
     (T, H, W, C) relevance map as :func:`overlay` does.
 
-    Example::
-
-        rgb = colorize(rel.sum(-1), scale=color_scale(rel))   # (T, H, W, 3) uint8
+    Examples:
+        >>> import numpy as np
+        >>> import selrel_jax as sr
+        >>> from selrel_jax import data, viz
+        >>> frames = data.read_video(data.sample_clip_path())[:8]   # uint8 (8, 48, 48, 3)
+        >>> rel = frames.astype(np.float32) / 255 - 0.5             # stands in for relevance
+        >>> sel = np.asarray(sr.selective_relevance(rel, sigma=1.0))
+        >>> static = rel - sel
+        >>> rgb = viz.colorize(rel.sum(-1), scale=viz.color_scale(rel))
+        >>> rgb.shape, rgb.dtype
+        ((8, 48, 48, 3), dtype('uint8'))
     """
     x = finite_float_array("colorize", "values", values)
     scale = check_scale("colorize", scale)
@@ -224,11 +240,20 @@ def overlay(
       scale: colour scale (> 0), e.g. :func:`color_scale` of all maps shown together.
       alpha: opacity of the strongest colour, in [0, 1]. A voxel's opacity is
         ``alpha * min(|R| / scale, 1)``, so where the map is 0 the frame stays grey.
-      signed, cmap: as :func:`colorize`.
+      signed: as :func:`colorize`.
+      cmap: as :func:`colorize`.
 
-    Example::
-
-        video = overlay(frames, rel, scale=color_scale(rel, sel))
+    Examples:
+        >>> import numpy as np
+        >>> import selrel_jax as sr
+        >>> from selrel_jax import data, viz
+        >>> frames = data.read_video(data.sample_clip_path())[:8]   # uint8 (8, 48, 48, 3)
+        >>> rel = frames.astype(np.float32) / 255 - 0.5             # stands in for relevance
+        >>> sel = np.asarray(sr.selective_relevance(rel, sigma=1.0))
+        >>> static = rel - sel
+        >>> video = viz.overlay(frames, rel, scale=viz.color_scale(rel, sel))
+        >>> video.shape, video.dtype
+        ((8, 48, 48, 3), dtype('uint8'))
     """
     frames = check_frames("overlay", frames)
     m, fh, fw = _fit_map("overlay", "relevance", relevance, frames)

@@ -78,15 +78,25 @@ def filmstrip(
       columns: how many frames to show (all of them if T is smaller).
       scale: one colour scale for every row; None: :func:`color_scale` of all maps.
       title: a line above the grid.
-      signed, cmap, alpha: as :func:`overlay`.
+      signed: as :func:`overlay`.
+      cmap: as :func:`overlay`.
+      alpha: as :func:`overlay`.
 
     Returns:
       a matplotlib Figure (Agg canvas, not registered with pyplot); write it with
       :func:`save_figure`.
 
-    Example::
-
-        save_figure(filmstrip(frames, {"relevance": rel, "selective": sel}), "strip.png")
+    Examples:
+        >>> import numpy as np
+        >>> import selrel_jax as sr
+        >>> from selrel_jax import data, viz
+        >>> frames = data.read_video(data.sample_clip_path())[:8]   # uint8 (8, 48, 48, 3)
+        >>> rel = frames.astype(np.float32) / 255 - 0.5             # stands in for relevance
+        >>> sel = np.asarray(sr.selective_relevance(rel, sigma=1.0))
+        >>> static = rel - sel
+        >>> from selrel_jax.viz import filmstrip, save_figure
+        >>> save_figure(filmstrip(frames, {"relevance": rel, "selective": sel}), "strip.png")
+        PosixPath('strip.png')
     """
     frames, fitted, scale, alpha = checked_display("filmstrip", frames, maps, scale, alpha)
     columns = positive_int("filmstrip: columns", columns)
@@ -113,12 +123,23 @@ def timeline(
     Args:
       masses: non-empty dict of label -> (T,) real array, all of the same T, such as
         :func:`selrel_jax.metrics.frame_mass` of each map.
-      title, xlabel, ylabel: the axes' texts.
+      title: the axes' title.
+      xlabel: the x axis' label.
+      ylabel: the y axis' label.
 
-    Example::
-
-        masses = {name: metrics.frame_mass(m) for name, m in maps.items()}
-        save_figure(timeline(masses, title="clip 0"), "mass.png")
+    Examples:
+        >>> import numpy as np
+        >>> import selrel_jax as sr
+        >>> from selrel_jax import data, viz
+        >>> frames = data.read_video(data.sample_clip_path())[:8]   # uint8 (8, 48, 48, 3)
+        >>> rel = frames.astype(np.float32) / 255 - 0.5             # stands in for relevance
+        >>> sel = np.asarray(sr.selective_relevance(rel, sigma=1.0))
+        >>> static = rel - sel
+        >>> from selrel_jax import metrics
+        >>> maps = {"relevance": rel, "selective": sel, "static": static}
+        >>> masses = {name: metrics.frame_mass(m) for name, m in maps.items()}
+        >>> viz.save_figure(viz.timeline(masses, title="clip 0"), "mass.png")
+        PosixPath('mass.png')
     """
     curves = {
         name: finite_float_array("timeline", f"masses[{name!r}]", m)
@@ -142,9 +163,16 @@ def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = 100) -> path
     """Write ``fig`` as a PNG, byte-identical for the same figure: fixed ``dpi``, no
     software or time stamp in the metadata. The parent folder is created.
 
-    Example::
-
-        save_figure(filmstrip(frames, maps), "out/strip.png")
+    Examples:
+        >>> import numpy as np
+        >>> import selrel_jax as sr
+        >>> from selrel_jax import data, viz
+        >>> frames = data.read_video(data.sample_clip_path())[:8]   # uint8 (8, 48, 48, 3)
+        >>> rel = frames.astype(np.float32) / 255 - 0.5             # stands in for relevance
+        >>> sel = np.asarray(sr.selective_relevance(rel, sigma=1.0))
+        >>> static = rel - sel
+        >>> viz.save_figure(viz.filmstrip(frames, {"relevance": rel}), "out/strip.png")
+        PosixPath('out/strip.png')
     """
     if not isinstance(fig, Figure):
         raise OptionError(f"save_figure: fig must be a matplotlib Figure; got {type(fig).__name__}")

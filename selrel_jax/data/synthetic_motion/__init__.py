@@ -39,12 +39,13 @@ Per example (layout THWC, as everywhere in selrel_jax):
 - ``static_mask``: bool (T, H, W), the visible pixels of the static objects at frame t
   (where the moving object does not cover them); all False in configs without them.
 
-Example::
-
-    from selrel_jax.data import synthetic_motion as sm
-    data = sm.generate_split("tiny", "test", seed=1, count=12)
-    data["video"].shape   # (12, 8, 32, 32, 3)
-    sm.CLASS_NAMES[data["label"][0]]
+Examples:
+    >>> from selrel_jax.data import synthetic_motion as sm
+    >>> data = sm.generate_split("tiny", "test", seed=1, count=4)
+    >>> data["video"].shape, data["mask"].shape, data["boxes"].shape
+    ((4, 8, 32, 32, 3), (4, 8, 32, 32), (4, 8, 4))
+    >>> sm.CLASS_NAMES[data["label"][0]] in sm.CLASS_NAMES
+    True
 """
 
 from __future__ import annotations
@@ -224,7 +225,8 @@ def render_object_layer(
     """Render the object alone, frame by frame, on the torus.
 
     Args:
-      height, width: frame size.
+      height: frame height.
+      width: frame width.
       centers: (T, 2) object centre per frame in pixels (y, x); wrapped modulo the size.
       angles: (T,) orientation per frame in radians (positive turns clockwise on screen).
       half_size: the object's half extents (a, b) along its own axes (u, v).
