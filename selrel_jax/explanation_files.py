@@ -99,7 +99,7 @@ def _clips(result: VideoExplanation) -> list[dict[str, Any]]:
 
 
 def summary(result: VideoExplanation, model_name: str) -> dict[str, Any]:
-    """The deterministic ``summary.json`` of a result (see the README for every key)."""
+    """The deterministic ``summary.json`` of a result (docs/explain.md lists every key)."""
     top = np.argsort(-result.probs, kind="stable")[:5]
     settings = result.settings
     return _rounded({

@@ -2,7 +2,7 @@
 
 Private: :func:`~selrel_jax.attribution.explain`, the functions that
 :func:`~selrel_jax.attribution.lrp` and ``make_explainer`` return, and the
-gradient family use it, so they share one policy (README, "Errors and invalid
+gradient family use it, so they share one policy (docs/errors.md, "Errors and invalid
 values"):
 
 * Concrete arrays (an eager call) are checked value by value: rank, dtype,

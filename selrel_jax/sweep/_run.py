@@ -256,7 +256,7 @@ def run_sweep(
 ) -> dict[str, Any]:
     """Explain, select and score every clip of a dataset split; write the table to ``out``.
 
-    One row per (clip, method, sigma) (columns: see the README, "Dataset sweeps"),
+    One row per (clip, method, sigma) (columns: see docs/sweeps.md),
     written shard by shard (one shard per ``batch_size`` clips) as Parquet files under
     ``out/tables/``, with ``out/manifest.json``. Rerun with the same arguments after
     an interruption, it computes only the missing shards; other settings in the same
