@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from selrel_jax.cli import app
+from selrel_jax.cli import app, json_line
 
 
 @app.command()
@@ -41,4 +40,4 @@ def evaluate(
 
     with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the result
         result = evaluate_dataset(**ctx.params)
-    typer.echo(json.dumps(result))
+    typer.echo(json_line(result))

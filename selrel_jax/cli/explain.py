@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 import warnings
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from selrel_jax.cli import app
+from selrel_jax.cli import app, json_line
 
 # Literal defaults keep `selrel --help` fast (no JAX import); a test checks that they
 # equal the library's (selrel_jax.video_explanation).
@@ -115,7 +114,7 @@ def explain(
                 failed = True
                 typer.echo(f"selrel: error: {video}: {record}", err=True)
             else:
-                print(json.dumps(record), file=stdout, flush=True)
+                print(json_line(record), file=stdout, flush=True)
     if failed:
         raise typer.Exit(ERROR_EXIT_CODE)
 

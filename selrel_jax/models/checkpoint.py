@@ -29,6 +29,7 @@ import numpy as np
 from selrel_jax._jobs import (
     MARKER_FILE,
     check_owned,
+    json_text,
     remove_stale_temporaries,
     write_folder,
     write_marker,
@@ -174,7 +175,7 @@ def save(directory: str | os.PathLike, info: ModelInfo, variables: Any) -> pathl
     def fill(staging: pathlib.Path) -> None:
         with ocp.PyTreeCheckpointer() as checkpointer:
             checkpointer.save(staging / VARIABLES_DIR, tree)
-        (staging / INFO_FILE).write_text(json.dumps(info.to_dict(), indent=2) + "\n")
+        (staging / INFO_FILE).write_text(json_text(info.to_dict(), sort_keys=False) + "\n")
         write_marker(staging, MARKER_KIND, {"arch": info.arch})
 
     created = []

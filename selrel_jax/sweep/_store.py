@@ -215,7 +215,7 @@ def write_shard(
     clips, failures) in the file's metadata; returns its path."""
     tables = directory / TABLES_DIR
     tables.mkdir(parents=True, exist_ok=True)
-    meta = {_META_KEY: json.dumps(dict(record), sort_keys=True).encode()}
+    meta = {_META_KEY: json_text(dict(record), indent=None).encode()}
     table = pa.table({name: columns[name] for name in table_schema.names}, schema=table_schema)
     table = table.replace_schema_metadata(meta)
     _written(tables / shard_name(shard), lambda temporary: pq.write_table(table, temporary))

@@ -140,3 +140,11 @@ def test_model_path_that_is_a_file(tmp_path):
     (tmp_path / "notes.txt").write_text("a regular file\n")
     result = run("--model", str(tmp_path / "notes.txt"), "--dataset", "synthetic_motion/tiny")
     assert "notes.txt is a file, not a checkpoint" in _one_line_error(result)
+
+
+def test_a_nan_in_a_printed_result_is_json_null_not_a_bare_nan():
+    from selrel_jax.cli import json_line
+
+    line = json_line({"loss": float("nan"), "accuracy": 0.5, "top": float("-inf")})
+    assert line == '{"loss": null, "accuracy": 0.5, "top": null}'
+    assert json_line({"b": 1, "a": [1.5]}) == '{"b": 1, "a": [1.5]}'  # order kept, one line
