@@ -263,11 +263,19 @@ def _entries_below(folder: pathlib.Path) -> dict[str, pathlib.Path]:
     return found
 
 
-def write_marker(folder: PathLike, kind: str, identity: Mapping[str, Any] | None = None) -> None:
+def write_marker(
+    folder: PathLike,
+    kind: str,
+    identity: Mapping[str, Any] | None = None,
+    unhashed: tuple[str, ...] = (),
+) -> None:
     """Write ``folder``'s marker: ``written_by`` (``selrel <kind>``), ``identity`` and the
-    sha256 of every file below it. Call it last, in the temporary folder being filled."""
+    sha256 of every file below it (None for the files ``unhashed`` names: wall times,
+    which would make the marker differ between two runs of the same job). Call it
+    last, in the temporary folder being filled."""
     folder = pathlib.Path(folder)
-    files = {rel: file_sha256(path) for rel, path in sorted(_entries_below(folder).items())
+    files = {rel: None if rel in unhashed else file_sha256(path)
+             for rel, path in sorted(_entries_below(folder).items())
              if path.is_file() and not path.is_symlink()}  # fmt: skip
     record = {"written_by": f"{_WRITER} {kind}", "identity": dict(identity or {}),
               "files": files}  # fmt: skip
@@ -313,7 +321,8 @@ def ownership_problem(folder: PathLike, kind: str) -> str | None:
         return f"holds files selrel {kind} did not write ({_listed(others)})"
     changed = sorted(
         rel for rel, path in entries.items()
-        if rel in listed and (not path.is_file() or file_sha256(path) != listed[rel])
+        if rel in listed and listed[rel] is not None
+        and (not path.is_file() or file_sha256(path) != listed[rel])
     )  # fmt: skip
     if changed:
         return f"holds files changed since selrel {kind} wrote them ({_listed(changed)})"

@@ -204,7 +204,8 @@ def _write_files(
         (folder / "timings.json").write_text(json_text(_rounded(dict(timings))))
     if save_arrays:
         np.savez_compressed(folder / "relevance.npz", **_arrays(result))
-    write_marker(folder, MARKER_KIND, {"video": result.video, "model": model_name})
+    write_marker(folder, MARKER_KIND, {"video": result.video, "model": model_name},
+                 unhashed=("timings.json",))  # fmt: skip
 
 
 def save_explanation(
