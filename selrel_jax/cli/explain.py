@@ -55,7 +55,8 @@ Out = Annotated[Path, typer.Option(help="Output folder; each video writes OUT/<v
 Overwrite = Annotated[
     bool,
     typer.Option(
-        help="Replace existing outputs. Without it an output of the same video and settings "
+        help="Replace existing outputs (only folders selrel explain wrote, unchanged: any "
+        "other is refused). Without it an output of the same video and settings "
         "is kept (a rerun resumes) and one of other settings is an error."
     ),
 ]

@@ -338,10 +338,12 @@ def run_sweep(
     One row per (clip, method, sigma) (columns: see the README, "Dataset sweeps"),
     written shard by shard (one shard per ``batch_size`` clips) as Parquet files under
     ``out/tables/``, with ``out/manifest.json``. Rerun with the same arguments after
-    an interruption, it computes only the missing shards; other settings in the same
-    ``out`` raise OptionError naming them. Every argument is checked before anything
-    is written. Under ``jax.distributed`` (initialised by the caller) process ``i`` of
-    ``n`` computes the shards ``k`` with ``k % n == i`` on its own devices.
+    an interruption, it computes only the missing shards (and any whose sha256 no
+    longer matches the manifest's); other settings in the same ``out`` raise
+    OptionError naming them, as does a second sweep writing ``out`` at the same
+    time. Every argument is checked before anything is written. Under
+    ``jax.distributed`` (initialised by the caller) process ``i`` of ``n`` computes
+    the shards ``k`` with ``k % n == i`` on its own devices.
 
     Args:
       out: the sweep directory.
