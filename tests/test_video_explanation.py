@@ -272,8 +272,9 @@ def test_a_summary_of_nan_scores_is_strict_json_with_the_reasons(sample_result, 
     out = ve.save_explanation(broken, tmp_path / "nan", model_name="nan_weights")
     text = open(os.path.join(out, "summary.json")).read()
     summary = json.loads(text, parse_constant=lambda c: pytest.fail(f"bare {c}"))
-    assert summary["spatial_bias"] is None and summary["probs"][0] is None
-    assert summary["null_reasons"]["spatial_bias"] == "not a finite number (NaN)"
+    assert summary["probs"][0] is None and summary["top5"][0]["prob"] is None
+    assert summary["clips"][0]["spatial_bias"] is None
+    assert summary["null_reasons"]["probs[0]"] == "not a finite number (NaN)"
     assert summary["null_reasons"]["clips[0].target_logit"] == "not a finite number (NaN)"
     assert "null_reasons" not in explanation_files.summary(sample_result, "m")  # only then
 
