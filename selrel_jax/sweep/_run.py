@@ -234,7 +234,7 @@ class _Sweep:
         done = sum(len(self.indices(k)) for k in records)
         with _progress(self.source.count, done, progress and process == 0) as bar:
             for shard in mine:
-                records[shard] = self._first_shard(shard, new and not records)
+                records[shard] = self._guarded_shard(shard, new and not records)
                 if process == 0:
                     self.write_manifest(records)
                 bar.update(len(self.indices(shard)))
@@ -248,7 +248,7 @@ class _Sweep:
         manifest = _store.read_manifest(self.directory)
         return _summary(self, manifest, mine, time.perf_counter() - start)
 
-    def _first_shard(self, shard: int, first_of_new: bool) -> dict[str, Any]:
+    def _guarded_shard(self, shard: int, first_of_new: bool) -> dict[str, Any]:
         """``run_shard(shard)``; a failure of the first shard of a new sweep (out of
         memory) takes back the manifest this run wrote, so a rerun with other settings
         is not refused, and an out-of-memory error becomes one line."""
