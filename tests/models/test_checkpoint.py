@@ -303,7 +303,7 @@ def test_save_replaces_only_a_checkpoint_it_wrote_and_never_changed(trained, tmp
     ours = shutil.copytree(directory, tmp_path / "ours")
     assert models.save(ours, info, variables) == ours  # its own: replaced
     foreign = shutil.copytree(directory, tmp_path / "foreign")
-    (foreign / ".selrel-output.json").unlink()  # a checkpoint of unknown origin
+    (foreign / ".selrel-output.json").unlink(missing_ok=True)  # a checkpoint of unknown origin
     edited = shutil.copytree(directory, tmp_path / "edited")
     (edited / "info.json").write_text((edited / "info.json").read_text() + " ")
     for target, why in ((foreign, r"was not written by selrel checkpoint save \(it has no "),
