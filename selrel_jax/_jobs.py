@@ -30,20 +30,35 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import importlib
 import json
+import math
 import os
 import pathlib
 import re
 import secrets
 import shutil
-from collections.abc import Callable, Mapping
+import socket
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from selrel_jax.errors import OptionError, SelrelError
+from selrel_jax.errors import DataError, OptionError, SelrelError
 
 __all__ = [
+    "LOCK_FILE",
+    "MARKER_FILE",
+    "available_memory",
     "changed_settings",
+    "check_memory",
+    "check_not_input",
+    "check_owned",
+    "file_sha256",
+    "finite_json",
+    "json_text",
+    "output_lock",
+    "ownership_problem",
     "process_alive",
     "refuse_other_settings",
     "remove_stale_temporaries",
@@ -53,6 +68,7 @@ __all__ = [
     "versions",
     "write_file",
     "write_folder",
+    "write_marker",
     "write_text",
 ]
 
@@ -192,6 +208,311 @@ def write_folder(path: PathLike, fill: Callable[[pathlib.Path], Any]) -> pathlib
         _remove(staging)
         raise
     return path
+
+
+# ---------------------------------------------------------------------------- JSON
+
+
+def _finite(value: Any, key: str, nulls: dict[str, str]) -> Any:
+    if isinstance(value, Mapping):
+        return {
+            str(k): _finite(v, f"{key}.{k}" if key else str(k), nulls) for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [_finite(v, f"{key}[{i}]", nulls) for i, v in enumerate(value)]
+    if isinstance(value, float) and not math.isfinite(value):
+        sign = "-" if value < 0 else ""
+        nulls[key or "(value)"] = (
+            f"not a finite number ({'NaN' if value != value else sign + 'Infinity'})"
+        )
+        return None
+    return value
+
+
+def finite_json(value: Any) -> tuple[Any, dict[str, str]]:
+    """``value`` with every NaN or infinite float replaced by None, and ``{dotted key:
+    reason}`` of each one replaced: what a JSON file can hold (strict JSON has no NaN)."""
+    nulls: dict[str, str] = {}
+    return _finite(value, "", nulls), nulls
+
+
+def json_text(value: Any, *, indent: int | None = 2, sort_keys: bool = True) -> str:
+    """``value`` as strict JSON text: a NaN or infinite float becomes ``null`` (callers
+    that must say why record :func:`finite_json`'s reasons beside it)."""
+    clean, _ = finite_json(value)
+    return json.dumps(clean, indent=indent, sort_keys=sort_keys, allow_nan=False)
+
+
+# ---------------------------------------------------------------------------- ownership
+
+#: In every folder a job writes whole (an explanation, a checkpoint): who wrote it and
+#: the sha256 of each file, so the folder is replaced only while it holds just those.
+MARKER_FILE = ".selrel-output.json"
+#: What ``written_by`` in a marker starts with.
+_WRITER = "selrel"
+
+
+def file_sha256(path: PathLike, chunk: int = 1 << 20) -> str:
+    """The sha256 of a file's bytes, read ``chunk`` bytes at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _entries_below(folder: pathlib.Path) -> dict[str, pathlib.Path]:
+    """Relative POSIX path -> path of every file, link and empty folder below ``folder``,
+    the marker left out."""
+    found = {}
+    for parent, folders, names in os.walk(folder):
+        here = pathlib.Path(parent)
+        for name in names + [d for d in folders if (here / d).is_symlink()]:
+            found[(here / name).relative_to(folder).as_posix()] = here / name
+        if here != folder and not names and not folders:
+            found[here.relative_to(folder).as_posix() + "/"] = here
+    found.pop(MARKER_FILE, None)
+    return found
+
+
+def write_marker(
+    folder: PathLike,
+    kind: str,
+    identity: Mapping[str, Any] | None = None,
+    unhashed: tuple[str, ...] = (),
+) -> None:
+    """Write ``folder``'s marker: ``written_by`` (``selrel <kind>``), ``identity`` and the
+    sha256 of every file below it (None for the files ``unhashed`` names: wall times,
+    which would make the marker differ between two runs of the same job). Call it
+    last, in the temporary folder being filled."""
+    folder = pathlib.Path(folder)
+    files = {rel: None if rel in unhashed else file_sha256(path)
+             for rel, path in sorted(_entries_below(folder).items())
+             if path.is_file() and not path.is_symlink()}  # fmt: skip
+    record = {"written_by": f"{_WRITER} {kind}", "identity": dict(identity or {}),
+              "files": files}  # fmt: skip
+    (folder / MARKER_FILE).write_text(json_text(record) + "\n")
+
+
+def _read_marker(folder: pathlib.Path) -> dict[str, Any] | None:
+    try:
+        record = json.loads((folder / MARKER_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(record, dict) and isinstance(record.get("files"), dict)
+    return record if ok and isinstance(record.get("written_by"), str) else None
+
+
+def _listed(names: list[str], limit: int = 3) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def ownership_problem(folder: PathLike, kind: str) -> str | None:
+    """Why ``folder`` cannot be proven a whole ``selrel <kind>`` output (no marker, a
+    marker of another kind, files the marker does not list, listed files changed), or
+    None if it can (or does not exist)."""
+    folder = pathlib.Path(folder)
+    if not os.path.lexists(folder):
+        return None
+    if folder.is_symlink() or not folder.is_dir():
+        return "is not a folder selrel wrote (a file or a link)"
+    record = _read_marker(folder)
+    if record is None:
+        return f"was not written by selrel {kind} (it has no readable {MARKER_FILE})"
+    if record["written_by"] != f"{_WRITER} {kind}":
+        return f"was written by {record['written_by']}, not by selrel {kind}"
+    entries = _entries_below(folder)
+    listed = record["files"]
+    # a folder of its own whose files were removed is still its own
+    others = sorted(
+        rel for rel in set(entries) - set(listed)
+        if not (rel.endswith("/") and any(f.startswith(rel) for f in listed))
+    )  # fmt: skip
+    if others:
+        return f"holds files selrel {kind} did not write ({_listed(others)})"
+    changed = sorted(
+        rel for rel, path in entries.items()
+        if rel in listed and listed[rel] is not None
+        and (not path.is_file() or file_sha256(path) != listed[rel])
+    )  # fmt: skip
+    if changed:
+        return f"holds files changed since selrel {kind} wrote them ({_listed(changed)})"
+    return None
+
+
+def check_owned(folder: PathLike, kind: str, what: str = "output",
+                error: type[SelrelError] = OptionError) -> None:  # fmt: skip
+    """Raise ``error`` naming ``folder`` unless it is absent or provably a whole
+    ``selrel <kind>`` output (:func:`ownership_problem`): selrel deletes or replaces
+    only what it wrote, ``--overwrite`` or not."""
+    problem = ownership_problem(folder, kind)
+    if problem is not None:
+        raise error(
+            f"{what} {os.fspath(folder)} {problem}; selrel replaces only what it wrote: "
+            "move it away or choose another output"
+        )
+
+
+def _inside(path: pathlib.Path, other: pathlib.Path) -> bool:
+    return path == other or other in path.parents
+
+
+def check_not_input(
+    outputs: Iterator[PathLike] | list[PathLike], inputs: list[PathLike], flag: str = "--out"
+) -> None:
+    """OptionError if an output folder is, holds or lies inside one of ``inputs``: an
+    output (which a run may replace) is never an input of the same run."""
+    sources = [(i, pathlib.Path(os.path.abspath(os.path.realpath(i)))) for i in inputs]
+    for output in outputs:
+        target = pathlib.Path(os.path.abspath(os.path.realpath(output)))
+        for given, source in sources:
+            if _inside(target, source) or _inside(source, target):
+                relation = "is" if target == source else "overlaps"
+                raise OptionError(
+                    f"output {os.fspath(output)} {relation} the input {os.fspath(given)}; "
+                    f"choose a {flag} where no input lies"
+                )
+
+
+# ---------------------------------------------------------------------------- locks
+
+#: In an output folder while a job writes it: ``{"pid", "host", "command", "token"}``.
+LOCK_FILE = ".selrel.lock"
+
+
+def _lock_record(lock: pathlib.Path) -> dict[str, Any] | None:
+    try:
+        record = json.loads(lock.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _stale(record: Mapping[str, Any]) -> bool:
+    """Whether a lock's writer is provably gone: a process of this host that no longer runs."""
+    pid = record.get("pid")
+    return (record.get("host") == socket.gethostname() and isinstance(pid, int)
+            and not process_alive(pid))  # fmt: skip
+
+
+def _refuse_lock(lock: pathlib.Path, record: Mapping[str, Any] | None) -> None:
+    holder = "an unreadable lock" if record is None else (
+        f"selrel {record.get('command')} (pid {record.get('pid')} on {record.get('host')})"
+    )  # fmt: skip
+    raise OptionError(
+        f"output {lock.parent} is being written by {holder}; wait for it to finish or choose "
+        f"another output (if no such run is left, delete {lock})"
+    )
+
+
+def _try_lock(lock: pathlib.Path, record: Mapping[str, Any]) -> bool:
+    """Create ``lock`` holding ``record`` whole (a link to a written file); False if
+    there is one."""
+    temporary = temporary_path(lock)
+    temporary.write_text(json.dumps(dict(record)))
+    try:
+        os.link(temporary, lock)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def _take_lock(lock: pathlib.Path, record: Mapping[str, Any]) -> None:
+    for _ in range(3):
+        if _try_lock(lock, record):
+            return
+        holder = _lock_record(lock)
+        if holder == {}:  # released meanwhile
+            continue
+        if holder is None or not _stale(holder):
+            _refuse_lock(lock, holder)
+        aside = temporary_path(lock)  # a dead job's lock: moved aside (one taker wins), removed
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(lock, aside)
+            if _lock_record(aside) != holder:  # another taker's fresh lock: put it back
+                os.rename(aside, lock)
+                _refuse_lock(lock, _lock_record(lock))
+            aside.unlink()
+    _refuse_lock(lock, _lock_record(lock))
+
+
+def _created_folders(folder: pathlib.Path) -> list[pathlib.Path]:
+    created = [p for p in (folder, *folder.parents) if not os.path.lexists(p)]
+    folder.mkdir(parents=True, exist_ok=True)
+    return created
+
+
+@contextlib.contextmanager
+def output_lock(folder: PathLike, command: str) -> Iterator[pathlib.Path]:
+    """Hold ``folder/.selrel.lock`` (the folder created if missing) while a job writes
+    ``folder``: a second job into it is refused naming the holder; a lock whose process
+    is gone (killed) is taken over. On exit the lock goes, and the folders created for
+    it if they are still empty."""
+    folder = pathlib.Path(os.path.abspath(folder))
+    lock = folder / LOCK_FILE
+    try:
+        created = _created_folders(folder)
+    except OSError as e:  # a file on the way, no permission
+        raise DataError(f"cannot write output {folder}: {e.strerror or e}") from None
+    record = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
+              "token": secrets.token_hex(8)}  # fmt: skip
+    try:
+        remove_stale_temporaries(lock)
+        _take_lock(lock, record)
+    except BaseException:
+        _remove_empty(created)
+        raise
+    try:
+        yield lock
+    finally:
+        if _lock_record(lock) == record:
+            lock.unlink(missing_ok=True)
+        _remove_empty(created)
+
+
+def _remove_empty(created: list[pathlib.Path]) -> None:
+    for path in created:  # deepest first; stops at one that is not empty
+        try:
+            path.rmdir()
+        except OSError:
+            return
+
+
+# ---------------------------------------------------------------------------- memory
+
+
+def available_memory() -> int | None:
+    """Bytes a job may still allocate where JAX computes: the first device's free memory
+    on an accelerator, the machine's available memory on CPU; None if unknown."""
+    import jax
+
+    device = jax.local_devices()[0]
+    if device.platform != "cpu":
+        stats = device.memory_stats() or {}
+        if "bytes_limit" in stats:
+            return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+    try:
+        with open("/proc/meminfo") as f:
+            fields = dict(line.split(":", 1) for line in f)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def check_memory(needed: int, what: str, remedy: str) -> None:
+    """OptionError if ``what`` needs at least ``needed`` bytes and fewer are available:
+    a request that cannot fit is refused before anything is written."""
+    available = available_memory()
+    if available is not None and needed > available:
+        raise OptionError(
+            f"{what} needs at least {needed / 2**30:.1f} GiB of memory; "
+            f"{max(available, 0) / 2**30:.1f} GiB are available; {remedy}"
+        )
 
 
 # ---------------------------------------------------------------------------- settings

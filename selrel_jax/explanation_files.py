@@ -44,11 +44,17 @@ import numpy as np
 from selrel_jax import data, video_explanation
 from selrel_jax._checks import real
 from selrel_jax._jobs import (
+    check_not_input,
+    check_owned,
+    finite_json,
+    json_text,
+    output_lock,
     refuse_other_settings,
     remove_stale_temporaries,
     settings_record,
     versions,
     write_folder,
+    write_marker,
 )
 from selrel_jax._worker import DEFAULT_DECODE_TIMEOUT
 from selrel_jax.errors import DataError, OptionError, SelrelError
@@ -61,6 +67,9 @@ from selrel_jax.video_explanation import (
 )
 
 __all__ = ["explain_files", "output_directories", "save_explanation", "summary"]
+
+#: The kind of output an explanation folder's marker file names (``selrel explain``).
+MARKER_KIND = "explain"
 
 #: The settings ``summary.json`` records as they were given.
 _RECORDED = ("video", "model", "method", "method_options", "sigma", "temporal_padding",
@@ -99,7 +108,16 @@ def _clips(result: VideoExplanation) -> list[dict[str, Any]]:
 
 
 def summary(result: VideoExplanation, model_name: str) -> dict[str, Any]:
-    """The deterministic ``summary.json`` of a result (docs/explain.md lists every key)."""
+    """The deterministic ``summary.json`` of a result (docs/explain.md lists every key).
+    A score that is not a finite number (a model with NaN weights) is None, and
+    ``null_reasons`` says which and why: the file is strict JSON."""
+    record, nulls = finite_json(_summary_values(result, model_name))
+    if nulls:
+        record["null_reasons"] = nulls
+    return record
+
+
+def _summary_values(result: VideoExplanation, model_name: str) -> dict[str, Any]:
     top = np.argsort(-result.probs, kind="stable")[:5]
     settings = result.settings
     return _rounded({
@@ -192,13 +210,13 @@ def _write_files(
     scale = _color_scale(result)
     _write_pictures(result, os.fspath(folder), scale)
     _write_overlay(result, os.fspath(folder / "overlay.mp4"), scale)
-    text = json.dumps(summary(result, model_name), indent=2, sort_keys=True)
-    (folder / "summary.json").write_text(text + "\n")
+    (folder / "summary.json").write_text(json_text(summary(result, model_name)) + "\n")
     if timings is not None:
-        text = json.dumps(_rounded(dict(timings)), indent=2, sort_keys=True)
-        (folder / "timings.json").write_text(text)
+        (folder / "timings.json").write_text(json_text(_rounded(dict(timings))))
     if save_arrays:
         np.savez_compressed(folder / "relevance.npz", **_arrays(result))
+    write_marker(folder, MARKER_KIND, {"video": result.video, "model": model_name},
+                 unhashed=("timings.json",))  # fmt: skip
 
 
 def save_explanation(
@@ -214,13 +232,17 @@ def save_explanation(
     (and ``timings.json`` when given, ``relevance.npz`` with ``save_arrays``) into
     ``directory``, atomically: everything is written into a temporary sibling that is
     renamed at the end, so a failure leaves nothing behind (and an existing output
-    intact). An existing ``directory`` needs ``overwrite=True``. Returns it.
+    intact). An existing ``directory`` needs ``overwrite=True``, and is replaced only
+    if it is provably an explanation this library wrote: its marker file
+    (``.selrel-output.json``) lists exactly the files there, unchanged (else an
+    OptionError naming it, ``overwrite`` or not). Returns it.
 
     The temporary sibling is ``.<name>.<pid>.<token>.tmp``: one that a killed process
     left behind is removed by :func:`explain_files` when it next writes ``<name>``."""
     directory = os.path.abspath(os.fspath(directory))
     if os.path.lexists(directory) and not overwrite:
         raise OptionError(f"output {directory} exists; pass overwrite (--overwrite) to replace it")
+    check_owned(directory, MARKER_KIND)
     fill = functools.partial(_write_files, result=result, model_name=model_name,
                              save_arrays=save_arrays, timings=timings)  # fmt: skip
     try:
@@ -270,8 +292,13 @@ def explain_files(
     Resuming: without ``overwrite``, an existing ``out/<stem>/`` that holds this
     video's explanation with the same settings is kept and reported (nothing is
     computed), one with other settings is an OptionError naming them; temporary
-    folders a killed run left are removed. Each file is decoded in a separate
-    process, stopped after ``decode_timeout`` seconds (None: decode in this process).
+    folders a killed run left are removed. An existing ``out/<stem>/`` that is not
+    provably an explanation written here (no marker, files added or changed) is
+    refused naming it, with ``overwrite`` too; an output that is, holds or lies in an
+    input is refused before anything is read. While it runs, ``out/.selrel.lock``
+    refuses a second run into ``out`` (a killed run's lock is taken over). Each file
+    is decoded in a separate process, stopped after ``decode_timeout`` seconds (None:
+    decode in this process).
     ``settings``: ``method``, ``sigma``, ``temporal_padding``, ``threshold``,
     ``clip_stride``, ``batch_size`` of :func:`~selrel_jax.video_explanation.explain_video`."""
     from selrel_jax import models
@@ -285,26 +312,41 @@ def explain_files(
     video_explanation.check_method_on_model(net, variables, info, checked, expected.options)
     if decode_timeout is not None:
         decode_timeout = real("decode_timeout", decode_timeout, above=0.0)
-    for video, directory in zip(videos, output_directories(videos, out), strict=True):
-        try:
-            remove_stale_temporaries(directory)
-            kept = None if overwrite else expected.finished(video, directory)
-            if kept is not None:
-                yield os.fspath(video), _record(video, directory, kept) | {"kept": True}
-                continue
-            # through its module: a patched explain_video (a test counting calls) is the one run
-            result = video_explanation.explain_video(
-                video, net, variables, info, target=target, progress=progress,
-                decode_timeout=decode_timeout, **settings, **dict(method_options or {}),
-            )  # fmt: skip
-            save_explanation(result, directory, model_name=os.fspath(model),
-                             save_arrays=save_arrays, overwrite=overwrite,
-                             timings={**result.timings, **_backend()})  # fmt: skip
-            yield os.fspath(video), _record(video, directory, summary(result, os.fspath(model)))
-        except SelrelError as e:
-            yield os.fspath(video), e
-        except OSError as e:
-            yield os.fspath(video), DataError(f"{video}: {e.strerror or e}")
+    directories = output_directories(videos, out)
+    check_not_input(directories, videos)
+    explain_one = functools.partial(
+        _explain_one, net=net, variables=variables, info=info, model=model, target=target,
+        progress=progress, decode_timeout=decode_timeout, settings=settings,
+        method_options=dict(method_options or {}), save_arrays=save_arrays,
+        overwrite=overwrite, expected=expected,
+    )  # fmt: skip
+    with output_lock(out, "explain"):
+        for video, directory in zip(videos, directories, strict=True):
+            try:
+                yield os.fspath(video), explain_one(video, directory)
+            except SelrelError as e:
+                yield os.fspath(video), e
+            except OSError as e:
+                yield os.fspath(video), DataError(f"{video}: {e.strerror or e}")
+
+
+def _explain_one(video, directory, *, net, variables, info, model, target, progress,
+                 decode_timeout, settings, method_options, save_arrays, overwrite,
+                 expected) -> dict[str, Any]:  # fmt: skip
+    """One video of :func:`explain_files`: its kept output's record, or its new one."""
+    remove_stale_temporaries(directory)
+    check_owned(directory, MARKER_KIND)
+    kept = None if overwrite else expected.finished(video, directory)
+    if kept is not None:
+        return _record(video, directory, kept) | {"kept": True}
+    # through its module: a patched explain_video (a test counting calls) is the one run
+    result = video_explanation.explain_video(
+        video, net, variables, info, target=target, progress=progress,
+        decode_timeout=decode_timeout, **settings, **method_options,
+    )  # fmt: skip
+    save_explanation(result, directory, model_name=os.fspath(model), save_arrays=save_arrays,
+                     overwrite=overwrite, timings={**result.timings, **_backend()})  # fmt: skip
+    return _record(video, directory, summary(result, os.fspath(model)))
 
 
 def _record(video: Any, directory: str, summary_: Mapping[str, Any]) -> dict[str, Any]:

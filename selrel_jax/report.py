@@ -32,6 +32,7 @@ Examples:
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import pathlib
 from collections.abc import Iterable, Sequence
@@ -42,7 +43,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from selrel_jax._checks import integer, positive_int, real
-from selrel_jax._jobs import remove_stale_temporaries, write_text
+from selrel_jax._jobs import file_sha256, remove_stale_temporaries, write_text
 from selrel_jax.errors import DataError, OptionError
 from selrel_jax.sweep import read_manifest, read_table, table_columns
 
@@ -79,6 +80,10 @@ SIGMA_METRICS = (
 RESAMPLES = 1000
 #: Coverage of the percentile-bootstrap intervals.
 CONFIDENCE = 0.95
+#: The most resamples an interval takes (each resample is a pass over the clips).
+MAX_RESAMPLES = 1_000_000
+#: Values drawn at a time by the bootstrap: its memory stays bounded whatever the size.
+_DRAWN_AT_ONCE = 1 << 22
 
 
 class Estimate(NamedTuple):
@@ -109,6 +114,9 @@ class Sweep:
     directory: pathlib.Path
     settings: dict[str, Any]
     columns: dict[str, np.ndarray]
+    #: Whether every shard is written; else the table holds ``clips`` of ``total_clips``.
+    complete: bool = True
+    total_clips: int | None = None
 
     @property
     def methods(self) -> list[str]:
@@ -142,17 +150,18 @@ def load_sweeps(directories: Iterable[str | os.PathLike]) -> list[Sweep]:
         raise OptionError("a report needs at least one sweep directory")
     sweeps = []
     for directory in directories:
-        settings = read_manifest(directory)["settings"]
+        manifest = read_manifest(directory)
         columns = table_columns(read_table(directory))
         if not len(columns.get("clip_id", ())):
             raise DataError(f"sweep {directory} has no rows yet")
-        sweeps.append((directory, settings, columns))
-    names = [pathlib.PurePath(str(s["model"])).name for _, s, _ in sweeps]
+        sweeps.append((directory, manifest, columns))
+    names = [pathlib.PurePath(str(m["settings"]["model"])).name for _, m, _ in sweeps]
     if len(set(names)) < len(names):
         names = [f"{n} ({d.name})" for n, (d, _, _) in zip(names, sweeps, strict=True)]
     if len(set(names)) < len(names):
         names = [f"{n} #{i + 1}" for i, n in enumerate(names)]
-    return [Sweep(n, d, s, c) for n, (d, s, c) in zip(names, sweeps, strict=True)]
+    return [Sweep(n, d, m["settings"], c, m["complete"], m["clips"])
+            for n, (d, m, c) in zip(names, sweeps, strict=True)]  # fmt: skip
 
 
 def _interval(stats: np.ndarray, confidence: float) -> tuple[float, float]:
@@ -166,6 +175,11 @@ def _interval(stats: np.ndarray, confidence: float) -> tuple[float, float]:
 
 def _checked_bootstrap(resamples: int, seed: int, confidence: float) -> None:
     positive_int("resamples", resamples)
+    if resamples > MAX_RESAMPLES:
+        raise OptionError(
+            f"resamples must be at most {MAX_RESAMPLES:,} (the intervals' percentiles are "
+            f"steady long before); got {resamples:,}"
+        )
     integer("seed", seed, minimum=0)
     if not 0 < real("confidence", confidence) < 1:
         raise OptionError(f"confidence must lie in (0, 1); got {confidence!r}")
@@ -182,8 +196,20 @@ def bootstrap_mean(
     x = x[np.isfinite(x)]
     if not x.size:
         return Estimate(float("nan"), float("nan"), float("nan"), 0)
-    picks = np.random.default_rng(seed).integers(0, x.size, size=(resamples, x.size))
-    return Estimate(float(x.mean()), *_interval(x[picks].mean(axis=1), confidence), int(x.size))
+    means = _resampled(x.size, resamples, seed, lambda picks: x[picks].mean(axis=1))
+    return Estimate(float(x.mean()), *_interval(means, confidence), int(x.size))
+
+
+def _resampled(n: int, resamples: int, seed: int, statistic) -> np.ndarray:
+    """``statistic(picks)`` of ``resamples`` draws of ``n`` indices with replacement from
+    ``np.random.default_rng(seed)``, drawn a block of rows at a time: the same numbers
+    as one ``(resamples, n)`` draw, in bounded memory."""
+    rng = np.random.default_rng(seed)
+    rows = max(1, _DRAWN_AT_ONCE // n)
+    return np.concatenate([
+        statistic(rng.integers(0, n, size=(min(rows, resamples - first), n)))
+        for first in range(0, resamples, rows)
+    ])  # fmt: skip
 
 
 def _pearson(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -208,9 +234,8 @@ def bootstrap_correlation(
     x, y = x[keep], y[keep]
     if x.size < 2:
         return Estimate(float("nan"), float("nan"), float("nan"), int(x.size))
-    picks = np.random.default_rng(seed).integers(0, x.size, size=(resamples, x.size))
-    r = float(_pearson(x, y))
-    return Estimate(r, *_interval(_pearson(x[picks], y[picks]), confidence), int(x.size))
+    rs = _resampled(x.size, resamples, seed, lambda picks: _pearson(x[picks], y[picks]))
+    return Estimate(float(_pearson(x, y)), *_interval(rs, confidence), int(x.size))
 
 
 def _groups(sweeps: Sequence[Sweep]) -> Iterable[tuple[Sweep, str, float]]:
@@ -425,6 +450,17 @@ def _overview(sweeps: Sequence[Sweep], sigma: float, resamples: int, seed: int) 
         f"`mean [low, high]` ({resamples} resamples of the clips, seed {seed}); figures show "
         f"the same intervals as bars. Where one sigma is needed it is {sigma:g}.\n\n"
         + _table(header, rows)
+        + "".join(_incomplete_note(s) for s in sweeps)
+    )
+
+
+def _incomplete_note(sweep: Sweep) -> str:
+    if sweep.complete:
+        return ""
+    return (
+        f"\n\n**Incomplete sweep:** `{sweep.directory}` ({sweep.name}) is not finished: its "
+        f"table has rows of {sweep.clips} of {sweep.total_clips} clips, and every number of "
+        "it here covers only those. Rerun its `selrel sweep` command to finish it."
     )
 
 
@@ -547,7 +583,9 @@ def write_report(
     file) and its PNGs beside it (``<stem>-<figure>.png``). ``sigma``: the one used by
     the distribution and correlation sections (default: the middle sigma every sweep
     has). Returns ``out``. Deterministic: the same sweeps, ``resamples`` and ``seed``
-    give the same bytes."""
+    give the same bytes. An existing ``out`` or figure is replaced only if an earlier
+    report wrote it (its last line records each figure's sha256); anything else is an
+    OptionError naming it, before anything is written."""
     from selrel_jax.models.checkpoint import writable_directory
     from selrel_jax.viz import save_figure
 
@@ -570,7 +608,48 @@ def write_report(
     ):
         parts += [text] if text else []
         figures |= figs
+    _check_replaceable(out, list(figures))
     for name, figure in figures.items():
         save_figure(figure, out.parent / name)
     remove_stale_temporaries(out)
-    return write_text(out, "\n\n".join(parts) + "\n")
+    written = {name: file_sha256(out.parent / name) for name in sorted(figures)}
+    trailer = _TRAILER + json.dumps({"figures": written}, sort_keys=True) + " -->"
+    return write_text(out, "\n\n".join(parts) + "\n\n" + trailer + "\n")
+
+
+#: The last line of a report: what wrote it and the sha256 of each figure it wrote, so
+#: a rerun replaces only a report and figures it can prove it wrote.
+_TRAILER = "<!-- written by selrel report: "
+
+
+def _written_figures(report: pathlib.Path) -> dict[str, str] | None:
+    """The figures (name -> sha256) an existing report says it wrote; None if it is no
+    report this library wrote."""
+    try:
+        last = report.read_text(errors="replace").rstrip("\n").rsplit("\n", 1)[-1]
+        record = json.loads(last.removeprefix(_TRAILER).removesuffix(" -->"))
+    except (OSError, ValueError):
+        return None
+    ok = last.startswith(_TRAILER) and isinstance(record, dict)
+    return record.get("figures") if ok and isinstance(record.get("figures"), dict) else None
+
+
+def _check_replaceable(out: pathlib.Path, figures: list[str]) -> None:
+    """OptionError naming the first of ``out`` and its ``figures`` that is there but
+    was not written by an earlier report into ``out`` (or was changed since)."""
+    written = _written_figures(out) if os.path.lexists(out) else {}
+    if written is None:
+        _refuse_replacing(out, "it is not a report selrel wrote")
+    for name in figures:
+        path = out.parent / name
+        if os.path.lexists(path) and (
+            name not in written or not path.is_file() or file_sha256(path) != written[name]
+        ):
+            _refuse_replacing(path, f"it is not a figure selrel wrote for {out.name}, or changed")
+
+
+def _refuse_replacing(path: pathlib.Path, why: str) -> None:
+    raise OptionError(
+        f"--out: {path} exists and {why}; selrel replaces only what it wrote: move it away "
+        "or choose another --out"
+    )

@@ -52,6 +52,7 @@ import numpy as np
 
 from selrel_jax import data, metrics
 from selrel_jax._checks import hashable, integer, one_of, positive_int, real
+from selrel_jax._jobs import check_memory
 from selrel_jax._worker import decode_in_worker
 from selrel_jax.attribution import make_explainer, registry
 from selrel_jax.errors import OptionError, ShapeError
@@ -582,8 +583,12 @@ def explain_video(
 def _explain_frames(frames, model, variables, info, settings, options, target, progress, clock):
     """The windows of ``frames``: their logits, then every window explained for the
     target (None: the video's prediction), as a VideoExplanation (video and fps unset)."""
-    length, batch_size = info.clip_length, settings.batch_size
+    length = info.clip_length
     starts = window_starts(len(frames), length, settings.clip_stride or max(1, length // 2))
+    batch_size = min(settings.batch_size, len(starts))  # never padded beyond the work there is
+    clip_bytes = 4 * length * int(np.prod(frames.shape[1:]))
+    check_memory(2 * batch_size * clip_bytes, f"a batch of {batch_size} windows",
+                 "use a smaller batch_size (--batch-size)")  # fmt: skip
     window = _windows(frames, starts, length)
     forward, run = _compiled(model, info, settings, options)
     logits = _clip_logits(forward, variables, window, len(starts), batch_size, progress)

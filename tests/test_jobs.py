@@ -156,3 +156,104 @@ def test_versions_name_the_library_and_what_a_job_adds():
     found = _jobs.versions("pyarrow")
     assert set(found) == {"selrel_jax", "jax", "flax", "numpy", "pyarrow"}
     assert all(isinstance(v, str) and v for v in found.values())
+
+
+# ---------------------------------------------------------------------------- JSON
+
+
+def test_json_text_is_strict_json_and_finite_json_names_each_null():
+    value = {"a": float("nan"), "b": [1.0, float("inf"), {"c": -float("inf")}], "d": "x"}
+    text = _jobs.json_text(value)
+    assert json.loads(text, parse_constant=lambda c: pytest.fail(f"bare {c}")) == {
+        "a": None, "b": [1.0, None, {"c": None}], "d": "x"}  # fmt: skip
+    _, nulls = _jobs.finite_json(value)
+    assert nulls == {"a": "not a finite number (NaN)", "b[1]": "not a finite number (Infinity)",
+                     "b[2].c": "not a finite number (-Infinity)"}  # fmt: skip
+
+
+# ---------------------------------------------------------------------------- ownership
+
+
+def _marked(folder):
+    _jobs.write_folder(folder, lambda f: ((f / "a.txt").write_text("a"), (f / "sub").mkdir(),
+                                          (f / "sub" / "b.bin").write_bytes(b"b"),
+                                          _jobs.write_marker(f, "explain")))  # fmt: skip
+    return folder
+
+
+def test_only_a_folder_with_its_marker_and_nothing_else_is_owned(tmp_path):
+    folder = _marked(tmp_path / "out")
+    assert _jobs.ownership_problem(folder, "explain") is None
+    assert _jobs.ownership_problem(tmp_path / "absent", "explain") is None
+    assert _jobs.ownership_problem(folder, "sweep") == (
+        "was written by selrel explain, not by selrel sweep"
+    )
+    (folder / "sub" / "b.bin").unlink()  # a file gone: what is left is still its own
+    assert _jobs.ownership_problem(folder, "explain") is None
+    (folder / "sub" / "thesis.txt").write_text("mine")
+    assert _jobs.ownership_problem(folder, "explain") == (
+        "holds files selrel explain did not write (sub/thesis.txt)"
+    )
+    (folder / "sub" / "thesis.txt").unlink()
+    (folder / "a.txt").write_text("edited")
+    assert _jobs.ownership_problem(folder, "explain") == (
+        "holds files changed since selrel explain wrote them (a.txt)"
+    )
+    (folder / ".selrel-output.json").write_text("{")
+    with pytest.raises(
+        OptionError,
+        match=r"^output .*out was not written by selrel explain \(it "
+        r"has no readable \.selrel-output\.json\); selrel replaces only what",
+    ):
+        _jobs.check_owned(folder, "explain")  # fmt: skip
+    (tmp_path / "link").symlink_to(_marked(tmp_path / "other"))
+    assert "a link" in _jobs.ownership_problem(tmp_path / "link", "explain")
+
+
+def test_an_output_that_is_holds_or_lies_in_an_input_is_refused(tmp_path):
+    frames = tmp_path / "frames"
+    for output in (frames, tmp_path, frames / "inside"):
+        with pytest.raises(OptionError, match=r"the input .*frames; choose a --out where no "):
+            _jobs.check_not_input([tmp_path / "elsewhere", output], [frames])
+    _jobs.check_not_input([tmp_path / "frames-2", tmp_path / "x" / "frames"], [frames])
+
+
+# ---------------------------------------------------------------------------- locks
+
+
+def test_a_lock_refuses_a_second_holder_and_a_dead_ones_lock_is_taken(tmp_path):
+    import socket
+
+    out = tmp_path / "new" / "out"
+    with _jobs.output_lock(out, "sweep") as lock:
+        record = json.loads(lock.read_text())
+        assert record["pid"] == os.getpid() and record["host"] == socket.gethostname()
+        with pytest.raises(
+            OptionError,
+            match=rf"^output {out} is being written by selrel sweep "
+            rf"\(pid {os.getpid()} on .*\); wait for it to finish or choose ",
+        ):
+            with _jobs.output_lock(out, "explain"):  # fmt: skip
+                pass
+        assert json.loads(lock.read_text()) == record  # the refused one took nothing
+    assert not (tmp_path / "new").exists()  # created for the lock, empty: gone again
+    out.mkdir(parents=True)
+    dead = {"pid": DEAD, "host": socket.gethostname(), "command": "sweep", "token": "0"}
+    (out / ".selrel.lock").write_text(json.dumps(dead))
+    with _jobs.output_lock(out, "explain") as lock:
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    elsewhere = dead | {"host": "another-host"}  # can't tell: refused
+    (out / ".selrel.lock").write_text(json.dumps(elsewhere))
+    with pytest.raises(OptionError, match=r"\(pid \d+ on another-host\)"):
+        with _jobs.output_lock(out, "explain"):
+            pass
+    assert sorted(os.listdir(out)) == [".selrel.lock"]
+
+
+def test_a_request_that_cannot_fit_in_memory_is_one_error(monkeypatch):
+    monkeypatch.setattr(_jobs, "available_memory", lambda: 2**30)
+    _jobs.check_memory(2**29, "a batch", "use less")
+    with pytest.raises(OptionError, match=r"^a batch needs at least 2\.0 GiB of memory; 1\.0 GiB "
+                       r"are available; use less$"):  # fmt: skip
+        _jobs.check_memory(2**31, "a batch", "use less")
+    assert _jobs.available_memory() is None or _jobs.available_memory() > 0

@@ -142,3 +142,48 @@ def test_bad_arguments(sweeps, tmp_path):
     with pytest.raises(OptionError, match="at least one sweep"):
         report.write_report([], tmp_path / "report.md")
     assert not (tmp_path / "report.md").exists()
+
+
+# ---------------------------------------------------------------------------- outputs, sizes
+
+
+def test_a_rerun_replaces_its_own_report_and_refuses_anything_else(sweeps, tmp_path):
+    out = report.write_report(sweeps, tmp_path / "report.md", resamples=50)
+    assert report.write_report(sweeps, out, resamples=50) == out  # its own: replaced
+    figure = next(tmp_path.glob("report-*.png"))
+    figure.write_bytes(b"my own picture")
+    with pytest.raises(OptionError, match=rf"--out: {re.escape(str(figure))} exists and it is "
+                       r"not a figure selrel wrote for report\.md"):  # fmt: skip
+        report.write_report(sweeps, out, resamples=50)
+    assert figure.read_bytes() == b"my own picture"
+    notes = tmp_path / "notes.md"
+    notes.write_text("# my notes\n")
+    with pytest.raises(OptionError, match=r"notes\.md exists and it is not a report selrel"):
+        report.write_report(sweeps, notes, resamples=50)
+    assert notes.read_text() == "# my notes\n" and not list(tmp_path.glob("notes-*.png"))
+
+
+def test_an_incomplete_sweep_is_named_in_the_report(sweeps, tmp_path):
+    import json
+    import shutil
+
+    copy = tmp_path / "still_net"
+    shutil.copytree(sweeps[1], copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["complete"], manifest["clips"] = False, 8  # as a killed sweep of 8 clips
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    markdown = report.write_report([sweeps[0], copy], tmp_path / "r.md", resamples=50).read_text()
+    assert f"**Incomplete sweep:** `{copy}` (still_net) is not finished: its table has rows " \
+        "of 4 of 8 clips" in markdown  # fmt: skip
+    assert markdown.count("Incomplete sweep") == 1
+
+
+def test_resamples_are_drawn_in_bounded_memory_and_an_absurd_count_is_refused(monkeypatch):
+    values = np.random.default_rng(0).random(7)
+    whole = report.bootstrap_mean(values, resamples=300, seed=2)
+    pairs = report.bootstrap_correlation(values, values**2, resamples=300, seed=2)
+    monkeypatch.setattr(report, "_DRAWN_AT_ONCE", 20)  # blocks of 2 resamples
+    assert report.bootstrap_mean(values, resamples=300, seed=2) == whole
+    assert report.bootstrap_correlation(values, values**2, resamples=300, seed=2) == pairs
+    with pytest.raises(OptionError, match=r"^resamples must be at most 1,000,000 .*got 300,000"):
+        report.bootstrap_mean(values, resamples=300_000_000)

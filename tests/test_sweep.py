@@ -3,20 +3,25 @@ and resumed sweep, refused reruns, and a folder dataset with a corrupt video."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 
 import jax
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 import selrel_jax as sr
-from selrel_jax import data, metrics, models
+from selrel_jax import _jobs, data, metrics, models
 from selrel_jax.data import synthetic_motion
-from selrel_jax.errors import OptionError
+from selrel_jax.errors import DataError, OptionError
 from selrel_jax.sweep import (
     FAITHFULNESS_COLUMNS,
     SCORE_COLUMNS,
@@ -26,6 +31,7 @@ from selrel_jax.sweep import (
     run_sweep,
     table_columns,
 )
+from selrel_jax.sweep._run import checked_shares
 
 CLIP = (8, 32, 32)
 CONFIG = "tiny_distractors"
@@ -96,7 +102,14 @@ def test_the_table_has_one_sorted_row_per_clip_method_and_sigma(reference):
     assert list(table) == ["clip_id", "label", "target", "predicted", "method", "sigma",
                            *SCORE_COLUMNS]  # fmt: skip
     manifest = read_manifest(out)
-    assert manifest["complete"] and manifest["shards"] == {"total": SHARDS, "done": [0, 1]}
+    assert manifest["complete"] and manifest["shards"]["total"] == SHARDS
+    assert manifest["shards"]["done"] == [0, 1]
+    files = manifest["shards"]["files"]
+    assert list(files) == ["shard-000000.parquet", "shard-000001.parquet"]
+    for name, listed in files.items():  # each shard's sha256 and rows, as written
+        path = out / "tables" / name
+        assert listed["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+        assert listed["rows"] == pq.read_metadata(path).num_rows
     assert manifest["settings"]["sigmas"] == [0.5, 1.0, 2.0] and manifest["failed"] == []
     assert {"selrel_jax", "jax", "pyarrow"} <= set(manifest["versions"])
     assert sorted(os.listdir(out / "tables")) == [f"shard-{k:06d}.parquet" for k in range(2)]
@@ -298,3 +311,149 @@ def test_the_sweeps_spatial_bias_and_gini_equal_the_metrics_on_every_kind_of_cli
         gini = np.asarray(got["gini_selective"][k])
         np.testing.assert_allclose(gini, jax.jit(metrics.gini)(sel), rtol=1e-5, atol=1e-6)
         assert np.isnan(gini[3]) and (sigma < 0 or gini[1] == 0)
+
+
+# ---------------------------------------------------------------------------- integrity
+
+
+@pytest.fixture
+def finished(reference, tmp_path):
+    """A copy of the reference sweep to damage: its directory."""
+    shutil.copytree(reference[0], tmp_path / "sweep")
+    return tmp_path / "sweep"
+
+
+def _flip_a_bit(path, offset=200):
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda t: _flip_a_bit(t / "shard-000001.parquet"),
+        lambda t: shutil.copy(t / "shard-000000.parquet", t / "shard-000001.parquet"),
+        lambda t: (t / "shard-000001.parquet").write_bytes(
+            (t / "shard-000001.parquet").read_bytes()[:300]
+        ),
+        lambda t: (t / "shard-000001.parquet").write_bytes(b""),
+        lambda t: (t / "shard-000001.parquet").unlink(),
+    ],
+    ids=["bit-flipped", "a-copy-of-another", "truncated", "empty", "missing"],
+)
+def test_a_damaged_shard_is_refused_by_read_table_and_recomputed_by_a_rerun(
+    reference, model_dir, finished, damage
+):
+    damage(finished / "tables")
+    with pytest.raises(
+        DataError,
+        match=r"^shard .*shard-000001\.parquet (does not match the "
+        r"sha256 the manifest records \(changed or damaged\)|is missing); rerun the "
+        r"same selrel sweep",
+    ):
+        read_table(finished)  # fmt: skip
+    with pytest.warns(UserWarning, match=r"shard-000001\.parquet .*; it is computed again"):
+        summary = run_sweep(finished, model=model_dir, **SETTINGS)
+    assert summary["shards_written"] == 1 and summary["complete"]
+    assert_same_table(reference[0], finished)
+    assert (finished / "manifest.json").read_bytes() == (
+        reference[0] / "manifest.json"
+    ).read_bytes()
+
+
+def test_a_stray_shard_file_is_neither_read_nor_in_the_way(reference, model_dir, finished):
+    stray = finished / "tables" / "shard-000099.parquet"
+    shutil.copy(finished / "tables" / "shard-000000.parquet", stray)
+    assert_same_table(reference[0], finished)  # not read: no clip twice
+    summary = run_sweep(finished, model=model_dir, **SETTINGS)
+    assert summary["shards_written"] == 0 and summary["complete"] and stray.exists()
+    assert_same_table(reference[0], finished)
+
+
+def test_an_unlisted_shard_that_is_not_its_own_is_refused_and_kept(model_dir, finished):
+    (finished / "tables" / "shard-000001.parquet").unlink()
+    manifest = json.loads((finished / "manifest.json").read_text())
+    del manifest["shards"]["files"]["shard-000001.parquet"]
+    (finished / "manifest.json").write_text(json.dumps(manifest))
+    foreign = finished / "tables" / "shard-000001.parquet"
+    shutil.copy(finished / "tables" / "shard-000000.parquet", foreign)  # says it is shard 0
+    before = foreign.read_bytes()
+    with pytest.raises(DataError, match=r"shard-000001\.parquet was not written by this sweep"):
+        run_sweep(finished, model=model_dir, **SETTINGS)
+    assert foreign.read_bytes() == before
+
+
+@pytest.mark.parametrize("key", ["settings.methods", "shards", "shards.files", "clips"])
+def test_a_manifest_missing_a_key_is_one_data_error_naming_it(model_dir, finished, key):
+    manifest = json.loads((finished / "manifest.json").read_text())
+    *parents, last = key.split(".")
+    holder = manifest
+    for parent in parents:
+        holder = holder[parent]
+    del holder[last]
+    (finished / "manifest.json").write_text(json.dumps(manifest))
+    message = rf"manifest\.json is not a whole sweep manifest: it has no {re.escape(key)}$"
+    with pytest.raises(DataError, match=message):
+        read_table(finished)
+    with pytest.raises((DataError, OptionError)) as error:  # a rerun: one line naming it
+        run_sweep(finished, model=model_dir, **SETTINGS)
+    assert key.split(".")[-1] in str(error.value) and "\n" not in str(error.value)
+
+
+def test_shares_outside_0_1_are_nan_with_a_reason_and_rounding_is_clipped():
+    columns = {
+        "clip_id": np.array([0, 0, 1, 1]),
+        "method": np.array(["m"] * 4, dtype=object),
+        "sigma": np.array([1.0, 2.0, 1.0, 2.0]),
+        "spatial_bias": np.array([0.5, 1.391, 1 + 1e-7, np.nan], np.float32),
+        "kept_voxels": np.array([0.0, -1e-7, -0.2, 1.0], np.float32),
+        "entropy_raw": np.array([3.0, 3.0, 3.0, 3.0], np.float32),  # not a share
+    }
+    bad = checked_shares(columns)
+    np.testing.assert_array_equal(columns["spatial_bias"], [0.5, np.nan, 1.0, np.nan])
+    np.testing.assert_array_equal(columns["kept_voxels"], [0.0, 0.0, np.nan, 1.0])
+    assert columns["entropy_raw"].tolist() == [3.0] * 4
+    assert [(b["clip_id"], b["sigma"], b["column"]) for b in bad] == [
+        (0, 2.0, "spatial_bias"), (1, 1.0, "kept_voxels")]  # fmt: skip
+    assert bad[0]["value"] == pytest.approx(1.391)
+
+
+def test_a_second_sweep_into_the_same_directory_is_refused(model_dir, finished):
+    holder = {"pid": os.getppid(), "host": socket.gethostname(), "command": "sweep", "token": "0"}
+    (finished / ".selrel.lock").write_text(json.dumps(holder))
+    with pytest.raises(OptionError, match=r"is being written by selrel sweep \(pid "):
+        run_sweep(finished, model=model_dir, **SETTINGS)
+    (finished / ".selrel.lock").write_text(json.dumps(holder | {"pid": 2**22 + 12345}))
+    assert run_sweep(finished, model=model_dir, **SETTINGS)["complete"]  # a dead one's: taken
+    assert not (finished / ".selrel.lock").exists()
+
+
+def test_a_batch_size_beyond_the_clips_is_capped_and_one_that_cannot_fit_is_refused(
+    model_dir, tmp_path, monkeypatch
+):
+    settings = {**SETTINGS, "limit": 2, "batch_size": 100_000}
+    summary = run_sweep(tmp_path / "capped", model=model_dir, **settings)
+    assert summary["complete"] and summary["shards"] == 1 and summary["rows"] == 2 * 3
+    monkeypatch.setattr(_jobs, "available_memory", lambda: 1000)  # 1000 bytes left
+    with pytest.raises(
+        OptionError,
+        match=r"^a batch of 2 clips \(batch_size 100000\) needs at "
+        r"least .* GiB of memory; 0\.0 GiB are available; use a smaller ",
+    ):
+        run_sweep(tmp_path / "refused", model=model_dir, **settings)  # fmt: skip
+    assert not (tmp_path / "refused").exists()
+
+
+def test_an_out_of_memory_first_batch_leaves_no_manifest_to_refuse_the_rerun(
+    model_dir, tmp_path, monkeypatch
+):
+    def exhausted(self, batch):
+        raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 103 GiB")
+
+    monkeypatch.setattr(_compute.BatchScorer, "score", exhausted)
+    with pytest.raises(OptionError, match=r"^out of memory computing a batch of 2 clips; use a "):
+        run_sweep(tmp_path / "out", model=model_dir, **SETTINGS)
+    assert not (tmp_path / "out").exists() or not os.listdir(tmp_path / "out")
+    monkeypatch.undo()
+    assert run_sweep(tmp_path / "out", model=model_dir, **{**SETTINGS, "batch_size": 3})["complete"]

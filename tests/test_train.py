@@ -459,3 +459,12 @@ def test_run_directory_below_a_file_or_with_a_corrupt_run_json(tmp_path):
     with pytest.raises(CheckpointError, match=r"run\.json is corrupt .*use a new --out"):
         RunDirectory(tmp_path / "run", {"config": {}})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "run"]
+
+
+def test_a_second_run_into_an_open_run_directory_is_refused(tmp_path):
+    identity = {"config": {"seed": 1}}
+    with RunDirectory(tmp_path / "run", identity):
+        with pytest.raises(OptionError, match=r"run is being written by selrel train \(pid "):
+            RunDirectory(tmp_path / "run", identity)
+    RunDirectory(tmp_path / "run", identity).close()  # closed: free again
+    assert not (tmp_path / "run" / ".selrel.lock").exists()

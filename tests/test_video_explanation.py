@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 import selrel_jax as sr
-from selrel_jax import data, explanation_files, models
+from selrel_jax import _jobs, data, explanation_files, models
 from selrel_jax import video_explanation as ve
 
 SUMMARY_KEYS = {
@@ -247,8 +248,8 @@ def test_saved_files_and_deterministic_summary(sample_result, tmp_path):
     a = ve.save_explanation(sample_result, tmp_path / "a", model_name="c3d_small_motion")
     b = ve.save_explanation(sample_result, tmp_path / "b", model_name="c3d_small_motion",
                             save_arrays=True)  # fmt: skip
-    assert sorted(os.listdir(a)) == ["filmstrip.png", "overlay.mp4", "summary.json",
-                                     "timeline.png"]  # fmt: skip
+    assert sorted(os.listdir(a)) == [".selrel-output.json", "filmstrip.png", "overlay.mp4",
+                                     "summary.json", "timeline.png"]  # fmt: skip
     summary = json.loads(open(os.path.join(a, "summary.json")).read())
     assert set(summary) == SUMMARY_KEYS
     assert abs(sum(summary["probs"]) - 1) < 1e-5 and 0 <= summary["spatial_bias"] <= 1
@@ -272,8 +273,15 @@ def test_existing_output_is_refused_and_kept_without_overwrite(sample_result, tm
     with pytest.raises(sr.OptionError, match=r"exists; pass overwrite"):
         ve.save_explanation(sample_result, target)
     assert os.listdir(target) == ["keep.txt"]
-    ve.save_explanation(sample_result, target, overwrite=True)
-    assert "keep.txt" not in os.listdir(target) and "summary.json" in os.listdir(target)
+    # a folder it did not write is never replaced, overwrite or not
+    with pytest.raises(sr.OptionError, match=rf"^output {target} was not written by selrel "
+                       r"explain \(it has no readable \.selrel-output\.json\); selrel "
+                       r"replaces only what it wrote"):  # fmt: skip
+        ve.save_explanation(sample_result, target, overwrite=True)
+    assert os.listdir(target) == ["keep.txt"]
+    ours = ve.save_explanation(sample_result, tmp_path / "ours")
+    ve.save_explanation(sample_result, ours, overwrite=True)  # its own: replaced
+    assert "summary.json" in os.listdir(ours)
 
 
 def test_the_output_folder_has_the_mode_of_any_new_folder(sample_result, tmp_path):
@@ -300,3 +308,32 @@ def test_output_below_a_regular_file_is_one_error(sample_result, tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(sr.DataError, match=r"cannot write output .*file/out"):
         ve.save_explanation(sample_result, tmp_path / "file" / "out")
+
+
+def test_a_summary_of_nan_scores_is_strict_json_with_the_reasons(sample_result, tmp_path):
+    scores = {k: np.full_like(v, np.nan) for k, v in sample_result.clip_scores.items()}
+    broken = dataclasses.replace(sample_result, clip_scores=scores,
+                                 probs=np.full_like(sample_result.probs, np.nan))  # fmt: skip
+    out = ve.save_explanation(broken, tmp_path / "nan", model_name="nan_weights")
+    text = open(os.path.join(out, "summary.json")).read()
+    summary = json.loads(text, parse_constant=lambda c: pytest.fail(f"bare {c}"))
+    assert summary["probs"][0] is None and summary["top5"][0]["prob"] is None
+    assert summary["clips"][0]["spatial_bias"] is None
+    assert summary["null_reasons"]["probs[0]"] == "not a finite number (NaN)"
+    assert summary["null_reasons"]["clips[0].target_logit"] == "not a finite number (NaN)"
+    assert "null_reasons" not in explanation_files.summary(sample_result, "m")  # only then
+
+
+def test_the_batch_is_capped_to_the_windows_and_a_batch_that_cannot_fit_is_refused(
+    motion_model, sample_result, monkeypatch
+):
+    model, variables, info = motion_model
+    big = ve.explain_video(data.sample_clip_path(), model, variables, info, batch_size=10**6)
+    np.testing.assert_allclose(big.selective, sample_result.selective, rtol=1e-5, atol=1e-6)
+    monkeypatch.setattr(_jobs, "available_memory", lambda: 2**20)
+    with pytest.raises(
+        sr.OptionError,
+        match=r"^a batch of 3 windows needs at least .* GiB of "
+        r"memory; 0\.0 GiB are available; use a smaller batch_size",
+    ):
+        ve.explain_video(data.sample_clip_path(), model, variables, info, batch_size=10**6)

@@ -27,6 +27,13 @@ from selrel_jax.errors import SelrelError
 ERROR_EXIT_CODE = 2
 
 
+def json_line(value: Any) -> str:
+    """``value`` as one line of strict JSON (a NaN or infinite number is ``null``)."""
+    from selrel_jax._jobs import json_text
+
+    return json_text(value, indent=None, sort_keys=False)
+
+
 def os_error_line(error: OSError) -> str:
     """``path: reason`` of an OSError, on one line."""
     lines = str(error).strip().splitlines()

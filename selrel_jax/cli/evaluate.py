@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from selrel_jax.cli import app, one_line_warnings
+from selrel_jax.cli import app, json_line, one_line_warnings
 
 
 @app.command()
@@ -41,4 +40,4 @@ def evaluate(
 
     with one_line_warnings(), contextlib.redirect_stdout(sys.stderr):  # stdout: the result
         result = evaluate_dataset(**ctx.params)
-    typer.echo(json.dumps(result))
+    typer.echo(json_line(result))

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from selrel_jax.cli import app, one_line_warnings
+from selrel_jax.cli import app, json_line, one_line_warnings
 
 # Literal defaults keep `selrel --help` fast (no JAX import); a test checks that they
 # equal the library's (selrel_jax.video_explanation).
@@ -59,7 +58,8 @@ Out = Annotated[Path, typer.Option(help="Output folder; each video writes OUT/<v
 Overwrite = Annotated[
     bool,
     typer.Option(
-        help="Replace existing outputs. Without it an output of the same video and settings "
+        help="Replace existing outputs (only folders selrel explain wrote, unchanged: any "
+        "other is refused). Without it an output of the same video and settings "
         "is kept (a rerun resumes) and one of other settings is an error."
     ),
 ]
@@ -118,6 +118,6 @@ def explain(
                 failed = True
                 typer.echo(f"selrel: error: {video}: {record}", err=True)
             else:
-                print(json.dumps(record), file=stdout, flush=True)
+                print(json_line(record), file=stdout, flush=True)
     if failed:
         raise typer.Exit(ERROR_EXIT_CODE)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sys
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from selrel_jax.cli import app, one_line_warnings
+from selrel_jax.cli import app, json_line, one_line_warnings
 
 # Literal defaults keep `selrel --help` fast (no JAX import); a test checks that they
 # equal the library's (selrel_jax.sweep).
@@ -124,7 +123,7 @@ def sweep(
             temporal_padding=temporal_padding, threshold=threshold, progress=progress,
             decode_timeout=decode_timeout,
         )  # fmt: skip
-    typer.echo(json.dumps(result))
+    typer.echo(json_line(result))
 
 
 @contextlib.contextmanager

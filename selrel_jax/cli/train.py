@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from selrel_jax.cli import app, command_line, one_line_warnings
+from selrel_jax.cli import app, command_line, json_line, one_line_warnings
 
 _DEFAULT = "(default: from --init-from, else {})"
 
@@ -131,4 +130,4 @@ def train(
         summary = train_and_evaluate(
             settings, command_line=lambda resolved: command_line(ctx, vars(resolved))
         )
-    typer.echo(json.dumps(summary))
+    typer.echo(json_line(summary))

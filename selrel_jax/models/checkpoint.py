@@ -39,7 +39,14 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from selrel_jax._jobs import remove_stale_temporaries, write_folder
+from selrel_jax._jobs import (
+    MARKER_FILE,
+    check_owned,
+    json_text,
+    remove_stale_temporaries,
+    write_folder,
+    write_marker,
+)
 from selrel_jax.errors import CheckpointError, SelrelError
 from selrel_jax.models.info import ModelInfo
 from selrel_jax.models.registry import create
@@ -48,6 +55,8 @@ __all__ = ["checkpoint_target", "load", "save", "shipped_checkpoints", "writable
 
 INFO_FILE = "info.json"
 VARIABLES_DIR = "variables"
+#: What a checkpoint's marker file says wrote it (``selrel checkpoint save``).
+MARKER_KIND = "checkpoint save"
 
 
 def _plain(tree: Any) -> Any:
@@ -151,19 +160,20 @@ def checkpoint_target(
     directory: str | os.PathLike, what: str = "checkpoint directory"
 ) -> pathlib.Path:
     """``directory`` made absolute, if :func:`save` may write a checkpoint there: a new
-    directory, or one that holds nothing but a checkpoint (which save replaces).
-    ``what`` names the path in the CheckpointError."""
+    or empty directory, or one that holds a checkpoint :func:`save` wrote, unchanged
+    since (its marker file lists every file; save replaces it). ``what`` names the
+    path in the CheckpointError."""
     directory = writable_directory(directory, what)
-    others = sorted(
-        p.name for p in (directory.iterdir() if directory.is_dir() else ())
-        if p.name not in (INFO_FILE, VARIABLES_DIR)
-    )  # fmt: skip
+    entries = sorted(os.listdir(directory)) if directory.is_dir() else []
+    others = [name for name in entries if name not in (INFO_FILE, VARIABLES_DIR, MARKER_FILE)]
     if others:
         shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
         raise CheckpointError(
             f"{what} {directory} holds other files than a checkpoint ({shown}); save a "
             "checkpoint into a new directory or over an existing checkpoint"
         )
+    if entries:  # replaced only if provably one this library saved, unchanged since
+        check_owned(directory, MARKER_KIND, what, CheckpointError)
     return directory
 
 
@@ -198,7 +208,8 @@ def save(directory: str | os.PathLike, info: ModelInfo, variables: Any) -> pathl
     def fill(staging: pathlib.Path) -> None:
         with ocp.PyTreeCheckpointer() as checkpointer:
             checkpointer.save(staging / VARIABLES_DIR, tree)
-        (staging / INFO_FILE).write_text(json.dumps(info.to_dict(), indent=2) + "\n")
+        (staging / INFO_FILE).write_text(json_text(info.to_dict(), sort_keys=False) + "\n")
+        write_marker(staging, MARKER_KIND, {"arch": info.arch})
 
     created = []
     try:

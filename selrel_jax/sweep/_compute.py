@@ -211,9 +211,9 @@ def _jitted(key: tuple, sharding: NamedSharding, build: Callable[[], Callable]) 
 class BatchScorer:
     """Scores batches of clips with every method and sigma of a sweep.
 
-    Batches are padded to ``batch_rows``, ``settings.batch_size`` rounded up to a
-    multiple of the local device count, so every batch has one shape (one
-    compilation per function)."""
+    Batches are padded to ``batch_rows``, ``settings.batch_size`` (at most ``clips``,
+    the work there is) rounded up to a multiple of the local device count, so every
+    batch has one shape (one compilation per function)."""
 
     def __init__(
         self,
@@ -223,10 +223,12 @@ class BatchScorer:
         settings: SweepSettings,
         options: Mapping[str, Mapping[str, Any]],
         truth_keys: tuple[str, ...],
+        clips: int | None = None,
     ):
         devices = jax.local_devices()
         self.mesh = Mesh(np.array(devices), (DATA_AXIS,))
-        self.batch_rows = -(-settings.batch_size // len(devices)) * len(devices)
+        wanted = settings.batch_size if clips is None else min(settings.batch_size, clips)
+        self.batch_rows = -(-wanted // len(devices)) * len(devices)
         self._clips = NamedSharding(self.mesh, PartitionSpec(DATA_AXIS))
         replicated = NamedSharding(self.mesh, PartitionSpec())
         self._variables = jax.device_put(variables, replicated)

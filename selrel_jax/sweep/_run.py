@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -13,9 +14,9 @@ import numpy as np
 
 from selrel_jax import models
 from selrel_jax._checks import integer, positive_int, real
-from selrel_jax._jobs import versions
+from selrel_jax._jobs import check_memory, file_sha256, output_lock, versions
 from selrel_jax._worker import DEFAULT_DECODE_TIMEOUT
-from selrel_jax.errors import OptionError
+from selrel_jax.errors import DataError, OptionError
 from selrel_jax.sweep import _store
 from selrel_jax.sweep._compute import BatchScorer
 from selrel_jax.sweep._settings import (
@@ -58,6 +59,43 @@ FAITHFULNESS_COLUMNS = (
     "insertion_auc_raw",
     "insertion_auc_selective",
 )
+
+
+#: Columns whose every value is a share: in [0, 1], or NaN (a score a clip cannot have).
+SHARE_COLUMNS = (
+    "spatial_bias", "kept_voxels", "gini_raw", "gini_selective", "motion_precision_raw",
+    "motion_precision_selective", "motion_precision_at_threshold_raw",
+    "motion_precision_at_threshold_selective", "static_mass_raw", "static_mass_selective",
+    "box_mass_raw", "box_mass_selective", "target_probability", "frozen_probability",
+    "deletion_auc_raw", "deletion_auc_selective", "insertion_auc_raw",
+    "insertion_auc_selective",
+)  # fmt: skip
+#: Rounding a share may carry past 0 or 1 (then it is clipped to the bound).
+SHARE_TOLERANCE = 1e-5
+
+
+def checked_shares(columns: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    """Clip each share column's rounding past 0 or 1 to the bound, and set a value
+    farther outside [0, 1] to NaN (a share cannot be 1.39); returns ``{"clip_id",
+    "method", "sigma", "column", "value"}`` of each one set, its reason."""
+    bad = []
+    for name in SHARE_COLUMNS:
+        if name not in columns:
+            continue
+        values = columns[name]
+        with np.errstate(invalid="ignore"):
+            outside = (values < -SHARE_TOLERANCE) | (values > 1 + SHARE_TOLERANCE)
+        for row in np.flatnonzero(outside):
+            bad.append({"clip_id": _plain(columns["clip_id"][row]),
+                        "method": str(columns["method"][row]),
+                        "sigma": float(columns["sigma"][row]), "column": name,
+                        "value": float(values[row])})  # fmt: skip
+        columns[name] = np.where(outside, np.nan, np.clip(values, 0, 1)).astype(values.dtype)
+    return bad
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def columns_of(id_type: str, faithfulness: bool) -> dict[str, str]:
@@ -129,19 +167,28 @@ class _Sweep:
         return np.arange(first, min(first + self.settings.batch_size, self.source.count))
 
     def claim(self) -> dict[int, dict]:
-        """Create the directory and manifest (process 0), check the clip count against
-        an existing manifest, and return the records of the shards already done."""
-        manifest_path = self.directory / _store.MANIFEST_FILE
-        if manifest_path.is_file():
-            clips = _store.read_manifest(self.directory).get("clips")
-            if clips != self.source.count:
+        """Create the directory and manifest (process 0), check an existing manifest's
+        clip count, and return the records of the shards already done and whole
+        (checked against the manifest's sha256s; a damaged one is computed again)."""
+        files: dict[str, Any] = {}
+        if (self.directory / _store.MANIFEST_FILE).is_file():
+            manifest = _store.read_manifest(self.directory)
+            if manifest["clips"] != self.source.count:
                 raise OptionError(
-                    f"{self.directory} holds a sweep of {clips} clips; the dataset now gives "
-                    f"{self.source.count}; use a new --out directory"
+                    f"{self.directory} holds a sweep of {manifest['clips']} clips; the dataset "
+                    f"now gives {self.source.count}; use a new --out directory"
                 )
-        records = {k: _store.shard_record(self.directory, k)
-                   for k in _store.done_shards(self.directory)}  # fmt: skip
+            files = manifest["shards"]["files"]
+        records, bad = _store.verified_shards(self.directory, files, self.total)
+        strays = sorted(k for k in bad if _store.shard_name(k) not in files)
+        if strays:  # at a name this sweep writes, but not its own: not replaced
+            path = self.directory / _store.TABLES_DIR / _store.shard_name(strays[0])
+            raise DataError(
+                f"{path} {bad[strays[0]]} (its manifest does not list it and its own record "
+                "is not that shard's); move it away and rerun"
+            )
         if jax.process_index() == 0:
+            _store.warn_bad_shards(self.directory, bad)
             self.directory.mkdir(parents=True, exist_ok=True)
             self.write_manifest(records)
         _barrier("selrel sweep: claimed")
@@ -164,13 +211,23 @@ class _Sweep:
         failed = [
             {"clip_id": ids[r], "reason": reason} for r, reason in sorted(batch.failed.items())
         ]
+        out_of_range = checked_shares(columns)
         record = {"shard": shard, "clips": [int(indices[0]), int(indices[-1]) + 1],
                   "rows": len(columns["sigma"]), "failed": failed}  # fmt: skip
-        _store.write_shard(self.directory, shard, columns, self.schema, record)
-        return record
+        if out_of_range:
+            record["out_of_range"] = out_of_range
+        path = _store.write_shard(self.directory, shard, columns, self.schema, record)
+        return record | {"sha256": file_sha256(path)}
 
     def run(self, progress: bool, on_shard: Callable | None, start: float) -> dict[str, Any]:
-        """Claim the directory, write this process's missing shards, finish the manifest."""
+        """Hold the directory's lock (process 0), claim it, write this process's missing
+        shards, finish the manifest."""
+        lock = output_lock(self.directory, "sweep")
+        with lock if jax.process_index() == 0 else contextlib.nullcontext():
+            return self._run(progress, on_shard, start)
+
+    def _run(self, progress: bool, on_shard: Callable | None, start: float) -> dict[str, Any]:
+        new = not (self.directory / _store.MANIFEST_FILE).exists()
         records = self.claim()
         process, processes = jax.process_index(), jax.process_count()
         mine = [k for k in range(self.total) if k % processes == process and k not in records]
@@ -178,7 +235,7 @@ class _Sweep:
         done = sum(len(self.indices(k)) for k in records)
         with _progress(self.source.count, done, progress and process == 0) as bar:
             for shard in mine:
-                records[shard] = self.run_shard(shard)
+                records[shard] = self._guarded_shard(shard, new and not records)
                 if process == 0:
                     self.write_manifest(records)
                 bar.update(len(self.indices(shard)))
@@ -186,11 +243,29 @@ class _Sweep:
                     on_shard(shard, records[shard])
         _barrier("selrel sweep: shards written")
         if process == 0:  # every process's shards, as the files say
-            self.write_manifest({k: _store.shard_record(self.directory, k)
-                                 for k in _store.done_shards(self.directory)})  # fmt: skip
+            self.write_manifest(_store.verified_shards(self.directory, {}, self.total)[0]
+                                | records)  # fmt: skip
         _barrier("selrel sweep: manifest written")
         manifest = _store.read_manifest(self.directory)
         return _summary(self, manifest, mine, time.perf_counter() - start)
+
+    def _guarded_shard(self, shard: int, first_of_new: bool) -> dict[str, Any]:
+        """``run_shard(shard)``; a failure of the first shard of a new sweep (out of
+        memory) takes back the manifest this run wrote, so a rerun with other settings
+        is not refused, and an out-of-memory error becomes one line."""
+        try:
+            return self.run_shard(shard)
+        except BaseException as error:
+            if first_of_new and jax.process_index() == 0:
+                (self.directory / _store.MANIFEST_FILE).unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    (self.directory / _store.TABLES_DIR).rmdir()
+            if "RESOURCE_EXHAUSTED" in str(error) or isinstance(error, MemoryError):
+                raise OptionError(
+                    f"out of memory computing a batch of {self.scorer.batch_rows} clips; use a "
+                    "smaller --batch-size"
+                ) from None
+            raise
 
     def _check_labels(self, batch: ClipBatch) -> None:
         classes = self.scorer.num_classes
@@ -211,7 +286,12 @@ def _prepare(out, settings: SweepSettings, data_dir, decode_timeout) -> _Sweep:
     ident = identity(settings, options)
     directory = _store.check_target(out, ident)
     source = open_source(settings, info, data_dir, decode_timeout)
-    scorer = BatchScorer(net, variables, info, settings, options, source.truth_keys)
+    scorer = BatchScorer(net, variables, info, settings, options, source.truth_keys,
+                         clips=source.count)  # fmt: skip
+    clip_bytes = 4 * info.clip_length * int(np.prod(info.crop_size)) * 3
+    check_memory(2 * scorer.batch_rows * clip_bytes,
+                 f"a batch of {scorer.batch_rows} clips (batch_size {settings.batch_size})",
+                 "use a smaller --batch-size")  # fmt: skip
     scorer.check()
     return _Sweep(directory, settings, ident, source, scorer)
 
@@ -259,10 +339,12 @@ def run_sweep(
     One row per (clip, method, sigma) (columns: see docs/sweeps.md),
     written shard by shard (one shard per ``batch_size`` clips) as Parquet files under
     ``out/tables/``, with ``out/manifest.json``. Rerun with the same arguments after
-    an interruption, it computes only the missing shards; other settings in the same
-    ``out`` raise OptionError naming them. Every argument is checked before anything
-    is written. Under ``jax.distributed`` (initialised by the caller) process ``i`` of
-    ``n`` computes the shards ``k`` with ``k % n == i`` on its own devices.
+    an interruption, it computes only the missing shards (and any whose sha256 no
+    longer matches the manifest's); other settings in the same ``out`` raise
+    OptionError naming them, as does a second sweep writing ``out`` at the same
+    time. Every argument is checked before anything is written. Under
+    ``jax.distributed`` (initialised by the caller) process ``i`` of ``n`` computes
+    the shards ``k`` with ``k % n == i`` on its own devices.
 
     Args:
       out: the sweep directory.

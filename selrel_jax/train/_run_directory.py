@@ -12,6 +12,8 @@ import jax
 import orbax.checkpoint as ocp
 
 from selrel_jax._jobs import (
+    json_text,
+    output_lock,
     refuse_other_settings,
     remove_stale_temporaries,
     settings_record,
@@ -26,10 +28,12 @@ RUN_FILE = "run.json"
 class RunDirectory:
     """``run.json`` plus ``checkpoints/latest`` and ``checkpoints/best`` (orbax managers).
 
-    Opening a directory writes ``identity`` to ``run.json``, or, when one is there
-    already, refuses any other identity with one SelrelError naming each setting that
-    differs. Saves are synchronous and atomic (a killed save leaves the previous
-    checkpoint), each manager keeps one step, and a step already saved is not
+    Opening a directory takes its lock (``.selrel.lock``: a second run into it is
+    refused until :meth:`close`; a killed run's lock is taken over) and writes
+    ``identity`` to ``run.json``, or, when one is there already, refuses any other
+    identity with one SelrelError naming each setting that differs. Saves are
+    synchronous and atomic (a killed save leaves the previous checkpoint), each
+    manager keeps one step, and a step already saved is not
     written again (a replay after an interruption produces the same bytes).
 
     Examples:
@@ -57,11 +61,17 @@ class RunDirectory:
 
     def __init__(self, path: str | os.PathLike, identity: Mapping[str, Any]):
         self.path = writable_directory(path, "run directory")  # absolute, as orbax wants
+        self._lock = output_lock(self.path, "train")
         with self._writing("open"):
-            self.path.mkdir(parents=True, exist_ok=True)
-            self._claim(settings_record(identity))
-            self.latest = self._manager("latest")
-            self.best = self._manager("best")
+            self._lock.__enter__()  # a second run into the same directory is refused
+        try:
+            with self._writing("open"):
+                self._claim(settings_record(identity))
+                self.latest = self._manager("latest")
+                self.best = self._manager("best")
+        except BaseException:
+            self._lock.__exit__(None, None, None)
+            raise
 
     @contextlib.contextmanager
     def _writing(self, what: str) -> Iterator[None]:
@@ -79,7 +89,7 @@ class RunDirectory:
         run_file = self.path / RUN_FILE
         remove_stale_temporaries(run_file)
         if not run_file.exists():
-            write_text(run_file, json.dumps(identity, indent=2, sort_keys=True))
+            write_text(run_file, json_text(identity))
             return
         try:
             previous = json.loads(run_file.read_text())
@@ -142,9 +152,12 @@ class RunDirectory:
         return self._restore(self.best, template)
 
     def close(self) -> None:
-        for manager in (self.latest, self.best):
-            manager.wait_until_finished()
-            manager.close()
+        try:
+            for manager in (self.latest, self.best):
+                manager.wait_until_finished()
+                manager.close()
+        finally:
+            self._lock.__exit__(None, None, None)
 
     def __enter__(self) -> RunDirectory:
         return self

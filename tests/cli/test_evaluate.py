@@ -172,3 +172,11 @@ def test_a_checkpoint_with_nan_weights_is_one_line_naming_the_file_and_parameter
     [line] = result.stderr.strip().splitlines()
     assert line.startswith(f"selrel: error: variables in {copy / 'variables'} hold non-finite")
     assert "params/fc/kernel (1 NaN, 0 infinite" in line
+
+
+def test_a_nan_in_a_printed_result_is_json_null_not_a_bare_nan():
+    from selrel_jax.cli import json_line
+
+    line = json_line({"loss": float("nan"), "accuracy": 0.5, "top": float("-inf")})
+    assert line == '{"loss": null, "accuracy": 0.5, "top": null}'
+    assert json_line({"b": 1, "a": [1.5]}) == '{"b": 1, "a": [1.5]}'  # order kept, one line

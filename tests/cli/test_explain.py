@@ -248,3 +248,27 @@ def test_a_corrupt_video_is_one_error(tmp_path):
     assert code == 2 and stdout == "" and len(stderr.strip().splitlines()) == 1
     assert stderr.startswith(f"selrel: error: {bad}: ")
     assert not (tmp_path / "o").exists() or os.listdir(tmp_path / "o") == []
+
+
+def test_an_output_that_would_replace_the_input_frames_is_refused_and_deletes_nothing(tmp_path):
+    from tests.data.videos import write_frame_folder
+
+    write_frame_folder(tmp_path / "myframes", data.read_video(data.sample_clip_path())[:20])
+    before = {p.name: p.read_bytes() for p in (tmp_path / "myframes").iterdir()}
+    for extra in ([], ["--overwrite"]):
+        code, stdout, stderr = _run("myframes", "--out", ".", "--method", "gradient", *extra,
+                                    cwd=tmp_path)  # fmt: skip
+        assert code == 2 and stdout == "" and "Traceback" not in stderr
+        assert stderr.strip() == ("selrel: error: output ./myframes is the input myframes; choose "
+                                  "a --out where no input lies")  # fmt: skip
+        assert {p.name: p.read_bytes() for p in (tmp_path / "myframes").iterdir()} == before
+        assert os.listdir(tmp_path) == ["myframes"]
+
+
+def test_overwrite_refuses_an_output_holding_a_users_file(tmp_path):
+    assert _run("--out", tmp_path, "--method", "gradient")[0] == 0
+    (tmp_path / "sample_clip" / "thesis.txt").write_text("three years")
+    code, stdout, stderr = _run("--out", tmp_path, "--method", "gradient", "--overwrite")
+    assert code == 2 and stdout == ""
+    assert "holds files selrel explain did not write (thesis.txt)" in stderr
+    assert (tmp_path / "sample_clip" / "thesis.txt").read_text() == "three years"

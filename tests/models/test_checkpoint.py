@@ -226,7 +226,8 @@ def test_save_is_atomic_a_failed_write_leaves_the_old_checkpoint_and_no_debris(
         models.save(tmp_path / "new" / "deeper" / "ck", other, variables)
     monkeypatch.undo()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]  # no temporary directories
-    assert sorted(p.name for p in target.iterdir()) == ["info.json", "variables"]
+    assert sorted(p.name for p in target.iterdir()) == [".selrel-output.json", "info.json",
+                                                        "variables"]  # fmt: skip
     model2, variables2, info2 = models.load(target)
     assert info2 == info and model2 == model
     for a, b in zip(_leaves(variables), _leaves(variables2), strict=True):
@@ -349,3 +350,20 @@ def test_save_refuses_nonfinite_weights_and_writes_nothing(trained, tmp_path):
 def test_load_of_a_regular_file_says_so(tmp_path):
     with pytest.raises(CheckpointError, match=r"notes\.txt is a file, not a checkpoint"):
         models.load(_regular_file(tmp_path))
+
+
+def test_save_replaces_only_a_checkpoint_it_wrote_and_never_changed(trained, tmp_path):
+    _, variables, info, directory = trained
+    ours = shutil.copytree(directory, tmp_path / "ours")
+    assert models.save(ours, info, variables) == ours  # its own: replaced
+    foreign = shutil.copytree(directory, tmp_path / "foreign")
+    (foreign / ".selrel-output.json").unlink(missing_ok=True)  # a checkpoint of unknown origin
+    edited = shutil.copytree(directory, tmp_path / "edited")
+    (edited / "info.json").write_text((edited / "info.json").read_text() + " ")
+    for target, why in ((foreign, r"was not written by selrel checkpoint save \(it has no "),
+                        (edited, r"holds files changed since selrel checkpoint save wrote them "
+                                 r"\(info\.json\)")):  # fmt: skip
+        before = sorted(p.name for p in target.iterdir())
+        with pytest.raises(CheckpointError, match=rf"^checkpoint directory {target} {why}"):
+            models.save(target, info, variables)
+        assert sorted(p.name for p in target.iterdir()) == before

@@ -57,6 +57,7 @@ def test_the_same_sweep_and_explain_twice_write_byte_identical_files(tiny_model,
     assert proc.returncode == 0, proc.stderr[-3000:]
     a = _files(tmp_path / "a")
     assert sorted(a) == [
+        "explain/sample_clip/.selrel-output.json",  # its marker, the same bytes too
         "explain/sample_clip/filmstrip.png", "explain/sample_clip/overlay.mp4",
         "explain/sample_clip/relevance.npz", "explain/sample_clip/summary.json",
         "explain/sample_clip/timeline.png", "sweep/manifest.json",

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 
 import pytest
 from typer.testing import CliRunner
@@ -135,10 +136,14 @@ def test_an_output_that_is_not_an_explanation_is_refused(copy_of):
     videos, out, _ = copy_of
     (out / "first" / "summary.json").write_text('{"video": ')  # cut short
     (out / "second" / "summary.json").unlink()
-    for (_, error), name in zip(_explain(videos, out), ("first", "second"), strict=True):
-        assert isinstance(error, OptionError)
-        assert str(error) == (f"output {out / name} exists; pass --overwrite to replace it (it "
-                              "holds no readable summary.json of selrel explain)")  # fmt: skip
+    [(_, changed), (_, missing)] = _explain(videos, out)
+    assert isinstance(changed, OptionError) and isinstance(missing, OptionError)
+    # a changed file is not the explanation this library wrote: not even --overwrite replaces it
+    assert str(changed) == (f"output {out / 'first'} holds files changed since selrel explain "
+                            "wrote them (summary.json); selrel replaces only what it wrote: "
+                            "move it away or choose another output")  # fmt: skip
+    assert str(missing) == (f"output {out / 'second'} exists; pass --overwrite to replace it (it "
+                            "holds no readable summary.json of selrel explain)")  # fmt: skip
 
 
 def test_temporary_folders_a_killed_run_left_are_removed(copy_of):
@@ -152,3 +157,93 @@ def test_temporary_folders_a_killed_run_left_are_removed(copy_of):
     records = [r for _, r in _explain(videos, out)]
     assert all(r.get("kept") for r in records)
     assert sorted(os.listdir(out)) == [live.name, "first", "second"]
+
+
+# ---------------------------------------------------------------------------- ownership
+
+
+def _files(directory) -> dict[str, bytes]:
+    return {
+        os.path.relpath(os.path.join(d, f), directory): open(os.path.join(d, f), "rb").read()
+        for d, _, files in os.walk(directory)
+        for f in files
+    }
+
+
+def test_overwrite_never_deletes_a_file_explain_did_not_write(copy_of):
+    videos, out, _ = copy_of
+    (out / "first" / "thesis.txt").write_text("three years of work")
+    before = _files(out / "first")
+    [(_, error), (_, record)] = _explain(videos, out, overwrite=True)
+    assert isinstance(error, OptionError) and str(error) == (
+        f"output {out / 'first'} holds files selrel explain did not write (thesis.txt); selrel "
+        "replaces only what it wrote: move it away or choose another output"
+    )
+    assert _files(out / "first") == before  # nothing deleted, nothing written
+    assert isinstance(record, dict) and not record.get("kept")  # the other one is replaced
+
+
+def test_overwrite_never_replaces_a_folder_explain_did_not_write(copy_of, tmp_path):
+    videos, out, _ = copy_of
+    shutil.rmtree(out / "first")
+    (out / "first").mkdir()
+    (out / "first" / "summary.json").write_text("{}")  # looks like one, has no marker
+    for overwrite in (False, True):
+        [(_, error), _] = _explain(videos, out, overwrite=overwrite)
+        assert isinstance(error, OptionError)
+        assert "was not written by selrel explain (it has no readable .selrel-output.json)" in (
+            str(error)
+        )
+        assert _files(out / "first") == {"summary.json": b"{}"}
+
+
+def test_an_output_folder_that_is_an_input_is_refused_before_anything_is_read(
+    tmp_path, monkeypatch
+):
+    frames = tmp_path / "myframes"
+    frames.mkdir()
+    for i in range(3):
+        (frames / f"{i:03d}.png").write_bytes(b"png %d" % i)
+    before = _files(frames)
+    monkeypatch.chdir(tmp_path)
+    for out, overwrite in ((".", True), (".", False), ("myframes", True)):
+        with pytest.raises(OptionError, match=r"the input myframes; choose a --out where no "):
+            _explain(["myframes"], out, overwrite=overwrite)
+        assert _files(frames) == before and sorted(os.listdir(tmp_path)) == ["myframes"]
+
+
+# ---------------------------------------------------------------------------- locks
+
+
+def test_a_second_run_into_the_same_output_is_refused_naming_the_first(copy_of, monkeypatch):
+    videos, out, _ = copy_of
+    lock = out / ".selrel.lock"
+    holder = {"pid": os.getppid(), "host": socket.gethostname(), "command": "explain",
+              "token": "0"}  # fmt: skip
+    lock.write_text(json.dumps(holder))
+    monkeypatch.setattr(ve, "explain_video", lambda *a, **k: pytest.fail("computed"))
+    with pytest.raises(OptionError, match=rf"output {out} is being written by selrel explain "
+                       rf"\(pid {os.getppid()} on "):  # fmt: skip
+        _explain(videos, out, overwrite=True)
+    assert json.loads(lock.read_text()) == holder  # a live run's lock stays
+
+
+def test_a_lock_a_killed_run_left_is_taken_over_and_removed(copy_of):
+    videos, out, _ = copy_of
+    dead = 2**22 + 12345
+    holder = {"pid": dead, "host": socket.gethostname(), "command": "explain", "token": "0"}
+    (out / ".selrel.lock").write_text(json.dumps(holder))
+    records = [r for _, r in _explain(videos, out)]
+    assert all(r.get("kept") for r in records)
+    assert sorted(os.listdir(out)) == ["first", "second"]
+
+
+def test_two_explains_at_once_into_one_output_one_is_refused(tmp_path):
+    out = tmp_path / "out"
+    first = ve.explain_files([data.sample_clip_path()], out=out, **SETTINGS)
+    second = ve.explain_files([data.sample_clip_path()], out=out, sigma=2.0, method="gradient")
+    _, record = next(first)  # the first holds the lock while it is not finished
+    with pytest.raises(OptionError, match="is being written by selrel explain"):
+        next(second)
+    assert isinstance(record, dict)
+    assert list(first) == [] and sorted(os.listdir(out)) == ["sample_clip"]
