@@ -9,10 +9,22 @@ use it too).
 
 from __future__ import annotations
 
+import os
+
+# Tests check values, not speed: XLA's optimisation passes cost more compile time than
+# they save on the suite's tiny models (2-3x on the conformance suite). The variable is
+# read by every `selrel` or Python subprocess a test starts; the update covers this one,
+# where a plugin may have imported JAX before this file. A benchmark sets it to 0.
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
+jax.config.update(
+    "jax_disable_most_optimizations", os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] == "1"
+)
 
 TINY_CLIP = (8, 32, 32)  # synthetic_motion's tiny configs
 
@@ -86,11 +98,25 @@ def save_tiny_model():
     return _save_tiny_model
 
 
+# Linux's default vm.max_map_count; XLA:CPU maps about a dozen regions per executable.
+_MAP_LIMIT = 65530
+
+
+def _mapped_regions() -> int:
+    try:
+        with open("/proc/self/maps", "rb") as maps:
+            return sum(1 for _ in maps)
+    except OSError:  # not Linux: no such limit to watch
+        return 0
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _release_compiled_code():
-    """Free every compiled executable after each test module. XLA:CPU maps about a
-    dozen memory regions per executable; one pytest process compiling thousands of
-    them (every shape a property test draws) reaches Linux's vm.max_map_count (65530)
-    and the next compilation crashes the interpreter."""
+    """Free every compiled executable after a test module once this process holds more
+    than half of the memory regions Linux allows: a process compiling thousands of
+    executables (every shape a property test draws) reaches vm.max_map_count and the
+    next compilation crashes the interpreter. Below that, the next module reuses what
+    the session's fixtures compiled."""
     yield
-    jax.clear_caches()
+    if _mapped_regions() > _MAP_LIMIT // 2:
+        jax.clear_caches()

@@ -22,15 +22,6 @@ from tests.attribution.engine_reference import COMPOSITES, TARGET, key, load_ref
 from tests.attribution.flax_nets import ResNet
 
 
-@pytest.fixture(scope="module", autouse=True)
-def quick_compiles():
-    """XLA's optimisation passes dominate these one-shot runs; this check needs none."""
-    before = jax.config.values["jax_disable_most_optimizations"]
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", before)
-
-
 @pytest.fixture(scope="module")
 def reference():
     return load_reference()

@@ -24,15 +24,6 @@ TARGET = jnp.array([0, 2])
 EPS = 1e-5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def quick_compiles():
-    """XLA's optimisation passes dominate these one-shot runs; this check needs none."""
-    before = jax.config.values["jax_disable_most_optimizations"]
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", before)
-
-
 @pytest.fixture(scope="module")
 def weights():
     """The twins' weights, linen layouts: kernels (kt, kh, kw, in, out)."""

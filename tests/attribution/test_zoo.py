@@ -30,15 +30,6 @@ METHODS = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def quick_compiles():
-    """XLA's optimisation passes dominate these one-shot runs; this check needs none."""
-    before = jax.config.values["jax_disable_most_optimizations"]
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", before)
-
-
 def test_method_list_is_the_engines():
     assert set(METHODS) == set(ENGINE_METHODS)
 

@@ -6,20 +6,10 @@ from __future__ import annotations
 
 import functools
 
-import jax
 import jax.numpy as jnp
 import pytest
 
 from tests.attribution.conformance import frameworks, twin
-
-
-@pytest.fixture(scope="module", autouse=True)
-def quick_compiles():
-    """XLA's optimisation passes dominate these one-shot runs; the checks need values."""
-    before = jax.config.values["jax_disable_most_optimizations"]
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", before)
 
 
 @pytest.fixture(scope="module")
