@@ -183,6 +183,7 @@ def file_runs(tmp_path_factory):
     registry._METHODS.update(methods)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("block", PYTHON_BLOCKS, ids=[b.name for b in PYTHON_BLOCKS])
 def test_python_block_runs(block, file_runs, monkeypatch):
     import matplotlib.pyplot as plt
@@ -397,6 +398,7 @@ def test_api_doc_shows_every_public_function():
     assert not missing, "docs/api.md shows no call of: " + ", ".join(missing)
 
 
+@pytest.mark.slow
 def test_method_figures_are_what_the_library_draws(file_runs, monkeypatch):
     """docs/method.md's sigma figures, drawn by its block, match the committed PNGs."""
     import matplotlib.image as mpimg

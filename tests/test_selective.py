@@ -258,6 +258,7 @@ REPRODUCE = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_results_are_bitwise_reproducible_across_processes():
     # A fresh process (new compilation, new thread pool) gives the same bytes as this one.
     runs = [

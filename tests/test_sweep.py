@@ -197,6 +197,7 @@ def test_four_devices_give_the_same_table_as_one(reference, model_dir, tmp_path)
     assert_same_table(reference[0], tmp_path / "four", atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_killed_sweep_resumes_to_the_same_table(reference, model_dir, tmp_path):
     out = tmp_path / "killed"
     proc = _run_in_subprocess(out, model_dir, kill_after_first_shard=True)

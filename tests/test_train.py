@@ -281,6 +281,7 @@ def strip_seconds(history):
     return [{k: v for k, v in h.items() if k != "seconds"} for h in history]
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_bitwise_identical_parameters(tmp_path):
     model, info, train, val = setup()
     config = TrainConfig(epochs=3, **CONFIG)  # 4 steps per epoch, 12 steps

@@ -43,6 +43,7 @@ def one_line_error(*args: str) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_train_exports_a_model_that_evaluate_reads(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a relative --out must work (orbax needs absolute paths)
     data = ["--data-dir", str(tmp_path / "tfds")]
@@ -103,6 +104,7 @@ def fine_tune(videos, checkpoint, out, *extra: str) -> list[str]:
             "--no-progress", *extra]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_fine_tune_a_checkpoint_on_a_folder_of_videos(folder_and_checkpoint, tmp_path):
     videos, checkpoint = folder_and_checkpoint
     summary = invoke(*fine_tune(videos, checkpoint, tmp_path / "run"))

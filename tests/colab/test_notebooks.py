@@ -122,6 +122,7 @@ def test_notebook_is_stored_without_outputs_or_downloads(name):
 # ---------------------------------------------------------------------------- the notebooks
 
 
+@pytest.mark.slow
 def test_quickstart_runs_in_colab_layout(content):
     report = (
         "import json\n"
@@ -148,6 +149,7 @@ def test_quickstart_runs_in_colab_layout(content):
     assert len(displayed(cell_with(nb, "viz.filmstrip"), "image/png")) == 2
 
 
+@pytest.mark.slow
 def test_tpu_sweep_shards_over_devices_and_runs_optional_cells(content, tmp_path, monkeypatch):
     import torch
 

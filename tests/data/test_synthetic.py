@@ -251,6 +251,7 @@ def _logistic_regression_accuracy(x, y, x_test, y_test, k, steps=300, lr=0.5, l2
     return float(np.mean((x_test @ weights + bias).argmax(1) == y_test))
 
 
+@pytest.mark.slow
 def test_single_frames_carry_no_class_information():
     """Logistic regression on downsampled single frames (first, middle, last) of the
     unbiased default config scores within chance + 5 points on held-out clips. As a
@@ -411,6 +412,7 @@ def test_distractors_are_default_clips_plus_static_objects():
             background[:, 1:] & background[:, :-1]]) > 0.5  # fmt: skip
 
 
+@pytest.mark.slow
 def test_distractors_single_frames_carry_no_class_information():
     """The probe of test_single_frames_carry_no_class_information, on the distractors
     config: static objects are placed independently of the class."""

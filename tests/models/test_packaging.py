@@ -47,6 +47,7 @@ def _save_tiny(numpy_variables, directory: Path) -> None:
     models.save(directory, info, variables)
 
 
+@pytest.mark.slow
 def test_wheel_ships_checkpoints_and_class_names(numpy_variables, tmp_path):
     # builds offline with the environment's setuptools (bdist_wheel built in since 70.1)
     pytest.importorskip("setuptools", minversion="70.1")

@@ -59,11 +59,13 @@ def test_shipped_checkpoint_loads_with_its_metadata(name):
     assert logits.shape == (1, 6)
 
 
+@pytest.mark.slow
 def test_motion_models_classify_fresh_test_clips():
     assert accuracy("c3d_small_motion", "default", "test", 192) >= 0.90
     assert accuracy("c3d_small_distractors", "distractors", "test", 192) >= 0.90
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(SHIPPED))
 def test_recorded_accuracies_hold_on_the_recorded_splits(name):
     # info.json's numbers were written by the training run itself; recompute them on the
@@ -78,12 +80,14 @@ def test_recorded_accuracies_hold_on_the_recorded_splits(name):
         assert measured["test"] <= 0.35
 
 
+@pytest.mark.slow
 def test_biased_model_solves_its_training_distribution():
     # train and validation carry the static cue, so either cue or motion gives high accuracy;
     # its (honestly recorded) test accuracy without the cue is what the demo is about
     assert accuracy("c3d_small_biased", "biased", "validation", 96) >= 0.90
 
 
+@pytest.mark.slow
 def test_evaluate_command_contract():
     proc = subprocess.run(
         [sys.executable, "-c", "from selrel_jax.cli import main; main()", "evaluate",
@@ -99,6 +103,7 @@ def test_evaluate_command_contract():
     assert out["model"] == "c3d_small_motion" and out["split"] == "test"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(SHIPPED))
 def test_fast_convolution_keeps_logits_and_gradients(name, monkeypatch):
     """The zoo's conv_general_dilated (selrel_jax._conv) gives the shipped

@@ -49,6 +49,7 @@ def test_a_relative_path_means_the_callers_working_directory_now(worker, tmp_pat
     assert len(frames) == 4
 
 
+@pytest.mark.slow
 def test_a_decode_that_hangs_is_stopped_at_the_timeout_naming_the_file(worker, tmp_path):
     video = _small_video(tmp_path / "good.mp4")
     start = time.perf_counter()
@@ -89,6 +90,7 @@ worker.run("stuck.mp4", 3600, jobs.hang)
 """
 
 
+@pytest.mark.slow
 def test_the_worker_ends_when_its_caller_is_killed():
     caller = subprocess.Popen([sys.executable, "-c", CALLER], stdout=subprocess.PIPE, text=True)
     try:
@@ -120,6 +122,7 @@ def _folder(root, names):
     return root
 
 
+@pytest.mark.slow
 def test_the_sweep_source_lists_a_file_that_hangs_or_crashes_and_reads_the_others(tmp_path):
     root = _folder(tmp_path / "videos", [("a", "good1.mp4"), ("a", "hang.mp4"),
                                          ("b", "crash.mp4"), ("b", "good2.mp4")])  # fmt: skip
@@ -133,6 +136,7 @@ def test_the_sweep_source_lists_a_file_that_hangs_or_crashes_and_reads_the_other
         np.testing.assert_array_equal(batch.video[row], folder[row]["video"])
 
 
+@pytest.mark.slow
 def test_a_sweep_lists_every_video_that_exceeds_its_decode_timeout(tmp_path):
     classes = synthetic_motion.CLASS_NAMES[:2]  # the model's
     root = _folder(tmp_path / "videos", [(c, f"v{i}.mp4") for c in classes for i in range(2)])
@@ -148,6 +152,7 @@ def test_a_sweep_lists_every_video_that_exceeds_its_decode_timeout(tmp_path):
     assert "decode_timeout" not in read_manifest(out)["settings"]  # a rerun may change it
 
 
+@pytest.mark.slow
 def test_explain_decodes_each_video_under_the_timeout_and_names_the_ones_it_stops(tmp_path):
     videos = [_small_video(tmp_path / f"clip{i}.mp4", count=20) for i in range(2)]
     result = CliRunner().invoke(app, ["explain", "--no-progress", "--method", "gradient",
