@@ -19,7 +19,7 @@ Examples:
     >>> save("runs/c3d_small", info, variables)
     PosixPath('.../runs/c3d_small')
     >>> sorted(p.name for p in Path("runs/c3d_small").iterdir())
-    ['info.json', 'variables']
+    ['.selrel-output.json', 'info.json', 'variables']
     >>> model, loaded, info = load("runs/c3d_small")
     >>> bool(jnp.array_equal(loaded["params"]["fc"]["kernel"], variables["params"]["fc"]["kernel"]))
     True

@@ -1,0 +1,12 @@
+"""The house-rule checks themselves."""
+
+from __future__ import annotations
+
+from tests.house_rules import function_lengths
+
+
+def test_a_docstring_does_not_count_and_code_does(tmp_path):
+    source = tmp_path / "m.py"
+    body = "\n".join(f"    x{i} = {i}" for i in range(3))
+    source.write_text(f'def f():\n    """Doc.\n\n    More.\n    """\n{body}\n')
+    assert function_lengths([source]) == {"m.py:f": 4}
