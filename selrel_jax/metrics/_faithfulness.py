@@ -18,7 +18,7 @@ import numpy as np
 
 from selrel_jax._checks import check_finite, describe, integer, one_of, positive_int, real
 from selrel_jax.errors import DTypeError, OptionError, ShapeError
-from selrel_jax.metrics._inputs import checked_relevance, magnitudes, rank_of
+from selrel_jax.metrics._inputs import checked_relevance, rank_of, unit_magnitudes
 from selrel_jax.selective import Layout, _as_array, _nan_where, _traced
 
 ApplyFn = Callable[[jax.Array], jax.Array]
@@ -115,7 +115,7 @@ def _curve(apply_fn, clips, relevance, target, insertion, steps, replacement, bl
     if target is None:
         target = jnp.argmax(apply_fn(clips), axis=-1)
     base = _baseline(clips, replacement, blur_sigma)
-    rank = jax.vmap(lambda r: rank_of(magnitudes(r)))(relevance)[..., None]  # (N, T, H, W, 1)
+    rank = jax.vmap(lambda r: rank_of(unit_magnitudes(r)))(relevance)[..., None]  # (N, T, H, W, 1)
     counts = _step_counts(steps, t * h * w)
 
     def probabilities(ks: jax.Array) -> jax.Array:  # (chunk,) -> (chunk, N)

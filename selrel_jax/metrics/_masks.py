@@ -21,9 +21,9 @@ from selrel_jax.metrics._inputs import (
     checked_counts,
     checked_fraction,
     checked_relevance,
-    magnitudes,
     mask_for,
     top_k_selection,
+    unit_magnitudes,
 )
 from selrel_jax.selective import Layout, _as_array, _nan_where, _traced
 
@@ -62,7 +62,7 @@ def _bad_fraction(fraction: Any) -> jax.Array:
 
 
 def _overlap_at_threshold_of_clip(clip, mask, fraction):
-    v = magnitudes(clip)
+    v = unit_magnitudes(clip)
     selected = _threshold_selection(v, fraction)
     scores = _overlap(jnp.sum(selected & mask), jnp.sum(selected), jnp.sum(mask), v.dtype)
     return _invalid_overlap(~jnp.all(jnp.isfinite(v)) | _bad_fraction(fraction), scores)
@@ -79,7 +79,7 @@ def _top_k_counts(
 
 
 def _overlap_at_k_of_clip(clip, mask, k):
-    return _overlap_at_k_of_magnitudes(magnitudes(clip), mask, k)
+    return _overlap_at_k_of_magnitudes(unit_magnitudes(clip), mask, k)
 
 
 def _overlap_at_k_of_magnitudes(v, mask, k, ascending_v=None):
@@ -108,7 +108,7 @@ def _overlap_at_k(x, mask, k, batched, mask_batched):
 
 
 def _top_k_of_clip(clip, k):
-    v = magnitudes(clip)
+    v = unit_magnitudes(clip)
     valid = jnp.all(jnp.isfinite(v)) & (k >= 0) & (k <= v.size)
     return top_k_selection(v, k) & valid
 
@@ -119,7 +119,7 @@ def _top_k_voxels(x, k, batched):
 
 
 def _mass_in_mask_of_clip(clip, mask, _):
-    v = magnitudes(clip)
+    v = unit_magnitudes(clip)
     total = jnp.sum(v)
     share = safe_divide(jnp.sum(jnp.where(mask, v, 0)), total)
     return _nan_where(~jnp.isfinite(total), share)
