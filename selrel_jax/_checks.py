@@ -29,6 +29,7 @@ from selrel_jax.errors import NonFiniteError, OptionError, SelrelError, ShapeErr
 
 __all__ = [
     "as_array",
+    "as_class_index",
     "check_finite",
     "describe",
     "integer",
@@ -171,6 +172,13 @@ def check_finite(
             f"{name} holds {nan + inf} non-finite values ({nan} NaN, {inf} infinite)"
             f"{where} of {describe(x)}"
         )
+
+
+def as_class_index(target: jax.Array, classes: int) -> jax.Array:
+    """A traced integer target as int32, a class out of [0, classes) as -1: the cast
+    alone wraps a wider type (int64 2**32 + 1 -> 1, a valid class, under
+    jax_enable_x64), and the range checks that follow it would pass."""
+    return jnp.where((target < 0) | (target >= classes), -1, target).astype(jnp.int32)
 
 
 def safe_divide(numerator: Any, denominator: Any) -> jax.Array:
