@@ -269,16 +269,35 @@ def _box_mask(boxes, height, width):
     return rows[..., :, None] & cols[..., None, :]
 
 
-def _check_boxes(b: Any) -> None:
-    if not _traced(b):
-        values = np.asarray(b, np.float64)
-        bad = ~np.all(np.isfinite(values), axis=-1)
-        bad |= (values[..., 2] < values[..., 0]) | (values[..., 3] < values[..., 1])
-        if bad.any():
-            raise OptionError(
-                f"box_mask: {int(bad.sum())} boxes are not finite (y0, x0, y1, x1) with "
-                f"y0 <= y1 and x0 <= x1; the first: {values[bad][0].tolist()}"
-            )
+def _check_boxes(values: np.ndarray) -> None:
+    """Concrete boxes: finite, y0 <= y1 and x0 <= x1, compared in their own dtype (an
+    int64 coordinate beyond 2**53 is not a float64)."""
+    bad = ~np.all(np.isfinite(values), axis=-1) if values.dtype.kind == "f" else False
+    bad = bad | (values[..., 2] < values[..., 0]) | (values[..., 3] < values[..., 1])
+    if np.any(bad):
+        raise OptionError(
+            f"box_mask: {int(np.sum(bad))} boxes are not finite (y0, x0, y1, x1) with "
+            f"y0 <= y1 and x0 <= x1; the first: {values[bad][0].tolist()}"
+        )
+
+
+def _boxes_in_frame(values: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Concrete boxes as float32 covering the same pixels: each start modulo the frame
+    size, each extent capped at it (a box taller or wider than the frame covers every
+    row or column). Exact for integers of any width (an int64 box past 2**31 wrapped as
+    int32 and covered no pixel) and for floats of any size (they rounded in float32)."""
+    sizes = np.array([height, width])
+    start, stop = values[..., :2], values[..., 2:]
+    if values.dtype.kind in "iu":
+        # stop >= start, so the difference modulo 2**64 is the exact extent.
+        extent = stop.astype(np.uint64) - start.astype(np.uint64)
+        extent = np.minimum(extent, sizes.astype(np.uint64)).astype(np.int64)
+        start = np.mod(start, sizes.astype(values.dtype)).astype(np.int64)
+    else:
+        start, stop = start.astype(np.float64), stop.astype(np.float64)
+        extent = np.minimum(stop - start, sizes)
+        start = np.mod(start, sizes)
+    return np.concatenate([start, start + extent], axis=-1).astype(np.float32)
 
 
 def box_mask(boxes: Any, height: int, width: int) -> jax.Array:
@@ -309,6 +328,8 @@ def box_mask(boxes: Any, height: int, width: int) -> jax.Array:
         raise DTypeError(f"box_mask: boxes must be real numbers; got {describe(b)}")
     if jnp.ndim(b) not in (2, 3) or jnp.shape(b)[-1] != 4:
         raise ShapeError(f"box_mask: boxes must be (T, 4) or (N, T, 4); got {describe(b)}")
-    _check_boxes(b)
-    b = jnp.asarray(b)
-    return _box_mask(b.astype(jnp.promote_types(b.dtype, jnp.float32)), height, width)
+    if _traced(b):
+        return _box_mask(b.astype(jnp.promote_types(b.dtype, jnp.float32)), height, width)
+    values = np.asarray(b)
+    _check_boxes(values)
+    return _box_mask(jnp.asarray(_boxes_in_frame(values, height, width)), height, width)
