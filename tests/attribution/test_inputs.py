@@ -283,6 +283,9 @@ BAD_OPTIONS = [
     ("smoothgrad", {"samples": None}, OptionError, "samples must be a positive int"),
     ("smoothgrad", {"noise_level": "0.1"}, OptionError, "noise_level must be a finite number"),
     ("smoothgrad", {"key": 0.5}, OptionError, "smoothgrad key must be a JAX PRNG key"),
+    ("smoothgrad", {"key": 2**70}, OptionError, r"an int in \[0, 2\*\*32\)"),  # not Overflow
+    ("smoothgrad", {"key": np.uint64(2**63)}, OptionError, r"an int in \[0, 2\*\*32\)"),
+    ("smoothgrad", {"key": -1}, OptionError, r"an int in \[0, 2\*\*32\)"),
     ("grad_cam", {"layer": 3}, OptionError, r"grad_cam layer must be a module path \(str\)"),
     ("grad_cam", {"layer": "nope"}, OptionError, "grad_cam layer 'nope' not found"),
     ("lrp.epsilon", {"epsilon": "small"}, OptionError, "Epsilon epsilon must be a finite"),
