@@ -192,7 +192,7 @@ def undecided(r: np.ndarray, sigma: float, threshold: str = "clip") -> np.ndarra
     return np.abs(g - oracle_threshold(g, sigma, threshold)) <= 1e-4 * max(g.max(), 1e-300)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(clip_shapes, st.integers(0, 2**31 - 1), scales, st.floats(0.0, 3.0))
 def test_motion_mask_does_not_depend_on_the_scale(dims, seed, c, sigma):
     r = unit_relevance(seed, _shape(*dims))
@@ -205,7 +205,7 @@ def test_motion_mask_does_not_depend_on_the_scale(dims, seed, c, sigma):
         assert not differ[~undecided(r, sigma, threshold)].any(), (c, threshold)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(clip_shapes, st.integers(0, 2**31 - 1), scales, st.floats(0.0, 3.0))
 def test_selective_relevance_and_spatial_bias_do_not_depend_on_the_scale(dims, seed, c, sigma):
     r = unit_relevance(seed, _shape(*dims))
