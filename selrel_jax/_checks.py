@@ -34,6 +34,7 @@ __all__ = [
     "describe",
     "integer",
     "key_json_pairs",
+    "near_subnormal",
     "one_of",
     "positive_int",
     "real",
@@ -247,5 +248,15 @@ def scaled_to_unit(x: Any, by: Any = None) -> jax.Array:
     ``vmap``."""
     x = jnp.asarray(x)
     exponent = _exponent_of_max(x if by is None else jnp.asarray(by, x.dtype))
-    read = exponent < jnp.finfo(x.dtype).minexp + SUBNORMAL_RANGE
-    return _times_power_of_two(x, -exponent, read)
+    return _times_power_of_two(x, -exponent, _near_subnormal(exponent, x.dtype))
+
+
+def _near_subnormal(exponent: jax.Array, dtype: Any) -> jax.Array:
+    return exponent < jnp.finfo(dtype).minexp + SUBNORMAL_RANGE
+
+
+def near_subnormal(x: jax.Array) -> jax.Array:
+    """Whether ``x``'s largest magnitude lies within ``SUBNORMAL_RANGE`` binary orders
+    of magnitude of the subnormal range: there XLA:CPU's arithmetic, which flushes
+    subnormal values to 0, would lose values that count. A bool scalar."""
+    return _near_subnormal(_exponent_of_max(x), x.dtype)

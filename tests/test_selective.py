@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
 
@@ -207,6 +207,8 @@ def test_motion_mask_does_not_depend_on_the_scale(dims, seed, c, sigma):
 
 @settings(max_examples=30, deadline=None)
 @given(clip_shapes, st.integers(0, 2**31 - 1), scales, st.floats(0.0, 3.0))
+@example((5, 6, 7, 3), 1, 1e-38, 1.0)  # all subnormal: x * mask flushed them to 0
+@example((5, 6, 7, 0), 2, 1e-36, 0.5)  # partly subnormal
 def test_selective_relevance_and_spatial_bias_do_not_depend_on_the_scale(dims, seed, c, sigma):
     r = unit_relevance(seed, _shape(*dims))
     x = times(r, c)
