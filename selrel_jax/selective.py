@@ -49,7 +49,17 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import checkify
 
-from selrel_jax._checks import as_array, check_finite, describe, integer, one_of, real, safe_divide
+from selrel_jax._checks import (
+    as_array,
+    check_finite,
+    describe,
+    integer,
+    near_subnormal,
+    one_of,
+    real,
+    safe_divide,
+    scaled_to_unit,
+)
 from selrel_jax.errors import DTypeError, OptionError, ShapeError
 
 __all__ = [
@@ -213,18 +223,47 @@ def _channel_sum(x: jax.Array, ctype: Any) -> jax.Array:
     return jnp.sum(x, axis=-1)
 
 
-def _abs_d(clip: jax.Array, temporal_padding: str) -> jax.Array:
-    """|D| of one clip (T, H, W) or (T, H, W, C), in its compute dtype."""
-    return _abs_sobel_t(_channel_sum(clip, _compute_dtype(clip.dtype)), temporal_padding)
+def _abs_d(clip: jax.Array, temporal_padding: str, scaled: bool = False) -> jax.Array:
+    """|D| of one clip (T, H, W) or (T, H, W, C), in its compute dtype; of the clip
+    scaled to a largest magnitude in [1, 2) with ``scaled`` (|D| of any finite clip
+    then stays finite, its square too)."""
+    x = clip.astype(_compute_dtype(clip.dtype))
+    return _abs_sobel_t(_channel_sum(scaled_to_unit(x) if scaled else x, x.dtype), temporal_padding)
 
 
-def _clip_mask(x, sigma, temporal_padding, threshold, ddof):
-    """``(mask, nonfinite)`` of one clip. A NaN or infinite relevance value makes |D|
-    non-finite next to it, and with it the std: found without another pass over x."""
-    g = _abs_d(x, temporal_padding)
+#: |D| whose largest value lies in [2**-SAFE_EXPONENT, 2**SAFE_EXPONENT] has its
+#: squares and their sums in float32's range (up to 2**47 voxels); outside it they
+#: overflowed (a map scaled by 1e17) or underflowed to a std of 0 (by 1e-20).
+SAFE_EXPONENT = 40
+
+
+def _clip_mask(x, sigma, temporal_padding, threshold, ddof, scaled):
+    """``((mask, nonfinite), unsafe)`` of one clip, of the clip as it is or ``scaled``
+    (:func:`~selrel_jax._checks.scaled_to_unit`): ``unsafe`` where |D| left the safe
+    range, so the mask must come from the scaled clip. A NaN or infinite relevance
+    value makes |D| non-finite next to it, and with it the std: found without another
+    pass over x."""
+    g = _abs_d(x, temporal_padding, scaled)
     axes = (1, 2) if threshold == "frame" else (0, 1, 2)
     std = _std(g, axes, ddof)
-    return g > jnp.asarray(sigma, g.dtype) * std, ~jnp.all(jnp.isfinite(std))
+    largest = jnp.max(g)
+    safe = (largest >= 2.0**-SAFE_EXPONENT) & (largest <= 2.0**SAFE_EXPONENT)
+    return (g > jnp.asarray(sigma, g.dtype) * std, ~jnp.all(jnp.isfinite(std))), ~safe
+
+
+def _scale_proof(one, x, batched, sigma):
+    """The outputs of ``one(clip, sigma, scaled) -> (outputs, unsafe)`` per clip: from
+    the clips as they are, and only where some clip is unsafe, from every clip scaled
+    by a power of two. Scaling commutes exactly with every step of the computation, so
+    a safe clip gets the same result either way, and any clip the same result at any
+    scale; the common case costs one max of |D| more, not another pass over the batch
+    (scaling every clip took 2x the time)."""
+    plain, unsafe = _per_clip_in_steps(functools.partial(one, scaled=False), x, batched, sigma)
+    return jax.lax.cond(
+        jnp.any(unsafe),
+        lambda: _per_clip_in_steps(functools.partial(one, scaled=True), x, batched, sigma)[0],
+        lambda: plain,
+    )
 
 
 def _std(g: jax.Array, axes: tuple[int, ...], ddof: int) -> jax.Array:
@@ -307,32 +346,49 @@ def _temporal_gradient(x, batched, temporal_padding):
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
 def _motion_mask(x, sigma, batched, temporal_padding, threshold, ddof, checked, fn):
-    def one(clip, sigma):
-        mask, nonfinite = _clip_mask(clip, sigma, temporal_padding, threshold, ddof)
+    def one(clip, sigma, scaled):
+        (mask, nonfinite), unsafe = _clip_mask(
+            clip, sigma, temporal_padding, threshold, ddof, scaled
+        )
         # A bool mask can't be NaN: an invalid clip's mask is all False.
-        return mask & ~(nonfinite | _invalid_sigma(sigma)), nonfinite
+        return (mask & ~(nonfinite | _invalid_sigma(sigma)), nonfinite), unsafe
 
-    mask, nonfinite = _per_clip_in_steps(one, x, batched, sigma)
+    mask, nonfinite = _scale_proof(one, x, batched, sigma)
     if checked:
         _checkify_checks(fn, nonfinite, sigma)
     return mask
 
 
+def _kept_where(mask: jax.Array, x: jax.Array) -> jax.Array:
+    """``x`` where ``mask`` holds, else 0, as the bits of ``x`` and-ed with all ones or
+    all zeros: exact for subnormal values, which a multiply flushes to 0."""
+    ints = jnp.dtype(f"int{jnp.finfo(x.dtype).bits}")
+    bits = jax.lax.bitcast_convert_type(x, ints) & -mask.astype(ints)
+    return jax.lax.bitcast_convert_type(bits, x.dtype)
+
+
 @functools.partial(jax.jit, static_argnames=(*_STATIC, "keep"))
 def _split(x, sigma, batched, temporal_padding, threshold, ddof, checked, fn, keep):
-    def one(clip, sigma):
-        mask, nonfinite = _clip_mask(clip, sigma, temporal_padding, threshold, ddof)
+    def one(clip, sigma, scaled):
+        (mask, nonfinite), unsafe = _clip_mask(
+            clip, sigma, temporal_padding, threshold, ddof, scaled
+        )
         if clip.ndim == 4:
             mask = mask[..., None]
         if keep == "static":
             mask = ~mask
-        # The spec's R * mask; on XLA:CPU a multiply streams ~1.5x faster than a select.
+        # The spec's R * mask; on XLA:CPU a multiply streams ~1.5x faster than a select
+        # (and than and-ing the bits). But it flushes subnormal values to 0: a map of
+        # 1e-40 selected nothing. Such a map is unsafe, and scaled it keeps them.
+        out = clip * mask.astype(clip.dtype)
+        if scaled:
+            out = jnp.where(near_subnormal(clip), _kept_where(mask, clip), out)
         # The NaNs of an invalid clip are set in the same step: after a loop over the
         # batch they would cost another pass.
-        out = _nan_where(nonfinite | _invalid_sigma(sigma), clip * mask.astype(clip.dtype))
-        return out, nonfinite
+        out = _nan_where(nonfinite | _invalid_sigma(sigma), out)
+        return (out, nonfinite), unsafe
 
-    out, nonfinite = _per_clip_in_steps(one, x, batched, sigma)
+    out, nonfinite = _scale_proof(one, x, batched, sigma)
     if checked:
         _checkify_checks(fn, nonfinite, sigma)
     return out
@@ -474,6 +530,15 @@ def static_relevance(
     )  # fmt: skip
 
 
+def _differ(a: jax.Array, b: jax.Array) -> jax.Array:
+    """``a != b`` by value, subnormals included (XLA:CPU compares them as 0), -0 == 0."""
+    ints = jnp.dtype(f"int{jnp.finfo(a.dtype).bits}")
+    magnitude = jnp.iinfo(ints).max
+    a_bits, b_bits = (jax.lax.bitcast_convert_type(v, ints) for v in (a, b))
+    both_zero = ((a_bits & magnitude) == 0) & ((b_bits & magnitude) == 0)
+    return (a_bits != b_bits) & ~both_zero
+
+
 @functools.partial(jax.jit, static_argnames=("batched",))
 def _spatial_bias(relevance, selective, batched):
     """``(bias, not_a_selection)`` per clip; bias NaN where either input is not finite
@@ -482,9 +547,14 @@ def _spatial_bias(relevance, selective, batched):
     axes = tuple(range(1, rel.ndim))
     ctype = _compute_dtype(rel.dtype)
     rel, sel = rel.astype(ctype), sel.astype(ctype)
+    not_selected = jnp.sum(_differ(sel, rel) & _differ(sel, jnp.zeros_like(sel)), axis=axes)
+    # The share does not depend on the maps' scale: both are scaled by the power of two
+    # that brings the relevance to at most 2, so their sums can't overflow (a map
+    # scaled by 1e36 gave NaN) and subnormal maps are read.
+    sel = jax.vmap(scaled_to_unit)(sel, rel)
+    rel = jax.vmap(scaled_to_unit)(rel)
     total = jnp.sum(jnp.abs(rel), axis=axes)
     kept = jnp.sum(jnp.abs(sel), axis=axes)
-    not_selected = jnp.sum((sel != rel) & (sel != 0), axis=axes)
     bias = jnp.where(total > 0, 1 - safe_divide(kept, total), 0)
     invalid = ~jnp.isfinite(total) | ~jnp.isfinite(kept) | (not_selected > 0)
     bias = jnp.where(invalid, jnp.nan, bias)

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
 
@@ -166,6 +166,100 @@ def test_power_of_two_scaling_leaves_mask_unchanged(dims, seed, k, sigma):
         a = np.asarray(sr.motion_mask(rel, sigma, threshold=threshold))
         b = np.asarray(sr.motion_mask(rel * np.float32(2.0**k), sigma, threshold=threshold))
         np.testing.assert_array_equal(a, b)
+
+
+# --- scale: the same result for r and c * r over float32's whole finite range ---
+
+#: c = 10**u: log-uniform over [1e-38, 1e38]; r is scaled to max |r| = 1 first, so
+#: every c keeps c * r finite (at 1e-38 it is all subnormal).
+scales = st.floats(-38.0, 38.0).map(lambda u: 10.0**u)
+
+
+def unit_relevance(seed: int, shape) -> np.ndarray:
+    r = random_relevance(seed, shape).astype(np.float64)
+    return (r / max(np.abs(r).max(), 1e-300)).astype(np.float32)
+
+
+def times(r: np.ndarray, c: float) -> np.ndarray:
+    """c * r rounded once to float32 (as a user's map at that scale would be)."""
+    return (r.astype(np.float64) * c).astype(np.float32)
+
+
+def undecided(r: np.ndarray, sigma: float, threshold: str = "clip") -> np.ndarray:
+    """Voxels whose |D| lies within rounding of the threshold (float64 oracle): rounding
+    c * r to float32 may move them to either side."""
+    g = oracle_abs_d(r)
+    return np.abs(g - oracle_threshold(g, sigma, threshold)) <= 1e-4 * max(g.max(), 1e-300)
+
+
+@settings(max_examples=30, deadline=None)
+@given(clip_shapes, st.integers(0, 2**31 - 1), scales, st.floats(0.0, 3.0))
+def test_motion_mask_does_not_depend_on_the_scale(dims, seed, c, sigma):
+    r = unit_relevance(seed, _shape(*dims))
+    for threshold in ("clip", "frame"):
+        if threshold == "frame" and dims[1] * dims[2] < 2:
+            continue
+        want = np.asarray(sr.motion_mask(r, sigma, threshold=threshold))
+        got = np.asarray(sr.motion_mask(times(r, c), sigma, threshold=threshold))
+        differ = got != want
+        assert not differ[~undecided(r, sigma, threshold)].any(), (c, threshold)
+
+
+@settings(max_examples=30, deadline=None)
+@given(clip_shapes, st.integers(0, 2**31 - 1), scales, st.floats(0.0, 3.0))
+@example((5, 6, 7, 3), 1, 1e-38, 1.0)  # all subnormal: x * mask flushed them to 0
+@example((5, 6, 7, 0), 2, 1e-36, 0.5)  # partly subnormal
+def test_selective_relevance_and_spatial_bias_do_not_depend_on_the_scale(dims, seed, c, sigma):
+    r = unit_relevance(seed, _shape(*dims))
+    x = times(r, c)
+    sel = np.asarray(sr.selective_relevance(x, sigma))
+    assert np.isfinite(sel).all()
+    mask = np.asarray(sr.motion_mask(x, sigma))
+    np.testing.assert_array_equal(sel, np.where(mask if x.ndim == 3 else mask[..., None], x, 0))
+    kept = np.asarray(sr.motion_mask(r, sigma))
+    kept = kept if r.ndim == 3 else kept[..., None]
+    want = float(sr.spatial_bias(r, np.where(kept, r, 0)))
+    got = float(sr.spatial_bias(x, np.where(kept, x, 0)))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert float(sr.spatial_bias(x, x)) == 0.0
+
+
+def test_the_probes_of_a_rescaled_map():
+    """A map scaled by 1e-20 kept every voxel (the std underflowed to 0), by 1e17 came
+    back all NaN with no error (|D|**2 overflowed), spatial_bias(x, x) of 1e36 was NaN."""
+    r = random_relevance(3, (8, 16, 16, 3))
+    mask = np.asarray(sr.motion_mask(r, 1.0))
+    assert 0.3 < mask.mean() < 0.7
+    for c in (1e-20, 1e-30, 1e17, 1e30, 2.0**-100, 2.0**100):
+        x = times(r, c)
+        np.testing.assert_array_equal(np.asarray(sr.motion_mask(x, 1.0)), mask)
+        sel = np.asarray(sr.selective_relevance(x, 1.0))
+        np.testing.assert_array_equal(sel, np.where(mask[..., None], x, 0))
+    x = times(r, 1e36)
+    assert float(sr.spatial_bias(x, x)) == 0.0
+    np.testing.assert_allclose(
+        float(sr.spatial_bias(x, sr.selective_relevance(x, 1.0))),
+        float(sr.spatial_bias(r, sr.selective_relevance(r, 1.0))),
+        rtol=1e-6,
+    )
+
+
+def test_a_batch_with_one_extreme_clip_leaves_the_other_clips_bitwise_unchanged():
+    """Only a batch with a clip out of the safe range is computed again, scaled; every
+    clip's result is its own, alone, batched, vmapped, jitted or eager."""
+    batch = random_relevance(21, (3, 5, 8, 8, 2))
+    batch[1] *= np.float32(1e30)
+    batch[2] *= np.float32(1e-30)
+    loop = np.stack([np.asarray(sr.selective_relevance(c, 1.5)) for c in batch])
+    np.testing.assert_array_equal(np.asarray(sr.selective_relevance(batch, 1.5)), loop)
+    vmapped = jax.vmap(lambda c: sr.selective_relevance(c, 1.5))(batch)
+    np.testing.assert_array_equal(np.asarray(vmapped), loop)
+    jitted = jax.jit(lambda b, s: sr.motion_mask(b, s))(batch, 1.5)
+    np.testing.assert_array_equal(np.asarray(jitted), np.asarray(sr.motion_mask(batch, 1.5)))
+    alone = np.asarray(sr.selective_relevance(batch[0], 1.5))
+    np.testing.assert_array_equal(loop[0], alone)
+    plain = random_relevance(21, (3, 5, 8, 8, 2))
+    np.testing.assert_array_equal(loop[0], np.asarray(sr.selective_relevance(plain, 1.5))[0])
 
 
 @settings(max_examples=30, deadline=None)

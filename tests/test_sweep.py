@@ -17,6 +17,8 @@ import jax
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 import selrel_jax as sr
 from selrel_jax import _jobs, data, metrics, models
@@ -458,3 +460,38 @@ def test_an_out_of_memory_first_batch_leaves_no_manifest_to_refuse_the_rerun(
     assert not (tmp_path / "out").exists() or not os.listdir(tmp_path / "out")
     monkeypatch.undo()
     assert run_sweep(tmp_path / "out", model=model_dir, **{**SETTINGS, "batch_size": 3})["complete"]
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.floats(-38.0, 38.0).map(lambda u: 10.0**u))
+def test_the_sweeps_scores_do_not_depend_on_the_relevances_scale(seed, c):
+    """Every per-clip score of c * r equals r's, for c log-uniform in [1e-38, 1e38]: the
+    sums of a map of 1e36 overflowed to NaN, a map of 1e-20 kept every voxel."""
+    rng = np.random.default_rng(seed)
+    shape = (2, 5, 8, 8, 1)  # one channel: rounding c * r keeps the voxels' order and ties
+    # Values on a grid of 2**-8 below 1: c * r stays finite and distinct values distinct.
+    rel = np.round(rng.standard_normal(shape) * (rng.random(shape) < 0.4) * 64) / 256
+    rel = np.clip(rel, -1, 1).astype(np.float32)
+    x = (rel.astype(np.float64) * c).astype(np.float32)
+    truth = {
+        "mask": rng.random(shape[:4]) < 0.3,
+        "static_mask": rng.random(shape[:4]) < 0.2,
+        "boxes": np.tile(np.array([1.0, 2.0, 4.5, 6.0], np.float32), (2, 5, 1)),
+    }
+    sigmas = np.array([0.5, 1.0, 2.0], np.float32)
+    select = {"temporal_padding": "zero", "threshold": "clip"}
+    scores = jax.jit(lambda r: _compute._relevance_scores(r, truth, sigmas, select))
+    # Voxels within rounding of a threshold (of the motion masks, of 0.1 * max |r| for
+    # the precision at threshold) may go either way in float32: such draws are skipped.
+    for sigma in [None, *sigmas]:
+        mask = np.asarray(sr.motion_mask(rel, sigma)) if sigma is not None else True
+        if sigma is not None:
+            assume((np.asarray(sr.motion_mask(x, sigma)) == mask).all())
+        v = np.abs(np.where(mask if mask is True else mask[..., None], rel, 0)).astype(float)
+        largest = v.max(axis=(1, 2, 3, 4), keepdims=True)
+        assume(not np.any(np.abs(v - 0.1 * largest) <= 1e-5 * largest))
+    want, got = scores(rel), scores(x)
+    assert set(got) == set(want)
+    for name in want:
+        assert np.isfinite(np.asarray(got[name])).all(), name
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-5, err_msg=name)

@@ -49,7 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import checkify
 
-from selrel_jax._checks import as_array, check_finite, describe
+from selrel_jax._checks import as_array, as_class_index, check_finite, describe
 from selrel_jax.errors import DTypeError, OptionError, ShapeError
 
 __all__ = [
@@ -116,7 +116,8 @@ def check_target(target: Any, n: int, classes: int) -> jax.Array | None:
         bad = t[(t < 0) | (t >= classes)]
         if bad.size:
             raise OptionError(f"target {bad.tolist()} out of range for {classes} classes")
-    return jnp.asarray(t, jnp.int32)
+        return jnp.asarray(t, jnp.int32)
+    return as_class_index(t, classes)
 
 
 def check_logits(logits: Any, clips_shape: tuple[int, ...]) -> int:

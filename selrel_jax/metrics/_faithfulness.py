@@ -16,9 +16,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from selrel_jax._checks import check_finite, describe, integer, one_of, positive_int, real
+from selrel_jax._checks import (
+    as_class_index,
+    check_finite,
+    describe,
+    integer,
+    one_of,
+    positive_int,
+    real,
+)
 from selrel_jax.errors import DTypeError, OptionError, ShapeError
-from selrel_jax.metrics._inputs import checked_relevance, magnitudes, rank_of
+from selrel_jax.metrics._inputs import checked_relevance, rank_of, unit_magnitudes
 from selrel_jax.selective import Layout, _as_array, _nan_where, _traced
 
 ApplyFn = Callable[[jax.Array], jax.Array]
@@ -115,7 +123,7 @@ def _curve(apply_fn, clips, relevance, target, insertion, steps, replacement, bl
     if target is None:
         target = jnp.argmax(apply_fn(clips), axis=-1)
     base = _baseline(clips, replacement, blur_sigma)
-    rank = jax.vmap(lambda r: rank_of(magnitudes(r)))(relevance)[..., None]  # (N, T, H, W, 1)
+    rank = jax.vmap(lambda r: rank_of(unit_magnitudes(r)))(relevance)[..., None]  # (N, T, H, W, 1)
     counts = _step_counts(steps, t * h * w)
 
     def probabilities(ks: jax.Array) -> jax.Array:  # (chunk,) -> (chunk, N)
@@ -229,7 +237,8 @@ def _checked_target(fn: str, target: Any, clips: int, classes: int, batched: boo
         values = np.asarray(t)
         if ((values < 0) | (values >= classes)).any():
             raise OptionError(f"{fn}: target must lie in [0, {classes}); got {values.tolist()}")
-    return jnp.broadcast_to(jnp.asarray(t).astype(jnp.int32), (clips,))
+        return jnp.broadcast_to(jnp.asarray(t).astype(jnp.int32), (clips,))
+    return jnp.broadcast_to(as_class_index(t, classes), (clips,))  # out of range: NaN
 
 
 def _run_curve(fn, insertion, apply_fn, clips, relevance, target, options) -> Curve:

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from selrel_jax._checks import check_finite, describe, real
+from selrel_jax._checks import check_finite, describe, real, scaled_to_unit
 from selrel_jax.errors import DTypeError, OptionError, ShapeError
 from selrel_jax.selective import _as_array, _compute_dtype, _resolve_layout, _traced
 
@@ -106,6 +106,15 @@ def magnitudes(clip: jax.Array) -> jax.Array:
     if a.ndim == 3:
         return a
     return functools.reduce(operator.add, [a[..., c] for c in range(a.shape[-1])])
+
+
+def unit_magnitudes(clip: jax.Array) -> jax.Array:
+    """:func:`magnitudes` of the clip scaled by a power of two to a largest |value| in
+    [1, 2) (:func:`~selrel_jax._checks.scaled_to_unit`), for the scores that do not
+    depend on a map's scale: their sums can't overflow (a map scaled by 1e37 gave NaN)
+    and a map of subnormal values is read (it gave 0), and the ranking of the voxels
+    is the same as of :func:`magnitudes`."""
+    return magnitudes(scaled_to_unit(clip.astype(_compute_dtype(clip.dtype))))
 
 
 def ascending(v: jax.Array) -> jax.Array:

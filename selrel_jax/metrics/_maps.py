@@ -15,6 +15,7 @@ from selrel_jax.metrics._inputs import (
     checked_mask,
     checked_relevance,
     magnitudes,
+    unit_magnitudes,
 )
 from selrel_jax.selective import Layout, _nan_where, _per_clip
 
@@ -25,7 +26,7 @@ ENTROPY_UNITS = ("nats", "bits")
 
 
 def _gini_of_clip(clip: jax.Array) -> jax.Array:
-    return _gini_of_sorted(ascending(magnitudes(clip)))
+    return _gini_of_sorted(ascending(unit_magnitudes(clip)))
 
 
 def _gini_of_sorted(v: jax.Array) -> jax.Array:
@@ -69,7 +70,7 @@ def _ginis_of_selections(v: jax.Array, ascending_v: jax.Array, selections: jax.A
 
 
 def _entropy_of_clip(clip: jax.Array, unit: str) -> jax.Array:
-    v = magnitudes(clip).ravel()
+    v = unit_magnitudes(clip).ravel()
     total = jnp.sum(v)
     p = safe_divide(v, total)
     # 0 log 0 = 0: empty voxels (and an all-zero map) add nothing.

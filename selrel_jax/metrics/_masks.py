@@ -21,9 +21,9 @@ from selrel_jax.metrics._inputs import (
     checked_counts,
     checked_fraction,
     checked_relevance,
-    magnitudes,
     mask_for,
     top_k_selection,
+    unit_magnitudes,
 )
 from selrel_jax.selective import Layout, _as_array, _nan_where, _traced
 
@@ -62,7 +62,7 @@ def _bad_fraction(fraction: Any) -> jax.Array:
 
 
 def _overlap_at_threshold_of_clip(clip, mask, fraction):
-    v = magnitudes(clip)
+    v = unit_magnitudes(clip)
     selected = _threshold_selection(v, fraction)
     scores = _overlap(jnp.sum(selected & mask), jnp.sum(selected), jnp.sum(mask), v.dtype)
     return _invalid_overlap(~jnp.all(jnp.isfinite(v)) | _bad_fraction(fraction), scores)
@@ -79,7 +79,7 @@ def _top_k_counts(
 
 
 def _overlap_at_k_of_clip(clip, mask, k):
-    return _overlap_at_k_of_magnitudes(magnitudes(clip), mask, k)
+    return _overlap_at_k_of_magnitudes(unit_magnitudes(clip), mask, k)
 
 
 def _overlap_at_k_of_magnitudes(v, mask, k, ascending_v=None):
@@ -108,7 +108,7 @@ def _overlap_at_k(x, mask, k, batched, mask_batched):
 
 
 def _top_k_of_clip(clip, k):
-    v = magnitudes(clip)
+    v = unit_magnitudes(clip)
     valid = jnp.all(jnp.isfinite(v)) & (k >= 0) & (k <= v.size)
     return top_k_selection(v, k) & valid
 
@@ -119,7 +119,7 @@ def _top_k_voxels(x, k, batched):
 
 
 def _mass_in_mask_of_clip(clip, mask, _):
-    v = magnitudes(clip)
+    v = unit_magnitudes(clip)
     total = jnp.sum(v)
     share = safe_divide(jnp.sum(jnp.where(mask, v, 0)), total)
     return _nan_where(~jnp.isfinite(total), share)
@@ -302,16 +302,35 @@ def _box_mask(boxes, height, width):
     return rows[..., :, None] & cols[..., None, :]
 
 
-def _check_boxes(b: Any) -> None:
-    if not _traced(b):
-        values = np.asarray(b, np.float64)
-        bad = ~np.all(np.isfinite(values), axis=-1)
-        bad |= (values[..., 2] < values[..., 0]) | (values[..., 3] < values[..., 1])
-        if bad.any():
-            raise OptionError(
-                f"box_mask: {int(bad.sum())} boxes are not finite (y0, x0, y1, x1) with "
-                f"y0 <= y1 and x0 <= x1; the first: {values[bad][0].tolist()}"
-            )
+def _check_boxes(values: np.ndarray) -> None:
+    """Concrete boxes: finite, y0 <= y1 and x0 <= x1, compared in their own dtype (an
+    int64 coordinate beyond 2**53 is not a float64)."""
+    bad = ~np.all(np.isfinite(values), axis=-1) if values.dtype.kind == "f" else False
+    bad = bad | (values[..., 2] < values[..., 0]) | (values[..., 3] < values[..., 1])
+    if np.any(bad):
+        raise OptionError(
+            f"box_mask: {int(np.sum(bad))} boxes are not finite (y0, x0, y1, x1) with "
+            f"y0 <= y1 and x0 <= x1; the first: {values[bad][0].tolist()}"
+        )
+
+
+def _boxes_in_frame(values: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Concrete boxes as float32 covering the same pixels: each start modulo the frame
+    size, each extent capped at it (a box taller or wider than the frame covers every
+    row or column). Exact for integers of any width (an int64 box past 2**31 wrapped as
+    int32 and covered no pixel) and for floats of any size (they rounded in float32)."""
+    sizes = np.array([height, width])
+    start, stop = values[..., :2], values[..., 2:]
+    if values.dtype.kind in "iu":
+        # stop >= start, so the difference modulo 2**64 is the exact extent.
+        extent = stop.astype(np.uint64) - start.astype(np.uint64)
+        extent = np.minimum(extent, sizes.astype(np.uint64)).astype(np.int64)
+        start = np.mod(start, sizes.astype(values.dtype)).astype(np.int64)
+    else:
+        start, stop = start.astype(np.float64), stop.astype(np.float64)
+        extent = np.minimum(stop - start, sizes)
+        start = np.mod(start, sizes)
+    return np.concatenate([start, start + extent], axis=-1).astype(np.float32)
 
 
 def box_mask(boxes: Any, height: int, width: int) -> jax.Array:
@@ -354,6 +373,8 @@ def box_mask(boxes: Any, height: int, width: int) -> jax.Array:
         raise DTypeError(f"box_mask: boxes must be real numbers; got {describe(b)}")
     if jnp.ndim(b) not in (2, 3) or jnp.shape(b)[-1] != 4:
         raise ShapeError(f"box_mask: boxes must be (T, 4) or (N, T, 4); got {describe(b)}")
-    _check_boxes(b)
-    b = jnp.asarray(b)
-    return _box_mask(b.astype(jnp.promote_types(b.dtype, jnp.float32)), height, width)
+    if _traced(b):
+        return _box_mask(b.astype(jnp.promote_types(b.dtype, jnp.float32)), height, width)
+    values = np.asarray(b)
+    _check_boxes(values)
+    return _box_mask(jnp.asarray(_boxes_in_frame(values, height, width)), height, width)

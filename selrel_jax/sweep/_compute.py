@@ -21,7 +21,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from selrel_jax import metrics
-from selrel_jax._checks import hashable, safe_divide
+from selrel_jax._checks import hashable, safe_divide, scaled_to_unit
 from selrel_jax.attribution import make_explainer
 from selrel_jax.metrics import _inputs, _maps, _masks
 from selrel_jax.models.info import ModelInfo
@@ -125,6 +125,26 @@ def _sigma_scores(relevance, ranked: _Ranked, sigma, mask, gini, truth, select) 
     return out
 
 
+def _relevance_scores(relevance: jax.Array, truth: Mapping, sigmas: jax.Array, select) -> dict:
+    """The raw maps' scores (N,) and every sigma's (N, S) of a batch of relevance maps.
+
+    Each map is first scaled by the power of two that brings its largest value to
+    [1, 2): every score is a share, a ratio or an order of voxels, the same at any scale
+    (power-of-two scaling is exact), and on the scaled map no sum overflows (a map of
+    1e36 gave NaN) and no std underflows (1e-20 kept every voxel)."""
+    relevance = jax.vmap(scaled_to_unit)(relevance)
+    ranked = _ranked(relevance)
+    masks = jax.vmap(lambda s: motion_mask(relevance, s, **select))(sigmas)
+    per_sigma = jax.vmap(
+        lambda s, m, g: _sigma_scores(relevance, ranked, s, m, g, truth, select), out_axes=1
+    )
+    gini = jax.vmap(_maps._gini_of_sorted)(ranked.ascending)
+    return {
+        **_map_scores(relevance, truth, "raw", gini),
+        **per_sigma(sigmas, masks, _selection_ginis(ranked, masks)),
+    }
+
+
 def _aucs(apply_fn: Callable, x, relevance, target, suffix: str) -> dict:
     options = {"steps": FAITHFULNESS_STEPS, "replacement": FAITHFULNESS_REPLACEMENT}
     deletion = metrics.deletion_curve(apply_fn, x, relevance, target, **options)
@@ -142,16 +162,7 @@ def method_function(
 
     def run(variables, x, target, truth, sigmas):
         relevance = explainer(variables, x, target)
-        ranked = _ranked(relevance)
-        masks = jax.vmap(lambda s: motion_mask(relevance, s, **select))(sigmas)
-        per_sigma = jax.vmap(
-            lambda s, m, g: _sigma_scores(relevance, ranked, s, m, g, truth, select), out_axes=1
-        )
-        gini = jax.vmap(_maps._gini_of_sorted)(ranked.ascending)
-        out = {
-            **_map_scores(relevance, truth, "raw", gini),
-            **per_sigma(sigmas, masks, _selection_ginis(ranked, masks)),
-        }
+        out = _relevance_scores(relevance, truth, sigmas, select)
         if settings.faithfulness:
             apply_fn = functools.partial(model.apply, variables)
 

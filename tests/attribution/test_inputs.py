@@ -5,6 +5,11 @@ clips untouched; ``checked=True`` raises under checkify instead."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -109,6 +114,37 @@ def test_eager_out_of_range_target_raises_through_make_explainer_too(problem):
     for method in ("gradient", "lrp.epsilon_plus_flat"):
         with pytest.raises(OptionError, match=r"target \[3\] out of range for 3 classes"):
             sr.make_explainer(model, method)(v, x, jnp.array([0, 3, 1]))
+
+
+def test_a_traced_int64_target_beyond_int32_is_out_of_range_not_wrapped():
+    """Under jax_enable_x64 a traced int64 target 2**32 + 1 was cast to int32 before its
+    range check and explained as class 1; it is out of range: NaN for its clip (eager
+    calls raise). Without x64, jax.jit itself converts an int64 argument to int32 before
+    any of the library's code sees it (docs/robustness.md, the limits)."""
+    code = textwrap.dedent("""
+        import jax, jax.numpy as jnp, numpy as np
+        import selrel_jax as sr
+        from selrel_jax import metrics
+        def apply_fn(p, x): return x.mean(axis=(1, 2, 3)) @ p
+        p, x = jnp.ones((3, 4), jnp.float32), jnp.ones((2, 3, 4, 4, 3), jnp.float32)
+        t = np.array([2**32 + 1, 0], np.int64)
+        for method in ("gradient", "gradient_x_input", "lrp.epsilon_plus_flat"):
+            r = np.asarray(jax.jit(sr.make_explainer(apply_fn, method))(p, x, t))
+            print(method, bool(np.isnan(r[0]).all()), bool(np.isfinite(r[1]).all()))
+        f = jax.jit(lambda x, t: metrics.frame_freezing(lambda c: apply_fn(p, c), x, t).original)
+        print("frame_freezing", *np.isnan(np.asarray(f(x, t))).tolist())
+    """)
+    env = dict(os.environ, JAX_ENABLE_X64="1", JAX_PLATFORMS="cpu")
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split("\n")[:4] == [
+        "gradient True True",
+        "gradient_x_input True True",
+        "lrp.epsilon_plus_flat True True",
+        "frame_freezing True False",
+    ]
 
 
 # ---------------------------------------------------------------- traced options
@@ -247,6 +283,9 @@ BAD_OPTIONS = [
     ("smoothgrad", {"samples": None}, OptionError, "samples must be a positive int"),
     ("smoothgrad", {"noise_level": "0.1"}, OptionError, "noise_level must be a finite number"),
     ("smoothgrad", {"key": 0.5}, OptionError, "smoothgrad key must be a JAX PRNG key"),
+    ("smoothgrad", {"key": 2**70}, OptionError, r"an int in \[0, 2\*\*32\)"),  # not Overflow
+    ("smoothgrad", {"key": np.uint64(2**63)}, OptionError, r"an int in \[0, 2\*\*32\)"),
+    ("smoothgrad", {"key": -1}, OptionError, r"an int in \[0, 2\*\*32\)"),
     ("grad_cam", {"layer": 3}, OptionError, r"grad_cam layer must be a module path \(str\)"),
     ("grad_cam", {"layer": "nope"}, OptionError, "grad_cam layer 'nope' not found"),
     ("lrp.epsilon", {"epsilon": "small"}, OptionError, "Epsilon epsilon must be a finite"),

@@ -225,6 +225,44 @@ def test_gini_is_permutation_invariant_and_bounded(dims, seed):
     assert -1e-6 <= g <= (n - 1) / n + 1e-6
 
 
+#: c = 10**u: log-uniform over [1e-38, 1e38]; maps are scaled to max |r| = 1 first,
+#: so every c keeps c * r finite (at 1e-38 all subnormal).
+scales = st.floats(-38.0, 38.0).map(lambda u: 10.0**u)
+
+
+def _times(r: np.ndarray, c: float) -> np.ndarray:
+    """c * r rounded once to float32, r first scaled to max |r| = 1."""
+    r = r.astype(np.float64)
+    return (r / max(np.abs(r).max(), 1e-300) * c).astype(np.float32)
+
+
+@settings(max_examples=40, deadline=None)
+@given(clip_dims, st.integers(0, 2**31 - 1), scales)
+def test_gini_and_entropy_do_not_depend_on_the_scale(dims, seed, c):
+    # Against the float64 oracles of the map at scale 1: at any scale the float32 scores
+    # were NaN above ~1e37 (their sums overflowed) and 0 for subnormal maps.
+    rel = _clip(dims, seed)
+    x = _times(rel, c)
+    unit = _times(rel, 1.0)
+    np.testing.assert_allclose(metrics.gini(x), oracle_gini(unit), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(metrics.entropy(x), oracle_entropy(unit), rtol=1e-4, atol=1e-5)
+    inside = np.random.default_rng(seed).random(rel.shape[:3]) < 0.5
+    v = np.abs(unit.astype(np.float64))
+    v = v.sum(-1) if v.ndim == 4 else v
+    share = v[inside].sum() / v.sum() if v.sum() > 0 else 0.0
+    np.testing.assert_allclose(metrics.mass_in_mask(x, inside), share, rtol=1e-4, atol=1e-5)
+
+
+def test_gini_and_entropy_of_the_probed_scales():
+    r = random_relevance(0, (8, 16, 16, 3))
+    gini, entropy = float(metrics.gini(r)), float(metrics.entropy(r))
+    for c in (1e37, 1e-42, 2.0**-140, 2.0**120):
+        x = (r.astype(np.float64) * c).astype(np.float32)
+        assert np.isfinite(x).all()
+        assert float(metrics.gini(x)) == pytest.approx(gini, rel=1e-3), c
+        assert float(metrics.entropy(x)) == pytest.approx(entropy, rel=1e-3), c
+
+
 @settings(max_examples=30, deadline=None)
 @given(clip_dims, st.integers(0, 2**31 - 1), st.integers(-8, 8))
 def test_entropy_is_bounded_by_log_n_and_invariant(dims, seed, k):

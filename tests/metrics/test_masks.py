@@ -258,6 +258,34 @@ def test_box_mask_wraps_around_like_the_oracle():
     assert np.asarray(metrics.box_mask(boxes.astype(int), h, w)).shape == got.shape
 
 
+#: The largest whole number of frames a box is moved by, per dtype: its coordinates
+#: (quarters of a pixel for floats) stay exact in it.
+MOVES = {"int64": 2**58, "uint64": 2**58, "float64": 2**40, "float32": 2**17}
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(st.integers(0, 20), min_size=2, max_size=2),  # the oracle looks 3 frames away
+    st.lists(st.integers(0, 40), min_size=2, max_size=2),
+    st.sampled_from(sorted(MOVES)),
+    st.floats(0, 1),
+    st.floats(0, 1),
+)
+def test_box_mask_of_a_box_moved_by_whole_frames_is_the_same(corner, extent, dtype, ky, kx):
+    """A box moved by any whole number of frames covers the same pixels: an int64 box
+    beyond int32 wrapped and covered none (the same box as floats: every pixel), and
+    large float coordinates rounded in float32."""
+    h, w = 7, 8
+    unit = 1 if dtype in ("int64", "uint64") else 0.25
+    box = [corner[0] * unit, corner[1] * unit, (corner[0] + extent[0]) * unit,
+           (corner[1] + extent[1]) * unit]  # fmt: skip
+    sign = 1 if dtype == "uint64" else -1 if ky > 0.5 else 1
+    dy, dx = (sign * int(k * MOVES[dtype]) for k in (ky, kx))
+    moved = [box[0] + dy * h, box[1] + dx * w, box[2] + dy * h, box[3] + dx * w]
+    got = np.asarray(metrics.box_mask(np.array([moved], dtype), h, w))
+    np.testing.assert_array_equal(got[0], oracle_box_mask(box, h, w), err_msg=str(moved))
+
+
 def test_box_mask_covers_the_synthetic_object():
     cfg = sm.get_config("tiny")
     for index in range(6):
