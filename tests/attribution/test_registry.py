@@ -29,6 +29,7 @@ def test_methods_are_the_registered_functions():
         "gradient", "gradient_x_input", "integrated_gradients", "smoothgrad", "grad_cam",
         "lrp.epsilon", "lrp.zplus", "lrp.epsilon_plus", "lrp.epsilon_plus_flat",
         "lrp.epsilon_gamma_box", "lrp.epsilon_alpha2_beta1", "lrp.epsilon_alpha2_beta1_flat",
+        "lrp.dtd",
     )  # fmt: skip
     assert attribution.METHODS == explain_module.METHODS
     assert registry.get("smoothgrad").build is gradients.smoothgrad
@@ -46,6 +47,9 @@ def test_options_are_keyword_only_parameters_with_their_defaults():
     assert box.required == ("low", "high")
     assert registry.get("gradient").options == {}
     assert registry.get("lrp.zplus").options == {"stabilizer": 1e-6}
+    dtd = registry.get("lrp.dtd")
+    assert dtd.options == {"low": REQUIRED, "high": REQUIRED, "stabilizer": 1e-6}
+    assert dtd.build is composites.dtd
 
 
 @pytest.mark.parametrize(

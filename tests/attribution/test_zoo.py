@@ -27,6 +27,7 @@ METHODS = {
     "smoothgrad": {"samples": 2},
     "grad_cam": {},
     **COMPOSITES,
+    "lrp.dtd": {"low": -1.0, "high": 1.0},
 }
 
 
