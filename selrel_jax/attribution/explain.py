@@ -52,7 +52,7 @@ import numpy as np
 from selrel_jax._checks import one_of
 
 # composites and gradients register their methods when imported.
-from selrel_jax.attribution import composites, gradients, registry  # noqa: F401
+from selrel_jax.attribution import composites, gradients, occlusion, registry  # noqa: F401
 from selrel_jax.attribution._frontends import as_pure, check_params, is_linen
 from selrel_jax.attribution._inputs import (
     CHECKIFY,

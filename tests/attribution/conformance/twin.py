@@ -25,6 +25,7 @@ OPTIONS = {
     "lrp.dtd": {"low": -3.0, "high": 3.0},
     "integrated_gradients": {"steps": 8},
     "smoothgrad": {"samples": 4, "key": 0},
+    "occlusion": {"window": (2, 4, 4), "strides": (1, 2, 2)},
 }
 
 
