@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import functools
 import math
-import operator
 from typing import Any, Literal
 
 import jax
@@ -50,6 +49,8 @@ import numpy as np
 from jax.experimental import checkify
 
 from selrel_jax._checks import as_array, check_finite, describe, integer, one_of, real, safe_divide
+from selrel_jax._temporal import abs_temporal_gradient as _abs_d
+from selrel_jax._temporal import compute_dtype as _compute_dtype
 from selrel_jax.errors import DTypeError, OptionError, ShapeError
 
 __all__ = [
@@ -172,50 +173,6 @@ def _checked_inputs(fn, relevance, layout, sigma, ddof, threshold, temporal_padd
     _check_sample_count(fn, x, layout, threshold, ddof)
     check_finite(f"{fn}: relevance", x, batched=layout.startswith("N"))
     return jnp.asarray(x), layout
-
-
-def _compute_dtype(dtype: Any) -> Any:
-    # bfloat16/float16 sums of nine smoothed taps lose too much precision; work in
-    # at least float32 and cast results back to the input dtype.
-    return jnp.promote_types(dtype, jnp.float32)
-
-
-def _abs_sobel_t(r: jax.Array, temporal_padding: str) -> jax.Array:
-    """|D| for one channel-summed clip (T, H, W), in its compute dtype."""
-    t, h, w = r.shape
-    p = jnp.pad(r, ((0, 0), (1, 1), (1, 1)))
-    p = jnp.pad(
-        p, ((1, 1), (0, 0), (0, 0)), mode="constant" if temporal_padding == "zero" else "edge"
-    )
-
-    def smoothed(t0: int) -> jax.Array:
-        # [1,2,1] x [1,2,1] as nine taps of one padded array: XLA fuses them into one
-        # pass, and both neighbours use the same expression tree, so D is exactly 0
-        # where content does not change.
-        def tap(dh: int, dw: int) -> jax.Array:
-            return p[t0 : t0 + t, dh : dh + h, dw : dw + w]
-
-        def row(dh: int) -> jax.Array:
-            return tap(dh, 0) + 2 * tap(dh, 1) + tap(dh, 2)
-
-        return row(0) + 2 * row(1) + row(2)
-
-    return jnp.abs(smoothed(0) - smoothed(2))
-
-
-def _channel_sum(x: jax.Array, ctype: Any) -> jax.Array:
-    x = x.astype(ctype)
-    if x.ndim == 3:
-        return x
-    if x.shape[-1] <= 16:
-        # XLA:CPU reduces a short minor axis ~7x slower than it adds its slices.
-        return functools.reduce(operator.add, [x[..., c] for c in range(x.shape[-1])])
-    return jnp.sum(x, axis=-1)
-
-
-def _abs_d(clip: jax.Array, temporal_padding: str) -> jax.Array:
-    """|D| of one clip (T, H, W) or (T, H, W, C), in its compute dtype."""
-    return _abs_sobel_t(_channel_sum(clip, _compute_dtype(clip.dtype)), temporal_padding)
 
 
 def _clip_mask(x, sigma, temporal_padding, threshold, ddof):
