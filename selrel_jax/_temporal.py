@@ -19,7 +19,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-__all__ = ["abs_sobel_t", "abs_temporal_gradient", "channel_sum", "compute_dtype"]
+__all__ = ["PADDINGS", "abs_sobel_t", "abs_temporal_gradient", "channel_sum", "compute_dtype"]
+
+#: The kernel's paddings in time (selective.TEMPORAL_PADDINGS documents them).
+PADDINGS = ("zero", "edge")
 
 
 def compute_dtype(dtype: Any) -> Any:

@@ -26,6 +26,8 @@ METHODS = {
     "smoothgrad": {"samples": 2},
     "grad_cam": {},
     "occlusion": {"window": (1, 2, 2)},
+    "baseline.frame_difference": {},
+    "baseline.input_sobel": {},
     "lrp.epsilon_plus_flat": {},
     "lrp.epsilon_gamma_box": {"low": -3.0, "high": 3.0},
     "lrp.epsilon_alpha2_beta1": {},
@@ -269,6 +271,9 @@ BAD_OPTIONS = [
     ("occlusion", {"window": (1, 2)}, OptionError, r"window must be 3 positive ints"),
     ("occlusion", {"window": (1, 9, 2)}, ShapeError, r"occlusion window \(1, 9, 2\) is larger"),
     ("occlusion", {"baseline": "zeros"}, OptionError, "baseline must be a real number"),
+    ("baseline.random", {"key": -1}, OptionError, "baseline.random key must be a JAX PRNG key"),
+    ("baseline.input_sobel", {"temporal_padding": None}, OptionError,
+     "temporal_padding must be one of zero, edge; got None"),
 ]  # fmt: skip
 
 

@@ -16,7 +16,15 @@ import pytest
 
 import selrel_jax as sr
 from selrel_jax import attribution
-from selrel_jax.attribution import Composite, composites, gradients, lrp, registry, rules
+from selrel_jax.attribution import (
+    Composite,
+    baselines,
+    composites,
+    gradients,
+    lrp,
+    registry,
+    rules,
+)
 from selrel_jax.attribution.registry import REQUIRED, register_composite
 from selrel_jax.errors import OptionError
 
@@ -30,12 +38,15 @@ def test_methods_are_the_registered_functions():
         "occlusion",
         "lrp.epsilon", "lrp.zplus", "lrp.epsilon_plus", "lrp.epsilon_plus_flat",
         "lrp.epsilon_gamma_box", "lrp.epsilon_alpha2_beta1", "lrp.epsilon_alpha2_beta1_flat",
-        "lrp.dtd",
+        "lrp.dtd", "baseline.random", "baseline.frame_difference", "baseline.input_sobel",
     )  # fmt: skip
     assert attribution.METHODS == explain_module.METHODS
     assert registry.get("smoothgrad").build is gradients.smoothgrad
     assert registry.get("lrp.epsilon_gamma_box").build is composites.epsilon_gamma_box
     assert registry.get("lrp.zplus").family == "lrp"
+    assert registry.get("baseline.random").build is baselines.random_map
+    assert registry.get("baseline.input_sobel").family == "baseline"
+    assert explain_module.BASELINE_METHODS == registry.method_names("baseline")
 
 
 def test_options_are_keyword_only_parameters_with_their_defaults():

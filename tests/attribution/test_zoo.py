@@ -29,6 +29,9 @@ METHODS = {
     "occlusion": {"window": (2, 4, 4)},
     **COMPOSITES,
     "lrp.dtd": {"low": -1.0, "high": 1.0},
+    "baseline.random": {},
+    "baseline.frame_difference": {},
+    "baseline.input_sobel": {},
 }
 
 
