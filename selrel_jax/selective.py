@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import functools
 import math
-import operator
 from typing import Any, Literal
 
 import jax
@@ -60,6 +59,8 @@ from selrel_jax._checks import (
     safe_divide,
     scaled_to_unit,
 )
+from selrel_jax._temporal import abs_temporal_gradient as _abs_temporal_gradient
+from selrel_jax._temporal import compute_dtype as _compute_dtype
 from selrel_jax.errors import DTypeError, OptionError, ShapeError
 
 __all__ = [
@@ -184,51 +185,12 @@ def _checked_inputs(fn, relevance, layout, sigma, ddof, threshold, temporal_padd
     return jnp.asarray(x), layout
 
 
-def _compute_dtype(dtype: Any) -> Any:
-    # bfloat16/float16 sums of nine smoothed taps lose too much precision; work in
-    # at least float32 and cast results back to the input dtype.
-    return jnp.promote_types(dtype, jnp.float32)
-
-
-def _abs_sobel_t(r: jax.Array, temporal_padding: str) -> jax.Array:
-    """|D| for one channel-summed clip (T, H, W), in its compute dtype."""
-    t, h, w = r.shape
-    p = jnp.pad(r, ((0, 0), (1, 1), (1, 1)))
-    p = jnp.pad(
-        p, ((1, 1), (0, 0), (0, 0)), mode="constant" if temporal_padding == "zero" else "edge"
-    )
-
-    def smoothed(t0: int) -> jax.Array:
-        # [1,2,1] x [1,2,1] as nine taps of one padded array: XLA fuses them into one
-        # pass, and both neighbours use the same expression tree, so D is exactly 0
-        # where content does not change.
-        def tap(dh: int, dw: int) -> jax.Array:
-            return p[t0 : t0 + t, dh : dh + h, dw : dw + w]
-
-        def row(dh: int) -> jax.Array:
-            return tap(dh, 0) + 2 * tap(dh, 1) + tap(dh, 2)
-
-        return row(0) + 2 * row(1) + row(2)
-
-    return jnp.abs(smoothed(0) - smoothed(2))
-
-
-def _channel_sum(x: jax.Array, ctype: Any) -> jax.Array:
-    x = x.astype(ctype)
-    if x.ndim == 3:
-        return x
-    if x.shape[-1] <= 16:
-        # XLA:CPU reduces a short minor axis ~7x slower than it adds its slices.
-        return functools.reduce(operator.add, [x[..., c] for c in range(x.shape[-1])])
-    return jnp.sum(x, axis=-1)
-
-
 def _abs_d(clip: jax.Array, temporal_padding: str, scaled: bool = False) -> jax.Array:
     """|D| of one clip (T, H, W) or (T, H, W, C), in its compute dtype; of the clip
     scaled to a largest magnitude in [1, 2) with ``scaled`` (|D| of any finite clip
     then stays finite, its square too)."""
     x = clip.astype(_compute_dtype(clip.dtype))
-    return _abs_sobel_t(_channel_sum(scaled_to_unit(x) if scaled else x, x.dtype), temporal_padding)
+    return _abs_temporal_gradient(scaled_to_unit(x) if scaled else x, temporal_padding)
 
 
 #: |D| whose largest value lies in [2**-SAFE_EXPONENT, 2**SAFE_EXPONENT] has its

@@ -123,7 +123,9 @@ def _expected(model_dir, index: int, method: str, sigma: float, faithful: bool) 
     example = synthetic_motion.generate_example(CONFIG, "test", 1, index)
     x = data.normalize(example["video"][None], mean=info.mean, std=info.std)
     target = np.array([example["label"]])
-    rel = sr.explain(model, variables, x, target, method)
+    bounds = dict(zip(("low", "high"), info.input_bounds(), strict=True))
+    options = bounds if "low" in sr.attribution.registry.get(method).options else {}
+    rel = sr.explain(model, variables, x, target, method, **options)
     mask = sr.motion_mask(rel, sigma, temporal_padding="edge")
     sel = sr.selective_relevance(rel, sigma, temporal_padding="edge")
     truth, static = example["mask"][None], example["static_mask"][None]
@@ -172,6 +174,16 @@ def _check_columns(out, model_dir, index, method, sigmas, faithful):
 def test_each_column_equals_the_metrics_called_on_one_clip(reference, model_dir, method):
     # clip 2 is alone in the last shard, padded
     _check_columns(reference[0], model_dir, 2, method, SETTINGS["sigmas"], faithful=False)
+
+
+def test_dtd_occlusion_and_the_model_free_baselines_are_sweep_methods(model_dir, tmp_path):
+    methods = ["lrp.dtd", "occlusion", "baseline.random", "baseline.frame_difference",
+               "baseline.input_sobel"]  # fmt: skip
+    settings = {**SETTINGS, "methods": methods, "sigmas": [1.0], "limit": 1}
+    summary = run_sweep(tmp_path / "new_methods", model=model_dir, **settings)
+    assert summary["complete"] and summary["rows"] == len(methods)
+    for method in methods:  # dtd's low/high: the model's input range, as epsilon_gamma_box's
+        _check_columns(tmp_path / "new_methods", model_dir, 0, method, [1.0], faithful=False)
 
 
 def test_faithfulness_columns_equal_the_metrics_called_on_one_clip(model_dir, tmp_path):

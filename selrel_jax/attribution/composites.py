@@ -26,7 +26,7 @@ The named composites follow Zennit and are registered as methods of
 -> ``"lrp.epsilon_plus"``); their keyword-only parameters are the method's
 options: :func:`epsilon`, :func:`zplus`, :func:`epsilon_plus`,
 :func:`epsilon_plus_flat`, :func:`epsilon_gamma_box`,
-:func:`epsilon_alpha2_beta1`, :func:`epsilon_alpha2_beta1_flat`.
+:func:`epsilon_alpha2_beta1`, :func:`epsilon_alpha2_beta1_flat`, :func:`dtd`.
 
 Examples:
     >>> import flax.linen as nn
@@ -81,6 +81,7 @@ __all__ = [
     "LINEAR_TYPES",
     "PRIMITIVE_TYPES",
     "Composite",
+    "dtd",
     "epsilon",
     "epsilon_alpha2_beta1",
     "epsilon_alpha2_beta1_flat",
@@ -242,4 +243,23 @@ def epsilon_alpha2_beta1_flat(
         Epsilon(epsilon),
         stabilizer=stabilizer,
         first=Flat(stabilizer),
+    )
+
+
+@register_composite("dtd")
+def dtd(*, low, high, stabilizer: float = 1e-6) -> Composite:
+    """Deep Taylor decomposition as the selective-relevance authors' torchexplain
+    runs it: first conv/dense layer -> ZBox(low, high), every other conv and
+    dense layer -> ZPlus.
+
+    ``low``/``high``: the input bounds in the model's normalised input space
+    (scalar, per channel (C,) or clip-shaped), as for :func:`epsilon_gamma_box`;
+    the video and sweep paths default them to the model's input range. Unlike
+    epsilon_gamma_box, a dense first layer also gets ZBox: DTD's box rule is
+    the rule of the input layer, whatever its kind."""
+    return uniform(
+        ZPlus(stabilizer),
+        ZPlus(stabilizer),
+        stabilizer=stabilizer,
+        first=ZBox(low, high, stabilizer),
     )

@@ -52,7 +52,13 @@ import numpy as np
 from selrel_jax._checks import one_of
 
 # composites and gradients register their methods when imported.
-from selrel_jax.attribution import composites, gradients, registry  # noqa: F401
+from selrel_jax.attribution import (  # noqa: F401
+    baselines,
+    composites,
+    gradients,
+    occlusion,
+    registry,
+)
 from selrel_jax.attribution._frontends import as_pure, check_params, is_linen
 from selrel_jax.attribution._inputs import (
     CHECKIFY,
@@ -67,6 +73,7 @@ from selrel_jax.attribution.engine import lrp
 from selrel_jax.errors import OptionError
 
 __all__ = [
+    "BASELINE_METHODS",
     "GRADIENT_METHODS",
     "LRP_METHODS",
     "METHODS",
@@ -80,8 +87,12 @@ __all__ = [
 GRADIENT_METHODS: tuple[str, ...] = registry.method_names("gradient")
 #: Names of the LRP methods: ``"lrp."`` and a composite registered with ``register_composite``.
 LRP_METHODS: tuple[str, ...] = registry.method_names("lrp")
-#: Every method name of ``explain`` at import: the gradient family, then the LRP composites.
-METHODS: tuple[str, ...] = (*GRADIENT_METHODS, *LRP_METHODS)
+#: Names of the model-free baselines: ``"baseline."`` and a map registered with
+#: ``register_baseline``.
+BASELINE_METHODS: tuple[str, ...] = registry.method_names("baseline")
+#: Every method name of ``explain`` at import: the gradient family, the LRP composites,
+#: then the baselines.
+METHODS: tuple[str, ...] = (*GRADIENT_METHODS, *LRP_METHODS, *BASELINE_METHODS)
 # Options that may be arrays: handed to the jitted explainer as traced arguments.
 _ARRAY_OPTIONS = ("low", "high", "baseline")
 #: Values of the ``precision`` option: JAX's matmul/conv precisions, and "auto".
@@ -272,8 +283,10 @@ def explain(
     method takes every kind of model.
 
     ``method`` is one of :data:`METHODS`: the gradient family
-    (:mod:`~selrel_jax.attribution.gradients`) or ``"lrp.<composite>"``
-    (:mod:`~selrel_jax.attribution.composites`), or a ``Composite`` of your own. ``options`` are the
+    (:mod:`~selrel_jax.attribution.gradients`, ``"occlusion"``),
+    ``"lrp.<composite>"`` (:mod:`~selrel_jax.attribution.composites`), a
+    model-free ``"baseline.<name>"`` (:mod:`~selrel_jax.attribution.baselines`),
+    or a ``Composite`` of your own. ``options`` are the
     keyword-only parameters of that function, with its defaults. LRP seeds
     the one-hot target (value 1), as Zennit does.
 

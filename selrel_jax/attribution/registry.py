@@ -43,6 +43,7 @@ __all__ = [
     "Method",
     "get",
     "method_names",
+    "register_baseline",
     "register_composite",
     "register_gradient",
     "resolve",
@@ -50,8 +51,9 @@ __all__ = [
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-#: The method families: gradient methods, and LRP composites (named ``"lrp.<name>"``).
-FAMILIES = ("gradient", "lrp")
+#: The method families: gradient methods, LRP composites (named ``"lrp.<name>"``), and
+#: model-free baseline maps (named ``"baseline.<name>"``).
+FAMILIES = ("gradient", "lrp", "baseline")
 
 
 class _Required:
@@ -68,7 +70,8 @@ REQUIRED: Any = _Required()
 @dataclasses.dataclass(frozen=True)
 class Method:
     """A registered method: ``build`` is the composite factory (family "lrp")
-    or the gradient function (family "gradient"); ``options`` maps each
+    or the function computing the map (families "gradient" and "baseline");
+    ``options`` maps each
     option to its default (:data:`REQUIRED` when it has none)."""
 
     name: str
@@ -121,9 +124,15 @@ def register_gradient(name: str) -> Callable[[F], F]:
     return _register(name, "gradient")
 
 
+def register_baseline(name: str) -> Callable[[F], F]:
+    """Register ``fn(apply_fn, clips, target=None, *, <options>) -> map``, a map that
+    does not depend on the model, as method ``"baseline.<name>"``."""
+    return _register(f"baseline.{name}", "baseline")
+
+
 def method_names(family: str | None = None) -> tuple[str, ...]:
-    """Registered method names (of one family), gradient family first, each in
-    registration order."""
+    """Registered method names (of one family), in the order of :data:`FAMILIES`,
+    each family in registration order."""
     families = FAMILIES if family is None else (family,)
     return tuple(n for f in families for n, m in _METHODS.items() if m.family == f)
 

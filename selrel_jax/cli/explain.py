@@ -28,8 +28,8 @@ Method = Annotated[
 MethodOption = Annotated[
     list[str] | None,
     typer.Option(
-        help="Method option as KEY=JSON, repeatable (e.g. epsilon=0.25). lrp.epsilon_gamma_box's "
-        "low/high default to the model's normalised input range."
+        help="Method option as KEY=JSON, repeatable (e.g. epsilon=0.25). The box rule's "
+        "low/high (lrp.epsilon_gamma_box, lrp.dtd) default to the model's normalised input range."
     ),
 ]
 Sigma = Annotated[float, typer.Option(help="Selectivity: keep |D| > sigma * std(|D|).")]

@@ -29,7 +29,8 @@ MethodOption = Annotated[
     list[str] | None,
     typer.Option(
         help="Method option as KEY=JSON, repeatable; goes to every method that takes KEY. "
-        "lrp.epsilon_gamma_box's low/high default to the model's normalised input range."
+        "The box rule's low/high (lrp.epsilon_gamma_box, lrp.dtd) default to the model's "
+        "normalised input range."
     ),
 ]
 Target = Annotated[str, typer.Option(help="label (the dataset's class) or predicted.")]

@@ -50,6 +50,15 @@ def test_epsilon_gamma_box_uses_bounds(normal_clips, random_variables):
         sr.explain(model, v, x, jnp.array([0]), "lrp.epsilon_gamma_box")
 
 
+def test_dtd_is_zbox_first_then_zplus_on_conv_and_dense():
+    comp = composites.dtd(low=-2.0, high=2.0, stabilizer=1e-4)
+    assert comp.rule_for(nn.Conv, "conv1", first=True, leaf=True) == rules.ZBox(-2.0, 2.0, 1e-4)
+    assert comp.rule_for(nn.Dense, "fc", first=True, leaf=True) == rules.ZBox(-2.0, 2.0, 1e-4)
+    for layer in (nn.Conv, nn.Dense):
+        assert comp.rule_for(layer, "x", first=False, leaf=True) == rules.ZPlus(1e-4)
+    assert isinstance(comp.rule_for(Sum, "sum", first=False, leaf=True), rules.Norm)
+
+
 BAD_BOUNDS = [
     (1.0, -1.0, OptionError, r"ZBox needs low <= high everywhere; 1 value\(s\) of low are above"),
     (np.array([0.0, 2.0]), 1.0, OptionError, r"1 value\(s\) of low are above high"),

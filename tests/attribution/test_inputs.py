@@ -30,6 +30,9 @@ METHODS = {
     "integrated_gradients": {"steps": 3},
     "smoothgrad": {"samples": 2},
     "grad_cam": {},
+    "occlusion": {"window": (1, 2, 2)},
+    "baseline.frame_difference": {},
+    "baseline.input_sobel": {},
     "lrp.epsilon_plus_flat": {},
     "lrp.epsilon_gamma_box": {"low": -3.0, "high": 3.0},
     "lrp.epsilon_alpha2_beta1": {},
@@ -301,6 +304,15 @@ BAD_OPTIONS = [
     ("lrp.epsilon_alpha2_beta1", {"alpha": "2"}, OptionError, "AlphaBeta alpha must be a finite"),
     ("lrp.epsilon_alpha2_beta1_flat", {"beta": None}, OptionError,
      "AlphaBeta beta must be a finite"),
+    ("lrp.dtd", {"low": -1.0, "high": [1.0, np.inf]}, OptionError,
+     r"ZBox high holds 1 non-finite values"),
+    ("lrp.dtd", {"low": 1.0, "high": -1.0}, OptionError, "ZBox needs low <= high everywhere"),
+    ("occlusion", {"window": (1, 2)}, OptionError, r"window must be 3 positive ints"),
+    ("occlusion", {"window": (1, 9, 2)}, ShapeError, r"occlusion window \(1, 9, 2\) is larger"),
+    ("occlusion", {"baseline": "zeros"}, OptionError, "baseline must be a real number"),
+    ("baseline.random", {"key": -1}, OptionError, "baseline.random key must be a JAX PRNG key"),
+    ("baseline.input_sobel", {"temporal_padding": None}, OptionError,
+     "temporal_padding must be one of zero, edge; got None"),
 ]  # fmt: skip
 
 

@@ -17,6 +17,7 @@ the weight-import tests and ``bench/lrp.py`` use.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
 
@@ -189,4 +190,83 @@ def test_composites_match_zennit_on_r3d(r3d, method):
     want = _zennit_relevance(net, method, x, target)
     got = np.asarray(sr.explain(model, variables, xj, jnp.asarray(target.numpy()), method,
                                 **CASES[method][1]))  # fmt: skip
+    _assert_matches(got, want)
+
+
+# ---------------------------------------------------------------- lrp.dtd (torchexplain's DTD)
+
+# Per-channel bounds: pixels 0 and 1 after a Kinetics-style normalisation.
+_MEAN, _STD = np.array([0.43, 0.39, 0.38]), np.array([0.23, 0.22, 0.22])
+DTD_LOW, DTD_HIGH = (-_MEAN / _STD).astype(np.float32), ((1 - _MEAN) / _STD).astype(np.float32)
+
+
+def _zennit_dtd(net, x, target, n_classes):
+    """DTD built in Zennit: ZBox on the first conv/linear layer, ZPlus on every other."""
+    zrules, ztypes = (importlib.import_module(f"zennit.{m}") for m in ("rules", "types"))
+    low, high = (torch.tensor(b).reshape(1, 3, 1, 1, 1) for b in (DTD_LOW, DTD_HIGH))
+    layer_map = [*zc.layer_map_base(), (ztypes.Convolution, zrules.ZPlus()),
+                 (torch.nn.Linear, zrules.ZPlus())]  # fmt: skip
+    composite = zc.SpecialFirstLayerMapComposite(
+        layer_map=layer_map,
+        first_map=[(ztypes.Linear, zrules.ZBox(low, high))],
+        canonizers=[SequentialMergeBatchNorm()],
+    )
+    with Gradient(model=net, composite=composite) as attributor:
+        _, rel = attributor(x.clone().requires_grad_(True), torch.eye(n_classes)[target])
+    return rel.detach().numpy().transpose(0, 2, 3, 4, 1)
+
+
+def _cosine(got, want):
+    g, w = got.astype(np.float64).ravel(), want.astype(np.float64).ravel()
+    return float(g @ w / (np.linalg.norm(g) * np.linalg.norm(w)))
+
+
+class _C3DSmallPooled(torch.nn.Module):
+    """The C3D-small twin with its global mean as a module Zennit sees (AdaptiveAvgPool3d
+    gets Zennit's Norm rule, as the Flax model's mean gets ours)."""
+
+    def __init__(self, twin):
+        super().__init__()
+        self.twin, self.gap = twin, torch.nn.AdaptiveAvgPool3d(1)
+
+    def forward(self, x):
+        t = self.twin
+        for i in range(1, 5):
+            x = torch.relu(getattr(t, f"conv{i}")(x))
+            x = t.pools[i](x) if i in t.pools else x
+        return t.fc(self.gap(x).flatten(1))
+
+
+def test_dtd_matches_zennit_on_c3d_small():
+    twin = build("c3d_small", 5, 0.25, seed=3)
+    with torch.no_grad():
+        for m in twin.modules():
+            if isinstance(m, torch.nn.Conv3d | torch.nn.Linear):
+                m.bias.normal_(0, 0.05, generator=torch.Generator().manual_seed(4))
+    net = _C3DSmallPooled(twin).eval()
+    model, variables = models.from_torch_state_dict("c3d_small", twin.state_dict(), width=0.25,
+                                                    clip_size=(4, 16, 16))  # fmt: skip
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(2, 3, 4, 16, 16, generator=g) * torch.tensor(DTD_HIGH - DTD_LOW).reshape(
+        1, 3, 1, 1, 1) + torch.tensor(DTD_LOW).reshape(1, 3, 1, 1, 1)  # fmt: skip
+    xj = jnp.asarray(x.numpy().transpose(0, 2, 3, 4, 1))
+    np.testing.assert_allclose(np.asarray(model.apply(variables, xj)), net(x).detach().numpy(),
+                               atol=1e-5)  # fmt: skip
+    target = torch.tensor([1, 3])
+    want = _zennit_dtd(net, x, target, 5)
+    got = np.asarray(sr.explain(model, variables, xj, jnp.asarray(target.numpy()), "lrp.dtd",
+                                low=DTD_LOW, high=DTD_HIGH))  # fmt: skip
+    print(f"c3d_small dtd cosine = {_cosine(got, want):.8f}")
+    assert _cosine(got, want) >= 0.99999
+    _assert_matches(got, want)
+
+
+def test_dtd_matches_zennit_on_r3d(r3d):
+    net, model, variables, x, xj = r3d
+    target = torch.tensor([1, 3])
+    want = _zennit_dtd(net, x, target, 5)
+    got = np.asarray(sr.explain(model, variables, xj, jnp.asarray(target.numpy()), "lrp.dtd",
+                                low=DTD_LOW, high=DTD_HIGH))  # fmt: skip
+    print(f"r3d_18 dtd cosine = {_cosine(got, want):.8f}")
+    assert _cosine(got, want) >= 0.99999
     _assert_matches(got, want)

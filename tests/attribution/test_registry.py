@@ -16,7 +16,15 @@ import pytest
 
 import selrel_jax as sr
 from selrel_jax import attribution
-from selrel_jax.attribution import Composite, composites, gradients, lrp, registry, rules
+from selrel_jax.attribution import (
+    Composite,
+    baselines,
+    composites,
+    gradients,
+    lrp,
+    registry,
+    rules,
+)
 from selrel_jax.attribution.registry import REQUIRED, register_composite
 from selrel_jax.errors import OptionError
 
@@ -27,13 +35,18 @@ explain_module = importlib.import_module("selrel_jax.attribution.explain")
 def test_methods_are_the_registered_functions():
     assert explain_module.METHODS == (
         "gradient", "gradient_x_input", "integrated_gradients", "smoothgrad", "grad_cam",
+        "occlusion",
         "lrp.epsilon", "lrp.zplus", "lrp.epsilon_plus", "lrp.epsilon_plus_flat",
         "lrp.epsilon_gamma_box", "lrp.epsilon_alpha2_beta1", "lrp.epsilon_alpha2_beta1_flat",
+        "lrp.dtd", "baseline.random", "baseline.frame_difference", "baseline.input_sobel",
     )  # fmt: skip
     assert attribution.METHODS == explain_module.METHODS
     assert registry.get("smoothgrad").build is gradients.smoothgrad
     assert registry.get("lrp.epsilon_gamma_box").build is composites.epsilon_gamma_box
     assert registry.get("lrp.zplus").family == "lrp"
+    assert registry.get("baseline.random").build is baselines.random_map
+    assert registry.get("baseline.input_sobel").family == "baseline"
+    assert explain_module.BASELINE_METHODS == registry.method_names("baseline")
 
 
 def test_options_are_keyword_only_parameters_with_their_defaults():
@@ -45,7 +58,13 @@ def test_options_are_keyword_only_parameters_with_their_defaults():
                            "epsilon": 1e-6, "stabilizer": 1e-6}  # fmt: skip
     assert box.required == ("low", "high")
     assert registry.get("gradient").options == {}
+    assert registry.get("occlusion").options == {
+        "window": (2, 8, 8), "strides": None, "baseline": 0.0, "chunk_size": 8
+    }  # fmt: skip
     assert registry.get("lrp.zplus").options == {"stabilizer": 1e-6}
+    dtd = registry.get("lrp.dtd")
+    assert dtd.options == {"low": REQUIRED, "high": REQUIRED, "stabilizer": 1e-6}
+    assert dtd.build is composites.dtd
 
 
 @pytest.mark.parametrize(
@@ -93,6 +112,25 @@ def test_a_registered_composite_is_a_method(normal_clips, random_variables):
 # ---------------------------------------------------------------- docs/methods.md table
 
 
+def _option_specs(cell: str) -> tuple[list[str], str]:
+    """The backticked items of an options cell outside parentheses, and the rest of the
+    text outside parentheses (explanations, which may hold backticks and commas, are
+    in parentheses; a default may hold both too, inside its backticks)."""
+    specs, rest, depth, i = [], [], 0, 0
+    while i < len(cell):
+        if cell[i] == "`":
+            end = cell.index("`", i + 1)
+            if depth == 0:
+                specs.append(cell[i + 1 : end])
+            i = end + 1
+            continue
+        depth += (cell[i] == "(") - (cell[i] == ")")
+        if depth == 0 and cell[i] != ")":
+            rest.append(cell[i])
+        i += 1
+    return specs, "".join(rest)
+
+
 def _documented_method_table() -> dict[str, dict[str, object]]:
     """{method: {option: default or REQUIRED}} from the method table of docs/methods.md.
 
@@ -106,11 +144,12 @@ def _documented_method_table() -> dict[str, dict[str, object]]:
     for line in table.splitlines()[2:]:
         name_cell, _, options_cell = (c.strip() for c in line.strip().strip("|").split("|"))
         (name,) = re.fullmatch(r"`([\w.]+)`", name_cell).groups()
-        bare = re.sub(r"\([^()]*\)", "", options_cell)  # explanations in parentheses
+        specs, rest = _option_specs(options_cell)
         options: dict[str, object] = {}
-        if bare.strip() != "—":
-            for item in bare.split(","):
-                spec = re.fullmatch(r"\s*`(\w+)(?:=([^`]+))?`\s*", item)
+        if options_cell != "—":
+            assert re.fullmatch(r"[\s,]*", rest), f"docs/methods.md row {name}: stray {rest!r}"
+            for item in specs:
+                spec = re.fullmatch(r"(\w+)(?:=(.+))?", item)
                 assert spec, f"docs/methods.md row {name}: cannot read option {item!r}"
                 key, default = spec.groups()
                 options[key] = REQUIRED if default is None else ast.literal_eval(default)

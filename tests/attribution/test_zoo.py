@@ -26,7 +26,12 @@ METHODS = {
     "integrated_gradients": {"steps": 2},
     "smoothgrad": {"samples": 2},
     "grad_cam": {},
+    "occlusion": {"window": (2, 4, 4)},
     **COMPOSITES,
+    "lrp.dtd": {"low": -1.0, "high": 1.0},
+    "baseline.random": {},
+    "baseline.frame_difference": {},
+    "baseline.input_sobel": {},
 }
 
 

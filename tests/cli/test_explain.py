@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from selrel_jax import data
+from selrel_jax import data, models
 from selrel_jax import video_explanation as ve
 from selrel_jax.cli import app
 from selrel_jax.cli import explain as explain_command
@@ -56,6 +56,18 @@ def test_epsilon_gamma_box_runs_without_options(tmp_path):
     summary = json.loads((tmp_path / "sample_clip" / "summary.json").read_text())
     assert summary["method"] == "lrp.epsilon_gamma_box"
     assert len(summary["method_options"]["low"]) == 3  # the model's normalised pixel range
+
+
+@pytest.mark.parametrize("method", ["lrp.dtd", "baseline.frame_difference"])
+def test_dtd_and_a_model_free_baseline_run_without_options(tmp_path, method):
+    code, _stdout, stderr = _run("--method", method, "--out", tmp_path)
+    assert code == 0, stderr
+    summary = json.loads((tmp_path / "sample_clip" / "summary.json").read_text())
+    assert summary["method"] == method
+    if method == "lrp.dtd":  # the box rule's bounds: the model's normalised pixel range
+        low, high = models.load("c3d_small_motion")[2].input_bounds()
+        np.testing.assert_allclose(summary["method_options"]["low"], low)
+        np.testing.assert_allclose(summary["method_options"]["high"], high)
 
 
 def test_a_bad_video_is_reported_and_the_others_still_run(tmp_path):

@@ -22,8 +22,10 @@ TARGET = np.array([1, 3])
 # Options of the methods that need (or are sped up by) them; random ones get a seed.
 OPTIONS = {
     "lrp.epsilon_gamma_box": {"low": -3.0, "high": 3.0},
+    "lrp.dtd": {"low": -3.0, "high": 3.0},
     "integrated_gradients": {"steps": 8},
     "smoothgrad": {"samples": 4, "key": 0},
+    "occlusion": {"window": (2, 4, 4), "strides": (1, 2, 2)},
 }
 
 
