@@ -71,10 +71,22 @@ def _selection_ginis(ranked: _Ranked, masks: jax.Array) -> jax.Array:
     return ginis(ranked.magnitudes, ranked.ascending, masks)
 
 
-def _static_mass(relevance: jax.Array, static_mask: jax.Array) -> jax.Array:
-    """Share of mass on static objects; NaN for a clip that shows none."""
-    mass = metrics.mass_in_mask(relevance, static_mask)
-    return jnp.where(jnp.any(static_mask, axis=_AXES), mass, jnp.nan)
+def _share_of_shown(relevance: jax.Array, mask: jax.Array) -> jax.Array:
+    """Share of mass in ``mask``; NaN for a clip the mask is empty in (the clip shows no
+    motion, or no static object: no share to read)."""
+    mass = metrics.mass_in_mask(relevance, mask)
+    return jnp.where(jnp.any(mask, axis=_AXES), mass, jnp.nan)
+
+
+def _motion_scores(relevance: jax.Array, truth: Mapping[str, jax.Array], suffix: str) -> dict:
+    """The map's share of mass in the motion mask and its precision at a fixed
+    threshold, against the exact mask and the mask widened by the tolerance."""
+    out = {}
+    for name, mask in (("", truth["mask"]), ("_tolerant", truth["tolerant_mask"])):
+        out[f"motion_mass{name}_{suffix}"] = _share_of_shown(relevance, mask)
+        overlap = metrics.overlap_at_threshold(relevance, mask, fraction=PRECISION_FRACTION)
+        out[f"motion_precision_at_threshold{name}_{suffix}"] = overlap.precision
+    return out
 
 
 def _map_scores(
@@ -87,12 +99,9 @@ def _map_scores(
         f"entropy_{suffix}": metrics.entropy(relevance),
     }
     if "mask" in truth:
-        overlap = metrics.overlap_at_threshold(
-            relevance, truth["mask"], fraction=PRECISION_FRACTION
-        )
-        out[f"motion_precision_at_threshold_{suffix}"] = overlap.precision
+        out |= _motion_scores(relevance, truth, suffix)
     if "static_mask" in truth:
-        out[f"static_mass_{suffix}"] = _static_mass(relevance, truth["static_mask"])
+        out[f"static_mass_{suffix}"] = _share_of_shown(relevance, truth["static_mask"])
     if "boxes" in truth:
         _, _, h, w, _ = relevance.shape
         out[f"box_mass_{suffix}"] = metrics.mass_in_mask(
@@ -114,19 +123,29 @@ def _sigma_scores(relevance, ranked: _Ranked, sigma, mask, gini, truth, select) 
         **_map_scores(selective, truth, "selective", gini),
     }
     if "mask" in truth:
-        top_k = jax.vmap(_masks._overlap_at_k_of_magnitudes)(
-            ranked.magnitudes, truth["mask"], kept, ranked.ascending
-        )
-        out["motion_precision_raw"] = top_k.precision
-        hits = jnp.sum(mask & truth["mask"], axis=_AXES)
-        out["motion_precision_selective"] = safe_divide(
-            hits.astype(jnp.float32), kept.astype(jnp.float32)
-        )
+        out |= _matched_sparsity(ranked, mask, kept, truth["mask"], "")
+        out |= _matched_sparsity(ranked, mask, kept, truth["tolerant_mask"], "_tolerant")
     return out
 
 
-def _relevance_scores(relevance: jax.Array, truth: Mapping, sigmas: jax.Array, select) -> dict:
-    """The raw maps' scores (N,) and every sigma's (N, S) of a batch of relevance maps.
+def _matched_sparsity(ranked: _Ranked, mask, kept, truth_mask, name: str) -> dict:
+    """Precision against ``truth_mask`` of the voxels a sigma's motion ``mask`` keeps
+    and of the raw map's top ``kept`` voxels (the same sparsity)."""
+    top_k = jax.vmap(_masks._overlap_at_k_of_magnitudes)(
+        ranked.magnitudes, truth_mask, kept, ranked.ascending
+    )
+    hits = jnp.sum(mask & truth_mask, axis=_AXES)
+    selective = safe_divide(hits.astype(jnp.float32), kept.astype(jnp.float32))
+    return {f"motion_precision{name}_raw": top_k.precision,
+            f"motion_precision{name}_selective": selective}  # fmt: skip
+
+
+def _relevance_scores(
+    relevance: jax.Array, truth: Mapping, sigmas: jax.Array, select, tolerance: int = 0
+) -> dict:
+    """The raw maps' scores (N,) and every sigma's (N, S) of a batch of relevance maps
+    (``tolerance``: the pixels the motion mask is widened by for the ``*_tolerant_*``
+    scores).
 
     Each map is first scaled by the power of two that brings its largest value to
     [1, 2): every score is a share, a ratio or an order of voxels, the same at any scale
@@ -134,6 +153,9 @@ def _relevance_scores(relevance: jax.Array, truth: Mapping, sigmas: jax.Array, s
     1e36 gave NaN) and no std underflows (1e-20 kept every voxel)."""
     relevance = jax.vmap(scaled_to_unit)(relevance)
     ranked = _ranked(relevance)
+    if "mask" in truth:
+        wide = _masks._dilate(truth["mask"], tolerance) if tolerance else truth["mask"]
+        truth = {**truth, "tolerant_mask": wide}
     masks = jax.vmap(lambda s: motion_mask(relevance, s, **select))(sigmas)
     per_sigma = jax.vmap(
         lambda s, m, g: _sigma_scores(relevance, ranked, s, m, g, truth, select), out_axes=1
@@ -162,7 +184,7 @@ def method_function(
 
     def run(variables, x, target, truth, sigmas):
         relevance = explainer(variables, x, target)
-        out = _relevance_scores(relevance, truth, sigmas, select)
+        out = _relevance_scores(relevance, truth, sigmas, select, settings.mask_tolerance)
         if settings.faithfulness:
             apply_fn = functools.partial(model.apply, variables)
 
@@ -250,7 +272,7 @@ class BatchScorer:
             ("clip", *key, hashable(info.normalization)), self._clips,
             lambda: clip_function(model, info, settings),
         )  # fmt: skip
-        select = (settings.temporal_padding, settings.threshold)
+        select = (settings.temporal_padding, settings.threshold, settings.mask_tolerance)
         self._method_fns = {
             m: _jitted(
                 ("method", *key, *select, m, hashable(options[m])),
