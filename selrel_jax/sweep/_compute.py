@@ -25,7 +25,7 @@ from selrel_jax._checks import hashable, safe_divide, scaled_to_unit
 from selrel_jax.attribution import make_explainer
 from selrel_jax.metrics import _inputs, _maps, _masks
 from selrel_jax.models.info import ModelInfo
-from selrel_jax.selective import motion_mask, selective_relevance
+from selrel_jax.selective import _nan_where, motion_mask, selective_relevance
 from selrel_jax.sweep._settings import (
     FAITHFULNESS_REPLACEMENT,
     FAITHFULNESS_STEPS,
@@ -78,28 +78,37 @@ def _share_of_shown(relevance: jax.Array, mask: jax.Array) -> jax.Array:
     return jnp.where(jnp.any(mask, axis=_AXES), mass, jnp.nan)
 
 
-def _motion_scores(relevance: jax.Array, truth: Mapping[str, jax.Array], suffix: str) -> dict:
-    """The map's share of mass in the motion mask and its precision at a fixed
-    threshold, against the exact mask and the mask widened by the tolerance."""
+def _motion_scores(v: jax.Array, truth: Mapping[str, jax.Array], suffix: str) -> dict:
+    """A map's share of mass in the motion mask (NaN for a clip without motion) and its
+    precision at a fixed threshold, against the exact mask and the widened one, from its
+    channel-summed magnitudes ``v`` (N, T, H, W): ``metrics.mass_in_mask`` and
+    ``metrics.overlap_at_threshold(...).precision`` without a pass over the map each
+    (the selective maps' ``v`` are the raw map's in their motion mask)."""
+    total = jnp.sum(v, axis=_AXES)
+    top = jnp.max(v, axis=_AXES, keepdims=True)
+    selected = (v > 0) & (v >= jnp.asarray(PRECISION_FRACTION, v.dtype) * top)
+    chosen = jnp.sum(selected, axis=_AXES, dtype=jnp.int32).astype(v.dtype)
     out = {}
     for name, mask in (("", truth["mask"]), ("_tolerant", truth["tolerant_mask"])):
-        out[f"motion_mass{name}_{suffix}"] = _share_of_shown(relevance, mask)
-        overlap = metrics.overlap_at_threshold(relevance, mask, fraction=PRECISION_FRACTION)
-        out[f"motion_precision_at_threshold{name}_{suffix}"] = overlap.precision
+        inside = jnp.sum(jnp.where(mask, v, 0), axis=_AXES)
+        shown = jnp.any(mask, axis=_AXES) & jnp.isfinite(total)
+        out[f"motion_mass{name}_{suffix}"] = jnp.where(shown, safe_divide(inside, total), jnp.nan)
+        hits = jnp.sum(selected & mask, axis=_AXES, dtype=jnp.int32).astype(v.dtype)
+        precision = safe_divide(hits, chosen)
+        out[f"motion_precision_at_threshold{name}_{suffix}"] = jnp.where(
+            jnp.isfinite(total), precision, jnp.nan
+        )
     return out
 
 
 def _map_scores(
-    relevance: jax.Array, truth: Mapping[str, jax.Array], suffix: str, gini: jax.Array | None = None
+    relevance: jax.Array, v: jax.Array, truth: Mapping[str, jax.Array], suffix: str, gini
 ) -> dict:
     """The scores of one map that need no motion mask of its own, named ``*_suffix``
-    (``gini``: the map's Gini index, when the caller has it)."""
-    out = {
-        f"gini_{suffix}": metrics.gini(relevance) if gini is None else gini,
-        f"entropy_{suffix}": metrics.entropy(relevance),
-    }
+    (``v``: its channel-summed magnitudes; ``gini``: its Gini index)."""
+    out = {f"gini_{suffix}": gini, f"entropy_{suffix}": metrics.entropy(relevance)}
     if "mask" in truth:
-        out |= _motion_scores(relevance, truth, suffix)
+        out |= _motion_scores(v, truth, suffix)
     if "static_mask" in truth:
         out[f"static_mass_{suffix}"] = _share_of_shown(relevance, truth["static_mask"])
     if "boxes" in truth:
@@ -117,10 +126,12 @@ def _sigma_scores(relevance, ranked: _Ranked, sigma, mask, gini, truth, select) 
     mass = jnp.sum(jax.vmap(_inputs.magnitudes)(selective), axis=_AXES)
     gini = jnp.where(jnp.isfinite(mass), gini, jnp.nan)
     kept = jnp.sum(mask, axis=_AXES)
+    # The selective map's magnitudes, NaN where the map is (an invalid sigma or clip).
+    v = _nan_where(~jnp.isfinite(mass), jnp.where(mask, ranked.magnitudes, 0))
     out = {
         "spatial_bias": _spatial_bias(ranked, mass),
         "kept_voxels": metrics.kept_voxels(mask),
-        **_map_scores(selective, truth, "selective", gini),
+        **_map_scores(selective, v, truth, "selective", gini),
     }
     if "mask" in truth:
         out |= _matched_sparsity(ranked, mask, kept, truth["mask"], "")
@@ -162,7 +173,7 @@ def _relevance_scores(
     )
     gini = jax.vmap(_maps._gini_of_sorted)(ranked.ascending)
     return {
-        **_map_scores(relevance, truth, "raw", gini),
+        **_map_scores(relevance, ranked.magnitudes, truth, "raw", gini),
         **per_sigma(sigmas, masks, _selection_ginis(ranked, masks)),
     }
 
