@@ -567,3 +567,22 @@ def test_the_tolerance_is_a_checked_setting():
         run_sweep("unused", **{**SETTINGS, "mask_tolerance": -1})
     with pytest.raises(OptionError, match=r"^mask_tolerance must be an int >= 0; got 1.5$"):
         run_sweep("unused", **{**SETTINGS, "mask_tolerance": 1.5})
+
+
+def test_the_motion_measures_are_nan_only_for_a_broken_clip_or_sigma():
+    rng = np.random.default_rng(3)
+    rel = rng.standard_normal((3, 4, 6, 6, 2)).astype(np.float32)
+    rel[1, 2, 3, 3, 0] = np.nan
+    truth = {"mask": rng.random((3, 4, 6, 6)) < 0.3}
+    sigmas = np.array([1.0, -1.0], np.float32)  # a negative sigma: no selection
+    select = {"temporal_padding": "edge", "threshold": "clip"}
+    got = jax.jit(lambda r: _compute._relevance_scores(r, truth, sigmas, select, 1))(rel)
+    names = [n for n in got if n.startswith("motion_")]
+    assert len(names) == 12
+    for name in names:
+        column = np.asarray(got[name])
+        column = column if column.ndim == 2 else column[:, None]
+        assert np.isnan(column[1]).all(), name
+        assert np.isfinite(column[[0, 2], 0]).all(), name
+        if name.endswith("_selective"):
+            assert np.isnan(column[:, 1]).all(), name

@@ -134,8 +134,13 @@ def _sigma_scores(relevance, ranked: _Ranked, sigma, mask, gini, truth, select) 
         **_map_scores(selective, v, truth, "selective", gini),
     }
     if "mask" in truth:
-        out |= _matched_sparsity(ranked, mask, kept, truth["mask"], "")
-        out |= _matched_sparsity(ranked, mask, kept, truth["tolerant_mask"], "_tolerant")
+        for name, truth_mask in (("", truth["mask"]), ("_tolerant", truth["tolerant_mask"])):
+            scores = _matched_sparsity(ranked, mask, kept, truth_mask, name)
+            # A broken clip's or sigma's empty selection is no precision of 0.
+            scores[f"motion_precision{name}_selective"] = _nan_where(
+                ~jnp.isfinite(mass), scores[f"motion_precision{name}_selective"]
+            )
+            out |= scores
     return out
 
 
