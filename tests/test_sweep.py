@@ -586,3 +586,28 @@ def test_the_motion_measures_are_nan_only_for_a_broken_clip_or_sigma():
         assert np.isfinite(column[[0, 2], 0]).all(), name
         if name.endswith("_selective"):
             assert np.isnan(column[:, 1]).all(), name
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.integers(0, 2), st.sampled_from([0.0, 0.05, 0.3]))
+def test_the_motion_measures_are_shares_and_a_tolerance_never_lowers_them(seed, tolerance, p):
+    rng = np.random.default_rng(seed)
+    shape = (2, 4, 6, 7, 2)
+    rel = (rng.standard_normal(shape) * (rng.random(shape) < 0.5)).astype(np.float32)
+    truth = {"mask": rng.random(shape[:4]) < p}
+    sigmas = np.array([0.5, 2.0], np.float32)
+    select = {"temporal_padding": "edge", "threshold": "clip"}
+    got = jax.jit(lambda r: _compute._relevance_scores(r, truth, sigmas, select, tolerance))(rel)
+    moving = truth["mask"].any(axis=(1, 2, 3))
+    for name in [n for n in got if n.startswith("motion_")]:
+        column = np.asarray(got[name])
+        column = column if column.ndim == 2 else column[:, None]
+        if name.startswith("motion_mass"):  # NaN exactly for a clip without motion
+            assert (np.isnan(column).all(axis=1) == ~moving).all(), name
+            column = column[moving]
+        assert ((column >= 0) & (column <= 1 + 1e-6)).all(), name
+        if "_tolerant" in name:
+            exact = np.asarray(got[name.replace("_tolerant", "")])
+            exact = exact if exact.ndim == 2 else exact[:, None]
+            exact = exact[moving] if name.startswith("motion_mass") else exact
+            assert (column >= exact - 1e-6).all(), name
