@@ -3,8 +3,9 @@
 ``selrel report DIR [DIR ...] --out report.md`` (:func:`write_report`) reads one or
 several sweeps (typically one per model, see :mod:`selrel_jax.sweep`) and writes a
 markdown report with PNG figures beside it: each score against sigma per method;
-motion precision of raw and selective relevance at matched sparsity; relevance on
-static objects, raw and selective; the spatial-bias distribution of each model; and,
+raw against selective relevance on the share of relevance in the motion mask, motion
+precision at a fixed threshold and at matched sparsity (exact, and with the sweep's
+mask tolerance) and relevance on static objects; the spatial-bias distribution of each model; and,
 when the sweeps have faithfulness columns, motion reliance against spatial bias with
 their correlation.
 
@@ -487,11 +488,28 @@ def _metric_sections(sweeps, stem: str, resamples: int, seed: int) -> tuple[str,
 
 
 _PAIRED = {
+    "motion_mass": (
+        "Share of relevance in the motion mask",
+        "The paper's reading: share of |relevance| inside the exact motion mask, raw and "
+        "selective map (clips without motion are left out). Difference: selective - raw "
+        "per clip.",
+    ),
+    "motion_precision_at_threshold": (
+        "Motion precision at a fixed threshold",
+        "Share of the voxels above 10% of the map's maximum that lie inside the exact "
+        "motion mask, raw and selective map (each map its own voxels: not at equal "
+        "sparsity). Difference: selective - raw per clip.",
+    ),
     "motion_precision": (
         "Motion precision at matched sparsity",
         "Share of the selected voxels inside the exact motion mask. Selective: the voxels "
         "selective relevance keeps; raw: the raw map's top k voxels with k the number "
         "selective relevance keeps (same sparsity). Difference: selective - raw per clip.",
+    ),
+    "motion_precision_tolerant": (
+        "Motion precision at matched sparsity, with a tolerance",
+        "As above, against the motion mask widened by the sweep's mask tolerance "
+        "(pixels, in each frame: `mask_tolerance` in its settings).",
     ),
     "static_mass": (
         "Relevance on static objects",
@@ -601,8 +619,7 @@ def write_report(
     figures: dict[str, Figure] = {}
     for text, figs in (
         _metric_sections(sweeps, stem, resamples, seed),
-        _paired_section(sweeps, "motion_precision", stem, resamples, seed),
-        _paired_section(sweeps, "static_mass", stem, resamples, seed),
+        *(_paired_section(sweeps, key, stem, resamples, seed) for key in _PAIRED),
         _bias_section(sweeps, stem, sigma),
         _reliance_section(sweeps, stem, sigma, resamples, seed),
     ):

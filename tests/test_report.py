@@ -89,6 +89,9 @@ def test_the_report_renders_every_section_with_the_tables_numbers(sweeps, tmp_pa
     out = report.write_report(sweeps, tmp_path / "r" / "report.md")
     markdown = out.read_text()
     for heading in ("## Scores against sigma", "## Motion precision at matched sparsity",
+                    "## Share of relevance in the motion mask",
+                    "## Motion precision at a fixed threshold",
+                    "## Motion precision at matched sparsity, with a tolerance",
                     "## Relevance on static objects", "## Spatial bias per model",
                     "## Motion reliance and spatial bias"):  # fmt: skip
         assert heading in markdown

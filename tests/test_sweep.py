@@ -131,14 +131,22 @@ def _expected(model_dir, index: int, method: str, sigma: float, faithful: bool) 
     truth, static = example["mask"][None], example["static_mask"][None]
     boxes = metrics.box_mask(example["boxes"][None], *CLIP[1:])
     kept = np.asarray(mask).sum()
-    out = {"spatial_bias": metrics.spatial_bias(rel, sel), "kept_voxels": metrics.kept_voxels(mask),
-           "motion_precision_raw": metrics.overlap_at_k(rel, truth, [kept]).precision,
-           "motion_precision_selective": (np.asarray(mask) & truth).sum() / kept}  # fmt: skip
+    wide = metrics.dilate_mask(truth, 1)  # the default tolerance
+    out = {"spatial_bias": metrics.spatial_bias(rel, sel), "kept_voxels": metrics.kept_voxels(mask)}
+    for tolerant, t in (("", truth), ("_tolerant", wide)):
+        out |= {
+            f"motion_precision{tolerant}_raw": metrics.overlap_at_k(rel, t, [kept]).precision,
+            f"motion_precision{tolerant}_selective": (np.asarray(mask) & t).sum() / kept,
+        }
+        for name, m in (("raw", rel), ("selective", sel)):
+            out |= {
+                f"motion_precision_at_threshold{tolerant}_{name}": metrics.overlap_at_threshold(
+                    m, t, fraction=0.1).precision,
+                f"motion_mass{tolerant}_{name}": metrics.mass_in_mask(m, t),
+            }  # fmt: skip
     for name, m in (("raw", rel), ("selective", sel)):
         out |= {
             f"gini_{name}": metrics.gini(m), f"entropy_{name}": metrics.entropy(m),
-            f"motion_precision_at_threshold_{name}": metrics.overlap_at_threshold(
-                m, truth, fraction=0.1).precision,
             f"static_mass_{name}": metrics.mass_in_mask(m, static),
             f"box_mass_{name}": metrics.mass_in_mask(m, boxes),
         }  # fmt: skip
@@ -239,6 +247,7 @@ def test_a_killed_sweep_resumes_to_the_same_table(reference, model_dir, tmp_path
         ({"faithfulness": True}, "faithfulness: false -> true"),
         ({"target": "predicted"}, "target"),
         ({"method_options": {"epsilon": 0.5}}, "method_options.lrp.epsilon_plus_flat.epsilon"),
+        ({"mask_tolerance": 2}, "mask_tolerance: 1 -> 2"),
     ],
 )
 def test_a_rerun_with_other_settings_is_refused_naming_them(reference, model_dir, change, named):
@@ -492,7 +501,7 @@ def test_the_sweeps_scores_do_not_depend_on_the_relevances_scale(seed, c):
     }
     sigmas = np.array([0.5, 1.0, 2.0], np.float32)
     select = {"temporal_padding": "zero", "threshold": "clip"}
-    scores = jax.jit(lambda r: _compute._relevance_scores(r, truth, sigmas, select))
+    scores = jax.jit(lambda r: _compute._relevance_scores(r, truth, sigmas, select, 1))
     # Voxels within rounding of a threshold (of the motion masks, of 0.1 * max |r| for
     # the precision at threshold) may go either way in float32: such draws are skipped.
     for sigma in [None, *sigmas]:
@@ -507,3 +516,110 @@ def test_the_sweeps_scores_do_not_depend_on_the_relevances_scale(seed, c):
     for name in want:
         assert np.isfinite(np.asarray(got[name])).all(), name
         np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+# ---------------------------------------------------------------------------- measures
+
+
+def _oracle_measures(rel, sel, kept_mask, truth, tolerance):
+    """The motion measures of one clip in float64, from their formulas: v = sum_c |R|;
+    mass = sum_M v / sum v (NaN for an empty M); threshold precision = |S & M| / |S|
+    with S = {v > 0, v >= 0.1 max v}; matched sparsity: the raw map's k = |kept| largest
+    v (ties by index) and the kept voxels, each |. & M| / k. M widened: a pixel is in
+    when one within ``tolerance`` rows and columns of the same frame is."""
+    wide = np.zeros_like(truth)
+    for t, h, w in zip(*np.nonzero(truth), strict=True):
+        wide[t, max(h - tolerance, 0) : h + tolerance + 1,
+             max(w - tolerance, 0) : w + tolerance + 1] = True  # fmt: skip
+    k = int(kept_mask.sum())
+    out = {}
+    for tolerant, m in (("", truth), ("_tolerant", wide)):
+        for name, x in (("raw", rel), ("selective", sel)):
+            v = np.abs(x.astype(np.float64)).sum(-1)
+            out[f"motion_mass{tolerant}_{name}"] = v[m].sum() / v.sum() if m.any() else np.nan
+            s = (v > 0) & (v >= 0.1 * v.max())
+            out[f"motion_precision_at_threshold{tolerant}_{name}"] = (s & m).sum() / max(s.sum(), 1)
+        order = sorted(range(rel[..., 0].size), key=lambda i: (-np.abs(rel).sum(-1).ravel()[i], i))
+        top = np.zeros(truth.size, bool)
+        top[order[:k]] = True
+        out[f"motion_precision{tolerant}_raw"] = (top & m.ravel()).sum() / max(k, 1)
+        out[f"motion_precision{tolerant}_selective"] = (kept_mask & m).sum() / max(k, 1)
+    return out
+
+
+@pytest.mark.parametrize("tolerance", [0, 1, 2])
+def test_the_motion_measures_equal_numpy_oracles_of_their_formulas(tolerance):
+    rng = np.random.default_rng(11 + tolerance)
+    shape = (3, 5, 9, 8, 2)
+    rel = (rng.standard_normal(shape) * (rng.random(shape) < 0.5)).astype(np.float32)
+    truth = rng.random(shape[:4]) < 0.15
+    truth[2] = False  # a clip without motion: no share of mass to read
+    sigmas = np.array([0.5, 2.0], np.float32)
+    select = {"temporal_padding": "edge", "threshold": "clip"}
+    scores = jax.jit(lambda r: _compute._relevance_scores(r, {"mask": truth}, sigmas, select,
+                                                          tolerance))  # fmt: skip
+    got = scores(rel)
+    for k, sigma in enumerate(sigmas):
+        sel = np.asarray(sr.selective_relevance(rel, float(sigma), **select))
+        kept = np.asarray(sr.motion_mask(rel, float(sigma), **select))
+        for clip in range(shape[0]):
+            want = _oracle_measures(rel[clip], sel[clip], kept[clip], truth[clip], tolerance)
+            for name, value in want.items():
+                column = np.asarray(got[name])
+                have = column[clip, k] if column.ndim == 2 else column[clip]
+                np.testing.assert_allclose(have, value, rtol=1e-5, atol=1e-6, err_msg=name)
+    with jax.disable_jit():  # eager: the same numbers
+        eager = _compute._relevance_scores(rel, {"mask": truth}, sigmas, select, tolerance)
+    for name in want:
+        np.testing.assert_allclose(eager[name], got[name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_the_tolerance_is_a_checked_setting():
+    with pytest.raises(OptionError, match=r"^mask_tolerance must be an int >= 0; got -1$"):
+        run_sweep("unused", **{**SETTINGS, "mask_tolerance": -1})
+    with pytest.raises(OptionError, match=r"^mask_tolerance must be an int >= 0; got 1.5$"):
+        run_sweep("unused", **{**SETTINGS, "mask_tolerance": 1.5})
+
+
+def test_the_motion_measures_are_nan_only_for_a_broken_clip_or_sigma():
+    rng = np.random.default_rng(3)
+    rel = rng.standard_normal((3, 4, 6, 6, 2)).astype(np.float32)
+    rel[1, 2, 3, 3, 0] = np.nan
+    truth = {"mask": rng.random((3, 4, 6, 6)) < 0.3}
+    sigmas = np.array([1.0, -1.0], np.float32)  # a negative sigma: no selection
+    select = {"temporal_padding": "edge", "threshold": "clip"}
+    got = jax.jit(lambda r: _compute._relevance_scores(r, truth, sigmas, select, 1))(rel)
+    names = [n for n in got if n.startswith("motion_")]
+    assert len(names) == 12
+    for name in names:
+        column = np.asarray(got[name])
+        column = column if column.ndim == 2 else column[:, None]
+        assert np.isnan(column[1]).all(), name
+        assert np.isfinite(column[[0, 2], 0]).all(), name
+        if name.endswith("_selective"):
+            assert np.isnan(column[:, 1]).all(), name
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.integers(0, 2), st.sampled_from([0.0, 0.05, 0.3]))
+def test_the_motion_measures_are_shares_and_a_tolerance_never_lowers_them(seed, tolerance, p):
+    rng = np.random.default_rng(seed)
+    shape = (2, 4, 6, 7, 2)
+    rel = (rng.standard_normal(shape) * (rng.random(shape) < 0.5)).astype(np.float32)
+    truth = {"mask": rng.random(shape[:4]) < p}
+    sigmas = np.array([0.5, 2.0], np.float32)
+    select = {"temporal_padding": "edge", "threshold": "clip"}
+    got = jax.jit(lambda r: _compute._relevance_scores(r, truth, sigmas, select, tolerance))(rel)
+    moving = truth["mask"].any(axis=(1, 2, 3))
+    for name in [n for n in got if n.startswith("motion_")]:
+        column = np.asarray(got[name])
+        column = column if column.ndim == 2 else column[:, None]
+        if name.startswith("motion_mass"):  # NaN exactly for a clip without motion
+            assert (np.isnan(column).all(axis=1) == ~moving).all(), name
+            column = column[moving]
+        assert ((column >= 0) & (column <= 1 + 1e-6)).all(), name
+        if "_tolerant" in name:
+            exact = np.asarray(got[name.replace("_tolerant", "")])
+            exact = exact if exact.ndim == 2 else exact[:, None]
+            exact = exact[moving] if name.startswith("motion_mass") else exact
+            assert (column >= exact - 1e-6).all(), name

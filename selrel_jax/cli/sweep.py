@@ -54,6 +54,13 @@ TemporalPadding = Annotated[
     str, typer.Option(help="edge (default: no end-frame motion) or zero (the paper's).")
 ]
 Threshold = Annotated[str, typer.Option(help="clip (one threshold per clip) or frame.")]
+MaskTolerance = Annotated[
+    int,
+    typer.Option(
+        help="Pixels the exact motion mask is widened by in each frame for the "
+        "*_tolerant_* columns (the exact-mask columns are always there)."
+    ),
+]
 Distributed = Annotated[
     bool,
     typer.Option(
@@ -93,6 +100,7 @@ def sweep(
     data_dir: DataDir = None,
     temporal_padding: TemporalPadding = "edge",
     threshold: Threshold = "clip",
+    mask_tolerance: MaskTolerance = 1,
     distributed: Distributed = False,
     coordinator: Coordinator = None,
     num_processes: NumProcesses = None,
@@ -121,8 +129,8 @@ def sweep(
             out, dataset=dataset, split=split, model=model, methods=method_names,
             sigmas=sigma_values, method_options=options, target=target, data_seed=data_seed,
             faithfulness=faithfulness, batch_size=batch_size, limit=limit, data_dir=data_dir,
-            temporal_padding=temporal_padding, threshold=threshold, progress=progress,
-            decode_timeout=decode_timeout,
+            temporal_padding=temporal_padding, threshold=threshold,
+            mask_tolerance=mask_tolerance, progress=progress, decode_timeout=decode_timeout,
         )  # fmt: skip
     typer.echo(json_line(result))
 

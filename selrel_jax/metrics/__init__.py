@@ -22,7 +22,8 @@ Scores:
 
 - Selectivity against a ground-truth mask: :func:`overlap_at_threshold` and
   :func:`overlap_at_k` (precision, recall, IoU), :func:`top_k_voxels`,
-  :func:`mass_in_mask`, :func:`box_mask` (the object's boxes as a mask).
+  :func:`mass_in_mask`, :func:`box_mask` (the object's boxes as a mask),
+  :func:`dilate_mask` (a mask with a tolerance of N pixels).
 - Spatial bias: :func:`spatial_bias` (from :mod:`selrel_jax.selective`), share of
   relevance mass that selection removed; :func:`kept_voxels`, share of voxels a
   motion mask keeps.
@@ -72,6 +73,7 @@ from selrel_jax.metrics._maps import ENTROPY_UNITS, entropy, frame_mass, gini, k
 from selrel_jax.metrics._masks import (
     Overlap,
     box_mask,
+    dilate_mask,
     mass_in_mask,
     overlap_at_k,
     overlap_at_threshold,
@@ -89,6 +91,7 @@ __all__ = [
     "Overlap",
     "box_mask",
     "deletion_curve",
+    "dilate_mask",
     "entropy",
     "faithfulness_baseline",
     "flow_motion_mask",

@@ -15,11 +15,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from selrel_jax._checks import describe, positive_int, safe_divide
+from selrel_jax._checks import describe, integer, positive_int, safe_divide
 from selrel_jax.errors import DTypeError, OptionError, ShapeError
 from selrel_jax.metrics._inputs import (
     checked_counts,
     checked_fraction,
+    checked_mask,
     checked_relevance,
     mask_for,
     top_k_selection,
@@ -286,6 +287,49 @@ def mass_in_mask(relevance: Any, mask: Any, *, layout: Layout | None = None) -> 
     x, batched = checked_relevance("mass_in_mask", relevance, layout)
     m, mask_batched = mask_for("mass_in_mask", mask, x, batched)
     return _mass_in_mask(x, m, batched, mask_batched)
+
+
+@functools.partial(jax.jit, static_argnames=("voxels",))
+def _dilate(mask, voxels):
+    # OR over a (2N+1) x (2N+1) window of each frame; False beyond the frame's edges.
+    window = (1,) * (mask.ndim - 2) + (2 * voxels + 1,) * 2
+    padding = ((0, 0),) * (mask.ndim - 2) + ((voxels, voxels),) * 2
+    return jax.lax.reduce_window(mask, False, jax.lax.bitwise_or, window, (1,) * mask.ndim, padding)
+
+
+def dilate_mask(mask: Any, voxels: int, *, layout: str | None = None) -> jax.Array:
+    """A mask widened by ``voxels`` pixels in each frame: the tolerance of a ground truth.
+
+    Pixel ``(t, h, w)`` is in the result when some pixel of the same frame within
+    Chebyshev distance ``voxels`` (``|h - h'| <= voxels`` and ``|w - w'| <= voxels``)
+    is in ``mask``: a binary dilation by a (2N+1) x (2N+1) square, frame by frame (not
+    along time: a frame's band is its own motion's, not the neighbouring frames'), that
+    stops at the frame's edges. ``voxels=0`` returns the mask unchanged. A map's voxels
+    one pixel beside the exact motion mask then count as on the motion, as the
+    selection's 3x3 smoothing puts them there.
+
+    Args:
+      mask: bool (T, H, W) or a batch (N, T, H, W) (rank 4 is a batch, as masks have
+        no channel axis).
+      voxels: the tolerance N, an int >= 0.
+      layout: ``"THW"`` or ``"NTHW"``; by rank unless given.
+
+    Returns:
+      bool, the mask's shape.
+
+    Examples:
+        >>> import numpy as np
+        >>> from selrel_jax.metrics import dilate_mask
+        >>> mask = np.zeros((1, 3, 4), bool)
+        >>> mask[0, 0, 0] = True
+        >>> dilate_mask(mask, 1).astype(int)
+        Array([[[1, 1, 0, 0],
+                [1, 1, 0, 0],
+                [0, 0, 0, 0]]], dtype=int32)
+    """
+    m = checked_mask("dilate_mask", mask, layout)
+    voxels = integer("dilate_mask: voxels", voxels, minimum=0)
+    return _dilate(m, voxels) if voxels else m
 
 
 def _wrapped_inside(start: jax.Array, stop: jax.Array, size: int) -> jax.Array:

@@ -25,7 +25,7 @@ from selrel_jax._checks import hashable, safe_divide, scaled_to_unit
 from selrel_jax.attribution import make_explainer
 from selrel_jax.metrics import _inputs, _maps, _masks
 from selrel_jax.models.info import ModelInfo
-from selrel_jax.selective import motion_mask, selective_relevance
+from selrel_jax.selective import _nan_where, motion_mask, selective_relevance
 from selrel_jax.sweep._settings import (
     FAITHFULNESS_REPLACEMENT,
     FAITHFULNESS_STEPS,
@@ -71,28 +71,46 @@ def _selection_ginis(ranked: _Ranked, masks: jax.Array) -> jax.Array:
     return ginis(ranked.magnitudes, ranked.ascending, masks)
 
 
-def _static_mass(relevance: jax.Array, static_mask: jax.Array) -> jax.Array:
-    """Share of mass on static objects; NaN for a clip that shows none."""
-    mass = metrics.mass_in_mask(relevance, static_mask)
-    return jnp.where(jnp.any(static_mask, axis=_AXES), mass, jnp.nan)
+def _share_of_shown(relevance: jax.Array, mask: jax.Array) -> jax.Array:
+    """Share of mass in ``mask``; NaN for a clip the mask is empty in (the clip shows no
+    motion, or no static object: no share to read)."""
+    mass = metrics.mass_in_mask(relevance, mask)
+    return jnp.where(jnp.any(mask, axis=_AXES), mass, jnp.nan)
+
+
+def _motion_scores(v: jax.Array, truth: Mapping[str, jax.Array], suffix: str) -> dict:
+    """A map's share of mass in the motion mask (NaN for a clip without motion) and its
+    precision at a fixed threshold, against the exact mask and the widened one, from its
+    channel-summed magnitudes ``v`` (N, T, H, W): ``metrics.mass_in_mask`` and
+    ``metrics.overlap_at_threshold(...).precision`` without a pass over the map each
+    (the selective maps' ``v`` are the raw map's in their motion mask)."""
+    total = jnp.sum(v, axis=_AXES)
+    top = jnp.max(v, axis=_AXES, keepdims=True)
+    selected = (v > 0) & (v >= jnp.asarray(PRECISION_FRACTION, v.dtype) * top)
+    chosen = jnp.sum(selected, axis=_AXES, dtype=jnp.int32).astype(v.dtype)
+    out = {}
+    for name, mask in (("", truth["mask"]), ("_tolerant", truth["tolerant_mask"])):
+        inside = jnp.sum(jnp.where(mask, v, 0), axis=_AXES)
+        shown = jnp.any(mask, axis=_AXES) & jnp.isfinite(total)
+        out[f"motion_mass{name}_{suffix}"] = jnp.where(shown, safe_divide(inside, total), jnp.nan)
+        hits = jnp.sum(selected & mask, axis=_AXES, dtype=jnp.int32).astype(v.dtype)
+        precision = safe_divide(hits, chosen)
+        out[f"motion_precision_at_threshold{name}_{suffix}"] = jnp.where(
+            jnp.isfinite(total), precision, jnp.nan
+        )
+    return out
 
 
 def _map_scores(
-    relevance: jax.Array, truth: Mapping[str, jax.Array], suffix: str, gini: jax.Array | None = None
+    relevance: jax.Array, v: jax.Array, truth: Mapping[str, jax.Array], suffix: str, gini
 ) -> dict:
     """The scores of one map that need no motion mask of its own, named ``*_suffix``
-    (``gini``: the map's Gini index, when the caller has it)."""
-    out = {
-        f"gini_{suffix}": metrics.gini(relevance) if gini is None else gini,
-        f"entropy_{suffix}": metrics.entropy(relevance),
-    }
+    (``v``: its channel-summed magnitudes; ``gini``: its Gini index)."""
+    out = {f"gini_{suffix}": gini, f"entropy_{suffix}": metrics.entropy(relevance)}
     if "mask" in truth:
-        overlap = metrics.overlap_at_threshold(
-            relevance, truth["mask"], fraction=PRECISION_FRACTION
-        )
-        out[f"motion_precision_at_threshold_{suffix}"] = overlap.precision
+        out |= _motion_scores(v, truth, suffix)
     if "static_mask" in truth:
-        out[f"static_mass_{suffix}"] = _static_mass(relevance, truth["static_mask"])
+        out[f"static_mass_{suffix}"] = _share_of_shown(relevance, truth["static_mask"])
     if "boxes" in truth:
         _, _, h, w, _ = relevance.shape
         out[f"box_mass_{suffix}"] = metrics.mass_in_mask(
@@ -108,25 +126,42 @@ def _sigma_scores(relevance, ranked: _Ranked, sigma, mask, gini, truth, select) 
     mass = jnp.sum(jax.vmap(_inputs.magnitudes)(selective), axis=_AXES)
     gini = jnp.where(jnp.isfinite(mass), gini, jnp.nan)
     kept = jnp.sum(mask, axis=_AXES)
+    # The selective map's magnitudes, NaN where the map is (an invalid sigma or clip).
+    v = _nan_where(~jnp.isfinite(mass), jnp.where(mask, ranked.magnitudes, 0))
     out = {
         "spatial_bias": _spatial_bias(ranked, mass),
         "kept_voxels": metrics.kept_voxels(mask),
-        **_map_scores(selective, truth, "selective", gini),
+        **_map_scores(selective, v, truth, "selective", gini),
     }
     if "mask" in truth:
-        top_k = jax.vmap(_masks._overlap_at_k_of_magnitudes)(
-            ranked.magnitudes, truth["mask"], kept, ranked.ascending
-        )
-        out["motion_precision_raw"] = top_k.precision
-        hits = jnp.sum(mask & truth["mask"], axis=_AXES)
-        out["motion_precision_selective"] = safe_divide(
-            hits.astype(jnp.float32), kept.astype(jnp.float32)
-        )
+        for name, truth_mask in (("", truth["mask"]), ("_tolerant", truth["tolerant_mask"])):
+            scores = _matched_sparsity(ranked, mask, kept, truth_mask, name)
+            # A broken clip's or sigma's empty selection is no precision of 0.
+            scores[f"motion_precision{name}_selective"] = _nan_where(
+                ~jnp.isfinite(mass), scores[f"motion_precision{name}_selective"]
+            )
+            out |= scores
     return out
 
 
-def _relevance_scores(relevance: jax.Array, truth: Mapping, sigmas: jax.Array, select) -> dict:
-    """The raw maps' scores (N,) and every sigma's (N, S) of a batch of relevance maps.
+def _matched_sparsity(ranked: _Ranked, mask, kept, truth_mask, name: str) -> dict:
+    """Precision against ``truth_mask`` of the voxels a sigma's motion ``mask`` keeps
+    and of the raw map's top ``kept`` voxels (the same sparsity)."""
+    top_k = jax.vmap(_masks._overlap_at_k_of_magnitudes)(
+        ranked.magnitudes, truth_mask, kept, ranked.ascending
+    )
+    hits = jnp.sum(mask & truth_mask, axis=_AXES)
+    selective = safe_divide(hits.astype(jnp.float32), kept.astype(jnp.float32))
+    return {f"motion_precision{name}_raw": top_k.precision,
+            f"motion_precision{name}_selective": selective}  # fmt: skip
+
+
+def _relevance_scores(
+    relevance: jax.Array, truth: Mapping, sigmas: jax.Array, select, tolerance: int = 0
+) -> dict:
+    """The raw maps' scores (N,) and every sigma's (N, S) of a batch of relevance maps
+    (``tolerance``: the pixels the motion mask is widened by for the ``*_tolerant_*``
+    scores).
 
     Each map is first scaled by the power of two that brings its largest value to
     [1, 2): every score is a share, a ratio or an order of voxels, the same at any scale
@@ -134,13 +169,16 @@ def _relevance_scores(relevance: jax.Array, truth: Mapping, sigmas: jax.Array, s
     1e36 gave NaN) and no std underflows (1e-20 kept every voxel)."""
     relevance = jax.vmap(scaled_to_unit)(relevance)
     ranked = _ranked(relevance)
+    if "mask" in truth:
+        wide = _masks._dilate(truth["mask"], tolerance) if tolerance else truth["mask"]
+        truth = {**truth, "tolerant_mask": wide}
     masks = jax.vmap(lambda s: motion_mask(relevance, s, **select))(sigmas)
     per_sigma = jax.vmap(
         lambda s, m, g: _sigma_scores(relevance, ranked, s, m, g, truth, select), out_axes=1
     )
     gini = jax.vmap(_maps._gini_of_sorted)(ranked.ascending)
     return {
-        **_map_scores(relevance, truth, "raw", gini),
+        **_map_scores(relevance, ranked.magnitudes, truth, "raw", gini),
         **per_sigma(sigmas, masks, _selection_ginis(ranked, masks)),
     }
 
@@ -162,7 +200,7 @@ def method_function(
 
     def run(variables, x, target, truth, sigmas):
         relevance = explainer(variables, x, target)
-        out = _relevance_scores(relevance, truth, sigmas, select)
+        out = _relevance_scores(relevance, truth, sigmas, select, settings.mask_tolerance)
         if settings.faithfulness:
             apply_fn = functools.partial(model.apply, variables)
 
@@ -250,7 +288,7 @@ class BatchScorer:
             ("clip", *key, hashable(info.normalization)), self._clips,
             lambda: clip_function(model, info, settings),
         )  # fmt: skip
-        select = (settings.temporal_padding, settings.threshold)
+        select = (settings.temporal_padding, settings.threshold, settings.mask_tolerance)
         self._method_fns = {
             m: _jitted(
                 ("method", *key, *select, m, hashable(options[m])),

@@ -20,6 +20,7 @@ from selrel_jax.errors import DataError, OptionError
 from selrel_jax.sweep import _store
 from selrel_jax.sweep._compute import BatchScorer
 from selrel_jax.sweep._settings import (
+    DEFAULT_MASK_TOLERANCE,
     DEFAULT_METHODS,
     DEFAULT_SIGMAS,
     DEFAULT_TEMPORAL_PADDING,
@@ -44,6 +45,14 @@ SCORE_COLUMNS = (
     "motion_precision_selective",
     "motion_precision_at_threshold_raw",
     "motion_precision_at_threshold_selective",
+    "motion_mass_raw",
+    "motion_mass_selective",
+    "motion_precision_tolerant_raw",
+    "motion_precision_tolerant_selective",
+    "motion_precision_at_threshold_tolerant_raw",
+    "motion_precision_at_threshold_tolerant_selective",
+    "motion_mass_tolerant_raw",
+    "motion_mass_tolerant_selective",
     "static_mass_raw",
     "static_mass_selective",
     "box_mass_raw",
@@ -65,7 +74,11 @@ FAITHFULNESS_COLUMNS = (
 SHARE_COLUMNS = (
     "spatial_bias", "kept_voxels", "gini_raw", "gini_selective", "motion_precision_raw",
     "motion_precision_selective", "motion_precision_at_threshold_raw",
-    "motion_precision_at_threshold_selective", "static_mass_raw", "static_mass_selective",
+    "motion_precision_at_threshold_selective", "motion_mass_raw", "motion_mass_selective",
+    "motion_precision_tolerant_raw", "motion_precision_tolerant_selective",
+    "motion_precision_at_threshold_tolerant_raw",
+    "motion_precision_at_threshold_tolerant_selective", "motion_mass_tolerant_raw",
+    "motion_mass_tolerant_selective", "static_mass_raw", "static_mass_selective",
     "box_mass_raw", "box_mass_selective", "target_probability", "frozen_probability",
     "deletion_auc_raw", "deletion_auc_selective", "insertion_auc_raw",
     "insertion_auc_selective",
@@ -330,6 +343,7 @@ def run_sweep(
     data_dir: str | os.PathLike | None = None,
     temporal_padding: str = DEFAULT_TEMPORAL_PADDING,
     threshold: str = "clip",
+    mask_tolerance: int = DEFAULT_MASK_TOLERANCE,
     progress: bool = False,
     on_shard: Callable[[int, dict], None] | None = None,
     decode_timeout: float | None = DEFAULT_DECODE_TIMEOUT,
@@ -365,6 +379,8 @@ def run_sweep(
       temporal_padding: as :func:`selrel_jax.selective_relevance` (default ``"edge"``:
         zero padding makes every clip's end frames look like motion).
       threshold: as :func:`selrel_jax.selective_relevance`.
+      mask_tolerance: pixels the exact motion mask is widened by in each frame for the
+        ``*_tolerant_*`` columns (:func:`selrel_jax.metrics.dilate_mask`).
       progress: a progress bar (clips/s, ETA) on stderr.
       on_shard: called as ``on_shard(shard, record)`` after each shard is written.
       decode_timeout: seconds a folder video may take to decode, in a separate process,
@@ -393,7 +409,7 @@ def run_sweep(
     start = time.perf_counter()
     settings = SweepSettings(
         dataset, split, model, methods, sigmas, dict(method_options or {}), target, data_seed,
-        faithfulness, batch_size, limit, temporal_padding, threshold,
+        faithfulness, batch_size, limit, temporal_padding, threshold, mask_tolerance,
     )  # fmt: skip
     if decode_timeout is not None:
         decode_timeout = real("decode_timeout", decode_timeout, above=0.0)

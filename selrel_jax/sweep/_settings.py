@@ -31,6 +31,10 @@ FAITHFULNESS_STEPS = 10
 FAITHFULNESS_REPLACEMENT = "temporal_mean"
 #: Share of a map's maximum above which a voxel counts as selected (``*_at_threshold``).
 PRECISION_FRACTION = 0.1
+#: Pixels the exact motion mask is widened by in each frame for the ``*_tolerant_*``
+#: scores (``metrics.dilate_mask``): the selection's 3x3 smoothing puts its voxels in
+#: the one-pixel band around the motion, where the model's evidence also lies.
+DEFAULT_MASK_TOLERANCE = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +58,7 @@ class SweepSettings:
     limit: int | None = None
     temporal_padding: str = DEFAULT_TEMPORAL_PADDING
     threshold: str = "clip"
+    mask_tolerance: int = DEFAULT_MASK_TOLERANCE
 
     def __post_init__(self) -> None:
         put = object.__setattr__
@@ -80,6 +85,7 @@ class SweepSettings:
             put(self, "limit", positive_int("limit", self.limit))
         one_of("temporal_padding", self.temporal_padding, TEMPORAL_PADDINGS)
         one_of("threshold", self.threshold, THRESHOLDS)
+        put(self, "mask_tolerance", integer("mask_tolerance", self.mask_tolerance, minimum=0))
 
 
 def _checked_methods(methods: Any) -> tuple[str, ...]:

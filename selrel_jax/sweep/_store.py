@@ -49,7 +49,7 @@ _MANIFEST_KEYS = {"format": int, "settings": dict, "versions": dict, "clips": in
 _SHARDS_KEYS = {"total": int, "done": list, "files": dict}
 _SETTINGS_KEYS = ("dataset", "split", "model", "methods", "sigmas", "method_options", "target",
                   "data_seed", "faithfulness", "batch_size", "limit", "temporal_padding",
-                  "threshold")  # fmt: skip
+                  "threshold", "mask_tolerance")  # fmt: skip
 _SHARD = re.compile(r"shard-(\d{6})\.parquet")
 _META_KEY = b"selrel_sweep"
 _SORT = [("clip_id", "ascending"), ("method", "ascending"), ("sigma", "ascending")]

@@ -75,6 +75,7 @@ def test_a_sweep_prints_one_json_line_and_shows_progress(model_dir, tmp_path):
         (["--split", "dev"], "split must be one of train, validation, test; got 'dev'"),
         (["--temporal-padding", "wrap"], "temporal_padding must be one of zero, edge"),
         (["--threshold", "pixel"], "threshold must be one of clip, frame"),
+        (["--mask-tolerance", "-1"], "mask_tolerance must be an int >= 0; got -1"),
         (["--model", "no_such_model"], "no checkpoint named or at 'no_such_model'"),
         (["--dataset", "synthetic_motion/nope"], "synthetic_motion config must be one of"),
         (["--dataset", "synthetic_motion"], "clips are (16, 48, 48) (T, H, W) but the model takes"),
@@ -121,7 +122,16 @@ def test_command_defaults_are_the_librarys():
     assert command["methods"].default == ",".join(sweep.DEFAULT_METHODS)
     assert [float(s) for s in command["sigmas"].default.split(",")] == list(sweep.DEFAULT_SIGMAS)
     assert command["temporal_padding"].default == sweep.DEFAULT_TEMPORAL_PADDING
-    for name in ("split", "model", "target", "batch_size", "threshold", "faithfulness"):
+    names = (
+        "split",
+        "model",
+        "target",
+        "batch_size",
+        "threshold",
+        "faithfulness",
+        "mask_tolerance",
+    )
+    for name in names:
         assert command[name].default == library[name].default, name
 
 

@@ -429,6 +429,11 @@ def test_traced_k_or_fraction_out_of_range_is_nan():
         (lambda r, m: metrics.overlap_at_threshold(r, m, fraction=1.5), sr.OptionError, "fraction"),
         (lambda r, m: metrics.overlap_at_threshold(r, m, fraction=-0.1), sr.OptionError, ">= 0"),
         (lambda r, m: metrics.overlap_at_threshold(r, m, fraction="a"), sr.OptionError, "fraction"),
+        (lambda r, m: metrics.dilate_mask(m, -1), sr.OptionError, r"voxels must be an int >= 0"),
+        (lambda r, m: metrics.dilate_mask(m, 1.0), sr.OptionError, r"voxels must be an int"),
+        (lambda r, m: metrics.dilate_mask(m, True), sr.OptionError, r"voxels must be an int"),
+        (lambda r, m: metrics.dilate_mask(m.astype(int), 1), sr.DTypeError, "bool"),
+        (lambda r, m: metrics.dilate_mask(m[0], 1), sr.ShapeError, "mask"),
     ],
 )
 def test_bad_arguments_raise_one_clear_line(call, error, message):
@@ -453,3 +458,65 @@ def test_bad_arguments_raise_one_clear_line(call, error, message):
 def test_bad_boxes_raise_one_clear_line(boxes, size, error, message):
     with pytest.raises(error, match=message):
         metrics.box_mask(boxes, *size)
+
+
+# --- tolerance: the motion mask widened by N pixels in each frame ---
+
+
+def oracle_dilation(mask: np.ndarray, n: int) -> np.ndarray:
+    """Pixel (.., t, h, w) is in when a pixel of frame t with |dh| <= n and |dw| <= n is."""
+    out = np.zeros_like(mask)
+    for index in np.ndindex(mask.shape):
+        *lead, h, w = index
+        rows = slice(max(h - n, 0), h + n + 1)
+        cols = slice(max(w - n, 0), w + n + 1)
+        out[index] = mask[(*lead, rows, cols)].any()
+    return out
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.tuples(st.integers(1, 2), st.integers(1, 3), st.integers(1, 7), st.integers(1, 7)),
+    st.integers(0, 3),
+    st.integers(0, 2**31 - 1),
+    st.sampled_from([0.05, 0.3, 0.9]),
+)
+def test_dilate_mask_matches_the_oracle_and_jit_equals_eager(dims, n, seed, p):
+    mask = random_mask(seed, dims, p)
+    want = oracle_dilation(mask, n)
+    got = np.asarray(metrics.dilate_mask(mask, n))
+    np.testing.assert_array_equal(got, want)
+    assert got.dtype == bool and (got | ~mask).all()  # the mask itself stays in
+    jitted = jax.jit(lambda m: metrics.dilate_mask(m, n))
+    np.testing.assert_array_equal(jitted(mask), want)
+    np.testing.assert_array_equal(metrics.dilate_mask(mask[0], n), want[0])  # one clip
+    # Widening twice is widening once by the sum (squares add up, within the frame).
+    np.testing.assert_array_equal(metrics.dilate_mask(metrics.dilate_mask(mask, n), 1),
+                                  oracle_dilation(mask, n + 1))  # fmt: skip
+
+
+def test_dilate_mask_stays_in_its_frame():
+    mask = np.zeros((2, 3, 5, 5), bool)
+    mask[0, 1, 0, 4] = True  # a corner pixel: the band stops at the frame's edges
+    got = np.asarray(metrics.dilate_mask(mask, 1))
+    assert got[0, 1].sum() == 4 and got[0, [0, 2]].sum() == 0 and not got[1].any()
+    assert got[0, 1, :2, 3:].all()
+    np.testing.assert_array_equal(metrics.dilate_mask(mask, 0), mask)
+    assert metrics.dilate_mask(mask, 9)[0, 1].all()  # wider than the frame: all of it
+
+
+@settings(max_examples=20, deadline=None)
+@given(dims, st.integers(0, 2**31 - 1), st.integers(0, 2))
+def test_tolerance_never_lowers_a_score_and_keeps_it_a_share(d, seed, n):
+    """Against a widened mask, precision (threshold, top k) and mass can only grow."""
+    rel = _clip(d, seed)
+    mask = random_mask(seed + 1, rel.shape[:3], 0.3)
+    wide = metrics.dilate_mask(mask, n)
+    k = int(np.asarray(mask).sum())
+    for score in (
+        lambda m: metrics.overlap_at_threshold(rel, m).precision,
+        lambda m: metrics.overlap_at_k(rel, m, k).precision,
+        lambda m: metrics.mass_in_mask(rel, m),
+    ):
+        exact, tolerant = float(score(mask)), float(score(wide))
+        assert 0 <= exact <= tolerant + 1e-6 and tolerant <= 1 + 1e-6
