@@ -483,6 +483,14 @@ def test_an_out_of_memory_first_batch_leaves_no_manifest_to_refuse_the_rerun(
     assert run_sweep(tmp_path / "out", model=model_dir, **{**SETTINGS, "batch_size": 3})["complete"]
 
 
+@jax.jit
+def _scale_scores(rel, truth):
+    """The sweep's scores of one draw; compiled once for every draw (same shapes)."""
+    sigmas = np.array([0.5, 1.0, 2.0], np.float32)
+    select = {"temporal_padding": "zero", "threshold": "clip"}
+    return _compute._relevance_scores(rel, truth, sigmas, select, 1)
+
+
 @settings(max_examples=25, deadline=None)
 @given(st.integers(0, 2**31 - 1), st.floats(-38.0, 38.0).map(lambda u: 10.0**u))
 def test_the_sweeps_scores_do_not_depend_on_the_relevances_scale(seed, c):
@@ -500,8 +508,10 @@ def test_the_sweeps_scores_do_not_depend_on_the_relevances_scale(seed, c):
         "boxes": np.tile(np.array([1.0, 2.0, 4.5, 6.0], np.float32), (2, 5, 1)),
     }
     sigmas = np.array([0.5, 1.0, 2.0], np.float32)
-    select = {"temporal_padding": "zero", "threshold": "clip"}
-    scores = jax.jit(lambda r: _compute._relevance_scores(r, truth, sigmas, select, 1))
+
+    def scores(r):
+        return _scale_scores(r, truth)
+
     # Voxels within rounding of a threshold (of the motion masks, of 0.1 * max |r| for
     # the precision at threshold) may go either way in float32: such draws are skipped.
     for sigma in [None, *sigmas]:
