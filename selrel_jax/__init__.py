@@ -38,26 +38,9 @@ Examples:
     >>> fn(variables, clips).shape
     (1, 8, 32, 32, 3)
 
-``selrel_jax.viz`` (matplotlib) is imported on first use of ``sr.viz``.
+Submodules and names are imported on first use (``sr.viz``: matplotlib, ``sr.explain``: JAX).
 """
 
-from selrel_jax import metrics
-from selrel_jax.attribution import (
-    AlphaBeta,
-    Composite,
-    Epsilon,
-    Flat,
-    Gamma,
-    Norm,
-    Pass,
-    WSquare,
-    ZBox,
-    ZPlus,
-    explain,
-    lrp,
-    make_explainer,
-    register_composite,
-)
 from selrel_jax.errors import (
     CheckpointError,
     DataError,
@@ -67,14 +50,22 @@ from selrel_jax.errors import (
     SelrelError,
     ShapeError,
 )
-from selrel_jax.selective import (
-    motion_mask,
-    selective_relevance,
-    spatial_bias,
-    static_relevance,
-    temporal_gradient,
-    validate_relevance,
-)
+
+# Everything else is imported on first use (PEP 562): `import selrel_jax` (and so the
+# `selrel` CLI's `--help`) stays free of JAX (~1 s) and matplotlib (~1 s).
+_LAZY = {
+    **dict.fromkeys(
+        ("AlphaBeta", "Composite", "Epsilon", "Flat", "Gamma", "Norm", "Pass", "WSquare",
+         "ZBox", "ZPlus", "explain", "lrp", "make_explainer", "register_composite"),
+        "selrel_jax.attribution",
+    ),
+    **dict.fromkeys(
+        ("motion_mask", "selective_relevance", "spatial_bias", "static_relevance",
+         "temporal_gradient", "validate_relevance"),
+        "selrel_jax.selective",
+    ),
+}  # fmt: skip
+_SUBMODULES = ("metrics", "viz")
 
 __version__ = "0.1.0"
 
@@ -112,13 +103,16 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    # viz pulls in matplotlib (~1 s); `import selrel_jax` stays light for the CLI.
-    if name == "viz":
-        import importlib
+    import importlib
 
-        return importlib.import_module("selrel_jax.viz")
+    if name in _SUBMODULES:
+        return importlib.import_module(f"selrel_jax.{name}")
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # looked up once
+        return value
     raise AttributeError(f"module 'selrel_jax' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | {"viz"})
+    return sorted(set(globals()) | set(__all__))

@@ -150,12 +150,21 @@ def _maps(result: VideoExplanation) -> dict[str, np.ndarray]:
     return {"relevance": result.relevance, "selective": result.selective, "static": result.static}
 
 
+def explained_label(result: VideoExplanation) -> str:
+    """``explained: X (predicted: Y, 93%)``: the class the maps are of, first, since it
+    need not be the one predicted (``--target``)."""
+    probability = result.probs[result.predicted]
+    return (
+        f"explained: {result.target_name} (predicted: {result.predicted_name}, {probability:.0%})"
+    )
+
+
 def _write_pictures(result: VideoExplanation, directory: str, scale: float) -> None:
     from selrel_jax import viz
 
     maps = _maps(result)
     title = (
-        f"{os.path.basename(result.video)}: {result.predicted_name} - "
+        f"{os.path.basename(result.video)}: {explained_label(result)} - "
         f"{result.settings.method}, sigma={result.settings.sigma:g}"
     )
     strip = viz.filmstrip(result.frames, maps, columns=min(8, len(result.frames)),
@@ -166,13 +175,11 @@ def _write_pictures(result: VideoExplanation, directory: str, scale: float) -> N
 
 
 def _write_overlay(result: VideoExplanation, path: str, scale: float, chunk: int = 64) -> None:
-    """The three panels over every sampled frame, rendered and encoded ``chunk`` frames
-    at a time (a long video is never held whole as panels)."""
+    """The panels over every sampled frame, rendered and encoded ``chunk`` frames at a
+    time (a long video is never held whole as panels)."""
     from selrel_jax import viz
 
-    caption = f"predicted: {result.predicted_name} ({result.probs[result.predicted]:.0%})" + (
-        "" if result.target == result.predicted else f" | explained: {result.target_name}"
-    )
+    caption = explained_label(result)
     maps = _maps(result)
     panels = (
         viz.panels(result.frames[i : i + chunk], {k: m[i : i + chunk] for k, m in maps.items()},
@@ -282,12 +289,12 @@ def explain_files(
     **settings: Any,
 ) -> Iterator[tuple[str, dict[str, Any] | SelrelError]]:
     """Explain each file into ``out/<stem>/`` (:func:`save_explanation`), yielding
-    ``(video, record)`` per video: the record is ``{"video", "out", "predicted",
-    "spatial_bias"}`` (``"kept": True`` added for an output kept from an earlier run)
-    or the :class:`~selrel_jax.errors.SelrelError` that video raised (the others still
-    run). No videos: the bundled sample clip. The model, method, options (their values
-    too, on the model) and target are checked once, before any video is read (and
-    ``decode_timeout``).
+    ``(video, record)`` per video: the record is ``{"video", "out", "target": {"index",
+    "name"}, "predicted", "spatial_bias"}`` (``"kept": True`` added for an output kept
+    from an earlier run) or the :class:`~selrel_jax.errors.SelrelError` that video
+    raised (the others still run). No videos: the bundled sample clip. The model,
+    method, options (their values too, on the model) and target are checked once,
+    before any video is read (and ``decode_timeout``).
 
     Resuming: without ``overwrite``, an existing ``out/<stem>/`` that holds this
     video's explanation with the same settings is kept and reported (nothing is
@@ -352,6 +359,7 @@ def _explain_one(video, directory, *, net, variables, info, model, target, progr
 def _record(video: Any, directory: str, summary_: Mapping[str, Any]) -> dict[str, Any]:
     """The line ``selrel explain`` prints for a video, from its ``summary.json``."""
     return {"video": os.fspath(video), "out": directory,
+            "target": {key: summary_["target"][key] for key in ("index", "name")},
             "predicted": summary_["predicted"]["name"],
             "spatial_bias": summary_["spatial_bias"]}  # fmt: skip
 

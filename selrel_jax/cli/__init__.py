@@ -17,10 +17,10 @@ import contextlib
 import shlex
 import warnings
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Annotated, Any
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperArgument, TyperGroup
 
 from selrel_jax.errors import SelrelError
 
@@ -42,8 +42,27 @@ def os_error_line(error: OSError) -> str:
     return f"{' -> '.join(paths)}: {reason}" if paths else reason
 
 
+class _PlainArgument(TyperArgument):
+    """An argument shown the way click shows it: ``SWEEP...``, ``[VIDEO]...``, no type
+    label (typer 0.29 writes ``{sweeps}...`` and ``<list[Path]>``)."""
+
+    def _usage_display_name(self) -> str:
+        name = self.display_name_raw if self.required else f"[{self.display_name_raw}]"
+        return name + ("..." if self.nargs != 1 else "")
+
+    def display_type_rich(self, ctx: typer.Context) -> str | None:
+        return None
+
+
 class _SelrelGroup(TyperGroup):
     """The root group: runs a subcommand and turns a SelrelError or OSError into one line."""
+
+    def get_command(self, ctx: typer.Context, cmd_name: str) -> Any:
+        command = super().get_command(ctx, cmd_name)
+        for param in getattr(command, "params", ()):
+            if type(param) is TyperArgument:
+                param.__class__ = _PlainArgument
+        return command
 
     def invoke(self, ctx: typer.Context) -> Any:
         try:
@@ -63,11 +82,39 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Click's plain help: it wraps to the terminal, and rich's boxes showed `<bool>` after
+    # --help, `<list[Path]>` types and `{sweeps}...` (and import rich: ~0.1 s).
+    rich_markup_mode=None,
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"selrel {package_version()}")
+        raise typer.Exit()
+
+
+def package_version() -> str:
+    """The installed selrel-jax's version (the package's own when run from a source tree)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("selrel-jax")
+    except PackageNotFoundError:
+        from selrel_jax import __version__
+
+        return __version__
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
     """Selective relevance: explain how much of a 3D CNN's decision was motion."""
 
 

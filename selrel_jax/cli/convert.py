@@ -8,13 +8,15 @@ from typing import Annotated
 import typer
 
 from selrel_jax.cli import app
-from selrel_jax.models.registry import ARCHS
+from selrel_jax.cli._names import ARCHS
 
 
 @app.command()
 def convert(
     ctx: typer.Context,
-    weights: Annotated[Path, typer.Argument(help="PyTorch state_dict file (.pth).")],
+    weights: Annotated[
+        Path, typer.Argument(help="PyTorch state_dict file (.pth).", metavar="WEIGHTS")
+    ],
     arch: Annotated[str, typer.Option(help=f"Architecture: {', '.join(ARCHS)}.")],
     out: Annotated[Path, typer.Option(help="Checkpoint directory to write.")],
     class_names: Annotated[

@@ -10,26 +10,27 @@ from typing import Annotated
 import typer
 
 from selrel_jax.cli import app, json_line, one_line_warnings
+from selrel_jax.cli._names import METHODS, video_formats
 
 # Literal defaults keep `selrel --help` fast (no JAX import); a test checks that they
 # equal the library's (selrel_jax.video_explanation).
 Videos = Annotated[
     list[Path] | None,
     typer.Argument(
-        help="Video files (mp4, avi, webm, mov, gif) or folders of frames; none: the "
-        "bundled sample clip.",
+        help=f"Video files ({video_formats()}, gif: any file FFmpeg reads) or folders of "
+        "frames (png, jpg); none: the bundled sample clip.",
+        metavar="VIDEO",
         show_default=False,
     ),
 ]
 Model = Annotated[str, typer.Option(help="Shipped model name or checkpoint directory.")]
-Method = Annotated[
-    str, typer.Option(help="Relevance method, e.g. lrp.epsilon_plus_flat, gradient, grad_cam.")
-]
+Method = Annotated[str, typer.Option(help=f"Relevance method: {', '.join(METHODS)}.")]
 MethodOption = Annotated[
     list[str] | None,
     typer.Option(
         help="Method option as KEY=JSON, repeatable (e.g. epsilon=0.25). The box rule's "
-        "low/high (lrp.epsilon_gamma_box, lrp.dtd) default to the model's normalised input range."
+        "low/high (lrp.epsilon_gamma_box, lrp.dtd) default to the model's normalised input range.",
+        metavar="KEY=JSON",
     ),
 ]
 Sigma = Annotated[float, typer.Option(help="Selectivity: keep |D| > sigma * std(|D|).")]

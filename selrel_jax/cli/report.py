@@ -11,7 +11,10 @@ from selrel_jax.cli import app
 
 # Literal defaults keep `selrel --help` fast; a test checks them against selrel_jax.report.
 Sweeps = Annotated[
-    list[Path], typer.Argument(help="Sweep directories (selrel sweep --out), e.g. one per model.")
+    list[Path],
+    typer.Argument(
+        help="Sweep directories (selrel sweep --out), e.g. one per model.", metavar="SWEEP"
+    ),
 ]
 Out = Annotated[
     Path, typer.Option(help="The markdown file; its PNG figures are written beside it.")

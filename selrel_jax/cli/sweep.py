@@ -30,7 +30,8 @@ MethodOption = Annotated[
     typer.Option(
         help="Method option as KEY=JSON, repeatable; goes to every method that takes KEY. "
         "The box rule's low/high (lrp.epsilon_gamma_box, lrp.dtd) default to the model's "
-        "normalised input range."
+        "normalised input range.",
+        metavar="KEY=JSON",
     ),
 ]
 Target = Annotated[str, typer.Option(help="label (the dataset's class) or predicted.")]
@@ -110,7 +111,10 @@ def sweep(
 ) -> None:
     """Explain, select and score every clip of DATASET's SPLIT with every method and sigma:
     one row per (clip, method, sigma) in OUT/tables/*.parquet, OUT/manifest.json beside.
-    Rerun the same command after an interruption to resume; prints one JSON line."""
+    Rerun the same command after an interruption to resume; prints one JSON line. A video
+    that fails to decode is counted in its "failed" and listed in the manifest, and the
+    exit code stays 0: the sweep's tables are complete without that clip (selrel explain,
+    whose outputs are the videos themselves, exits 2)."""
     from selrel_jax._checks import key_json_pairs
     from selrel_jax.sweep import initialize_distributed, parse_list, run_sweep
 

@@ -46,7 +46,8 @@ Arch = Annotated[
 ]
 Width = Annotated[float | None, typer.Option(help="Channel width multiplier " + _DEFAULT.format(1))]
 ModelOption = Annotated[
-    list[str] | None, typer.Option(help="Extra models.create keyword as KEY=JSON, repeatable.")
+    list[str] | None,
+    typer.Option(help="Extra models.create keyword as KEY=JSON, repeatable.", metavar="KEY=JSON"),
 ]
 ClipLength = Annotated[
     int | None, typer.Option(help="folder: frames per clip " + _DEFAULT.format(16))

@@ -284,3 +284,70 @@ def test_overwrite_refuses_an_output_holding_a_users_file(tmp_path):
     assert code == 2 and stdout == ""
     assert "holds files selrel explain did not write (thesis.txt)" in stderr
     assert (tmp_path / "sample_clip" / "thesis.txt").read_text() == "three years"
+
+
+def _recording_viz(monkeypatch):
+    """Patch viz so that each saved figure's title (by file name) and each overlay
+    caption are recorded: the titles read back from the figures themselves."""
+    from selrel_jax import viz
+
+    titles, captions = {}, []
+    save_figure, panels = viz.save_figure, viz.panels
+
+    def saving(fig, path, **kwargs):
+        titles[os.path.basename(path)] = fig.get_suptitle() or fig.axes[0].get_title()
+        return save_figure(fig, path, **kwargs)
+
+    def drawing(*args, caption=None, **kwargs):
+        captions.append(caption)
+        return panels(*args, caption=caption, **kwargs)
+
+    monkeypatch.setattr(viz, "save_figure", saving)
+    monkeypatch.setattr(viz, "panels", drawing)
+    return titles, captions
+
+
+def test_saved_pictures_name_the_class_explained_and_the_prediction(tmp_path, monkeypatch):
+    # They used to be titled with the predicted class only, whatever was explained.
+    from selrel_jax import explanation_files
+
+    rng = np.random.default_rng(0)
+    maps = {name: rng.normal(size=(4, 8, 8)).astype(np.float32)
+            for name in ("relevance", "selective", "static")}  # fmt: skip
+    result = ve.VideoExplanation(
+        video="clip.mp4", frames=rng.integers(0, 256, (4, 8, 8, 3), dtype=np.uint8), fps=8.0,
+        **maps, clip_starts=np.array([0]), clip_length=4,
+        clip_logits=np.array([[0.0, 2.0, 1.0]], np.float32),
+        clip_scores={k: np.array([0.5], np.float32)
+                     for k in ("target_logit", "spatial_bias", "kept_voxels", "relevance_mass",
+                               "selective_mass", "gini_raw", "gini_selective")},
+        probs=np.array([0.1, 0.7, 0.2], np.float32), target=2, class_names=("a", "b", "c"),
+        settings=ve.ExplainSettings(method="gradient", sigma=2.0), method_options={},
+        loop_padded=False,
+    )  # fmt: skip
+    titles, captions = _recording_viz(monkeypatch)
+    explanation_files.save_explanation(result, tmp_path / "clip")
+    label = "explained: c (predicted: b, 70%)"
+    assert titles == {name: f"clip.mp4: {label} - gradient, sigma=2"
+                      for name in ("filmstrip.png", "timeline.png")}  # fmt: skip
+    assert captions == [label]
+
+
+@pytest.mark.slow
+def test_pictures_and_the_json_line_name_the_class_explained(tmp_path, monkeypatch):
+    # The JSON line used to have no target, and the pictures named only the prediction.
+    titles, captions = _recording_viz(monkeypatch)
+    code, stdout, stderr = _run("--target", "translate_left", "--method", "gradient",
+                                "--out", tmp_path)  # fmt: skip
+    assert code == 0, stderr
+    record = json.loads(stdout)
+    summary = json.loads((tmp_path / "sample_clip" / "summary.json").read_text())
+    assert record["target"] == summary["target"] == {"index": 0, "name": "translate_left"}
+    probability = summary["probs"][summary["predicted"]["index"]]
+    label = f"explained: translate_left (predicted: translate_right, {probability:.0%})"
+    assert summary["predicted"]["name"] == record["predicted"] == "translate_right"
+    assert titles == {
+        name: f"sample_clip.mp4: {label} - gradient, sigma=1" for name in
+        ("filmstrip.png", "timeline.png")
+    }  # fmt: skip
+    assert captions and set(captions) == {label}
