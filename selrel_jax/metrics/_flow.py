@@ -32,7 +32,8 @@ def _cv2():
         import cv2
     except ImportError:
         raise OptionError(
-            "flow_motion_mask needs OpenCV: pip install 'selrel-jax[flow]' (opencv-python-headless)"
+            "flow_motion_mask needs OpenCV: pip install 'selrel-jax[flow]' (the flow extra, "
+            "opencv-python-headless; in a checkout: pip install -e '.[flow]')"
         ) from None
     return cv2
 
