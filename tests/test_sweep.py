@@ -309,7 +309,7 @@ def test_a_flow_sweep_without_opencv_names_the_flow_extra_and_writes_nothing(
     model_dir, tmp_path, monkeypatch
 ):
     monkeypatch.setitem(sys.modules, "cv2", None)  # import cv2 raises ImportError
-    with pytest.raises(OptionError, match=r"pip install -e '\.\[flow\]'"):
+    with pytest.raises(OptionError, match=r'the flow extra: pip install -e "\.\[flow\]"'):
         run_sweep(tmp_path / "s", model=model_dir, **{**SETTINGS, "motion_mask": "flow"})
     assert not (tmp_path / "s").exists()
 

@@ -16,7 +16,9 @@ from selrel_jax import metrics
 def test_without_opencv_the_error_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "cv2", None)  # import cv2 raises ImportError
     video = np.zeros((3, 8, 8, 3), np.uint8)
-    with pytest.raises(sr.OptionError, match=r"needs OpenCV: pip install 'selrel-jax\[flow\]'"):
+    with pytest.raises(
+        sr.OptionError, match=r'needs OpenCV, the flow extra: pip install -e "\.\[flow\]"'
+    ):
         metrics.flow_motion_mask(video)
 
 
