@@ -181,6 +181,21 @@ def test_an_incomplete_sweep_is_named_in_the_report(sweeps, tmp_path):
     assert markdown.count("Incomplete sweep") == 1
 
 
+def test_a_flow_mask_sweep_is_named_in_the_report(sweeps, tmp_path):
+    import json
+    import shutil
+
+    copy = tmp_path / "still_net"
+    shutil.copytree(sweeps[1], copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["settings"]["motion_mask"] = {"flow": {"min_flow": 0.1, "farneback": {}}}
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    markdown = report.write_report([copy], tmp_path / "r.md", resamples=50).read_text()
+    assert f"**Flow motion masks:** `{copy}` (still_net) scores its motion measures against " \
+        "each clip's optical-flow mask (Farneback, `min_flow` 0.1)" in markdown  # fmt: skip
+    assert markdown.count("Flow motion masks") == 1
+
+
 def test_resamples_are_drawn_in_bounded_memory_and_an_absurd_count_is_refused(monkeypatch):
     values = np.random.default_rng(0).random(7)
     whole = report.bootstrap_mean(values, resamples=300, seed=2)

@@ -27,13 +27,16 @@ from selrel_jax.errors import DataError, OptionError
 from selrel_jax.sweep import (
     FAITHFULNESS_COLUMNS,
     SCORE_COLUMNS,
+    SweepSettings,
     _compute,
+    open_source,
     read_manifest,
     read_table,
     run_sweep,
     table_columns,
 )
 from selrel_jax.sweep._run import checked_shares
+from selrel_jax.sweep._settings import identity
 
 CLIP = (8, 32, 32)
 CONFIG = "tiny_distractors"
@@ -117,8 +120,11 @@ def test_the_table_has_one_sorted_row_per_clip_method_and_sigma(reference):
     assert sorted(os.listdir(out / "tables")) == [f"shard-{k:06d}.parquet" for k in range(2)]
 
 
-def _expected(model_dir, index: int, method: str, sigma: float, faithful: bool) -> dict:
-    """Every column of clip ``index``, from the library's functions called on that clip."""
+def _expected(
+    model_dir, index: int, method: str, sigma: float, faithful: bool, flow: bool = False
+) -> dict:
+    """Every column of clip ``index``, from the library's functions called on that clip
+    (``flow``: against the clip's optical-flow mask instead of its exact one)."""
     model, variables, info = models.load(model_dir)
     example = synthetic_motion.generate_example(CONFIG, "test", 1, index)
     x = data.normalize(example["video"][None], mean=info.mean, std=info.std)
@@ -129,6 +135,8 @@ def _expected(model_dir, index: int, method: str, sigma: float, faithful: bool) 
     mask = sr.motion_mask(rel, sigma, temporal_padding="edge")
     sel = sr.selective_relevance(rel, sigma, temporal_padding="edge")
     truth, static = example["mask"][None], example["static_mask"][None]
+    if flow:
+        truth = metrics.flow_motion_mask(example["video"])[None]
     boxes = metrics.box_mask(example["boxes"][None], *CLIP[1:])
     kept = np.asarray(mask).sum()
     wide = metrics.dilate_mask(truth, 1)  # the default tolerance
@@ -161,7 +169,7 @@ def _expected(model_dir, index: int, method: str, sigma: float, faithful: bool) 
     return {k: float(np.ravel(v)[0]) for k, v in out.items()}
 
 
-def _check_columns(out, model_dir, index, method, sigmas, faithful):
+def _check_columns(out, model_dir, index, method, sigmas, faithful, flow=False):
     table = table_columns(read_table(out))
     example = synthetic_motion.generate_example(CONFIG, "test", 1, index)
     assert example["static_mask"].any()  # static_mass is defined
@@ -170,7 +178,7 @@ def _check_columns(out, model_dir, index, method, sigmas, faithful):
                              & (table["sigma"] == sigma))  # fmt: skip
         assert len(row) == 1
         assert table["label"][row[0]] == table["target"][row[0]] == example["label"]
-        expected = _expected(model_dir, index, method, sigma, faithful)
+        expected = _expected(model_dir, index, method, sigma, faithful, flow)
         assert set(expected) == set(SCORE_COLUMNS) | (
             set(FAITHFULNESS_COLUMNS) if faithful else set()
         )
@@ -248,6 +256,7 @@ def test_a_killed_sweep_resumes_to_the_same_table(reference, model_dir, tmp_path
         ({"target": "predicted"}, "target"),
         ({"method_options": {"epsilon": 0.5}}, "method_options.lrp.epsilon_plus_flat.epsilon"),
         ({"mask_tolerance": 2}, "mask_tolerance: 1 -> 2"),
+        ({"motion_mask": "flow"}, "motion_mask"),
     ],
 )
 def test_a_rerun_with_other_settings_is_refused_naming_them(reference, model_dir, change, named):
@@ -257,6 +266,52 @@ def test_a_rerun_with_other_settings_is_refused_naming_them(reference, model_dir
         run_sweep(out, model=model_dir, **{**SETTINGS, **change})
     assert named in str(error.value) and "\n" not in str(error.value)
     assert {p: p.read_bytes() for p in before} == before
+
+
+@pytest.mark.slow  # a whole sweep (~7 s on 2 cores)
+def test_flow_masked_columns_equal_the_metrics_against_the_clips_flow_mask(model_dir, tmp_path):
+    out = tmp_path / "flow"
+    settings = {**SETTINGS, "sigmas": [1.0], "limit": 1, "motion_mask": "flow"}
+    assert run_sweep(out, model=model_dir, **settings)["complete"]
+    _check_columns(out, model_dir, 0, SETTINGS["methods"][0], [1.0], faithful=False, flow=True)
+    record = read_manifest(out)["settings"]["motion_mask"]["flow"]
+    assert record == {"min_flow": 0.0, "farneback": metrics.FARNEBACK}
+    before = {p: p.read_bytes() for p in [out / "manifest.json", *(out / "tables").iterdir()]}
+    for change, named in (({"flow_min_flow": 0.5}, "motion_mask.flow.min_flow: 0.0 -> 0.5"),
+                          ({"motion_mask": "exact"}, "motion_mask")):  # fmt: skip
+        with pytest.raises(OptionError, match="was made with other settings") as error:
+            run_sweep(out, model=model_dir, **{**settings, **change})
+        assert named in str(error.value)
+    assert {p: p.read_bytes() for p in before} == before
+
+
+def test_an_exact_mask_sweeps_settings_record_is_unchanged_by_the_flow_option():
+    # a sweep written before --motion-mask existed must still resume
+    settings = SweepSettings(**SETTINGS)
+    record = identity(settings, {m: {} for m in settings.methods})
+    assert "motion_mask" not in record and "flow_min_flow" not in record
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"motion_mask": "optical"}, "motion_mask must be one of exact, flow; got 'optical'"),
+        ({"flow_min_flow": -0.1}, "flow_min_flow must be a finite number >= 0.0"),
+        ({"flow_min_flow": float("nan")}, "flow_min_flow must be a finite number >= 0.0"),
+    ],
+)
+def test_the_motion_mask_settings_are_checked(change, message):
+    with pytest.raises(OptionError, match=re.escape(message)):
+        SweepSettings(**{**SETTINGS, **change})
+
+
+def test_a_flow_sweep_without_opencv_names_the_flow_extra_and_writes_nothing(
+    model_dir, tmp_path, monkeypatch
+):
+    monkeypatch.setitem(sys.modules, "cv2", None)  # import cv2 raises ImportError
+    with pytest.raises(OptionError, match=r'the flow extra: pip install -e "\.\[flow\]"'):
+        run_sweep(tmp_path / "s", model=model_dir, **{**SETTINGS, "motion_mask": "flow"})
+    assert not (tmp_path / "s").exists()
 
 
 def _folder_with_a_corrupt_video(root):
@@ -285,6 +340,26 @@ def test_a_folder_video_that_cannot_be_decoded_is_listed_and_skipped(model_dir, 
     assert table["label"].tolist() == [0, 0] and table["sigma"].tolist() == [1.0, 2.0]
     assert np.isnan(table["motion_precision_raw"]).all()  # no ground truth in a folder
     assert np.isfinite(table["spatial_bias"]).all()
+
+
+@pytest.mark.slow  # a whole sweep (~7 s on 2 cores)
+def test_a_folder_sweep_with_flow_masks_scores_motion_and_still_skips_a_broken_video(
+    model_dir, tmp_path
+):
+    _folder_with_a_corrupt_video(tmp_path / "videos")
+    settings = dict(dataset=f"folder:{tmp_path / 'videos'}", methods=["gradient"], sigmas=[1.0],
+                    batch_size=4, motion_mask="flow")  # fmt: skip
+    summary = run_sweep(tmp_path / "sweep", model=model_dir, **settings)
+    assert summary["complete"] and summary["failed"] == 1 and summary["rows"] == 1
+    table = table_columns(read_table(tmp_path / "sweep"))
+    motion = [c for c in SCORE_COLUMNS if c.startswith("motion_")]
+    assert all(0.0 <= table[c][0] <= 1.0 for c in motion), {c: table[c][0] for c in motion}
+    _, _, info = models.load(model_dir)
+    source = open_source(SweepSettings(**settings, model=str(model_dir)), info)
+    batch = source.read([0, 1])
+    assert set(batch.failed) == {1} and not batch.truth["mask"][1].any()
+    np.testing.assert_array_equal(batch.truth["mask"][0],
+                                  metrics.flow_motion_mask(batch.video[0]))  # fmt: skip
 
 
 @pytest.mark.parametrize("frames", [1, 10])

@@ -62,6 +62,21 @@ MaskTolerance = Annotated[
         "*_tolerant_* columns (the exact-mask columns are always there)."
     ),
 ]
+MotionMask = Annotated[
+    str,
+    typer.Option(
+        help="Ground truth of the motion columns: exact (the dataset's mask; a folder has "
+        "none, so they are NaN) or flow (each clip's Farneback optical flow, for your own "
+        "videos; needs the flow extra: pip install -e '.[flow]')."
+    ),
+]
+FlowMinFlow = Annotated[
+    float,
+    typer.Option(
+        help="With --motion-mask flow: floor on the flow threshold in pixels per frame "
+        "(0: the authors' rule, flow above its frame pair's std)."
+    ),
+]
 Distributed = Annotated[
     bool,
     typer.Option(
@@ -102,6 +117,8 @@ def sweep(
     temporal_padding: TemporalPadding = "edge",
     threshold: Threshold = "clip",
     mask_tolerance: MaskTolerance = 1,
+    motion_mask: MotionMask = "exact",
+    flow_min_flow: FlowMinFlow = 0.0,
     distributed: Distributed = False,
     coordinator: Coordinator = None,
     num_processes: NumProcesses = None,
@@ -134,7 +151,8 @@ def sweep(
             sigmas=sigma_values, method_options=options, target=target, data_seed=data_seed,
             faithfulness=faithfulness, batch_size=batch_size, limit=limit, data_dir=data_dir,
             temporal_padding=temporal_padding, threshold=threshold,
-            mask_tolerance=mask_tolerance, progress=progress, decode_timeout=decode_timeout,
+            mask_tolerance=mask_tolerance, motion_mask=motion_mask, flow_min_flow=flow_min_flow,
+            progress=progress, decode_timeout=decode_timeout,
         )  # fmt: skip
     typer.echo(json_line(result))
 

@@ -1,7 +1,7 @@
 """Motion masks of real videos from optical flow, for data without ground truth.
 
-OpenCV is optional (``pip install 'selrel-jax[flow]'``) and imported on first use.
-This runs on the host, frame pair by frame pair: it is not traceable.
+OpenCV is optional (the ``flow`` extra: ``pip install -e ".[flow]"`` in the clone) and
+imported on first use. This runs on the host, frame pair by frame pair: it is not traceable.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ def _cv2():
         import cv2
     except ImportError:
         raise OptionError(
-            "flow_motion_mask needs OpenCV: pip install 'selrel-jax[flow]' (opencv-python-headless)"
+            'flow_motion_mask needs OpenCV, the flow extra: pip install -e ".[flow]" in the '
+            "selrel_jax clone (opencv-python-headless)"
         ) from None
     return cv2
 
@@ -99,10 +100,10 @@ def flow_motion_mask(
       NumPy bool (T, H, W), or (N, T, H, W) for a batch.
 
     Raises:
-      OptionError: OpenCV is not installed (``pip install 'selrel-jax[flow]'``).
+      OptionError: OpenCV is not installed (``pip install -e ".[flow]"``).
 
     Examples:
-        Needs OpenCV (``pip install 'selrel-jax[flow]'``).
+        Needs OpenCV (``pip install -e ".[flow]"``).
 
         >>> from selrel_jax import data
         >>> from selrel_jax.metrics import flow_motion_mask

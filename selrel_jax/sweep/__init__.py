@@ -30,17 +30,25 @@ from selrel_jax.sweep._run import (
     run_sweep,
 )
 from selrel_jax.sweep._settings import (
+    DEFAULT_FLOW_MIN_FLOW,
     DEFAULT_METHODS,
     DEFAULT_SIGMAS,
     DEFAULT_TEMPORAL_PADDING,
     FAITHFULNESS_REPLACEMENT,
     FAITHFULNESS_STEPS,
+    MOTION_MASKS,
     PRECISION_FRACTION,
     TARGETS,
     SweepSettings,
     parse_list,
 )
-from selrel_jax.sweep._sources import TRUTH_KEYS, ClipBatch, ClipSource, open_source
+from selrel_jax.sweep._sources import (
+    TRUTH_KEYS,
+    ClipBatch,
+    ClipSource,
+    FlowMaskedSource,
+    open_source,
+)
 from selrel_jax.sweep._store import (
     MANIFEST_FILE,
     TABLES_DIR,
@@ -50,6 +58,7 @@ from selrel_jax.sweep._store import (
 )
 
 __all__ = [
+    "DEFAULT_FLOW_MIN_FLOW",
     "DEFAULT_METHODS",
     "DEFAULT_SIGMAS",
     "DEFAULT_TEMPORAL_PADDING",
@@ -58,6 +67,7 @@ __all__ = [
     "FAITHFULNESS_STEPS",
     "KEY_COLUMNS",
     "MANIFEST_FILE",
+    "MOTION_MASKS",
     "PRECISION_FRACTION",
     "SCORE_COLUMNS",
     "TABLES_DIR",
@@ -65,6 +75,7 @@ __all__ = [
     "TRUTH_KEYS",
     "ClipBatch",
     "ClipSource",
+    "FlowMaskedSource",
     "SweepSettings",
     "columns_of",
     "initialize_distributed",

@@ -20,6 +20,7 @@ from selrel_jax.errors import DataError, OptionError
 from selrel_jax.sweep import _store
 from selrel_jax.sweep._compute import BatchScorer
 from selrel_jax.sweep._settings import (
+    DEFAULT_FLOW_MIN_FLOW,
     DEFAULT_MASK_TOLERANCE,
     DEFAULT_METHODS,
     DEFAULT_SIGMAS,
@@ -344,6 +345,8 @@ def run_sweep(
     temporal_padding: str = DEFAULT_TEMPORAL_PADDING,
     threshold: str = "clip",
     mask_tolerance: int = DEFAULT_MASK_TOLERANCE,
+    motion_mask: str = "exact",
+    flow_min_flow: float = DEFAULT_FLOW_MIN_FLOW,
     progress: bool = False,
     on_shard: Callable[[int, dict], None] | None = None,
     decode_timeout: float | None = DEFAULT_DECODE_TIMEOUT,
@@ -381,6 +384,11 @@ def run_sweep(
       threshold: as :func:`selrel_jax.selective_relevance`.
       mask_tolerance: pixels the exact motion mask is widened by in each frame for the
         ``*_tolerant_*`` columns (:func:`selrel_jax.metrics.dilate_mask`).
+      motion_mask: the motion columns' ground truth: ``"exact"``, the dataset's mask
+        (a folder has none: its motion columns are NaN), or ``"flow"``, each clip's
+        :func:`selrel_jax.metrics.flow_motion_mask` (needs the ``flow`` extra).
+      flow_min_flow: with ``"flow"``, the mask's floor on its threshold in pixels per
+        frame (0: the authors' rule, relative to each frame pair's flow).
       progress: a progress bar (clips/s, ETA) on stderr.
       on_shard: called as ``on_shard(shard, record)`` after each shard is written.
       decode_timeout: seconds a folder video may take to decode, in a separate process,
@@ -410,6 +418,7 @@ def run_sweep(
     settings = SweepSettings(
         dataset, split, model, methods, sigmas, dict(method_options or {}), target, data_seed,
         faithfulness, batch_size, limit, temporal_padding, threshold, mask_tolerance,
+        motion_mask, flow_min_flow,
     )  # fmt: skip
     if decode_timeout is not None:
         decode_timeout = real("decode_timeout", decode_timeout, above=0.0)

@@ -13,6 +13,7 @@ from selrel_jax._checks import integer, one_of, positive_int, real
 from selrel_jax.attribution import registry
 from selrel_jax.data import SPLIT_NAMES, parse_dataset
 from selrel_jax.errors import OptionError
+from selrel_jax.metrics import FARNEBACK
 from selrel_jax.models.info import ModelInfo
 from selrel_jax.selective import TEMPORAL_PADDINGS, THRESHOLDS
 
@@ -35,6 +36,13 @@ PRECISION_FRACTION = 0.1
 #: scores (``metrics.dilate_mask``): the selection's 3x3 smoothing puts its voxels in
 #: the one-pixel band around the motion, where the model's evidence also lies.
 DEFAULT_MASK_TOLERANCE = 1
+#: Where the motion columns' ground truth comes from: ``"exact"``, the dataset's own
+#: mask (synthetic_motion; a folder has none, so its motion columns are NaN), or
+#: ``"flow"``, :func:`~selrel_jax.metrics.flow_motion_mask` of each clip (the authors'
+#: Farneback rule, OpenCV's ``flow`` extra), for videos without ground truth.
+MOTION_MASKS = ("exact", "flow")
+#: The flow mask's floor on its threshold (pixels per frame): 0 is the authors' rule.
+DEFAULT_FLOW_MIN_FLOW = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +67,8 @@ class SweepSettings:
     temporal_padding: str = DEFAULT_TEMPORAL_PADDING
     threshold: str = "clip"
     mask_tolerance: int = DEFAULT_MASK_TOLERANCE
+    motion_mask: str = "exact"
+    flow_min_flow: float = DEFAULT_FLOW_MIN_FLOW
 
     def __post_init__(self) -> None:
         put = object.__setattr__
@@ -86,6 +96,8 @@ class SweepSettings:
         one_of("temporal_padding", self.temporal_padding, TEMPORAL_PADDINGS)
         one_of("threshold", self.threshold, THRESHOLDS)
         put(self, "mask_tolerance", integer("mask_tolerance", self.mask_tolerance, minimum=0))
+        one_of("motion_mask", self.motion_mask, MOTION_MASKS)
+        put(self, "flow_min_flow", real("flow_min_flow", self.flow_min_flow, minimum=0.0))
 
 
 def _checked_methods(methods: Any) -> tuple[str, ...]:
@@ -159,6 +171,10 @@ def identity(settings: SweepSettings, options: Mapping[str, Mapping[str, Any]]) 
         record["faithfulness_steps"] = FAITHFULNESS_STEPS
         record["faithfulness_replacement"] = FAITHFULNESS_REPLACEMENT
     record["precision_fraction"] = PRECISION_FRACTION
+    # The exact mask's record stays as before this option, so older sweeps still resume.
+    flow_min_flow = record.pop("flow_min_flow")
+    if record.pop("motion_mask") == "flow":
+        record["motion_mask"] = {"flow": {"min_flow": flow_min_flow, "farneback": FARNEBACK}}
     return json.loads(json.dumps(record))
 
 

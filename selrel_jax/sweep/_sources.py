@@ -10,10 +10,11 @@ from typing import Any
 
 import numpy as np
 
-from selrel_jax import data
+from selrel_jax import data, metrics
 from selrel_jax._worker import decode_in_worker
 from selrel_jax.data import synthetic_motion
 from selrel_jax.errors import DataError, OptionError, ShapeError
+from selrel_jax.metrics import _flow
 from selrel_jax.models.checkpoint import writable_directory
 from selrel_jax.models.info import ModelInfo
 from selrel_jax.sweep._settings import SweepSettings
@@ -104,6 +105,29 @@ class FolderClipSource(ClipSource):
         return ClipBatch(video, self._labels[np.asarray(indices, np.int64)], {}, failed)
 
 
+class FlowMaskedSource(ClipSource):
+    """``source``'s clips with ``truth["mask"]`` from optical flow
+    (:func:`~selrel_jax.metrics.flow_motion_mask` of each clip read, ``min_flow``, the
+    default Farneback parameters), in place of any mask the dataset has: the motion
+    columns of videos without ground truth. Clips that failed to read get no mask."""
+
+    def __init__(self, source: ClipSource, min_flow: float):
+        keys = [key for key in TRUTH_KEYS if key == "mask" or key in source.truth_keys]
+        super().__init__(source.count, source.clip_shape, None, keys)
+        self.id_type, self._source, self._min_flow = source.id_type, source, min_flow
+
+    def clip_id(self, index: int) -> Any:
+        return self._source.clip_id(index)
+
+    def read(self, indices: Sequence[int]) -> ClipBatch:
+        batch = self._source.read(indices)
+        mask = np.zeros(batch.video.shape[:4], bool)
+        read = [row for row in range(len(indices)) if row not in batch.failed]
+        if read:
+            mask[read] = metrics.flow_motion_mask(batch.video[read], min_flow=self._min_flow)
+        return dataclasses.replace(batch, truth={**batch.truth, "mask": mask})
+
+
 def _check_clip_size(dataset: str, have: Sequence[int], info: ModelInfo) -> None:
     if tuple(have) != info.clip_size:
         raise ShapeError(
@@ -167,7 +191,24 @@ def open_source(
     one it is read from the TFDS cache in ``data_dir`` (built on first use), as are
     other TFDS names; a ``folder:PATH`` split is :func:`~selrel_jax.data.folder_splits`'s,
     its classes the model's, each video decoded in a separate process stopped after
-    ``decode_timeout`` seconds (None: in this process)."""
+    ``decode_timeout`` seconds (None: in this process). With ``settings.motion_mask``
+    ``"flow"`` each clip's motion mask is its optical flow's (:class:`FlowMaskedSource`);
+    OptionError naming the ``flow`` extra if OpenCV is missing."""
+    source = _dataset_source(settings, info, data_dir, decode_timeout)
+    if settings.motion_mask == "flow":
+        flow_available()
+        return FlowMaskedSource(source, settings.flow_min_flow)
+    return source
+
+
+def flow_available() -> None:
+    """OptionError naming the ``flow`` extra unless OpenCV can be imported."""
+    _flow._cv2()
+
+
+def _dataset_source(
+    settings: SweepSettings, info: ModelInfo, data_dir: Any, decode_timeout: float | None
+) -> ClipSource:
     kind, argument = data.parse_dataset(settings.dataset)
     if kind == "folder":
         return _folder(settings, argument, info, decode_timeout)

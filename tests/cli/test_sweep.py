@@ -76,6 +76,8 @@ def test_a_sweep_prints_one_json_line_and_shows_progress(model_dir, tmp_path):
         (["--temporal-padding", "wrap"], "temporal_padding must be one of zero, edge"),
         (["--threshold", "pixel"], "threshold must be one of clip, frame"),
         (["--mask-tolerance", "-1"], "mask_tolerance must be an int >= 0; got -1"),
+        (["--motion-mask", "optical"], "motion_mask must be one of exact, flow; got 'optical'"),
+        (["--flow-min-flow", "-1"], "flow_min_flow must be a finite number >= 0.0; got -1.0"),
         (["--model", "no_such_model"], "no checkpoint named or at 'no_such_model'"),
         (["--dataset", "synthetic_motion/nope"], "synthetic_motion config must be one of"),
         (["--dataset", "synthetic_motion"], "clips are (16, 48, 48) (T, H, W) but the model takes"),
