@@ -162,4 +162,12 @@ def main() -> None:
     app()
 
 
-from selrel_jax.cli import convert, evaluate, explain, report, sweep, train  # noqa: E402, F401
+from selrel_jax.cli import (  # noqa: E402, F401
+    convert,
+    evaluate,
+    explain,
+    report,
+    sanity,
+    sweep,
+    train,
+)

@@ -30,6 +30,8 @@ Scores:
 - Simplicity: :func:`gini`, :func:`entropy`; :func:`frame_mass` per frame.
 - Faithfulness (opt-in, runs the model): :func:`deletion_curve`,
   :func:`insertion_curve`, :func:`faithfulness_baseline`, :func:`frame_freezing`.
+- Sanity (runs the model): :func:`cascading_randomization` (Adebayo et al.
+  2018), with :func:`spearman` and :func:`ssim` of two maps.
 - Real videos: :func:`flow_motion_mask` (OpenCV optical flow; optional).
 
 For a whole video, call :func:`spatial_bias` on the video's frames
@@ -79,17 +81,29 @@ from selrel_jax.metrics._masks import (
     overlap_at_threshold,
     top_k_voxels,
 )
+from selrel_jax.metrics._randomization import (
+    INSENSITIVE_THRESHOLD,
+    SSIM_WINDOW,
+    Randomization,
+    cascading_randomization,
+    spearman,
+    ssim,
+)
 from selrel_jax.selective import spatial_bias
 
 __all__ = [
     "ENTROPY_UNITS",
     "FARNEBACK",
+    "INSENSITIVE_THRESHOLD",
     "MASK_LAYOUTS",
     "REPLACEMENTS",
+    "SSIM_WINDOW",
     "Curve",
     "FrameFreezing",
     "Overlap",
+    "Randomization",
     "box_mask",
+    "cascading_randomization",
     "deletion_curve",
     "dilate_mask",
     "entropy",
@@ -104,5 +118,7 @@ __all__ = [
     "overlap_at_k",
     "overlap_at_threshold",
     "spatial_bias",
+    "spearman",
+    "ssim",
     "top_k_voxels",
 ]

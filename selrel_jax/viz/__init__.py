@@ -40,6 +40,7 @@ from selrel_jax.viz._color import (
 )
 from selrel_jax.viz._figures import filmstrip, save_figure, timeline
 from selrel_jax.viz._panels import panels
+from selrel_jax.viz._sanity import randomization_curves
 
 __all__ = [
     "MAGNITUDE_CMAP",
@@ -51,6 +52,7 @@ __all__ = [
     "filmstrip",
     "overlay",
     "panels",
+    "randomization_curves",
     "save_figure",
     "show",
     "timeline",
