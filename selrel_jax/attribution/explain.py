@@ -35,6 +35,13 @@ Examples:
     >>> sr.explain(Tiny(nnx.Rngs(0)), None, clips).shape
     (1, 8, 32, 32, 3)
 
+    A target per clip and a method's options (here the box rule's input bounds):
+
+    >>> rel = sr.explain(model, variables, clips, jnp.array([3]), "lrp.epsilon_gamma_box",
+    ...                  low=-2.0, high=2.0)
+    >>> rel.shape, bool(jnp.isfinite(rel).all())
+    ((1, 8, 32, 32, 3), True)
+
 For repeated calls under your own ``jax.jit`` / ``jax.vmap`` use
 :func:`make_explainer`, which returns the pure function
 ``(variables, clips, target) -> relevance``.
@@ -298,19 +305,6 @@ def explain(
     (``NonFiniteError``, with the count and the clips), the variables and the
     clip size against the model, the model's output, the target's shape,
     dtype and range, the options' types and ranges.
-
-    Examples:
-        >>> import jax
-        >>> import jax.numpy as jnp
-        >>> from selrel_jax import models
-        >>> model = models.create("c3d_small", 4, width=0.25, clip_size=(8, 32, 32))
-        >>> variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 32, 32, 3)), train=False)
-        >>> clips = jax.random.normal(jax.random.key(1), (1, 8, 32, 32, 3))
-        >>> from selrel_jax import explain
-        >>> rel = explain(model, variables, clips, jnp.array([3]), "lrp.epsilon_gamma_box",
-        ...               low=-2.0, high=2.0)
-        >>> rel.shape, bool(jnp.isfinite(rel).all())
-        ((1, 8, 32, 32, 3), True)
     """
     precision = options.pop("precision", "auto")
     entry, merged = _resolve(method, options)

@@ -4,6 +4,23 @@ Dataset names: ``synthetic_motion[/<config>]`` (the TFDS cache, or generated
 afresh with ``data_seed``), ``folder:<path>`` (a UCF-101-layout folder of videos,
 split by :func:`~selrel_jax.data.folder_splits`), or any other TFDS name prepared
 in array_record format.
+
+Examples:
+    :func:`load_clips`:
+
+    >>> import pathlib
+    >>> import shutil
+    >>> from selrel_jax.data import sample_clip_path
+    >>> for name in ("walk/a.mp4", "walk/b.mp4", "walk/c.mp4", "wave/a.mp4", "wave/b.mp4"):
+    ...     path = pathlib.Path("videos", name)   # a class per folder, as UCF-101
+    ...     path.parent.mkdir(parents=True, exist_ok=True)
+    ...     _ = shutil.copy(sample_clip_path(), path)
+    >>> from selrel_jax.data import load_clips
+    >>> _ = pathlib.Path("trainlist.txt").write_text("walk/a.mp4\\nwave/a.mp4\\n")
+    >>> clips, names = load_clips("folder:videos", "train", clip_size=(8, 32, 32),
+    ...                           size=40, split_file="trainlist.txt")
+    >>> clips.video.shape, clips.label.tolist(), names
+    ((2, 8, 32, 32, 3), [0, 1], ('walk', 'wave'))
 """
 
 from __future__ import annotations
@@ -182,21 +199,6 @@ def load_clips(
     demand (:class:`LazyVideos`); its classes are its sub-folders (or
     ``class_names``, in that order) and ``split_file`` is passed to
     :func:`folder_splits`. Class names of other TFDS datasets are ``class_<i>``.
-
-    Examples:
-        >>> import pathlib
-        >>> import shutil
-        >>> from selrel_jax.data import sample_clip_path
-        >>> for name in ("walk/a.mp4", "walk/b.mp4", "walk/c.mp4", "wave/a.mp4", "wave/b.mp4"):
-        ...     path = pathlib.Path("videos", name)   # a class per folder, as UCF-101
-        ...     path.parent.mkdir(parents=True, exist_ok=True)
-        ...     _ = shutil.copy(sample_clip_path(), path)
-        >>> from selrel_jax.data import load_clips
-        >>> _ = pathlib.Path("trainlist.txt").write_text("walk/a.mp4\\nwave/a.mp4\\n")
-        >>> clips, names = load_clips("folder:videos", "train", clip_size=(8, 32, 32),
-        ...                           size=40, split_file="trainlist.txt")
-        >>> clips.video.shape, clips.label.tolist(), names
-        ((2, 8, 32, 32, 3), [0, 1], ('walk', 'wave'))
     """
     kind, argument = parse_dataset(dataset)
     one_of("split", split, SPLIT_NAMES)

@@ -300,18 +300,16 @@ def deletion_curve(
       under jit (eager calls raise).
 
     Examples:
+        >>> import functools
         >>> import jax
         >>> import jax.numpy as jnp
-        >>> from selrel_jax import models
+        >>> from selrel_jax import metrics, models, selective_relevance
         >>> model = models.create("c3d_small", 4, width=0.25, clip_size=(8, 32, 32))
         >>> variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 32, 32, 3)), train=False)
         >>> clips = jax.random.normal(jax.random.key(1), (1, 8, 32, 32, 3))
-        >>> import functools
-        >>> from selrel_jax import selective_relevance
-        >>> from selrel_jax.metrics import deletion_curve
         >>> apply_fn = functools.partial(model.apply, variables, train=False)
         >>> sel = selective_relevance(jnp.abs(clips), sigma=1.0)   # any relevance map
-        >>> curve = deletion_curve(apply_fn, clips, sel, steps=4)
+        >>> curve = metrics.deletion_curve(apply_fn, clips, sel, steps=4)
         >>> curve.fractions
         Array([0.  , 0.25, 0.5 , 0.75, 1.  ], dtype=float32)
         >>> curve.probability.shape, curve.auc.shape

@@ -216,9 +216,8 @@ def cascading_randomization(
         >>> model = models.create("c3d_small", 6, width=0.25, clip_size=(8, 32, 32))
         >>> variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 32, 32, 3)), train=False)
         >>> clips = jax.random.normal(jax.random.key(1), (1, 8, 32, 32, 3))
-        >>> result = metrics.cascading_randomization(
-        ...     model, variables, clips, None, ["baseline.frame_difference"],
-        ...     key=jax.random.key(2), layers=["fc"])
+        >>> result = metrics.cascading_randomization(model, variables, clips, None,
+        ...     ["baseline.frame_difference"], key=jax.random.key(2), layers=["fc"])
         >>> result.layers, result.spearman.shape, round(float(result.spearman[0, 0, 0]), 4)
         (('fc',), (1, 1, 1), 1.0)
         >>> result.insensitive()

@@ -1,4 +1,19 @@
-"""Side-by-side overlay panels as video frames: text drawn once, frames composed in NumPy."""
+"""Side-by-side overlay panels as video frames: text drawn once, frames composed in NumPy.
+
+Examples:
+    :func:`panels`:
+
+    >>> import numpy as np
+    >>> import selrel_jax as sr
+    >>> from selrel_jax import data, viz
+    >>> frames = data.read_video(data.sample_clip_path())[:8]   # uint8 (8, 48, 48, 3)
+    >>> rel = frames.astype(np.float32) / 255 - 0.5             # stands in for relevance
+    >>> sel = np.asarray(sr.selective_relevance(rel, sigma=1.0))
+    >>> static = rel - sel
+    >>> video = viz.panels(frames, {"relevance": rel, "selective": sel}, caption="running")
+    >>> video.shape[0], video.dtype
+    (8, dtype('uint8'))
+"""
 
 from __future__ import annotations
 
@@ -155,18 +170,6 @@ def panels(
       signed: as :func:`overlay`.
       cmap: as :func:`overlay`.
       alpha: as :func:`overlay`.
-
-    Examples:
-        >>> import numpy as np
-        >>> import selrel_jax as sr
-        >>> from selrel_jax import data, viz
-        >>> frames = data.read_video(data.sample_clip_path())[:8]   # uint8 (8, 48, 48, 3)
-        >>> rel = frames.astype(np.float32) / 255 - 0.5             # stands in for relevance
-        >>> sel = np.asarray(sr.selective_relevance(rel, sigma=1.0))
-        >>> static = rel - sel
-        >>> video = viz.panels(frames, {"relevance": rel, "selective": sel}, caption="running")
-        >>> video.shape[0], video.dtype
-        (8, dtype('uint8'))
     """
     frames, fitted, scale, alpha = checked_display("panels", frames, maps, scale, alpha)
     for name, text in (("title", title), ("caption", caption), ("input_label", input_label)):

@@ -84,6 +84,6 @@ def test_gradients_and_the_vocabulary_do_not_import_the_lrp_engine():
 
 
 def test_functions_are_short():
-    """House rule: functions of at most ~60 lines (docstrings apart)."""
+    """House rule: functions of at most ~60 lines."""
     long = {f: n for f, n in function_lengths(PACKAGE.glob("*.py")).items() if n > 60}
     assert not long, f"functions over 60 lines: {long}"
