@@ -54,12 +54,14 @@ __all__ = [
     "check_memory",
     "check_not_input",
     "check_owned",
+    "compiling",
     "file_sha256",
     "finite_json",
     "json_text",
     "output_lock",
     "ownership_problem",
     "process_alive",
+    "progress_bar",
     "refuse_other_settings",
     "remove_stale_temporaries",
     "settings_record",
@@ -513,6 +515,27 @@ def check_memory(needed: int, what: str, remedy: str) -> None:
             f"{what} needs at least {needed / 2**30:.1f} GiB of memory; "
             f"{max(available, 0) / 2**30:.1f} GiB are available; {remedy}"
         )
+
+
+# ---------------------------------------------------------------------------- progress
+
+
+def progress_bar(total: int | None, enabled: bool, desc: str, unit: str = "clip", **options: Any):
+    """A tqdm bar on stderr (stdout carries the commands' JSON lines), ``desc`` saying
+    what is being done to what (``a.mp4: explain``); a disabled one prints nothing."""
+    import sys
+
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit=unit, desc=desc, file=sys.stderr, disable=not enabled,
+                **options)  # fmt: skip
+
+
+def compiling(function: Callable) -> bool:
+    """Whether the next call of the jitted ``function`` compiles it (it has never run):
+    tens of seconds for a large model, which a job says rather than sit at 0%."""
+    cache_size = getattr(function, "_cache_size", None)
+    return cache_size is not None and cache_size() == 0
 
 
 # ---------------------------------------------------------------------------- settings

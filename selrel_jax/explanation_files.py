@@ -49,6 +49,7 @@ from selrel_jax._jobs import (
     finite_json,
     json_text,
     output_lock,
+    progress_bar,
     refuse_other_settings,
     remove_stale_temporaries,
     settings_record,
@@ -159,7 +160,8 @@ def explained_label(result: VideoExplanation) -> str:
     )
 
 
-def _write_pictures(result: VideoExplanation, directory: str, scale: float) -> None:
+def _write_pictures(result: VideoExplanation, directory: str, scale: float, bar) -> None:
+    """``filmstrip.png`` and ``timeline.png``, each a step of ``bar``."""
     from selrel_jax import viz
 
     maps = _maps(result)
@@ -170,23 +172,29 @@ def _write_pictures(result: VideoExplanation, directory: str, scale: float) -> N
     strip = viz.filmstrip(result.frames, maps, columns=min(8, len(result.frames)),
                           scale=scale, title=title)  # fmt: skip
     viz.save_figure(strip, os.path.join(directory, "filmstrip.png"))
+    bar.update()
     masses = {name: np.abs(m).sum(axis=(1, 2)) for name, m in maps.items()}
     viz.save_figure(viz.timeline(masses, title=title), os.path.join(directory, "timeline.png"))
+    bar.update()
 
 
-def _write_overlay(result: VideoExplanation, path: str, scale: float, chunk: int = 64) -> None:
+def _write_overlay(result: VideoExplanation, path: str, scale: float, bar,
+                   chunk: int = 64) -> None:  # fmt: skip
     """The panels over every sampled frame, rendered and encoded ``chunk`` frames at a
-    time (a long video is never held whole as panels)."""
+    time (a long video is never held whole as panels); ``bar`` counts the frames."""
     from selrel_jax import viz
 
     caption = explained_label(result)
     maps = _maps(result)
-    panels = (
-        viz.panels(result.frames[i : i + chunk], {k: m[i : i + chunk] for k, m in maps.items()},
-                   scale=scale, caption=caption)
-        for i in range(0, len(result.frames), chunk)
-    )  # fmt: skip
-    viz.write_overlay_video(path, panels, fps=result.fps or 8.0)
+
+    def panels():
+        for i in range(0, len(result.frames), chunk):
+            frames = result.frames[i : i + chunk]
+            yield viz.panels(frames, {k: m[i : i + chunk] for k, m in maps.items()},
+                             scale=scale, caption=caption)  # fmt: skip
+            bar.update(len(frames))  # once the encoder has taken this chunk
+
+    viz.write_overlay_video(path, panels(), fps=result.fps or 8.0)
 
 
 def _color_scale(result: VideoExplanation) -> float:
@@ -212,11 +220,16 @@ def _write_files(
     model_name: str,
     save_arrays: bool,
     timings: Mapping[str, Any] | None,
+    progress: bool,
 ) -> None:
-    """Every file of an explanation, into ``folder``."""
+    """Every file of an explanation, into ``folder``; with ``progress``, a bar per stage
+    named after the video (``a.mp4: write overlay``)."""
     scale = _color_scale(result)
-    _write_pictures(result, os.fspath(folder), scale)
-    _write_overlay(result, os.fspath(folder / "overlay.mp4"), scale)
+    name = video_explanation.display_name(result.video)
+    with progress_bar(2, progress, f"{name}: write pictures", unit="file") as bar:
+        _write_pictures(result, os.fspath(folder), scale, bar)
+    with progress_bar(len(result.frames), progress, f"{name}: write overlay", "frame") as bar:
+        _write_overlay(result, os.fspath(folder / "overlay.mp4"), scale, bar)
     (folder / "summary.json").write_text(json_text(summary(result, model_name)) + "\n")
     if timings is not None:
         (folder / "timings.json").write_text(json_text(_rounded(dict(timings))))
@@ -234,6 +247,7 @@ def save_explanation(
     save_arrays: bool = False,
     overwrite: bool = False,
     timings: Mapping[str, Any] | None = None,
+    progress: bool = False,
 ) -> str:
     """Write ``overlay.mp4``, ``filmstrip.png``, ``timeline.png``, ``summary.json``
     (and ``timings.json`` when given, ``relevance.npz`` with ``save_arrays``) into
@@ -242,7 +256,8 @@ def save_explanation(
     intact). An existing ``directory`` needs ``overwrite=True``, and is replaced only
     if it is provably an explanation this library wrote: its marker file
     (``.selrel-output.json``) lists exactly the files there, unchanged (else an
-    OptionError naming it, ``overwrite`` or not). Returns it.
+    OptionError naming it, ``overwrite`` or not). Returns it. ``progress``: bars on
+    stderr for writing the pictures and the overlay, named after the video.
 
     The temporary sibling is ``.<name>.<pid>.<token>.tmp``: one that a killed process
     left behind is removed by :func:`explain_files` when it next writes ``<name>``."""
@@ -251,7 +266,8 @@ def save_explanation(
         raise OptionError(f"output {directory} exists; pass overwrite (--overwrite) to replace it")
     check_owned(directory, MARKER_KIND)
     fill = functools.partial(_write_files, result=result, model_name=model_name,
-                             save_arrays=save_arrays, timings=timings)  # fmt: skip
+                             save_arrays=save_arrays, timings=timings,
+                             progress=progress)  # fmt: skip
     try:
         os.makedirs(os.path.dirname(directory), exist_ok=True)
         write_folder(directory, fill)
@@ -352,7 +368,8 @@ def _explain_one(video, directory, *, net, variables, info, model, target, progr
         decode_timeout=decode_timeout, **settings, **method_options,
     )  # fmt: skip
     save_explanation(result, directory, model_name=os.fspath(model), save_arrays=save_arrays,
-                     overwrite=overwrite, timings={**result.timings, **_backend()})  # fmt: skip
+                     overwrite=overwrite, timings={**result.timings, **_backend()},
+                     progress=progress)  # fmt: skip
     return _record(video, directory, summary(result, os.fspath(model)))
 
 

@@ -42,7 +42,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -52,7 +51,7 @@ import numpy as np
 
 from selrel_jax import data, metrics
 from selrel_jax._checks import hashable, integer, one_of, positive_int, real
-from selrel_jax._jobs import check_memory
+from selrel_jax._jobs import check_memory, compiling, progress_bar
 from selrel_jax._worker import decode_in_worker
 from selrel_jax.attribution import make_explainer, registry
 from selrel_jax.errors import OptionError, ShapeError
@@ -447,18 +446,21 @@ class VideoExplanation:
 # ---------------------------------------------------------------------------- explain
 
 
-def _progress(total: int, enabled: bool, desc: str):
-    from tqdm import tqdm
+def _first_batch_compiles(bar, rows: int) -> None:
+    """Advance ``bar`` by ``rows``, clearing the "compiling" it may show before its first."""
+    if bar.n == 0:
+        bar.set_postfix_str("")
+    bar.update(rows)
 
-    return tqdm(total=total, unit="clip", desc=desc, file=sys.stderr, disable=not enabled)
 
-
-def _clip_logits(forward, variables, window, count, batch_size, progress) -> np.ndarray:
+def _clip_logits(forward, variables, window, count, batch_size, label) -> np.ndarray:
     out = []
-    with _progress(count, progress, "predict") as bar:
+    with progress_bar(count, label is not None, f"{label}: predict") as bar:
+        if compiling(forward):
+            bar.set_postfix_str("compiling")
         for rows, padded in _batches(count, batch_size):
             out.append(np.asarray(forward(variables, window(padded)))[: len(rows)])
-            bar.update(len(rows))
+            _first_batch_compiles(bar, len(rows))
     return np.concatenate(out)
 
 
@@ -484,11 +486,14 @@ class FrameMeans:
         return (self._total / self._count[:, None, None]).astype(np.float32)
 
 
-def _explain_windows(run, variables, window, starts, num_frames, target, batch_size, progress):
-    """``(per-frame maps, per-window scores)`` of every window, batch by batch."""
+def _explain_windows(run, variables, window, starts, num_frames, target, batch_size, label):
+    """``(per-frame maps, per-window scores)`` of every window, batch by batch (a bar
+    named ``label``: None, none)."""
     means = {name: FrameMeans(num_frames) for name in _ClipScores.MAPS}
     parts: dict[str, list] = {}
-    with _progress(len(starts), progress, "explain") as bar:
+    with progress_bar(len(starts), label is not None, f"{label}: explain") as bar:
+        if compiling(run):
+            bar.set_postfix_str("compiling")
         for rows, padded in _batches(len(starts), batch_size):
             targets = jnp.full((len(padded),), target, jnp.int32)
             out = jax.device_get(run(variables, window(padded), targets))
@@ -498,7 +503,7 @@ def _explain_windows(run, variables, window, starts, num_frames, target, batch_s
                     means[name].add(value, starts[rows])
                 else:
                     parts.setdefault(name, []).append(value)
-            bar.update(len(rows))
+            _first_batch_compiles(bar, len(rows))
     maps = {name: m.mean() for name, m in means.items()}
     return maps, {name: np.concatenate(value) for name, value in parts.items()}
 
@@ -554,6 +559,8 @@ def explain_video(
     image (a still, a single frame) has no motion scores and is a DataError
     (:func:`selrel_jax.data.refuse_still`). ``decode_timeout``: decode a file in a
     separate process, stopped after that many seconds (see :func:`sample_frames`).
+    ``progress``: bars on stderr naming the video and its stage (``a.mp4: decode``,
+    ``predict``, ``explain``; "compiling" until a jitted batch's first call returns).
     """
     settings = ExplainSettings(method, sigma, temporal_padding, threshold, clip_stride,
                                batch_size, dict(method_options))  # fmt: skip
@@ -563,7 +570,10 @@ def explain_video(
         decode_timeout = real("decode_timeout", decode_timeout, above=0.0)
     check_method_on_model(model, variables, info, settings, options)
     clock = _Clock()
-    frames, fps = sample_frames(video, info, decode_timeout)
+    label = display_name(video) if progress else None
+    with progress_bar(1, progress, f"{label}: decode", unit="video") as bar:
+        frames, fps = sample_frames(video, info, decode_timeout)
+        bar.update()
     data.refuse_still(frames, _video_name(video))
     clock.lap("read_seconds")
     if len(frames) < info.clip_length:
@@ -576,13 +586,14 @@ def explain_video(
             stacklevel=2,
         )
     result = _explain_frames(frames, model, variables, info, settings, options, target_index,
-                             progress, clock)  # fmt: skip
+                             label, clock)  # fmt: skip
     return dataclasses.replace(result, video=_video_name(video), fps=fps)
 
 
-def _explain_frames(frames, model, variables, info, settings, options, target, progress, clock):
+def _explain_frames(frames, model, variables, info, settings, options, target, label, clock):
     """The windows of ``frames``: their logits, then every window explained for the
-    target (None: the video's prediction), as a VideoExplanation (video and fps unset)."""
+    target (None: the video's prediction), as a VideoExplanation (video and fps unset);
+    progress bars named ``label`` (None: none)."""
     length = info.clip_length
     starts = window_starts(len(frames), length, settings.clip_stride or max(1, length // 2))
     batch_size = min(settings.batch_size, len(starts))  # never padded beyond the work there is
@@ -591,12 +602,12 @@ def _explain_frames(frames, model, variables, info, settings, options, target, p
                  "use a smaller batch_size (--batch-size)")  # fmt: skip
     window = _windows(frames, starts, length)
     forward, run = _compiled(model, info, settings, options)
-    logits = _clip_logits(forward, variables, window, len(starts), batch_size, progress)
+    logits = _clip_logits(forward, variables, window, len(starts), batch_size, label)
     clock.lap("predict_seconds")
     probs = _softmax(logits.mean(0))
     target = int(np.argmax(probs)) if target is None else target
     maps, out = _explain_windows(run, variables, window, starts, len(frames), target,
-                                 batch_size, progress)  # fmt: skip
+                                 batch_size, label)  # fmt: skip
     clock.lap("explain_seconds")
     mass = np.maximum(out["relevance_mass"], np.finfo(np.float32).tiny)
     out["spatial_bias"] = np.where(
@@ -612,3 +623,8 @@ def _explain_frames(frames, model, variables, info, settings, options, target, p
 
 def _video_name(video: Any) -> str:
     return "<array>" if isinstance(video, np.ndarray | jax.Array) else os.fspath(video)
+
+
+def display_name(video: Any) -> str:
+    """What a progress bar calls ``video``: its file or folder name (``a.mp4``)."""
+    return os.path.basename(os.path.normpath(_video_name(video))) or _video_name(video)

@@ -22,6 +22,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from selrel_jax import metrics
 from selrel_jax._checks import hashable, safe_divide, scaled_to_unit
+from selrel_jax._jobs import compiling
 from selrel_jax.attribution import make_explainer
 from selrel_jax.metrics import _inputs, _maps, _masks
 from selrel_jax.models.info import ModelInfo
@@ -325,14 +326,22 @@ class BatchScorer:
         for fn in self._method_fns.values():
             jax.eval_shape(fn, self._variables, clip["x"], clip["target"], truth, self._sigmas)
 
-    def score(self, batch: ClipBatch) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
+    def score(
+        self, batch: ClipBatch, note: Callable[[str], None] | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
         """``(per_clip, per_method)``: NumPy arrays of the batch's clips, (n,) per clip
-        and ``{method: {column: (n,) or (n, S)}}``."""
+        and ``{method: {column: (n,) or (n, S)}}``. ``note`` is told ``"compiling
+        <method> ..."`` before a function's first call, which compiles it."""
         n = len(batch.label)
         video, label, truth = self._placed(batch)
+        if note is not None and compiling(self._clip_fn):
+            note("compiling the model's forward pass ...")
         clip = self._clip_fn(self._variables, video, label)
-        outs = {m: fn(self._variables, clip["x"], clip["target"], truth, self._sigmas)
-                for m, fn in self._method_fns.items()}  # fmt: skip
+        outs = {}
+        for m, fn in self._method_fns.items():
+            if note is not None and compiling(fn):
+                note(f"compiling {m} ...")
+            outs[m] = fn(self._variables, clip["x"], clip["target"], truth, self._sigmas)
         del clip["x"]
         fetched = jax.device_get((clip, outs))
         cut = jax.tree.map(lambda a: np.asarray(a)[:n], fetched)

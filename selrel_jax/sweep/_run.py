@@ -32,7 +32,7 @@ import numpy as np
 
 from selrel_jax import models
 from selrel_jax._checks import integer, positive_int, real
-from selrel_jax._jobs import check_memory, file_sha256, output_lock, versions
+from selrel_jax._jobs import check_memory, file_sha256, output_lock, progress_bar, versions
 from selrel_jax._worker import DEFAULT_DECODE_TIMEOUT
 from selrel_jax.errors import DataError, OptionError
 from selrel_jax.sweep import _store
@@ -175,12 +175,26 @@ def _barrier(name: str) -> None:
 
 
 def _progress(total: int, initial: int, enabled: bool):
-    from tqdm import tqdm
-
     # rate_noinv: always clips/s (tqdm shows s/clip below one clip a second).
     form = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_noinv_fmt}]"
-    return tqdm(total=total, initial=initial, unit="clip", desc="sweep", file=sys.stderr,
-                disable=not enabled, dynamic_ncols=True, bar_format=form)  # fmt: skip
+    return progress_bar(total, enabled, "sweep", initial=initial, dynamic_ncols=True,
+                        bar_format=form)  # fmt: skip
+
+
+class _Stages:
+    """What a sweep's bar says it is doing (``sweep: decode``, ``sweep: explain``,
+    ``sweep: write``), and ``compiling <method> ...`` lines before the first batch."""
+
+    def __init__(self, bar=None):
+        self._bar = bar
+
+    def stage(self, name: str) -> None:
+        if self._bar is not None and not self._bar.disable:
+            self._bar.set_description_str(f"sweep: {name}")
+
+    def note(self, message: str) -> None:
+        if self._bar is not None and not self._bar.disable:
+            self._bar.write(message, file=sys.stderr)
 
 
 class _Sweep:
@@ -232,12 +246,16 @@ class _Sweep:
             self.columns,
         )  # fmt: skip
 
-    def run_shard(self, shard: int) -> dict[str, Any]:
+    def run_shard(self, shard: int, stages: _Stages | None = None) -> dict[str, Any]:
+        stages = stages or _Stages()
         indices = self.indices(shard)
         ids = [self.source.clip_id(i) for i in indices]
+        stages.stage(self.source.stage)
         batch = self.source.read(indices)
         self._check_labels(batch)
-        per_clip, per_method = self.scorer.score(batch)
+        stages.stage("explain")
+        per_clip, per_method = self.scorer.score(batch, stages.note)
+        stages.stage("write")
         scores = [n for n in self.columns if n not in ("clip_id", *KEY_COLUMNS)]
         columns = shard_columns(ids, batch, per_clip, per_method, self.settings, scores)
         failed = [
@@ -267,12 +285,13 @@ class _Sweep:
         done = sum(len(self.indices(k)) for k in records)
         with _progress(self.source.count, done, progress and process == 0) as bar:
             for shard in mine:
-                records[shard] = self._guarded_shard(shard, new and not records)
+                records[shard] = self._guarded_shard(shard, new and not records, _Stages(bar))
                 if process == 0:
                     self.write_manifest(records)
                 bar.update(len(self.indices(shard)))
                 if on_shard is not None:
                     on_shard(shard, records[shard])
+            bar.set_description_str("sweep")
         _barrier("selrel sweep: shards written")
         if process == 0:  # every process's shards, as the files say
             self.write_manifest(_store.verified_shards(self.directory, {}, self.total)[0]
@@ -281,12 +300,12 @@ class _Sweep:
         manifest = _store.read_manifest(self.directory)
         return _summary(self, manifest, mine, time.perf_counter() - start)
 
-    def _guarded_shard(self, shard: int, first_of_new: bool) -> dict[str, Any]:
+    def _guarded_shard(self, shard: int, first_of_new: bool, stages: _Stages) -> dict[str, Any]:
         """``run_shard(shard)``; a failure of the first shard of a new sweep (out of
         memory) takes back the manifest this run wrote, so a rerun with other settings
         is not refused, and an out-of-memory error becomes one line."""
         try:
-            return self.run_shard(shard)
+            return self.run_shard(shard, stages)
         except BaseException as error:
             if first_of_new and jax.process_index() == 0:
                 (self.directory / _store.MANIFEST_FILE).unlink(missing_ok=True)

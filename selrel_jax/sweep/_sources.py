@@ -41,9 +41,11 @@ class ClipSource:
 
     ``clip_id(i)`` names clip ``i`` in the table: its index for indexed datasets,
     ``"<relative path>#<clip index>"`` for a folder; ``id_type`` is ``"int64"`` or
-    ``"string"``. ``read(indices)`` returns a :class:`ClipBatch`."""
+    ``"string"``. ``read(indices)`` returns a :class:`ClipBatch`; ``stage`` is what a
+    progress bar calls reading."""
 
     id_type = "int64"
+    stage = "read"
 
     def __init__(
         self,
@@ -79,6 +81,7 @@ class FolderClipSource(ClipSource):
     that hangs or crashes the decoder fails alone (None: decoded in this process)."""
 
     id_type = "string"
+    stage = "decode"
 
     def __init__(self, folder: data.VideoFolder, decode_timeout: float | None = None):
         if len(folder) != len(folder.paths):  # one centre clip per video
@@ -115,6 +118,7 @@ class FlowMaskedSource(ClipSource):
         keys = [key for key in TRUTH_KEYS if key == "mask" or key in source.truth_keys]
         super().__init__(source.count, source.clip_shape, None, keys)
         self.id_type, self._source, self._min_flow = source.id_type, source, min_flow
+        self.stage = f"{source.stage}, optical flow"
 
     def clip_id(self, index: int) -> Any:
         return self._source.clip_id(index)
