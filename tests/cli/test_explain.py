@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -351,3 +352,24 @@ def test_pictures_and_the_json_line_name_the_class_explained(tmp_path, monkeypat
         ("filmstrip.png", "timeline.png")
     }  # fmt: skip
     assert captions and set(captions) == {label}
+
+
+def test_progress_names_each_video_and_stage_on_stderr_only(tmp_path, monkeypatch):
+    # Two videos used to give four anonymous bars ("predict", "explain"), and decoding
+    # and writing the overlay and pictures showed nothing.
+    monkeypatch.setattr(ve, "_COMPILED", {})  # a fresh compilation, which the bar names
+    videos = [str(shutil.copy(data.sample_clip_path(), tmp_path / f"{n}.mp4")) for n in "ab"]
+    result = runner.invoke(app, ["explain", *videos, "--method", "gradient", "--out",
+                                 str(tmp_path / "o")])  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert [json.loads(line)["video"] for line in result.stdout.splitlines()] == videos
+    stages = ("decode", "predict", "explain", "write pictures", "write overlay")
+    for video in ("a.mp4", "b.mp4"):
+        for stage in stages:
+            assert f"{video}: {stage}: 100%" in result.stderr, (video, stage)
+    assert "a.mp4: write overlay: 100%|██████████| 32/32" in result.stderr  # every frame
+    first, second = result.stderr.split("b.mp4: decode", 1)
+    assert "a.mp4: predict:   0%|          | 0/3 [00:00<?, ?clip/s, compiling]" in first
+    assert "a.mp4: explain:   0%|          | 0/3 [00:00<?, ?clip/s, compiling]" in first
+    assert "compiling" not in second  # compiled once, for both videos
+    assert "\rpredict" not in result.stderr and "\rexplain" not in result.stderr  # all named

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from selrel_jax import sweep
 from selrel_jax.cli import app
 from selrel_jax.cli import sweep as sweep_command
+from selrel_jax.sweep import _compute
 
 CLIP = (8, 32, 32)
 runner = CliRunner()
@@ -35,7 +36,8 @@ def _args(model_dir, out, *extra):
             *map(str, extra)]  # fmt: skip
 
 
-def test_a_sweep_prints_one_json_line_and_shows_progress(model_dir, tmp_path):
+def test_a_sweep_prints_one_json_line_and_shows_progress(model_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(_compute, "_COMPILED", {})  # compiled afresh: the bar says so
     (tmp_path / "s").mkdir()  # as a sweep killed while writing its first manifest left it
     dead = 2**22 + 12345  # above the default pid_max: no such process
     (tmp_path / "s" / f".manifest.json.{dead}.0a1b2c3d.tmp").write_text('{"sett')
@@ -46,6 +48,13 @@ def test_a_sweep_prints_one_json_line_and_shows_progress(model_dir, tmp_path):
     assert record["rows"] == 3 * 2 * 2 and record["clips"] == 3 and record["complete"]
     assert record["out"] == str(tmp_path / "s") and record["shards"] == 2
     assert "sweep: 100%" in result.stderr and "clip/s]" in result.stderr  # the progress bar
+    # It used to sit at 0% while compiling, saying nothing; now each stage is named.
+    first_batch = result.stderr.split("sweep: write")[0]
+    for line in ("compiling the model's forward pass ...", "compiling gradient ...",
+                 "compiling gradient_x_input ..."):  # fmt: skip
+        assert f"\r{line}\n" in first_batch
+    assert "sweep: read:   0%" in first_batch and "sweep: explain:   0%" in first_batch
+    assert result.stderr.count("compiling") == 3  # once, before the first batch
     assert sorted(os.listdir(tmp_path / "s")) == ["manifest.json", "tables"]
     table = sweep.read_table(tmp_path / "s")
     assert table.num_rows == 12 and sorted(set(table.column("method").to_pylist())) == [
