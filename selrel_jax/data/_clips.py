@@ -243,7 +243,7 @@ def _read_source(
     """Every example of a random-access source, read into memory."""
     from tqdm import tqdm
 
-    source = load_source(dataset, split, data_dir=data_dir)
+    source = load_source(dataset, split, data_dir=data_dir, limit=limit)
     n = cap_limit(limit, len(source), dataset, split)
     if n == 0:
         raise DataError(f"dataset {dataset!r} split {split!r} is empty")
@@ -251,7 +251,8 @@ def _read_source(
     _check_clip_size(dataset, np.shape(first["video"])[:3], clip_size)
     video = np.empty((n, *np.shape(first["video"])), np.uint8)
     label = np.empty((n,), np.int32)
-    for i in tqdm(range(n), desc=f"read {split}", unit="clip", file=sys.stderr,
+    verb = getattr(source, "verb", "read")  # the first clips generated, or read from disk
+    for i in tqdm(range(n), desc=f"{dataset}: {verb} {split}", unit="clip", file=sys.stderr,
                   disable=not progress, leave=False):  # fmt: skip
         example = source[i]
         video[i], label[i] = example["video"], example["label"]

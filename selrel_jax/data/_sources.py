@@ -78,8 +78,8 @@ def synthetic_motion_builder(
         ... )
         >>> builder = synthetic_motion_builder(small, data_dir="tfds")
         >>> builder.download_and_prepare()
-        Downloading and preparing dataset ...
-        Dataset synthetic_motion downloaded and prepared to ...
+        Generating synthetic_motion/small24 (8 clips; made by the procedural generator) in ...
+        Generated synthetic_motion/small24 in ...; later runs read it from there.
         >>> source = builder.as_data_source("test")
         >>> len(source), source[0]["video"].shape
         (2, (8, 24, 24, 3))
@@ -102,16 +102,47 @@ def synthetic_motion_builder(
     return Builder(config=config, data_dir=os.fspath(root))
 
 
-def load_source(name: str, split: str, data_dir: str | os.PathLike | None = None) -> Sequence:
+class GeneratedExamples(Sequence):
+    """The first ``count`` examples of a synthetic_motion split under ``seed``, each
+    generated when read: what the TFDS cache holds at those indices (with the config's
+    own seed), without building it."""
+
+    verb = "generate"
+
+    def __init__(self, config: MotionConfig, split: str, seed: int, count: int):
+        self._config, self._split, self._seed, self._count = config, split, seed, count
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        from selrel_jax.data.synthetic_motion import generate_example
+
+        if not 0 <= index < self._count:
+            raise IndexError(f"example {index} out of range for {self._count} examples")
+        return generate_example(self._config, self._split, self._seed, int(index))
+
+    def __repr__(self) -> str:
+        return (
+            f"GeneratedExamples({self._config.name!r}, {self._split!r}, seed={self._seed}, "
+            f"{self._count} examples)"
+        )
+
+
+def load_source(
+    name: str, split: str, data_dir: str | os.PathLike | None = None, limit: int | None = None
+) -> Sequence:
     """Random-access source (``len`` and ``[i]``) of example dicts.
 
     ``name`` is ``"synthetic_motion"`` or ``"synthetic_motion/<config>"`` (any config of
     ``synthetic_motion.CONFIGS``): built into ``data_dir`` (default
     :func:`default_data_dir`) on first use, then read with ``tfds``'s array_record data
     source; each example is ``{"video": uint8 (T,H,W,3), "label": int32, "mask": bool
-    (T,H,W), "boxes": float32 (T,4), "static_mask": bool (T,H,W)}``. Any other name is passed to
-    ``tfds.data_source(name, split=split, data_dir=data_dir)``, which needs a dataset
-    already prepared in array_record format.
+    (T,H,W), "boxes": float32 (T,4), "static_mask": bool (T,H,W)}``. With ``limit`` K
+    and no built cache, only the first K examples are generated, each when read (the
+    same examples as the cache's), and nothing is written. Any other
+    name is passed to ``tfds.data_source(name, split=split, data_dir=data_dir)``, which
+    needs a dataset already prepared in array_record format.
 
     Examples:
         >>> from selrel_jax.data import load_source
@@ -125,6 +156,11 @@ def load_source(name: str, split: str, data_dir: str | os.PathLike | None = None
     if base == "synthetic_motion":
         one_of("split", split, SPLITS)
         builder = synthetic_motion_builder(config or "default", data_dir)
+        motion = builder.builder_config.motion
+        # is_prepared() alone logs a warning about a folder that is not there
+        if limit is not None and not (builder.data_path.exists() and builder.is_prepared()):
+            count = min(limit, motion.split_sizes[split])
+            return GeneratedExamples(motion, split, motion.seed, count)
         # tfds prints its build messages on stdout; keep stdout for results (CLI JSON).
         with contextlib.redirect_stdout(sys.stderr):
             builder.download_and_prepare()

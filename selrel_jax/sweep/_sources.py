@@ -154,7 +154,8 @@ def _generated(settings: SweepSettings, config: str, info: ModelInfo) -> ClipSou
 
 
 def _indexed(settings: SweepSettings, info: ModelInfo, data_dir: Any) -> ClipSource:
-    source = data.load_source(settings.dataset, settings.split, data_dir=data_dir)
+    source = data.load_source(settings.dataset, settings.split, data_dir=data_dir,
+                              limit=settings.limit)  # fmt: skip
     count = data.cap_limit(settings.limit, len(source), settings.dataset, settings.split)
     if count == 0:
         raise DataError(f"dataset {settings.dataset!r} split {settings.split!r} is empty")

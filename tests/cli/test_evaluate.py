@@ -180,3 +180,30 @@ def test_a_nan_in_a_printed_result_is_json_null_not_a_bare_nan():
     line = json_line({"loss": float("nan"), "accuracy": 0.5, "top": float("-inf")})
     assert line == '{"loss": null, "accuracy": 0.5, "top": null}'
     assert json_line({"b": 1, "a": [1.5]}) == '{"b": 1, "a": [1.5]}'  # order kept, one line
+
+
+def test_a_limit_on_an_unbuilt_cache_generates_only_those_clips(model_dir, tmp_path):
+    # It used to build the whole split set into --data-dir (590 MB for the default
+    # config) even for --limit 12, and TFDS said "downloaded and prepared".
+    result = CliRunner().invoke(app, [
+        "evaluate", "--model", str(model_dir), "--dataset", "synthetic_motion/tiny",
+        "--limit", "6", "--data-dir", str(tmp_path),
+    ])  # fmt: skip
+    out = one_json_line(result)
+    assert list(tmp_path.iterdir()) == []  # no dataset written
+    assert "download" not in result.stderr.lower()
+    assert "synthetic_motion/tiny: generate test" in result.stderr  # the bar says what it does
+    cached = synthetic_motion.generate_split("tiny", "test", synthetic_motion.CONFIGS["tiny"].seed)
+    assert out["n"] == 6 and "data_seed" not in out
+    assert out["accuracy"] == pytest.approx(
+        expected_accuracy(model_dir, cached["video"][:6], cached["label"][:6])
+    )
+
+
+def test_building_the_cache_says_generated_never_downloaded(model_dir, tmp_path):
+    result = run("--model", str(model_dir), "--dataset", "synthetic_motion/tiny",
+                 "--split", "validation", "--data-dir", str(tmp_path))  # fmt: skip
+    assert one_json_line(result)["n"] == 12
+    assert "download" not in result.stderr.lower()
+    assert "Generating synthetic_motion/tiny (" in result.stderr
+    assert "made by the procedural generator" in result.stderr

@@ -516,6 +516,23 @@ def test_tiny_builder_round_trip_through_tfds_data_source(tmp_path):
     files_a = _record_files(tmp_path / "a")
     assert len(files_a) == 3 and files_a == _record_files(tmp_path / "b")
 
+    # A limit on an unbuilt cache generates those examples only, the cache's own, and
+    # writes nothing (it used to build every split); on a built cache it reads it.
+    (tmp_path / "c").mkdir()
+    first = load_source("synthetic_motion/tiny", "test", data_dir=tmp_path / "c", limit=3)
+    cached = load_source("synthetic_motion/tiny", "test", data_dir=tmp_path / "a", limit=3)
+    assert len(first) == 3 and len(cached) == sm.CONFIGS["tiny"].split_sizes["test"]
+    assert list((tmp_path / "c").iterdir()) == []
+    for i in range(3):
+        assert sorted(first[i]) == sorted(cached[i])
+        for key, value in cached[i].items():
+            assert first[i][key].dtype == value.dtype, key
+            np.testing.assert_array_equal(first[i][key], value)
+    more = load_source("synthetic_motion/tiny", "test", data_dir=tmp_path / "c", limit=10**6)
+    assert len(more) == sm.CONFIGS["tiny"].split_sizes["test"]  # capped at the split's end
+    with pytest.raises(IndexError):
+        first[3]
+
 
 @pytest.mark.parametrize("config", ["tiny_distractors", "tiny_biased_still"])
 def test_tiny_variants_build_through_tfds(tmp_path, config):

@@ -64,6 +64,16 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             homepage="https://github.com/selrel-jax/selrel_jax",
         )
 
+    def _log_download_bytes(self) -> None:
+        # tfds says "Downloading and preparing dataset": nothing is downloaded here.
+        m = self.builder_config.motion
+        print(f"Generating synthetic_motion/{m.name} ({sum(m.split_sizes.values())} clips; "
+              f"made by the procedural generator) in {self.data_dir} ...")  # fmt: skip
+
+    def _log_download_done(self) -> None:
+        print(f"Generated synthetic_motion/{self.builder_config.motion.name} in "
+              f"{self.data_dir}; later runs read it from there.")  # fmt: skip
+
     def _split_generators(self, dl_manager):
         del dl_manager  # procedural: nothing to download
         return {split: self._generate_examples(split) for split in sm.SPLITS}
