@@ -36,7 +36,7 @@ import dataclasses
 import json
 import os
 import pathlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -143,6 +143,19 @@ class Sweep:
         return np.asarray(self.columns[column][rows], np.float64)
 
 
+def _no_rows(directory: pathlib.Path, manifest: Mapping[str, Any]) -> str:
+    """Why a sweep has no rows: not finished yet, or finished with every clip failed."""
+    failed = manifest.get("failed") or []
+    if not manifest.get("complete"):
+        return f"sweep {directory} has no rows yet (it is not finished: rerun the sweep)"
+    first = failed[0] if failed else {}
+    example = f"; e.g. {first.get('clip_id')}: {first.get('reason')}" if first else ""
+    return (
+        f"sweep {directory} finished: every one of its {manifest.get('clips')} clips failed "
+        f'(see "failed" in {directory / "manifest.json"}{example})'
+    )
+
+
 def load_sweeps(directories: Iterable[str | os.PathLike]) -> list[Sweep]:
     """Each directory's sweep; names are the models' (a checkpoint path's last part),
     made unique with the directory's name where two sweeps share a model."""
@@ -154,7 +167,7 @@ def load_sweeps(directories: Iterable[str | os.PathLike]) -> list[Sweep]:
         manifest = read_manifest(directory)
         columns = table_columns(read_table(directory))
         if not len(columns.get("clip_id", ())):
-            raise DataError(f"sweep {directory} has no rows yet")
+            raise DataError(_no_rows(directory, manifest))
         sweeps.append((directory, manifest, columns))
     names = [pathlib.PurePath(str(m["settings"]["model"])).name for _, m, _ in sweeps]
     if len(set(names)) < len(names):

@@ -71,3 +71,28 @@ def test_command_defaults_are_the_librarys():
     assert command["resamples"].default == library["resamples"].default == report.RESAMPLES
     assert command["seed"].default == library["seed"].default
     assert command["sigma"].default is library["sigma"].default is None
+
+
+def test_a_finished_sweep_whose_every_clip_failed_says_so(tmp_path, save_tiny_model):
+    # It said "has no rows yet", as if the sweep were still running.
+    from selrel_jax.data.synthetic_motion import CLASS_NAMES
+
+    for cls in CLASS_NAMES[:2]:
+        (tmp_path / "videos" / cls).mkdir(parents=True)
+        for name in ("a.mp4", "b.mp4"):
+            (tmp_path / "videos" / cls / name).write_bytes(b"not a video at all")
+    model_dir = save_tiny_model(tmp_path / "tiny", 5)
+    summary = run_sweep(tmp_path / "sweep", model=model_dir,
+                        dataset=f"folder:{tmp_path / 'videos'}", methods=["gradient"],
+                        sigmas=[1.0], decode_timeout=None)  # fmt: skip
+    assert summary["complete"] and summary["failed"] == summary["clips"] == 2
+    result = runner.invoke(app, ["report", str(tmp_path / "sweep"), "--out",
+                                 str(tmp_path / "r.md")])  # fmt: skip
+    assert result.exit_code == 2 and result.stdout == ""
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(
+        f"selrel: error: sweep {tmp_path / 'sweep'} finished: every one of its 2 clips failed "
+        f'(see "failed" in {tmp_path / "sweep" / "manifest.json"}; e.g. '
+        f"{CLASS_NAMES[0]}/b.mp4#0: "
+    ), line
+    assert "no rows yet" not in line and not (tmp_path / "r.md").exists()
