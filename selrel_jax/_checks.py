@@ -34,6 +34,7 @@ __all__ = [
     "describe",
     "integer",
     "key_json_pairs",
+    "listed",
     "near_subnormal",
     "one_of",
     "positive_int",
@@ -85,6 +86,14 @@ def real(
         )
         raise error(f"{name} must be a finite number{bound}; got {value!r}")
     return float(value)
+
+
+def listed(names: Iterable[Any], limit: int = 20) -> str:
+    """``a, b, c`` of ``names``; beyond ``limit`` the first ``limit`` and how many there
+    are in all (``..., (400 in all)``: Kinetics' classes in one readable line)."""
+    names = [str(n) for n in names]
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
 
 
 def one_of(name: str, value: T, choices: Iterable[T], error: type[SelrelError] = OptionError) -> T:

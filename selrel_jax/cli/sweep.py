@@ -18,7 +18,15 @@ Dataset = Annotated[
     str,
     typer.Option(help="synthetic_motion(/CONFIG), folder:PATH (UCF-101 layout) or a TFDS name."),
 ]
-Split = Annotated[str, typer.Option(help="Split: train, validation or test.")]
+Split = Annotated[
+    str,
+    typer.Option(
+        help="Split: train, validation or test; for folder:PATH also all: every video under "
+        "PATH whatever its folder (a folder named after a class labels its videos; without "
+        "labels use --target predicted). The JSON line says how many videos the other "
+        "splits hold (videos_left_out)."
+    ),
+]
 Model = Annotated[str, typer.Option(help="Shipped model name or checkpoint directory.")]
 Methods = Annotated[
     str,

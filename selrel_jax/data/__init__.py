@@ -44,9 +44,11 @@ from selrel_jax.data import synthetic_motion
 from selrel_jax.data._clips import Clips, LazyVideos, cap_limit, load_clips, parse_dataset
 from selrel_jax.data._folder import (
     SPLIT_NAMES,
+    UNLABELLED,
     VIDEO_EXTENSIONS,
     VideoFolder,
     class_folders,
+    every_video,
     folder_splits,
     read_split_file,
 )
@@ -88,6 +90,7 @@ __all__ = [
     "MAX_FRAME_SIDE",
     "SAMPLING_MODES",
     "SPLIT_NAMES",
+    "UNLABELLED",
     "VIDEO_EXTENSIONS",
     "ArraySource",
     "Clips",
@@ -105,6 +108,7 @@ __all__ = [
     "decode_in_worker",
     "default_data_dir",
     "epoch_order",
+    "every_video",
     "folder_splits",
     "iter_frames",
     "load_clips",

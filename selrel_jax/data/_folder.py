@@ -8,13 +8,15 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from selrel_jax._checks import positive_int, real
+from selrel_jax._checks import listed, positive_int, real
 from selrel_jax.data._geometry import crop_pair
 from selrel_jax.data._video import clip_indices, count_frames, header_frame_count, read_video
 from selrel_jax.errors import DataError, OptionError
 
 #: File suffixes a video folder's videos are recognised by.
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg")
+#: The label of a video whose folder is no class (``VideoFolder(unlabelled=True)``).
+UNLABELLED = -1
 
 
 class VideoFolder(Sequence):
@@ -27,6 +29,9 @@ class VideoFolder(Sequence):
     ``crop``; videos shorter than a clip are loop-padded. ``split_file`` (e.g. UCF-101's
     ``trainlist01.txt``: lines ``Class/file.avi [label]``) or ``videos`` (such relative
     paths, e.g. one split of :func:`folder_splits`) restricts the videos, in that order.
+    A video whose folder is not a class is an OptionError listing the classes, unless
+    ``unlabelled``: then its label is :data:`UNLABELLED` (-1), as is that of a video
+    directly in ``root`` (``videos=every_video(root)``: any layout).
 
     Items are ``{"video": uint8 (T,H,W,3), "label": int32, "video_index": int32,
     "clip_index": int32}``; ``paths[video_index]`` is the file. Works directly as a
@@ -61,8 +66,10 @@ class VideoFolder(Sequence):
         split_file: str | os.PathLike | None = None,
         videos: Sequence[str | os.PathLike] | None = None,
         extensions: Sequence[str] = VIDEO_EXTENSIONS,
+        unlabelled: bool = False,
     ):
         self.root = pathlib.Path(root)
+        self.unlabelled = bool(unlabelled)
         if not self.root.is_dir():
             raise DataError(f"video folder not found: {self.root}")
         # Validate the sampling options once, on a dummy video length.
@@ -105,19 +112,26 @@ class VideoFolder(Sequence):
         """The video files among ``candidates`` and their class indices."""
         index_of = {name: i for i, name in enumerate(self.class_names)}
         exts = tuple(e.lower() for e in extensions)
-        paths: list[pathlib.Path] = []
-        labels: list[int] = []
-        for path in candidates:
-            if path.suffix.lower() not in exts:
-                continue
-            cls = path.parent.name
-            if cls not in index_of:
-                raise OptionError(f"video {path} is in class folder {cls!r}, not in class_names")
-            paths.append(path)
-            labels.append(index_of[cls])
+        paths = [path for path in candidates if path.suffix.lower() in exts]
+        labels = [UNLABELLED if path.parent == self.root else
+                  index_of.get(path.parent.name, UNLABELLED) for path in paths]  # fmt: skip
+        if not self.unlabelled:
+            self._refuse_other_folders(paths, labels)
         if not paths:
             raise DataError(f"no videos with extensions {exts} under {self.root}")
         return paths, labels
+
+    def _refuse_other_folders(self, paths: Sequence[pathlib.Path], labels: Sequence[int]) -> None:
+        """OptionError naming the videos' folders that are no class, and the classes."""
+        other = sorted({p.parent.name for p, label in zip(paths, labels, strict=True)
+                        if label == UNLABELLED})  # fmt: skip
+        if other:
+            first = next(p for p in paths if p.parent.name == other[0])
+            raise OptionError(
+                f"video {first} is in folder {other[0]!r}, which is not a class name"
+                f"{'' if len(other) == 1 else f' (nor are {listed(other[1:], 5)})'}; "
+                f"the {len(self.class_names)} classes: {listed(self.class_names)}"
+            )
 
     def _indices(self, num_frames: int) -> np.ndarray:
         return clip_indices(
@@ -177,6 +191,21 @@ class VideoFolder(Sequence):
 def class_folders(root: str | os.PathLike) -> tuple[str, ...]:
     """The sorted names of ``root``'s sub-folders: the classes of a UCF-101-layout folder."""
     return tuple(sorted(d.name for d in pathlib.Path(root).iterdir() if d.is_dir()))
+
+
+def every_video(root: str | os.PathLike, extensions: Sequence[str] = VIDEO_EXTENSIONS) -> list[str]:
+    """Every video under ``root``, at any depth and in any folder, as sorted paths
+    relative to it (hidden files and folders skipped): the ``all`` split of a folder."""
+    root = pathlib.Path(root)
+    if not root.is_dir():
+        raise DataError(f"video folder not found: {root}")
+    exts = tuple(e.lower() for e in extensions)
+    found = []
+    for folder, subfolders, files in os.walk(root):
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+        found += [pathlib.Path(folder, f).relative_to(root).as_posix() for f in files
+                  if not f.startswith(".") and os.path.splitext(f)[1].lower() in exts]  # fmt: skip
+    return sorted(found)
 
 
 def read_split_file(path: str | os.PathLike) -> list[str]:

@@ -349,6 +349,7 @@ def _prepare(out, settings: SweepSettings, data_dir, decode_timeout) -> _Sweep:
 
 def _summary(sweep: _Sweep, manifest: Mapping[str, Any], written: list, seconds: float) -> dict:
     clips = sum(len(sweep.indices(k)) for k in written)
+    left_out = sweep.source.left_out
     return {
         "out": str(sweep.directory),
         "clips": sweep.source.count,
@@ -359,7 +360,7 @@ def _summary(sweep: _Sweep, manifest: Mapping[str, Any], written: list, seconds:
         "complete": manifest["complete"],
         "seconds": round(seconds, 3),
         "clips_per_second": round(clips / seconds, 3) if clips and seconds > 0 else None,
-    }
+    } | ({} if left_out is None else {"videos_left_out": left_out})
 
 
 # Over 60 lines for its docstring (every argument of the public sweep, documented where
@@ -405,7 +406,10 @@ def run_sweep(
     Args:
       out: the sweep directory.
       dataset: ``synthetic_motion[/config]``, ``folder:PATH`` or a prepared TFDS name.
-      split: train, validation or test.
+      split: train, validation or test (a folder's: :func:`~selrel_jax.data.folder_splits`),
+        or for ``folder:PATH`` ``"all"``: every video under PATH in any folder, labelled
+        where its folder is one of the model's classes (else label -1, which only target
+        ``"predicted"`` can explain).
       model: a shipped model name or checkpoint directory.
       methods: relevance methods (each computed once per batch, all sigmas from it).
       sigmas: selectivities of selective relevance.
@@ -436,7 +440,8 @@ def run_sweep(
 
     Returns:
       ``{"out", "clips", "rows", "shards", "shards_written", "failed", "complete",
-      "seconds", "clips_per_second"}``.
+      "seconds", "clips_per_second"}``, and for a folder ``"videos_left_out"``: split
+      name -> how many videos that other split holds (none for ``"all"``).
     """
     start = time.perf_counter()
     settings = SweepSettings(

@@ -17,6 +17,9 @@ from selrel_jax.metrics import FARNEBACK
 from selrel_jax.models.info import ModelInfo
 from selrel_jax.selective import TEMPORAL_PADDINGS, THRESHOLDS
 
+#: The split of a ``folder:PATH`` sweep that is every video under PATH, in any folder
+#: (labelled where its folder is one of the model's classes).
+ALL_VIDEOS = "all"
 #: ``"label"``: explain the dataset's label; ``"predicted"``: the model's prediction.
 TARGETS = ("label", "predicted")
 #: The methods of a sweep unless given.
@@ -75,7 +78,7 @@ class SweepSettings:
         if not isinstance(self.dataset, str) or not self.dataset:
             raise OptionError(f"dataset must be a dataset name; got {self.dataset!r}")
         kind, _ = parse_dataset(self.dataset)
-        one_of("split", self.split, SPLIT_NAMES)
+        _check_split(self.split, kind, self.dataset)
         put(self, "model", str(self.model))
         put(self, "methods", _checked_methods(self.methods))
         put(self, "sigmas", _checked_sigmas(self.sigmas))
@@ -98,6 +101,13 @@ class SweepSettings:
         put(self, "mask_tolerance", integer("mask_tolerance", self.mask_tolerance, minimum=0))
         one_of("motion_mask", self.motion_mask, MOTION_MASKS)
         put(self, "flow_min_flow", real("flow_min_flow", self.flow_min_flow, minimum=0.0))
+
+
+def _check_split(split: Any, kind: str, dataset: str) -> None:
+    """A dataset's split; ``all`` (every video, any folder) only of a folder."""
+    if split == ALL_VIDEOS and kind != "folder":
+        raise OptionError(f"split 'all' works only with folder:PATH datasets; got {dataset!r}")
+    one_of("split", split, (*SPLIT_NAMES, ALL_VIDEOS) if kind == "folder" else SPLIT_NAMES)
 
 
 def _checked_methods(methods: Any) -> tuple[str, ...]:

@@ -11,13 +11,14 @@ from typing import Any
 import numpy as np
 
 from selrel_jax import data, metrics
+from selrel_jax._checks import listed
 from selrel_jax._worker import decode_in_worker
 from selrel_jax.data import synthetic_motion
 from selrel_jax.errors import DataError, OptionError, ShapeError
 from selrel_jax.metrics import _flow
 from selrel_jax.models.checkpoint import writable_directory
 from selrel_jax.models.info import ModelInfo
-from selrel_jax.sweep._settings import SweepSettings
+from selrel_jax.sweep._settings import ALL_VIDEOS, SweepSettings
 
 #: Ground truth a dataset may carry per clip, scored when present.
 TRUTH_KEYS = ("mask", "static_mask", "boxes")
@@ -46,6 +47,8 @@ class ClipSource:
 
     id_type = "int64"
     stage = "read"
+    #: A folder split's: how many videos each other split holds (not swept here).
+    left_out: dict[str, int] | None = None
 
     def __init__(
         self,
@@ -118,7 +121,7 @@ class FlowMaskedSource(ClipSource):
         keys = [key for key in TRUTH_KEYS if key == "mask" or key in source.truth_keys]
         super().__init__(source.count, source.clip_shape, None, keys)
         self.id_type, self._source, self._min_flow = source.id_type, source, min_flow
-        self.stage = f"{source.stage}, optical flow"
+        self.stage, self.left_out = f"{source.stage}, optical flow", source.left_out
 
     def clip_id(self, index: int) -> Any:
         return self._source.clip_id(index)
@@ -166,21 +169,59 @@ def _indexed(settings: SweepSettings, info: ModelInfo, data_dir: Any) -> ClipSou
     return ClipSource(count, shape, source.__getitem__, keys)
 
 
-def _folder(
-    settings: SweepSettings, path: str, info: ModelInfo, decode_timeout: float | None
-) -> ClipSource:
-    videos = data.folder_splits(path)[settings.split]
+def _folder_videos(settings: SweepSettings, path: str) -> tuple[list[str], dict[str, int]]:
+    """The videos of the sweep's split of folder ``path`` (the first ``limit``), and how
+    many each other split holds."""
+    if settings.split == ALL_VIDEOS:
+        videos, left_out = data.every_video(path), {}
+    else:
+        splits = data.folder_splits(path)
+        videos = splits[settings.split]
+        left_out = {name: len(v) for name, v in splits.items() if name != settings.split}
     videos = videos[: data.cap_limit(settings.limit, len(videos), settings.dataset, settings.split)]
     if not videos:
         raise DataError(
             f"the {settings.split} split of folder {path} is empty (validation and test take "
-            "a slice of each class with at least 2 videos; see folder_splits)"
+            "a slice of each class with at least 2 videos; see folder_splits); sweep every "
+            "video with split 'all' (--split all)"
+            if settings.split != ALL_VIDEOS
+            else f"folder {path} holds no videos ({', '.join(data.VIDEO_EXTENSIONS)})"
         )
-    folder = data.VideoFolder(
-        path, clip_length=info.clip_length, frame_step=info.frame_step, size=info.resize_side,
-        crop=info.crop_size, class_names=info.class_names, videos=videos,
-    )  # fmt: skip
-    return FolderClipSource(folder, decode_timeout)
+    return videos, left_out
+
+
+def _folder(
+    settings: SweepSettings, path: str, info: ModelInfo, decode_timeout: float | None
+) -> ClipSource:
+    videos, left_out = _folder_videos(settings, path)
+    every = settings.split == ALL_VIDEOS
+    try:
+        folder = data.VideoFolder(
+            path, clip_length=info.clip_length, frame_step=info.frame_step,
+            size=info.resize_side, crop=info.crop_size, class_names=info.class_names,
+            videos=videos, unlabelled=every,
+        )  # fmt: skip
+    except OptionError as e:  # a folder that is not a class: there is a split for that
+        raise OptionError(f"{e}; or sweep every video, whatever its folder, with split 'all' "
+                          "(--split all)") from None  # fmt: skip
+    if every and settings.target == "label":
+        _refuse_unlabelled(folder, path, info)
+    source = FolderClipSource(folder, decode_timeout)
+    source.left_out = left_out
+    return source
+
+
+def _refuse_unlabelled(folder: data.VideoFolder, path: str, info: ModelInfo) -> None:
+    """OptionError if a video has no label to explain: its folder is no class."""
+    unlabelled = [p for p, label in zip(folder.paths, folder.labels, strict=True)
+                  if label == data.UNLABELLED]  # fmt: skip
+    if unlabelled:
+        raise OptionError(
+            f"{len(unlabelled)} of the {len(folder.paths)} videos in {path} have no label to "
+            f"explain (e.g. {unlabelled[0]}: its folder is not a class of the model); use "
+            f"target 'predicted' (--target predicted), or put each video in a folder named "
+            f"after its class ({len(info.class_names)} classes: {listed(info.class_names)})"
+        )
 
 
 def open_source(

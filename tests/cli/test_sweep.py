@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from selrel_jax import sweep
+from selrel_jax import data, sweep
 from selrel_jax.cli import app
 from selrel_jax.cli import sweep as sweep_command
 from selrel_jax.sweep import _compute
@@ -179,3 +179,78 @@ def test_two_processes_under_jax_distributed_write_one_table(model_dir, tmp_path
             np.testing.assert_allclose(two[name], values, rtol=0, atol=1e-5, err_msg=name)
         else:
             assert two[name].tolist() == values.tolist(), name
+
+
+def _my_videos(root):
+    """Five videos: two in a class folder, two in folders of other names, one loose."""
+    rng = np.random.default_rng(3)
+    for name in ("translate_left/a.mp4", "translate_left/b.mp4", "holiday/c.mp4",
+                 "garden/d.mp4", "e.mp4"):  # fmt: skip
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        data.write_video(root / name, rng.integers(0, 255, (10, 40, 40, 3), np.uint8), fps=8)
+    return root
+
+
+def _folder_sweep(model_dir, out, videos, *extra):
+    return runner.invoke(app, ["sweep", "--dataset", f"folder:{videos}", "--model",
+                               str(model_dir), "--methods", "gradient", "--sigmas", "1",
+                               "--out", str(out), "--no-progress",
+                               *map(str, extra)])  # fmt: skip
+
+
+def test_split_all_sweeps_every_video_whatever_its_folder(model_dir, tmp_path):
+    # A folder sweep used to take one split of class folders only: the other folders
+    # were an error naming one file, and a class with one video left its test split empty.
+    videos = _my_videos(tmp_path / "videos")
+    result = _folder_sweep(model_dir, tmp_path / "s", videos, "--split", "all",
+                           "--target", "predicted")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert record["clips"] == 5 and record["failed"] == 0 and record["videos_left_out"] == {}
+    table = sweep.read_table(tmp_path / "s").to_pydict()
+    labels = dict(zip(table["clip_id"], table["label"], strict=True))
+    assert labels == {"e.mp4#0": -1, "garden/d.mp4#0": -1, "holiday/c.mp4#0": -1,
+                      "translate_left/a.mp4#0": 0, "translate_left/b.mp4#0": 0}  # fmt: skip
+    assert table["target"] == table["predicted"]
+
+
+def test_split_all_explaining_labels_needs_labels_and_writes_nothing(model_dir, tmp_path):
+    videos = _my_videos(tmp_path / "videos")
+    result = _folder_sweep(model_dir, tmp_path / "s", videos, "--split", "all")
+    assert result.exit_code == 2 and result.stdout == ""
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(
+        f"selrel: error: 3 of the 5 videos in {videos} have no label to "
+        f"explain (e.g. {videos / 'e.mp4'}: its folder is not a class"
+    )
+    assert "use target 'predicted' (--target predicted)" in line
+    assert "(6 classes: translate_left, translate_right, " in line
+    assert not (tmp_path / "s").exists()
+    other = runner.invoke(app, [*_args(model_dir, tmp_path / "s"), "--split", "all"])
+    assert "split 'all' works only with folder:PATH datasets" in other.stderr
+
+
+def test_a_folder_that_is_no_class_is_refused_listing_the_classes(model_dir, tmp_path):
+    videos = _my_videos(tmp_path / "videos")
+    (videos / "e.mp4").unlink()
+    result = _folder_sweep(model_dir, tmp_path / "s", videos, "--split", "train")
+    assert result.exit_code == 2 and result.stdout == ""
+    [line] = result.stderr.strip().splitlines()
+    assert f"video {videos / 'garden' / 'd.mp4'} is in folder 'garden', which is not a " in line
+    assert "class name (nor are holiday); the 6 classes: translate_left, translate_right, " in line
+    assert line.endswith("; or sweep every video, whatever its folder, with split 'all' "
+                         "(--split all)")  # fmt: skip
+
+
+def test_a_folder_splits_json_line_says_how_many_videos_the_other_splits_hold(model_dir, tmp_path):
+    videos = tmp_path / "videos"
+    for i, name in enumerate(("translate_left", "translate_right")):
+        (videos / name).mkdir(parents=True)
+        for k in range(3):
+            rng = np.random.default_rng(10 * i + k)
+            frames = rng.integers(0, 255, (10, 40, 40, 3), np.uint8)
+            data.write_video(videos / name / f"v{k}.mp4", frames, fps=8)
+    result = _folder_sweep(model_dir, tmp_path / "s", videos, "--split", "test")
+    assert result.exit_code == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert record["clips"] == 2 and record["videos_left_out"] == {"train": 2, "validation": 2}

@@ -98,3 +98,39 @@ def test_video_folder_over_a_list_of_videos(tmp_path):
     assert data.VideoFolder(root, clip_length=2).clip_shape is None
     with pytest.raises(OptionError, match="not both"):
         data.VideoFolder(root, videos=["a/0.mp4"], split_file=tmp_path / "x.txt")
+
+
+def test_every_video_lists_all_videos_at_any_depth_and_labels_only_class_folders(tmp_path):
+    root = _names_only(tmp_path / "mine", {"Archery": 2, "holiday": 1})
+    (root / "loose.mp4").write_bytes(b"")
+    (root / "Archery.mp4").write_bytes(b"")  # loose: its name is no folder of a class
+    (root / "trip" / "day1").mkdir(parents=True)
+    (root / "trip" / "day1" / "a.MOV").write_bytes(b"")
+    (root / ".hidden").mkdir()
+    (root / ".hidden" / "x.mp4").write_bytes(b"")
+    (root / ".y.mp4").write_bytes(b"")
+    every = data.every_video(root)
+    assert every == sorted(["Archery.mp4", "Archery/v_Archery_g00_c01.avi",
+                            "Archery/v_Archery_g01_c01.avi", "holiday/v_holiday_g00_c01.avi",
+                            "loose.mp4", "trip/day1/a.MOV"])  # fmt: skip
+    folder = data.VideoFolder(root, class_names=["Bowling", "Archery"], videos=every,
+                              unlabelled=True)  # fmt: skip
+    labels = {p.relative_to(root).as_posix(): label
+              for p, label in zip(folder.paths, folder.labels, strict=True)}  # fmt: skip
+    assert labels == {name: 1 if name.startswith("Archery/") else data.UNLABELLED
+                      for name in every}  # fmt: skip
+    assert folder.clip_labels.tolist() == [labels[name] for name in every]
+    with pytest.raises(DataError, match="video folder not found"):
+        data.every_video(root / "nope")
+
+
+def test_a_folder_that_is_no_class_names_the_folders_and_the_classes(tmp_path):
+    root = _names_only(tmp_path / "mine", {"Archery": 1, "holiday": 1, "garden": 1, "zoo": 1})
+    many = [f"class{i:02d}" for i in range(25)] + ["Archery"]
+    with pytest.raises(OptionError) as error:
+        data.VideoFolder(root, class_names=many)
+    message = str(error.value)
+    assert message.startswith(f"video {root / 'garden' / 'v_garden_g00_c01.avi'} is in folder "
+                              "'garden', which is not a class name (nor are holiday, zoo); "
+                              "the 26 classes: class00, class01, ")  # fmt: skip
+    assert message.endswith("class19, ... (26 in all)")
