@@ -708,3 +708,22 @@ def test_the_motion_measures_are_shares_and_a_tolerance_never_lowers_them(seed, 
             exact = exact if exact.ndim == 2 else exact[:, None]
             exact = exact[moving] if name.startswith("motion_mass") else exact
             assert (column >= exact - 1e-6).all(), name
+
+
+def test_a_limit_on_an_unbuilt_cache_sweeps_the_caches_clips_and_writes_nothing(
+    model_dir, tmp_path
+):
+    # It used to build every split of the dataset into the data dir first.
+    (tmp_path / "cache").mkdir()
+    info = models.load(model_dir)[2]
+    settings = SweepSettings(dataset="synthetic_motion/tiny", limit=3, methods=["gradient"])
+    source = open_source(settings, info, data_dir=tmp_path / "cache")
+    batch = source.read([0, 1, 2])
+    assert source.count == 3 and list((tmp_path / "cache").iterdir()) == []
+    cached = synthetic_motion.generate_split(
+        "tiny", "test", synthetic_motion.CONFIGS["tiny"].seed, 3
+    )
+    np.testing.assert_array_equal(batch.video, cached["video"])
+    np.testing.assert_array_equal(batch.label, cached["label"])
+    for key in ("mask", "static_mask", "boxes"):
+        np.testing.assert_array_equal(batch.truth[key], cached[key])
