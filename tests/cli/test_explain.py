@@ -197,7 +197,15 @@ def test_command_defaults_are_the_librarys():
     video = inspect.signature(ve.explain_video).parameters
     assert params["model"].default == library["model"].default
     assert str(params["out"].default) == library["out"].default
-    for name in ("method", "sigma", "temporal_padding", "threshold", "batch_size", "clip_stride"):
+    for name in (
+        "method",
+        "sigma",
+        "temporal_padding",
+        "threshold",
+        "window_blend",
+        "batch_size",
+        "clip_stride",
+    ):
         assert params[name].default == video[name].default, name
 
 
