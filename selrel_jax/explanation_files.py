@@ -116,6 +116,8 @@ def summary(result: VideoExplanation, model_name: str) -> dict[str, Any]:
     record, nulls = finite_json(_summary_values(result, model_name))
     if nulls:
         record["null_reasons"] = nulls
+    if result.warnings:  # a kept output's line repeats them
+        record["warnings"] = list(result.warnings)
     return record
 
 
@@ -293,11 +295,12 @@ def explain_files(
 ) -> Iterator[tuple[str, dict[str, Any] | SelrelError]]:
     """Explain each file into ``out/<stem>/`` (:func:`save_explanation`), yielding
     ``(video, record)`` per video: the record is ``{"video", "out", "target": {"index",
-    "name"}, "predicted", "spatial_bias"}`` (``"kept": True`` added for an output kept
-    from an earlier run) or the :class:`~selrel_jax.errors.SelrelError` that video
-    raised (the others still run). No videos: the bundled sample clip. The model,
-    method, options (their values too, on the model) and target are checked once,
-    before any video is read (and ``decode_timeout``).
+    "name"}, "predicted", "spatial_bias"}`` (``"warnings"`` added where the explanation
+    warned, ``"kept": True`` for an output kept from an earlier run) or the
+    :class:`~selrel_jax.errors.SelrelError` that video raised (the others still run).
+    No videos: the bundled sample clip. The model, method, options (their values too,
+    on the model) and target are checked once, before any video is read (and
+    ``decode_timeout``).
 
     Resuming: without ``overwrite``, an existing ``out/<stem>/`` that holds this
     video's explanation with the same settings is kept and reported (nothing is
@@ -366,7 +369,8 @@ def _record(video: Any, directory: str, summary_: Mapping[str, Any]) -> dict[str
     return {"video": os.fspath(video), "out": directory,
             "target": {key: summary_["target"][key] for key in ("index", "name")},
             "predicted": summary_["predicted"]["name"],
-            "spatial_bias": summary_["spatial_bias"]}  # fmt: skip
+            "spatial_bias": summary_["spatial_bias"]} | (
+        {"warnings": summary_["warnings"]} if summary_.get("warnings") else {})  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)

@@ -44,6 +44,7 @@ import dataclasses
 import os
 import re
 import sys
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -73,12 +74,14 @@ __all__ = [
     "WINDOW_BLENDS",
     "VideoExplanation",
     "check_method_on_model",
+    "domain_warnings",
     "explain_files",  # noqa: F822 (these three: __getattr__ below)
     "explain_video",
     "input_bounds",
     "resolve_target",
     "save_explanation",  # noqa: F822
     "summary",  # noqa: F822
+    "unlike_synthetic_share",
     "window_starts",
     "window_weights",
 ]
@@ -425,13 +428,98 @@ def sample_frames(
     separate process (:class:`~selrel_jax.data.DecodeWorker`): one that hangs or
     crashes the decoder is a DataError naming it.
     """
+    frames, fps, _ = _sample_frames(video, info, decode_timeout)
+    return frames, fps
+
+
+def _sample_frames(video, info: ModelInfo, decode_timeout) -> tuple[np.ndarray, Any, tuple]:
+    """:func:`sample_frames` and the source's frame size (H, W) before any resizing."""
     if isinstance(video, np.ndarray | jax.Array):
         frames = _check_video_array(np.asarray(video))
-        return _fit_frames(frames, info), info.fps
+        return _fit_frames(frames, info), info.fps, frames.shape[1:3]
     side = info.resize_side
-    return decode_in_worker(video, decode_timeout, data.read_frames, video, fps=info.fps,
+    return decode_in_worker(video, decode_timeout, _read_with_size, video, fps=info.fps,
                             frame_step=info.frame_step, size=side,
                             crop=info.crop_size)  # fmt: skip
+
+
+def _read_with_size(video: Any, **request: Any) -> tuple[np.ndarray, Any, tuple[int, int]]:
+    frames, fps = data.read_frames(video, **request)
+    probe = data.probe_video(video)
+    return frames, fps, (probe.height, probe.width)
+
+
+# ---------------------------------------------------------------------------- domain
+
+#: Models whose ``info.extra["dataset"]`` starts so were trained on the synthetic clips.
+SYNTHETIC_DATASET = "synthetic_motion"
+#: A video whose frames' shorter side is more than this many times the model's crop
+#: (its larger side) is far larger than the synthetic clips: a camera's video.
+FAR_SIZE_FACTOR = 4
+#: Synthetic clips have almost no dark pixel (brightest channel below 0.15) or grey
+#: one (saturation below 0.12): at most 0.27% of a clip's, over 60 clips of each of
+#: the 8 configurations (train and test); the bundled sample has none. Camera
+#: pictures have more: skimage's cat, the most colourful of its photos, 1.7% at 48x48
+#: (so a small colourful video may pass unwarned); grey ones 100%.
+FAR_PIXEL_SHARE = 0.01
+
+
+def unlike_synthetic_share(frames: np.ndarray) -> float:
+    """The share of the pixels of uint8 RGB ``frames`` (..., 3) that are dark (brightest
+    channel below 0.15 of full scale) or grey (saturation below 0.12): below 0.3% on
+    synthetic clips, more on camera pictures (:data:`FAR_PIXEL_SHARE`).
+
+    Example:
+        >>> import numpy as np
+        >>> from selrel_jax.video_explanation import unlike_synthetic_share
+        >>> frames = np.zeros((1, 2, 2, 3), np.uint8)
+        >>> frames[0, 0] = [200, 40, 40]  # two saturated red pixels, two black ones
+        >>> unlike_synthetic_share(frames)
+        0.5
+    """
+    x = np.asarray(frames, np.float32) / 255
+    brightest, darkest = x.max(-1), x.min(-1)
+    saturation = (brightest - darkest) / np.maximum(brightest, 1e-6)
+    return float(np.mean((brightest < 0.15) | (saturation < 0.12)))
+
+
+def domain_warnings(info: ModelInfo, frames: np.ndarray, source_size: Sequence[int],
+                    name: str) -> list[str]:  # fmt: skip
+    """Why the model's predictions on video ``name`` may mean little: for a model trained
+    on the synthetic clips (:data:`SYNTHETIC_DATASET`), a video whose source frames
+    (``source_size``, (H, W)) are far larger than its crop (:data:`FAR_SIZE_FACTOR`) or
+    whose sampled ``frames`` have :data:`FAR_PIXEL_SHARE` of pixels unlike any synthetic
+    clip's (:func:`unlike_synthetic_share`); empty for any other model or video.
+
+    Example:
+        >>> import numpy as np
+        >>> from selrel_jax import models
+        >>> from selrel_jax.video_explanation import domain_warnings
+        >>> info = models.load("c3d_small_motion")[2]
+        >>> frames = np.full((16, 48, 48, 3), (200, 40, 40), np.uint8)
+        >>> domain_warnings(info, frames, (48, 48), "clip.mp4")
+        []
+        >>> domain_warnings(info, frames, (720, 1280), "clip.mp4")[0][:60]
+        'clip.mp4: frames of 1280x720, the model was trained on 48x48 '
+    """
+    dataset = str(info.extra.get("dataset", ""))
+    if not dataset.startswith(SYNTHETIC_DATASET):
+        return []
+    crop_h, crop_w = info.crop_size
+    reasons = []
+    if min(source_size) > FAR_SIZE_FACTOR * max(crop_h, crop_w):
+        reasons.append(f"frames of {source_size[1]}x{source_size[0]}")
+    share = unlike_synthetic_share(frames)
+    if share > FAR_PIXEL_SHARE:
+        reasons.append(f"{share:.0%} of its pixels dark or grey (synthetic clips have none)")
+    if not reasons:
+        return []
+    return [
+        f"{name}: {', '.join(reasons)}, the model was trained on {crop_w}x{crop_h} "
+        f"synthetic clips ({dataset}): its prediction and relevance on this video likely "
+        "mean little; explain real videos with a converted torchvision or HuggingFace "
+        "model (docs/models.md)"
+    ]
 
 
 # ---------------------------------------------------------------------------- result
@@ -450,6 +538,8 @@ class VideoExplanation:
     ``clip_scores`` name -> (K,) (``target_logit``, ``spatial_bias``,
     ``kept_voxels``, ``gini_raw``, ``gini_selective``, ``relevance_mass``,
     ``selective_mass``). ``probs`` is the softmax of the mean clip logits.
+    ``warnings``: what :func:`explain_video` warned of (a loop-padded video, one far
+    from the model's training data: :func:`domain_warnings`).
     """
 
     video: str
@@ -469,6 +559,7 @@ class VideoExplanation:
     method_options: dict[str, Any]
     loop_padded: bool
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
 
     @property
     def predicted(self) -> int:
@@ -616,7 +707,9 @@ def explain_video(
     :func:`selrel_jax.selective_relevance`. A video shorter than one clip is
     loop-padded, with a :class:`SelrelWarning`; one whose sampled frames are all one
     image (a still, a single frame) has no motion scores and is a DataError
-    (:func:`selrel_jax.data.refuse_still`). ``decode_timeout``: decode a file in a
+    (:func:`selrel_jax.data.refuse_still`). A video far from what a model trained on
+    the synthetic clips saw is explained with a SelrelWarning saying so
+    (:func:`domain_warnings`). ``decode_timeout``: decode a file in a
     separate process, stopped after that many seconds (see :func:`sample_frames`).
     ``window_blend``: how overlapping windows make each frame's maps, ``"mean"``
     (default) or ``"taper"`` (:func:`window_weights`, :data:`DEFAULT_WINDOW_BLEND`).
@@ -630,21 +723,18 @@ def explain_video(
         decode_timeout = real("decode_timeout", decode_timeout, above=0.0)
     check_method_on_model(model, variables, info, settings, options)
     clock = _Clock()
-    frames, fps = sample_frames(video, info, decode_timeout)
+    frames, fps, source_size = _sample_frames(video, info, decode_timeout)
     data.refuse_still(frames, _video_name(video))
     clock.lap("read_seconds")
+    notes = domain_warnings(info, frames, source_size, _video_name(video))
     if len(frames) < info.clip_length:
-        import warnings
-
-        warnings.warn(
-            f"{_video_name(video)} has {len(frames)} sampled frames, fewer than the model's "
-            f"clip of {info.clip_length}: it is loop-padded",
-            SelrelWarning,
-            stacklevel=2,
-        )
+        notes.append(f"{_video_name(video)} has {len(frames)} sampled frames, fewer than the "
+                     f"model's clip of {info.clip_length}: it is loop-padded")  # fmt: skip
+    for note in notes:
+        warnings.warn(note, SelrelWarning, stacklevel=2)
     result = _explain_frames(frames, model, variables, info, settings, options, target_index,
                              progress, clock)  # fmt: skip
-    return dataclasses.replace(result, video=_video_name(video), fps=fps)
+    return dataclasses.replace(result, video=_video_name(video), fps=fps, warnings=tuple(notes))
 
 
 def _explain_frames(frames, model, variables, info, settings, options, target, progress, clock):

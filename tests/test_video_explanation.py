@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 import selrel_jax as sr
 from selrel_jax import _jobs, data, explanation_files, models
 from selrel_jax import video_explanation as ve
+from selrel_jax.data import synthetic_motion
 
 SUMMARY_KEYS = {
     "video", "model", "method", "method_options", "sigma", "temporal_padding", "threshold",
@@ -169,6 +170,55 @@ def test_the_taper_removes_most_of_the_window_seams_of_constant_motion(motion_mo
     assert seams["taper"].max() < SEAM_BOUND < seams["mean"].max(), seams
 
 
+# --- videos far from a synthetic model's training data ---
+
+
+def natural_video(num_frames: int = 20) -> np.ndarray:
+    """A camera's picture (skimage's cat, the most colourful of its photos: 1.7% of its
+    pixels dark or grey at 48x48) panned 2 pixels a frame, 300x300."""
+    cat = pytest.importorskip("skimage.data").chelsea()  # (300, 451, 3) uint8
+    return np.stack([cat[:, 100 + 2 * t : 400 + 2 * t] for t in range(num_frames)])
+
+
+@pytest.mark.parametrize("config", synthetic_motion.CONFIGS)
+def test_synthetic_clips_are_below_the_share_of_pixels_unlike_them(config):
+    shares = [ve.unlike_synthetic_share(synthetic_motion.generate_example(config, "test", 1, i)
+                                        ["video"]) for i in range(4)]  # fmt: skip
+    assert max(shares) < ve.FAR_PIXEL_SHARE / 3
+
+
+def test_a_synthetic_model_warns_of_a_camera_video_not_of_synthetic_ones(motion_model):
+    info = motion_model[2]
+    video = natural_video()
+    small, _ = ve.sample_frames(video, info)  # as the model sees it: 48x48
+    [both] = ve.domain_warnings(info, small, video.shape[1:3], "cat.mp4")
+    assert both.startswith("cat.mp4: frames of 300x300, 2% of its pixels dark or grey")
+    assert both.endswith("explain real videos with a converted torchvision or HuggingFace "
+                         "model (docs/models.md)")  # fmt: skip
+    [content] = ve.domain_warnings(info, small, (48, 48), "cat.mp4")  # small but a photo
+    assert "frames of" not in content and "of its pixels dark or grey" in content
+    big_synthetic = np.repeat(np.repeat(data.read_video(data.sample_clip_path()), 6, 1), 6, 2)
+    [size] = ve.domain_warnings(info, big_synthetic, big_synthetic.shape[1:3], "big.mp4")
+    assert "frames of 288x288" in size and "dark or grey" not in size
+    for clip in (
+        data.read_video(data.sample_clip_path()),
+        synthetic_motion.generate_example("distractors", "test", 0, 0)["video"],
+    ):
+        assert ve.domain_warnings(info, clip, clip.shape[1:3], "clip.mp4") == []  # fmt: skip
+    kinetics = dataclasses.replace(info, extra={"dataset": "kinetics400"})
+    assert ve.domain_warnings(kinetics, small, video.shape[1:3], "cat.mp4") == []
+
+
+def test_explain_video_warns_of_a_camera_video_and_records_it(motion_model, sample_result):
+    model, variables, info = motion_model
+    with pytest.warns(ve.SelrelWarning, match=r"<array>: frames of 300x300, .* synthetic"):
+        r = ve.explain_video(natural_video(16), model, variables, info, method="gradient")
+    assert len(r.warnings) == 1 and r.warnings[0].startswith("<array>: frames of 300x300")
+    assert explanation_files.summary(r, "m")["warnings"] == list(r.warnings)
+    assert sample_result.warnings == ()  # the bundled sample: no warning
+    assert "warnings" not in explanation_files.summary(sample_result, "m")
+
+
 def test_input_bounds_are_the_normalised_pixel_range(motion_model):
     info = motion_model[2]
     low, high = ve.input_bounds(info)
@@ -281,6 +331,8 @@ def test_short_video_is_loop_padded_with_a_warning(motion_model):
     with pytest.warns(ve.SelrelWarning, match=r"10 sampled frames, fewer than .* loop-padded"):
         r = ve.explain_video(frames, model, variables, info, method="gradient_x_input")
     assert r.loop_padded and r.relevance.shape == (10, 48, 48)
+    assert r.warnings == ("<array> has 10 sampled frames, fewer than the model's clip of 16: "
+                          "it is loop-padded",)  # fmt: skip
     assert np.isfinite(r.relevance).all()
 
 
