@@ -565,6 +565,12 @@ class VideoExplanation:
     def predicted(self) -> int:
         return int(np.argmax(self.probs))
 
+    def _repr_html_(self) -> str:
+        """A notebook shows the result as :func:`selrel_jax.viz.explanation_view`."""
+        from selrel_jax import viz  # display only: the computation never needs viz
+
+        return viz.explanation_view(self).html
+
     @property
     def predicted_name(self) -> str:
         return self.class_names[self.predicted]

@@ -297,6 +297,12 @@ def test_sample_clip_is_explained_as_its_class(sample_result):
     assert scores["gini_selective"] > scores["gini_raw"]  # selection makes maps sparser
 
 
+def test_a_notebook_shows_the_result_as_the_interactive_view(sample_result):
+    html = sample_result._repr_html_()
+    assert html.count("<img") == 4 and 'class="frame" min="0" max="31"' in html
+    assert "explained: translate_right (predicted: translate_right" in html
+
+
 def test_window_scores_match_the_library_on_the_same_clip(motion_model, sample_result):
     model, variables, info = motion_model
     clip = sample_result.frames[8:24][None]
