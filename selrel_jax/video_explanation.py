@@ -500,7 +500,7 @@ def domain_warnings(info: ModelInfo, frames: np.ndarray, source_size: Sequence[i
         >>> domain_warnings(info, frames, (48, 48), "clip.mp4")
         []
         >>> domain_warnings(info, frames, (720, 1280), "clip.mp4")[0][:60]
-        'clip.mp4: frames of 1280x720, the model was trained on 48x48 '
+        'clip.mp4: frames of 1280x720, the model was trained on 48x48'
     """
     dataset = str(info.extra.get("dataset", ""))
     if not dataset.startswith(SYNTHETIC_DATASET):
