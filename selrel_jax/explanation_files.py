@@ -74,7 +74,9 @@ MARKER_KIND = "explain"
 
 #: The settings ``summary.json`` records as they were given.
 _RECORDED = ("video", "model", "method", "method_options", "sigma", "temporal_padding",
-             "threshold")  # fmt: skip
+             "threshold", "window_blend")  # fmt: skip
+#: What a ``summary.json`` without a key (one written by an earlier version) was made with.
+_BEFORE_RECORDED = {"window_blend": "mean"}
 
 
 # ---------------------------------------------------------------------------- summary
@@ -115,6 +117,8 @@ def summary(result: VideoExplanation, model_name: str) -> dict[str, Any]:
     record, nulls = finite_json(_summary_values(result, model_name))
     if nulls:
         record["null_reasons"] = nulls
+    if result.warnings:  # a kept output's line repeats them
+        record["warnings"] = list(result.warnings)
     return record
 
 
@@ -129,6 +133,7 @@ def _summary_values(result: VideoExplanation, model_name: str) -> dict[str, Any]
         "sigma": settings.sigma,
         "temporal_padding": settings.temporal_padding,
         "threshold": settings.threshold,
+        "window_blend": settings.window_blend,
         "target": {"index": result.target, "name": result.target_name},
         "predicted": {"index": result.predicted, "name": result.predicted_name},
         "probs": result.probs,
@@ -306,11 +311,12 @@ def explain_files(
 ) -> Iterator[tuple[str, dict[str, Any] | SelrelError]]:
     """Explain each file into ``out/<stem>/`` (:func:`save_explanation`), yielding
     ``(video, record)`` per video: the record is ``{"video", "out", "target": {"index",
-    "name"}, "predicted", "spatial_bias"}`` (``"kept": True`` added for an output kept
-    from an earlier run) or the :class:`~selrel_jax.errors.SelrelError` that video
-    raised (the others still run). No videos: the bundled sample clip. The model,
-    method, options (their values too, on the model) and target are checked once,
-    before any video is read (and ``decode_timeout``).
+    "name"}, "predicted", "spatial_bias"}`` (``"warnings"`` added where the explanation
+    warned, ``"kept": True`` for an output kept from an earlier run) or the
+    :class:`~selrel_jax.errors.SelrelError` that video raised (the others still run).
+    No videos: the bundled sample clip. The model, method, options (their values too,
+    on the model) and target are checked once, before any video is read (and
+    ``decode_timeout``).
 
     Resuming: without ``overwrite``, an existing ``out/<stem>/`` that holds this
     video's explanation with the same settings is kept and reported (nothing is
@@ -323,13 +329,15 @@ def explain_files(
     is decoded in a separate process, stopped after ``decode_timeout`` seconds (None:
     decode in this process).
     ``settings``: ``method``, ``sigma``, ``temporal_padding``, ``threshold``,
-    ``clip_stride``, ``batch_size`` of :func:`~selrel_jax.video_explanation.explain_video`."""
+    ``window_blend``, ``clip_stride``, ``batch_size`` of
+    :func:`~selrel_jax.video_explanation.explain_video`."""
     from selrel_jax import models
 
     videos = list(videos) or [data.sample_clip_path()]
     net, variables, info = models.load(model)
     checked = ExplainSettings(**settings, method_options=dict(method_options or {}))
     target_index = resolve_target(target, info.class_names)
+    checked.stride_for(info)
     expected = _Expected(checked, checked.options_for(info), info, model, save_arrays,
                          target_index)  # fmt: skip
     video_explanation.check_method_on_model(net, variables, info, checked, expected.options)
@@ -378,7 +386,8 @@ def _record(video: Any, directory: str, summary_: Mapping[str, Any]) -> dict[str
     return {"video": os.fspath(video), "out": directory,
             "target": {key: summary_["target"][key] for key in ("index", "name")},
             "predicted": summary_["predicted"]["name"],
-            "spatial_bias": summary_["spatial_bias"]}  # fmt: skip
+            "spatial_bias": summary_["spatial_bias"]} | (
+        {"warnings": summary_["warnings"]} if summary_.get("warnings") else {})  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -415,7 +424,7 @@ class _Expected:
         """The settings record of the explanation in ``directory`` (``there``: its summary)."""
         explained, predicted = there["target"]["index"], there["predicted"]["index"]
         return {
-            **{key: there.get(key) for key in _RECORDED},
+            **{key: there.get(key, _BEFORE_RECORDED.get(key)) for key in _RECORDED},
             "target": "predicted" if explained == predicted else explained,
             "clip_starts": [clip["start_frame"] for clip in there["clips"]],
             "save_arrays": os.path.exists(os.path.join(directory, "relevance.npz")),
@@ -425,12 +434,13 @@ class _Expected:
         """The settings record this run would make of ``video`` (whose summary ``there``
         says how many frames it has and which class the model predicts)."""
         s = self.settings
-        stride = s.clip_stride or max(1, self.info.clip_length // 2)
+        stride = s.stride_for(self.info)
         predicted = there["predicted"]["index"]
         return settings_record(_rounded({
             "video": os.fspath(video), "model": os.fspath(self.model), "method": s.method,
             "method_options": self.options, "sigma": s.sigma,
             "temporal_padding": s.temporal_padding, "threshold": s.threshold,
+            "window_blend": s.window_blend,
             "target": "predicted" if self.target in (None, predicted) else self.target,
             "clip_starts": window_starts(there["frames"], self.info.clip_length, stride),
             "save_arrays": self.save_arrays,

@@ -10,7 +10,8 @@ every ``clip_stride`` frames, and explains every window in jit-compiled batches:
    every window;
 2. the relevance of each window, its selective (motion) relevance and the static
    rest are computed together with the per-window scores;
-3. each sampled frame's maps are the mean over the windows that cover it.
+3. each sampled frame's maps are the mean over the windows that cover it (or a
+   weighted mean, each window's frames weighted by a taper: :func:`window_weights`).
 
 The result holds the frames, the per-frame maps (channels summed, for display),
 the clip logits, the video's class probabilities and the scores;
@@ -42,6 +43,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -67,15 +69,20 @@ __all__ = [
     "DEFAULT_METHOD",
     "DEFAULT_TEMPORAL_PADDING",
     "DEFAULT_THRESHOLD",
+    "DEFAULT_WINDOW_BLEND",
+    "WINDOW_BLENDS",
     "VideoExplanation",
     "check_method_on_model",
+    "domain_warnings",
     "explain_files",  # noqa: F822 (these three: __getattr__ below)
     "explain_video",
     "input_bounds",
     "resolve_target",
     "save_explanation",  # noqa: F822
     "summary",  # noqa: F822
+    "unlike_synthetic_share",
     "window_starts",
+    "window_weights",
 ]
 #: Exported here, defined in :mod:`selrel_jax.explanation_files`, which imports this
 #: module: they are looked up on first use.
@@ -99,6 +106,16 @@ DEFAULT_METHOD = "lrp.epsilon_plus_flat"
 DEFAULT_TEMPORAL_PADDING = "edge"
 #: One motion threshold per window, as the paper does.
 DEFAULT_THRESHOLD = "clip"
+#: How overlapping windows' maps are blended into per-frame maps (:func:`window_weights`).
+WINDOW_BLENDS = ("mean", "taper")
+#: The plain mean. The taper (each frame weighted by its distance from its window's
+#: edges) was meant to keep the window stride out of the per-frame timeline, but on
+#: the shipped models a window's relevance is low in its middle frames, not high at
+#: its two end frames only: measured on constant motion (docs/explain.md), the taper
+#: leaves LRP's stride component as it was (0.103 vs 0.110 of the mean) and raises
+#: the selective map's (0.21 vs 0.13); it lowers the gradient's (0.032 vs 0.055). A
+#: smaller ``clip_stride`` (more overlap) lowers all of them.
+DEFAULT_WINDOW_BLEND = "mean"
 
 
 def input_bounds(info: ModelInfo) -> tuple[np.ndarray, np.ndarray]:
@@ -107,6 +124,29 @@ def input_bounds(info: ModelInfo) -> tuple[np.ndarray, np.ndarray]:
     preprocessing (the natural ``low``/``high`` of ``lrp.epsilon_gamma_box``);
     :meth:`ModelInfo.input_bounds`."""
     return info.input_bounds()
+
+
+def window_weights(length: int, blend: str = DEFAULT_WINDOW_BLEND) -> jax.Array:
+    """Weight of each frame of a window of ``length`` frames when overlapping windows
+    are blended into per-frame maps, float32 (length,), all > 0.
+
+    ``"taper"``: a Hann window on ``(i + 1) / (length + 1)``, ``sin(pi (i + 1) /
+    (length + 1)) ** 2``, largest in the window's middle and small, never 0, at its
+    ends: a frame covered by one window only (the video's first and last frames)
+    keeps that window's maps. ``"mean"``: all 1, the plain mean over windows.
+
+    Example:
+        >>> from selrel_jax.video_explanation import window_weights
+        >>> window_weights(4, "mean").tolist()
+        [1.0, 1.0, 1.0, 1.0]
+        >>> [round(w, 3) for w in window_weights(4, "taper").tolist()]
+        [0.345, 0.905, 0.905, 0.345]
+    """
+    one_of("window_blend", blend, WINDOW_BLENDS)
+    position = (jnp.arange(length, dtype=jnp.float32) + 1) / (length + 1)
+    if blend == "mean":
+        return jnp.ones(length, jnp.float32)
+    return jnp.sin(jnp.pi * position) ** 2
 
 
 def window_starts(num_frames: int, clip_length: int, stride: int) -> np.ndarray:
@@ -187,6 +227,7 @@ class ExplainSettings:
     clip_stride: int | None = None
     batch_size: int = 8
     method_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    window_blend: str = DEFAULT_WINDOW_BLEND
 
     def __post_init__(self) -> None:
         method = registry.get(self.method)
@@ -199,9 +240,23 @@ class ExplainSettings:
         real("sigma", self.sigma, minimum=0.0)
         one_of("temporal_padding", self.temporal_padding, TEMPORAL_PADDINGS)
         one_of("threshold", self.threshold, THRESHOLDS)
+        one_of("window_blend", self.window_blend, WINDOW_BLENDS)
         if self.clip_stride is not None:
             positive_int("clip_stride", self.clip_stride)
         positive_int("batch_size", self.batch_size)
+
+    def stride_for(self, info: ModelInfo) -> int:
+        """Sampled frames between window starts for a model of ``info`` (default half
+        its clip); an OptionError if windows that far apart would leave frames between
+        them that no window covers (they would have no relevance)."""
+        length = info.clip_length
+        if self.clip_stride is not None and self.clip_stride > length:
+            raise OptionError(
+                f"clip_stride {self.clip_stride} is longer than the model's clip of {length} "
+                "frames: the frames between windows would have no relevance; use at most "
+                f"{length}"
+            )
+        return self.clip_stride or max(1, length // 2)
 
     def options_for(self, info: ModelInfo) -> dict[str, Any]:
         """The method's options for a model of ``info``, ``low``/``high`` of
@@ -372,13 +427,98 @@ def sample_frames(
     separate process (:class:`~selrel_jax.data.DecodeWorker`): one that hangs or
     crashes the decoder is a DataError naming it.
     """
+    frames, fps, _ = _sample_frames(video, info, decode_timeout)
+    return frames, fps
+
+
+def _sample_frames(video, info: ModelInfo, decode_timeout) -> tuple[np.ndarray, Any, tuple]:
+    """:func:`sample_frames` and the source's frame size (H, W) before any resizing."""
     if isinstance(video, np.ndarray | jax.Array):
         frames = _check_video_array(np.asarray(video))
-        return _fit_frames(frames, info), info.fps
+        return _fit_frames(frames, info), info.fps, frames.shape[1:3]
     side = info.resize_side
-    return decode_in_worker(video, decode_timeout, data.read_frames, video, fps=info.fps,
+    return decode_in_worker(video, decode_timeout, _read_with_size, video, fps=info.fps,
                             frame_step=info.frame_step, size=side,
                             crop=info.crop_size)  # fmt: skip
+
+
+def _read_with_size(video: Any, **request: Any) -> tuple[np.ndarray, Any, tuple[int, int]]:
+    frames, fps = data.read_frames(video, **request)
+    probe = data.probe_video(video)
+    return frames, fps, (probe.height, probe.width)
+
+
+# ---------------------------------------------------------------------------- domain
+
+#: Models whose ``info.extra["dataset"]`` starts so were trained on the synthetic clips.
+SYNTHETIC_DATASET = "synthetic_motion"
+#: A video whose frames' shorter side is more than this many times the model's crop
+#: (its larger side) is far larger than the synthetic clips: a camera's video.
+FAR_SIZE_FACTOR = 4
+#: Synthetic clips have almost no dark pixel (brightest channel below 0.15) or grey
+#: one (saturation below 0.12): at most 0.27% of a clip's, over 60 clips of each of
+#: the 8 configurations (train and test); the bundled sample has none. Camera
+#: pictures have more: skimage's cat, the most colourful of its photos, 1.7% at 48x48
+#: (so a small colourful video may pass unwarned); grey ones 100%.
+FAR_PIXEL_SHARE = 0.01
+
+
+def unlike_synthetic_share(frames: np.ndarray) -> float:
+    """The share of the pixels of uint8 RGB ``frames`` (..., 3) that are dark (brightest
+    channel below 0.15 of full scale) or grey (saturation below 0.12): below 0.3% on
+    synthetic clips, more on camera pictures (:data:`FAR_PIXEL_SHARE`).
+
+    Example:
+        >>> import numpy as np
+        >>> from selrel_jax.video_explanation import unlike_synthetic_share
+        >>> frames = np.zeros((1, 2, 2, 3), np.uint8)
+        >>> frames[0, 0] = [200, 40, 40]  # two saturated red pixels, two black ones
+        >>> unlike_synthetic_share(frames)
+        0.5
+    """
+    x = np.asarray(frames, np.float32) / 255
+    brightest, darkest = x.max(-1), x.min(-1)
+    saturation = (brightest - darkest) / np.maximum(brightest, 1e-6)
+    return float(np.mean((brightest < 0.15) | (saturation < 0.12)))
+
+
+def domain_warnings(info: ModelInfo, frames: np.ndarray, source_size: Sequence[int],
+                    name: str) -> list[str]:  # fmt: skip
+    """Why the model's predictions on video ``name`` may mean little: for a model trained
+    on the synthetic clips (:data:`SYNTHETIC_DATASET`), a video whose source frames
+    (``source_size``, (H, W)) are far larger than its crop (:data:`FAR_SIZE_FACTOR`) or
+    whose sampled ``frames`` have :data:`FAR_PIXEL_SHARE` of pixels unlike any synthetic
+    clip's (:func:`unlike_synthetic_share`); empty for any other model or video.
+
+    Example:
+        >>> import numpy as np
+        >>> from selrel_jax import models
+        >>> from selrel_jax.video_explanation import domain_warnings
+        >>> info = models.load("c3d_small_motion")[2]
+        >>> frames = np.full((16, 48, 48, 3), (200, 40, 40), np.uint8)
+        >>> domain_warnings(info, frames, (48, 48), "clip.mp4")
+        []
+        >>> domain_warnings(info, frames, (720, 1280), "clip.mp4")[0][:60]
+        'clip.mp4: frames of 1280x720, the model was trained on 48x48'
+    """
+    dataset = str(info.extra.get("dataset", ""))
+    if not dataset.startswith(SYNTHETIC_DATASET):
+        return []
+    crop_h, crop_w = info.crop_size
+    reasons = []
+    if min(source_size) > FAR_SIZE_FACTOR * max(crop_h, crop_w):
+        reasons.append(f"frames of {source_size[1]}x{source_size[0]}")
+    share = unlike_synthetic_share(frames)
+    if share > FAR_PIXEL_SHARE:
+        reasons.append(f"{share:.0%} of its pixels dark or grey (synthetic clips have none)")
+    if not reasons:
+        return []
+    return [
+        f"{name}: {', '.join(reasons)}, the model was trained on {crop_w}x{crop_h} "
+        f"synthetic clips ({dataset}): its prediction and relevance on this video likely "
+        "mean little; explain real videos with a converted torchvision or HuggingFace "
+        "model (docs/models.md)"
+    ]
 
 
 # ---------------------------------------------------------------------------- result
@@ -391,11 +531,14 @@ class VideoExplanation:
     Per sampled frame (F of them): ``frames`` uint8 (F, H, W, 3) at the model's input
     size, sampled at ``fps`` frames per second of video (None: unknown), and the maps
     ``relevance``, ``selective`` and ``static`` float32 (F, H, W) (channels summed;
-    each frame's mean over the windows covering it). Per window (K of them):
+    each frame's weighted mean over the windows covering it, see
+    :func:`window_weights`). Per window (K of them):
     ``clip_starts`` (K,) first sampled frame, ``clip_logits`` (K, classes), and
     ``clip_scores`` name -> (K,) (``target_logit``, ``spatial_bias``,
     ``kept_voxels``, ``gini_raw``, ``gini_selective``, ``relevance_mass``,
     ``selective_mass``). ``probs`` is the softmax of the mean clip logits.
+    ``warnings``: what :func:`explain_video` warned of (a loop-padded video, one far
+    from the model's training data: :func:`domain_warnings`).
     """
 
     video: str
@@ -415,10 +558,17 @@ class VideoExplanation:
     method_options: dict[str, Any]
     loop_padded: bool
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
 
     @property
     def predicted(self) -> int:
         return int(np.argmax(self.probs))
+
+    def _repr_html_(self) -> str:
+        """A notebook shows the result as :func:`selrel_jax.viz.explanation_view`."""
+        from selrel_jax import viz  # display only: the computation never needs viz
+
+        return viz.explanation_view(self).html
 
     @property
     def predicted_name(self) -> str:
@@ -465,31 +615,41 @@ def _clip_logits(forward, variables, window, count, batch_size, label) -> np.nda
 
 
 class FrameMeans:
-    """Running per-frame means of window maps: each frame's mean over the windows that
-    cover it, accumulated batch by batch so that window maps are never all held."""
+    """Running per-frame weighted means of window maps: each frame's mean over the
+    windows that cover it, the frame at position i of a window weighted by
+    ``weights[i]`` (default 1: the plain mean; :func:`window_weights`), accumulated
+    batch by batch so that window maps are never all held."""
 
-    def __init__(self, num_frames: int) -> None:
+    def __init__(self, num_frames: int, weights: Any = None) -> None:
         self.num_frames = num_frames
+        self.weights = None if weights is None else np.asarray(weights, np.float64)
         self._total: np.ndarray | None = None
-        self._count = np.zeros(num_frames, np.int64)
+        self._count = np.zeros(num_frames, np.float64)
 
     def add(self, maps: np.ndarray, starts: np.ndarray) -> None:
         """``maps`` (K, L, H, W) of the windows starting at ``starts`` (K,); a window
         longer than the video wraps around (loop padding)."""
         if self._total is None:
             self._total = np.zeros((self.num_frames, *maps.shape[2:]), np.float64)
-        positions = ((starts[:, None] + np.arange(maps.shape[1])) % self.num_frames).ravel()
-        np.add.at(self._total, positions, maps.reshape(-1, *maps.shape[2:]))
-        self._count += np.bincount(positions, minlength=self.num_frames)
+        length = maps.shape[1]
+        weights = np.ones(length) if self.weights is None else self.weights
+        if weights.shape != (length,):
+            raise ShapeError(f"window weights {weights.shape} do not fit windows of {length}")
+        positions = ((starts[:, None] + np.arange(length)) % self.num_frames).ravel()
+        weighted = maps * weights.reshape(1, length, *(1,) * (maps.ndim - 2))
+        np.add.at(self._total, positions, weighted.reshape(-1, *maps.shape[2:]))
+        self._count += np.bincount(positions, np.tile(weights, len(starts)), self.num_frames)
 
     def mean(self) -> np.ndarray:
         return (self._total / self._count[:, None, None]).astype(np.float32)
 
 
-def _explain_windows(run, variables, window, starts, num_frames, target, batch_size, label):
-    """``(per-frame maps, per-window scores)`` of every window, batch by batch (a bar
-    named ``label``: None, none)."""
-    means = {name: FrameMeans(num_frames) for name in _ClipScores.MAPS}
+def _explain_windows(run, variables, window, starts, num_frames, target, batch_size, label,
+                     weights):  # fmt: skip
+    """``(per-frame maps, per-window scores)`` of every window, batch by batch, each
+    window's frames weighted by ``weights`` in the per-frame maps (a bar named ``label``:
+    None, none)."""
+    means = {name: FrameMeans(num_frames, weights) for name in _ClipScores.MAPS}
     parts: dict[str, list] = {}
     with progress_bar(len(starts), label is not None, f"{label}: explain") as bar:
         if compiling(run):
@@ -541,6 +701,7 @@ def explain_video(
     batch_size: int = 8,
     temporal_padding: str = DEFAULT_TEMPORAL_PADDING,
     threshold: str = DEFAULT_THRESHOLD,
+    window_blend: str = DEFAULT_WINDOW_BLEND,
     progress: bool = False,
     decode_timeout: float | None = None,
     **method_options: Any,
@@ -557,37 +718,39 @@ def explain_video(
     :func:`selrel_jax.selective_relevance`. A video shorter than one clip is
     loop-padded, with a :class:`SelrelWarning`; one whose sampled frames are all one
     image (a still, a single frame) has no motion scores and is a DataError
-    (:func:`selrel_jax.data.refuse_still`). ``decode_timeout``: decode a file in a
+    (:func:`selrel_jax.data.refuse_still`). A video far from what a model trained on
+    the synthetic clips saw is explained with a SelrelWarning saying so
+    (:func:`domain_warnings`). ``decode_timeout``: decode a file in a
     separate process, stopped after that many seconds (see :func:`sample_frames`).
     ``progress``: bars on stderr naming the video and its stage (``a.mp4: decode``,
     ``predict``, ``explain``; "compiling" until a jitted batch's first call returns).
+    ``window_blend``: how overlapping windows make each frame's maps, ``"mean"``
+    (default) or ``"taper"`` (:func:`window_weights`, :data:`DEFAULT_WINDOW_BLEND`).
     """
     settings = ExplainSettings(method, sigma, temporal_padding, threshold, clip_stride,
-                               batch_size, dict(method_options))  # fmt: skip
+                               batch_size, dict(method_options), window_blend)  # fmt: skip
     target_index = resolve_target(target, info.class_names)
     options = settings.options_for(info)
+    settings.stride_for(info)
     if decode_timeout is not None:
         decode_timeout = real("decode_timeout", decode_timeout, above=0.0)
     check_method_on_model(model, variables, info, settings, options)
     clock = _Clock()
     label = display_name(video) if progress else None
     with progress_bar(1, progress, f"{label}: decode", unit="video") as bar:
-        frames, fps = sample_frames(video, info, decode_timeout)
+        frames, fps, source_size = _sample_frames(video, info, decode_timeout)
         bar.update()
     data.refuse_still(frames, _video_name(video))
     clock.lap("read_seconds")
+    notes = domain_warnings(info, frames, source_size, _video_name(video))
     if len(frames) < info.clip_length:
-        import warnings
-
-        warnings.warn(
-            f"{_video_name(video)} has {len(frames)} sampled frames, fewer than the model's "
-            f"clip of {info.clip_length}: it is loop-padded",
-            SelrelWarning,
-            stacklevel=2,
-        )
+        notes.append(f"{_video_name(video)} has {len(frames)} sampled frames, fewer than the "
+                     f"model's clip of {info.clip_length}: it is loop-padded")  # fmt: skip
+    for note in notes:
+        warnings.warn(note, SelrelWarning, stacklevel=2)
     result = _explain_frames(frames, model, variables, info, settings, options, target_index,
                              label, clock)  # fmt: skip
-    return dataclasses.replace(result, video=_video_name(video), fps=fps)
+    return dataclasses.replace(result, video=_video_name(video), fps=fps, warnings=tuple(notes))
 
 
 def _explain_frames(frames, model, variables, info, settings, options, target, label, clock):
@@ -595,7 +758,7 @@ def _explain_frames(frames, model, variables, info, settings, options, target, l
     target (None: the video's prediction), as a VideoExplanation (video and fps unset);
     progress bars named ``label`` (None: none)."""
     length = info.clip_length
-    starts = window_starts(len(frames), length, settings.clip_stride or max(1, length // 2))
+    starts = window_starts(len(frames), length, settings.stride_for(info))
     batch_size = min(settings.batch_size, len(starts))  # never padded beyond the work there is
     clip_bytes = 4 * length * int(np.prod(frames.shape[1:]))
     check_memory(2 * batch_size * clip_bytes, f"a batch of {batch_size} windows",
@@ -606,8 +769,9 @@ def _explain_frames(frames, model, variables, info, settings, options, target, l
     clock.lap("predict_seconds")
     probs = _softmax(logits.mean(0))
     target = int(np.argmax(probs)) if target is None else target
+    weights = window_weights(length, settings.window_blend)
     maps, out = _explain_windows(run, variables, window, starts, len(frames), target,
-                                 batch_size, label)  # fmt: skip
+                                 batch_size, label, weights)  # fmt: skip
     clock.lap("explain_seconds")
     mass = np.maximum(out["relevance_mass"], np.finfo(np.float32).tiny)
     out["spatial_bias"] = np.where(

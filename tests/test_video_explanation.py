@@ -6,17 +6,22 @@ import dataclasses
 import json
 import os
 
+import jax
 import jax.numpy as jnp
 import matplotlib.image as mpimg
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import selrel_jax as sr
 from selrel_jax import _jobs, data, explanation_files, models
 from selrel_jax import video_explanation as ve
+from selrel_jax.data import synthetic_motion
 
 SUMMARY_KEYS = {
     "video", "model", "method", "method_options", "sigma", "temporal_padding", "threshold",
+    "window_blend",
     "target", "predicted", "probs", "top5", "spatial_bias", "kept_voxels", "gini_raw",
     "gini_selective", "clips", "versions", "frames", "fps", "clip_length", "loop_padded",
 }  # fmt: skip
@@ -71,6 +76,147 @@ def test_per_frame_maps_are_the_mean_of_the_windows_covering_each_frame():
     looped.add(maps[:1], np.array([0]))
     looped = looped.mean()
     np.testing.assert_allclose(looped[0], (maps[0, 0] + maps[0, 3]) / 2, rtol=1e-6)
+
+
+@pytest.mark.parametrize("length", [1, 2, 16, 17])
+def test_taper_weights_are_positive_symmetric_and_peak_in_the_middle(length):
+    w = np.asarray(ve.window_weights(length, "taper"), np.float64)
+    assert w.shape == (length,) and (w > 0).all()  # an edge frame is never dropped
+    np.testing.assert_allclose(w, w[::-1], rtol=1e-5)
+    i = np.arange(length)
+    np.testing.assert_allclose(w, np.sin(np.pi * (i + 1) / (length + 1)) ** 2, rtol=1e-5)
+    np.testing.assert_array_equal(ve.window_weights(length, "mean"), np.ones(length))
+
+
+def test_window_weights_jit_equals_eager():
+    jitted = jax.jit(ve.window_weights, static_argnums=(0, 1))
+    for blend in ve.WINDOW_BLENDS:
+        # XLA's fused sin may round differently from the eager one: float32 last bits
+        np.testing.assert_allclose(jitted(16, blend), ve.window_weights(16, blend), rtol=1e-5)
+
+
+def test_an_unknown_window_blend_is_refused():
+    with pytest.raises(sr.OptionError, match=r"window_blend must be one of .*taper"):
+        ve.window_weights(16, "hann")
+    with pytest.raises(sr.OptionError, match=r"window_blend must be one of"):
+        ve.ExplainSettings(window_blend="median")
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    frames=st.integers(1, 40),
+    length=st.integers(1, 12),
+    stride=st.integers(1, 12),  # capped to the length below, as explain_video refuses more
+    value=st.floats(-1e3, 1e3, allow_nan=False),
+    blend=st.sampled_from(ve.WINDOW_BLENDS),
+)
+def test_a_blend_of_constant_window_maps_is_that_constant(frames, length, stride, value,
+                                                          blend):  # fmt: skip
+    # Every frame, the first and last (covered by one window) included, gets the constant:
+    # the weights are normalised per frame and never 0, so no 0/0 and no frame lost.
+    starts = ve.window_starts(frames, length, min(stride, length))
+    means = ve.FrameMeans(frames, ve.window_weights(length, blend))
+    means.add(np.full((len(starts), length, 2, 3), value, np.float32), starts)
+    np.testing.assert_allclose(means.mean(), value, rtol=1e-6, atol=1e-30)
+
+
+def test_the_taper_blend_is_the_weighted_mean_of_the_covering_windows():
+    rng = np.random.default_rng(1)
+    starts, weights = np.array([0, 2, 4]), np.array([0.1, 0.7, 0.9, 0.3])
+    maps = rng.normal(size=(3, 4, 2, 2))
+    means = ve.FrameMeans(8, weights)
+    means.add(maps, starts)
+    for f in range(8):
+        cover = [(k, f - s) for k, s in enumerate(starts) if s <= f < s + 4]
+        want = sum(weights[p] * maps[k, p] for k, p in cover) / sum(weights[p] for _, p in cover)
+        np.testing.assert_allclose(means.mean()[f], want, rtol=1e-5)
+    with pytest.raises(sr.ShapeError, match=r"window weights \(4,\) do not fit windows of 5"):
+        means.add(maps[:, :1].repeat(5, 1), starts[:1].repeat(3))
+
+
+def constant_motion(num_frames: int) -> np.ndarray:
+    """A colour grating drifting 2 pixels a frame with a 10-pixel wavelength: the same
+    motion in every frame, periodic every 5 frames (no component at a stride of 8)."""
+    t = np.arange(num_frames)[:, None, None]
+    y, x = np.mgrid[0:48, 0:48]
+    g = 0.5 + 0.5 * np.sin(2 * np.pi * (x + 0.5 * y - 2.0 * t) / 10.0)
+    return np.round(255 * np.stack([g, 0.3 + 0.4 * g, 1 - g], -1)).astype(np.uint8)
+
+
+def stride_components(relevance: np.ndarray, stride: int, inner: slice) -> np.ndarray:
+    """|DFT| of the per-frame relevance mass at the stride's frequency and its harmonics,
+    relative to the mean, over ``inner`` (frames covered by two windows, whole strides)."""
+    timeline = np.abs(relevance).sum((1, 2))[inner]
+    spectrum = np.abs(np.fft.rfft(timeline))
+    periods = len(timeline) // stride
+    return spectrum[periods::periods][: stride // 2] / spectrum[0]
+
+
+#: The largest stride component (relative to the mean) the taper leaves on the constant
+#: motion video with the gradient; the plain mean leaves 0.055 (measured: taper 0.032).
+SEAM_BOUND = 0.04
+
+
+@pytest.mark.slow
+def test_the_taper_removes_most_of_the_window_seams_of_constant_motion(motion_model):
+    model, variables, info = motion_model
+    video = constant_motion(56)  # 6 windows of 16 every 8 frames
+    seams = {}
+    for blend in ve.WINDOW_BLENDS:
+        r = ve.explain_video(video, model, variables, info, method="gradient",
+                             window_blend=blend)  # fmt: skip
+        assert r.clip_starts.tolist() == [0, 8, 16, 24, 32, 40]
+        seams[blend] = stride_components(r.relevance, 8, slice(8, 48))
+    assert seams["taper"].max() < SEAM_BOUND < seams["mean"].max(), seams
+
+
+# --- videos far from a synthetic model's training data ---
+
+
+def natural_video(num_frames: int = 20) -> np.ndarray:
+    """A camera's picture (skimage's cat, the most colourful of its photos: 1.7% of its
+    pixels dark or grey at 48x48) panned 2 pixels a frame, 300x300."""
+    cat = pytest.importorskip("skimage.data").chelsea()  # (300, 451, 3) uint8
+    return np.stack([cat[:, 100 + 2 * t : 400 + 2 * t] for t in range(num_frames)])
+
+
+@pytest.mark.parametrize("config", synthetic_motion.CONFIGS)
+def test_synthetic_clips_are_below_the_share_of_pixels_unlike_them(config):
+    shares = [ve.unlike_synthetic_share(synthetic_motion.generate_example(config, "test", 1, i)
+                                        ["video"]) for i in range(4)]  # fmt: skip
+    assert max(shares) < ve.FAR_PIXEL_SHARE / 3
+
+
+def test_a_synthetic_model_warns_of_a_camera_video_not_of_synthetic_ones(motion_model):
+    info = motion_model[2]
+    video = natural_video()
+    small, _ = ve.sample_frames(video, info)  # as the model sees it: 48x48
+    [both] = ve.domain_warnings(info, small, video.shape[1:3], "cat.mp4")
+    assert both.startswith("cat.mp4: frames of 300x300, 2% of its pixels dark or grey")
+    assert both.endswith("explain real videos with a converted torchvision or HuggingFace "
+                         "model (docs/models.md)")  # fmt: skip
+    [content] = ve.domain_warnings(info, small, (48, 48), "cat.mp4")  # small but a photo
+    assert "frames of" not in content and "of its pixels dark or grey" in content
+    big_synthetic = np.repeat(np.repeat(data.read_video(data.sample_clip_path()), 6, 1), 6, 2)
+    [size] = ve.domain_warnings(info, big_synthetic, big_synthetic.shape[1:3], "big.mp4")
+    assert "frames of 288x288" in size and "dark or grey" not in size
+    for clip in (
+        data.read_video(data.sample_clip_path()),
+        synthetic_motion.generate_example("distractors", "test", 0, 0)["video"],
+    ):
+        assert ve.domain_warnings(info, clip, clip.shape[1:3], "clip.mp4") == []  # fmt: skip
+    kinetics = dataclasses.replace(info, extra={"dataset": "kinetics400"})
+    assert ve.domain_warnings(kinetics, small, video.shape[1:3], "cat.mp4") == []
+
+
+def test_explain_video_warns_of_a_camera_video_and_records_it(motion_model, sample_result):
+    model, variables, info = motion_model
+    with pytest.warns(ve.SelrelWarning, match=r"<array>: frames of 300x300, .* synthetic"):
+        r = ve.explain_video(natural_video(16), model, variables, info, method="gradient")
+    assert len(r.warnings) == 1 and r.warnings[0].startswith("<array>: frames of 300x300")
+    assert explanation_files.summary(r, "m")["warnings"] == list(r.warnings)
+    assert sample_result.warnings == ()  # the bundled sample: no warning
+    assert "warnings" not in explanation_files.summary(sample_result, "m")
 
 
 def test_input_bounds_are_the_normalised_pixel_range(motion_model):
@@ -151,6 +297,12 @@ def test_sample_clip_is_explained_as_its_class(sample_result):
     assert scores["gini_selective"] > scores["gini_raw"]  # selection makes maps sparser
 
 
+def test_a_notebook_shows_the_result_as_the_interactive_view(sample_result):
+    html = sample_result._repr_html_()
+    assert html.count("<img") == 4 and 'class="frame" min="0" max="31"' in html
+    assert "explained: translate_right (predicted: translate_right" in html
+
+
 def test_window_scores_match_the_library_on_the_same_clip(motion_model, sample_result):
     model, variables, info = motion_model
     clip = sample_result.frames[8:24][None]
@@ -185,6 +337,8 @@ def test_short_video_is_loop_padded_with_a_warning(motion_model):
     with pytest.warns(ve.SelrelWarning, match=r"10 sampled frames, fewer than .* loop-padded"):
         r = ve.explain_video(frames, model, variables, info, method="gradient_x_input")
     assert r.loop_padded and r.relevance.shape == (10, 48, 48)
+    assert r.warnings == ("<array> has 10 sampled frames, fewer than the model's clip of 16: "
+                          "it is loop-padded",)  # fmt: skip
     assert np.isfinite(r.relevance).all()
 
 
@@ -216,6 +370,14 @@ def test_explicit_target_is_explained_in_every_window(motion_model):
         ({"sigma": float("nan")}, sr.OptionError, r"sigma"),
         ({"temporal_padding": "wrap"}, sr.OptionError, r"temporal_padding must be one of"),
         ({"clip_stride": 0}, sr.OptionError, r"clip_stride must be a positive int"),
+        # frames between windows 17 apart used to get 0/0 = NaN maps
+        (
+            {"clip_stride": 17},
+            sr.OptionError,
+            r"clip_stride 17 is longer than the model's "
+            r"clip of 16 frames: the frames between windows would have no relevance",
+        ),
+        ({"window_blend": "hann"}, sr.OptionError, r"window_blend must be one of"),
         ({"batch_size": 0}, sr.OptionError, r"batch_size must be a positive int"),
         ({"epsilon": 0.1, "method": "gradient"}, sr.OptionError, r"unknown option"),
         ({"target": "swim"}, sr.OptionError, r"not a class name"),
@@ -264,6 +426,16 @@ def test_saved_files_and_deterministic_summary(sample_result, tmp_path):
     assert mpimg.imread(os.path.join(a, "filmstrip.png")).ndim == 3
     with np.load(os.path.join(b, "relevance.npz")) as arrays:
         np.testing.assert_array_equal(arrays["selective"], sample_result.selective)
+
+
+def test_a_summary_from_before_window_blend_was_recorded_reads_as_the_mean(sample_result,
+                                                                          tmp_path):  # fmt: skip
+    # Summaries written before the option existed were all made with the plain mean: a
+    # rerun with the default keeps them, one asking for the taper is refused.
+    there = explanation_files.summary(sample_result, "c3d_small_motion")
+    del there["window_blend"]
+    made = explanation_files._Expected._made(str(tmp_path), there)
+    assert made["window_blend"] == "mean" == sample_result.settings.window_blend
 
 
 def test_existing_output_is_refused_and_kept_without_overwrite(sample_result, tmp_path):

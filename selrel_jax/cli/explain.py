@@ -42,6 +42,13 @@ TemporalPadding = Annotated[
     ),
 ]
 Threshold = Annotated[str, typer.Option(help="clip (one threshold per window) or frame.")]
+WindowBlend = Annotated[
+    str,
+    typer.Option(
+        help="How overlapping windows make each frame's maps: mean, or taper (each frame "
+        "weighted by its distance from its window's edges; docs/explain.md measures both)."
+    ),
+]
 Target = Annotated[
     str,
     typer.Option(
@@ -86,6 +93,7 @@ def explain(
     sigma: Sigma = 1.0,
     temporal_padding: TemporalPadding = "edge",
     threshold: Threshold = "clip",
+    window_blend: WindowBlend = "mean",
     target: Target = "predicted",
     clip_stride: ClipStride = None,
     batch_size: BatchSize = 8,
@@ -112,7 +120,8 @@ def explain(
             progress=progress, target=target, decode_timeout=decode_timeout,
             method_options=key_json_pairs("--method-option", method_option or []),
             method=method, sigma=sigma, temporal_padding=temporal_padding,
-            threshold=threshold, clip_stride=clip_stride, batch_size=batch_size,
+            threshold=threshold, window_blend=window_blend, clip_stride=clip_stride,
+            batch_size=batch_size,
         )  # fmt: skip
         for video, record in results:
             if isinstance(record, Exception):

@@ -41,14 +41,19 @@ from selrel_jax.viz._color import (
 from selrel_jax.viz._figures import filmstrip, save_figure, timeline
 from selrel_jax.viz._panels import panels
 from selrel_jax.viz._sanity import randomization_curves
+from selrel_jax.viz._view import VIEW_PANELS, VIEW_SIGMAS, ExplanationView, explanation_view
 
 __all__ = [
     "MAGNITUDE_CMAP",
     "MIN_DISPLAY_SIDE",
     "SIGNED_CMAP",
+    "VIEW_PANELS",
+    "VIEW_SIGMAS",
+    "ExplanationView",
     "HTMLAnimation",
     "color_scale",
     "colorize",
+    "explanation_view",
     "filmstrip",
     "overlay",
     "panels",

@@ -84,6 +84,22 @@ def test_a_bad_video_is_reported_and_the_others_still_run(tmp_path):
     assert os.listdir(tmp_path / "o") == ["sample_clip"]
 
 
+def test_a_camera_video_through_a_synthetic_model_is_warned_of_on_stderr_and_in_the_line(
+    tmp_path,
+):
+    cat = pytest.importorskip("skimage.data").chelsea()
+    video = tmp_path / "cat.mp4"
+    data.write_video(video, np.stack([cat[:, 100 + 2 * t : 400 + 2 * t] for t in range(16)]), fps=8)
+    code, stdout, stderr = _run(video, "--out", tmp_path / "o", "--method", "gradient")
+    assert code == 0, stderr
+    [line] = [json.loads(text) for text in stdout.splitlines()]
+    [warning] = line["warnings"]
+    assert warning.startswith(f"{video}: frames of 300x300, ") and "(docs/models.md)" in warning
+    assert f"selrel: warning: {warning}" in stderr.splitlines()
+    code, stdout, _ = _run(video, "--out", tmp_path / "o", "--method", "gradient")
+    assert json.loads(stdout)["warnings"] == [warning]  # a kept output's line too
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -146,11 +162,14 @@ def test_a_sixteen_bit_frame_folder_is_explained_scaled_and_a_still_is_refused(t
     code, stdout, stderr = _run(tmp_path / "still", tmp_path / "deep", "--method", "gradient",
                                 "--save-arrays", "--out", tmp_path / "o")  # fmt: skip
     assert code == 2
-    assert stderr.strip().splitlines() == [
+    error, warning = stderr.strip().splitlines()
+    assert error == (
         f"selrel: error: {tmp_path / 'still'}: {tmp_path / 'still'} has no motion: its 1 "
         "sampled frame(s) are one image; selective relevance needs at least 2 distinct "
         "frames, so a still has no motion scores"
-    ]
+    )
+    # grey noise is nothing like the synthetic clips the model was trained on
+    assert warning.startswith(f"selrel: warning: {tmp_path / 'deep'}: 100% of its pixels dark")
     assert [json.loads(line)["video"] for line in stdout.splitlines()] == [str(tmp_path / "deep")]
     assert sorted(os.listdir(tmp_path / "o")) == ["deep"]
     frames = np.load(tmp_path / "o" / "deep" / "relevance.npz")["frames"]
@@ -198,7 +217,15 @@ def test_command_defaults_are_the_librarys():
     video = inspect.signature(ve.explain_video).parameters
     assert params["model"].default == library["model"].default
     assert str(params["out"].default) == library["out"].default
-    for name in ("method", "sigma", "temporal_padding", "threshold", "batch_size", "clip_stride"):
+    for name in (
+        "method",
+        "sigma",
+        "temporal_padding",
+        "threshold",
+        "window_blend",
+        "batch_size",
+        "clip_stride",
+    ):
         assert params[name].default == video[name].default, name
 
 

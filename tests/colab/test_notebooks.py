@@ -114,6 +114,10 @@ def test_notebook_is_stored_without_outputs_or_downloads(name):
     defaults: dict = {}
     exec(nb.cells[parameter_cell(nb)].source, defaults)
     assert defaults["REPO"] == "selrel_jax" and defaults["CLONE_URL"] == ""
+    assert defaults["PIP_SOURCE"] == ""
+    # the first cell says how to install: both parameters, a wheel and a git+ URL
+    first = nb.cells[0].source
+    assert all(word in first for word in ("`CLONE_URL`", "`PIP_SOURCE`", ".whl", '"git+https'))
     assert defaults.get("DOWNLOAD_UCF101", False) is False
     sources = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
     assert "%pip" not in sources and "!pip" not in sources  # installs raise when they fail
@@ -146,6 +150,8 @@ def test_quickstart_runs_in_colab_layout(content):
     assert out["grad_shape"] == [1, 16, 48, 48, 3] and 0.0 < out["grad_bias"][0] < 1.0
     animations = [h for c in nb.cells for h in displayed(c, "text/html") if is_animation(h)]
     assert len(animations) == 3  # the clip's maps, the two models, the jax.grad map
+    [view] = [h for h in displayed(cell_with(nb, "results[METHODS[0]]  #"), "text/html")]
+    assert view.count("<img") == 4 and 'class="sigma"' in view  # the interactive view
     assert len(displayed(cell_with(nb, "viz.filmstrip"), "image/png")) == 2
 
 
@@ -207,8 +213,8 @@ def test_install_without_the_repository_stops_the_notebook(content, name):
     error = failure(nb, content)
     assert error.ename == "FileNotFoundError"
     assert re.fullmatch(f"no selrel_jax repository at {content}/missing: clone it there, upload "
-                        "it in the Files pane or set CLONE_URL, then run this cell again",
-                        error.evalue)  # fmt: skip
+                        "it in the Files pane, or set CLONE_URL or PIP_SOURCE, then run this "
+                        "cell again", error.evalue)  # fmt: skip
     assert ran(nb) == [True, True, True] + [False] * (len(ran(nb)) - 3)  # parameters, install
 
 
@@ -223,6 +229,17 @@ def test_failed_pip_install_stops_the_notebook(content, name):
     first, rest = error.evalue.split("\n", 1)
     assert re.fullmatch(rf"\S+ -m pip install -q -e {upload} failed \(exit [1-9]\d*\):", first)
     assert "TOMLDecodeError" in rest  # pip's own reason, not only "failed"
+    assert ran(nb) == [True, True, True] + [False] * (len(ran(nb)) - 3)
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_a_pip_source_is_installed_without_a_repository_folder(content, name):
+    wheel = content / "selrel_jax-0.0-py3-none-any.whl"  # not there: pip fails, naming it
+    nb = prepared(name, {"REPO": "missing", "PIP_SOURCE": str(wheel)}, prelude=FAKE_COLAB)
+    error = failure(nb, content)
+    assert error.ename == "RuntimeError"  # pip ran; no "no selrel_jax repository" error
+    first = error.evalue.split("\n", 1)[0]
+    assert re.fullmatch(rf"\S+ -m pip install -q {wheel} failed \(exit [1-9]\d*\):", first)
     assert ran(nb) == [True, True, True] + [False] * (len(ran(nb)) - 3)
 
 

@@ -98,6 +98,7 @@ def test_the_kept_line_equals_the_line_of_the_run_that_wrote_it(copy_of):
         ({"method": "gradient_x_input"}, 'method: "gradient" -> "gradient_x_input"'),
         ({"temporal_padding": "zero"}, 'temporal_padding: "edge" -> "zero"'),
         ({"threshold": "frame"}, 'threshold: "clip" -> "frame"'),
+        ({"window_blend": "taper"}, 'window_blend: "mean" -> "taper"'),
         ({"target": 0}, 'target: "predicted" -> 0'),
         ({"clip_stride": 4}, "clip_starts: [0, 8, 16] -> [0, 4, 8, 12, 16]"),
         ({"save_arrays": True}, "save_arrays: false -> true"),
