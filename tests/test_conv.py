@@ -31,6 +31,17 @@ CASES = [
     ((2, 9, 3), (3, 3, 4), (2,), ((1, 0),)),
     ((2, 9, 3), (3, 3, 4), (1,), ((1, 1),)),
 ]
+# Grouped (feature_group_count) and depthwise convolutions, X3D's channel-separated
+# ones among them: (input shape, kernel shape, strides, padding, groups).
+GROUPED_CASES = [
+    ((2, 6, 9, 10, 4), (3, 3, 3, 1, 4), (1, 1, 1), ((1, 1), (1, 1), (1, 1)), 4),
+    ((2, 6, 9, 10, 4), (3, 3, 3, 1, 4), (1, 2, 2), ((1, 1), (1, 1), (1, 1)), 4),
+    ((1, 5, 8, 7, 6), (3, 3, 3, 2, 9), (2, 2, 2), ((1, 1), (1, 1), (1, 1)), 3),
+    ((2, 6, 9, 10, 3), (1, 3, 3, 1, 6), (1, 2, 2), ((0, 0), (1, 1), (1, 1)), 3),
+    ((1, 5, 8, 7, 4), (3, 1, 1, 2, 4), (1, 1, 1), ((1, 1), (0, 0), (0, 0)), 2),
+    ((2, 9, 10, 4), (3, 3, 2, 6), (2, 2), ((1, 1), (1, 1)), 2),
+    ((2, 9, 4), (3, 1, 4), (2,), ((1, 1),), 4),
+]
 
 
 @pytest.fixture(autouse=True)
@@ -44,18 +55,23 @@ def _relative_error(got: jax.Array, want: jax.Array) -> float:
 
 
 @pytest.mark.parametrize("entry", [_conv.conv_general_dilated, _conv.fast_conv])
-@pytest.mark.parametrize(("x_shape", "w_shape", "strides", "padding"), CASES)
-def test_equals_lax_forward_and_gradients(entry, x_shape, w_shape, strides, padding):
+@pytest.mark.parametrize(
+    ("x_shape", "w_shape", "strides", "padding", "groups"),
+    [(*case, 1) for case in CASES] + GROUPED_CASES,
+)
+def test_equals_lax_forward_and_gradients(entry, x_shape, w_shape, strides, padding, groups):
     rng = np.random.default_rng(len(x_shape) + sum(w_shape))
     x = jnp.asarray(rng.standard_normal(x_shape), jnp.float32)
     w = jnp.asarray(rng.standard_normal(w_shape), jnp.float32)
     layout = LAYOUTS[len(x_shape) - 2]
+    options = {"dimension_numbers": layout, "feature_group_count": groups}
+    assert _conv.conv_config(x_shape, w_shape, strides, padding, **options) is not None
 
     def want_fn(a, b):
-        return lax.conv_general_dilated(a, b, strides, padding, dimension_numbers=layout)
+        return lax.conv_general_dilated(a, b, strides, padding, **options)
 
     def got_fn(a, b):
-        return entry(a, b, strides, padding, dimension_numbers=layout)
+        return entry(a, b, strides, padding, **options)
 
     want, pull_want = jax.vjp(want_fn, x, w)
     got, pull_got = jax.vjp(got_fn, x, w)
@@ -75,11 +91,19 @@ def test_equals_lax_forward_and_gradients(entry, x_shape, w_shape, strides, padd
 
 
 def test_other_convolutions_are_handed_to_lax():
-    """Dilation, groups and other layouts are lax's own convolution (no config)."""
+    """Dilation, batch groups, feature groups that do not fit the channels and other
+    layouts are lax's own convolution (no config)."""
     x, w = jnp.ones((1, 8, 8, 4)), jnp.ones((3, 3, 2, 4))
     assert _conv.conv_config(x.shape, w.shape, (1, 1), "SAME", None, (2, 2)) is None
-    grouped = _conv.conv_config(x.shape, w.shape, (1, 1), "SAME", feature_group_count=2)
-    assert grouped is None
+    nhwc = {"dimension_numbers": LAYOUTS[2]}
+    assert _conv.conv_config(x.shape, w.shape, (1, 1), "SAME", feature_group_count=2,
+                             **nhwc).groups == 2  # fmt: skip
+    for groups in (3, 4):  # 4 input channels in groups of 2: only 2 groups fit
+        assert _conv.conv_config(x.shape, w.shape, (1, 1), "SAME", feature_group_count=groups,
+                                 **nhwc) is None  # fmt: skip
+    batch = _conv.conv_config((2, 8, 8, 4), (3, 3, 4, 4), (1, 1), "SAME", batch_group_count=2,
+                              **nhwc)  # fmt: skip
+    assert batch is None
     nchw = _conv.conv_config((1, 4, 8, 8), (4, 4, 3, 3), (1, 1), "SAME",
                              dimension_numbers=("NCHW", "OIHW", "NCHW"))  # fmt: skip
     assert nchw is None
