@@ -213,3 +213,18 @@ def test_convert_a_pytorchvideo_hub_file_keeps_the_published_head(tmp_path):
         want = net(torch.from_numpy(x).permute(0, 4, 1, 2, 3)).numpy()
     got = np.asarray(model.apply(variables, x))
     np.testing.assert_allclose(got, want, atol=1e-4 * max(1.0, np.abs(want).max()))
+
+
+@pytest.mark.parametrize("arch", ["x3d_xs", "vit_small"])
+def test_the_gradient_explains_the_new_archs(arch):
+    """Gradient methods need nothing of a model's layers (LRP on these archs waits
+    for rules for their products of activations: attention, norms, gates)."""
+    import selrel_jax as sr
+
+    kwargs = {"width": 0.25, "blocks": (1, 1, 1, 1)} if arch == "x3d_xs" else {}
+    model = models.create(arch, 5, clip_size=(2, 16, 16), **kwargs)
+    x = np.random.default_rng(0).standard_normal((1, 2, 16, 16, 3)).astype(np.float32)
+    variables = model.init(jax.random.key(0), x)
+    relevance = np.asarray(sr.explain(model, variables, x, np.array([1]), "gradient"))
+    assert relevance.shape == x.shape and np.isfinite(relevance).all()
+    assert np.abs(relevance).sum() > 0
