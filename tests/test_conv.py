@@ -7,6 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from jax import lax
 
 from selrel_jax import _conv
@@ -88,6 +90,48 @@ def test_equals_lax_forward_and_gradients(entry, x_shape, w_shape, strides, padd
         return lambda b: jnp.sum(jax.vjp(lambda v: fn(v, b), x)[1](cotangent)[0] ** 2)
 
     assert _relative_error(jax.grad(penalty(got_fn))(w), jax.grad(penalty(want_fn))(w)) < 1e-5
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    groups=st.integers(1, 4),
+    per_group_in=st.integers(1, 3),
+    per_group_out=st.integers(1, 3),
+    kernel=st.integers(1, 4),
+    stride=st.integers(1, 3),
+    pad=st.tuples(st.integers(0, 2), st.integers(0, 2)),
+    length=st.integers(4, 9),
+)
+def test_grouped_fast_forms_equal_a_numpy_oracle(
+    groups, per_group_in, per_group_out, kernel, stride, pad, length
+):
+    """Any grouping: output, input gradient and kernel gradient of the fast forms equal
+    per-group NumPy sums (each group a plain convolution of its own channels)."""
+    rng = np.random.default_rng(groups * 100 + kernel * 10 + stride)
+    x = rng.standard_normal((2, length, groups * per_group_in)).astype(np.float32)
+    w = rng.standard_normal((kernel, per_group_in, groups * per_group_out)).astype(np.float32)
+    padded = np.pad(x, ((0, 0), pad, (0, 0)))
+    out_len = (padded.shape[1] - kernel) // stride + 1
+    if out_len < 1:
+        return
+    want = np.zeros((2, out_len, w.shape[-1]), np.float64)
+    for g in range(groups):
+        xs = padded[..., g * per_group_in : (g + 1) * per_group_in]
+        ws = w[..., g * per_group_out : (g + 1) * per_group_out]
+        for o in range(out_len):
+            window = xs[:, o * stride : o * stride + kernel]  # (N, K, I/G)
+            want[:, o, g * per_group_out : (g + 1) * per_group_out] = np.einsum(
+                "nki,kio->no", window, ws
+            )
+    cotangent = rng.standard_normal(want.shape).astype(np.float32)
+    options = {"dimension_numbers": LAYOUTS[1], "feature_group_count": groups}
+    got, pull = jax.vjp(lambda a, b: _conv.fast_conv(a, b, (stride,), (pad,), **options), x, w)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    # The VJP is the adjoint: <conv(x), c> = <x, dx>, and linear in w likewise.
+    dx, dw = pull(jnp.asarray(cotangent))
+    total = float(np.sum(want * cotangent))
+    assert np.isclose(float(np.sum(x * np.asarray(dx))), total, rtol=1e-3, atol=1e-3)
+    assert np.isclose(float(np.sum(w * np.asarray(dw))), total, rtol=1e-3, atol=1e-3)
 
 
 def test_other_convolutions_are_handed_to_lax():

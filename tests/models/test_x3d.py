@@ -228,3 +228,15 @@ def test_the_gradient_explains_the_new_archs(arch):
     relevance = np.asarray(sr.explain(model, variables, x, np.array([1]), "gradient"))
     assert relevance.shape == x.shape and np.isfinite(relevance).all()
     assert np.abs(relevance).sum() > 0
+
+
+def test_drop_head_replaces_the_projection_and_a_class_mismatch_names_it():
+    from selrel_jax.errors import CheckpointError
+
+    net = TorchX3D(7, 0.25, (1, 1, 1, 1), 4, 64)
+    state = net.state_dict()
+    with pytest.raises(CheckpointError, match=r"'blocks\.5\.proj' has 7 classes but num_classes=3"):
+        models.from_torch_state_dict("x3d_xs", state, 3, clip_size=(4, 64, 64))
+    _, variables = models.from_torch_state_dict("x3d_xs", state, 3, drop_head=True,
+                                                clip_size=(4, 64, 64))  # fmt: skip
+    assert variables["params"]["head_proj"]["kernel"].shape == (512, 3)
