@@ -215,7 +215,8 @@ def test_convert_a_pytorchvideo_hub_file_keeps_the_published_head(tmp_path):
     np.testing.assert_allclose(got, want, atol=1e-4 * max(1.0, np.abs(want).max()))
 
 
-@pytest.mark.parametrize("arch", ["x3d_xs", "vit_small"])
+# X3D's deep stack compiles for ~20 s on two cores: in the slow step.
+@pytest.mark.parametrize("arch", [pytest.param("x3d_xs", marks=pytest.mark.slow), "vit_small"])
 def test_the_gradient_explains_the_new_archs(arch):
     """Gradient methods need nothing of a model's layers (LRP on these archs waits
     for rules for their products of activations: attention, norms, gates)."""
