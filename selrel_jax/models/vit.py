@@ -138,14 +138,14 @@ class Block(nn.Module):
 
 
 def _token_grid(clip: tuple[int, ...], tubelet: tuple[int, int, int], arch: str) -> tuple:
-    if any(size % step for size, step in zip(clip, tubelet, strict=True)) or any(
-        size < step for size, step in zip(clip, tubelet, strict=True)
-    ):
+    """Tokens along T, H, W: each side must be a positive multiple of the tubelet's."""
+    sides = tuple(zip(clip, tubelet, strict=True))
+    if any(size < step or size % step for size, step in sides):
         raise ShapeError(
             f"{arch} cuts clips into {'x'.join(map(str, tubelet))} tubelets: clip (T, H, W) "
             f"must be positive multiples of them; got {tuple(clip)}"
         )
-    return tuple(size // step for size, step in zip(clip, tubelet, strict=True))
+    return tuple(size // step for size, step in sides)
 
 
 class VideoViT(nn.Module):
