@@ -3,7 +3,8 @@
 XLA:CPU computes a 3D convolution about 1.5-2x slower than the same work as 2D
 convolutions, and the input gradient of a *strided* convolution (lowered to a
 convolution with lhs dilation) 20-200x slower than PyTorch. Here every
-channels-last convolution without dilation or groups is computed as:
+channels-last convolution without dilation (grouped and depthwise ones included,
+``feature_group_count``) is computed as:
 
 * stride 1, 3D, more than one temporal tap: the sum over the kernel's temporal
   taps of 2D convolutions of the shifted frames (the *temporal-tap
@@ -15,7 +16,8 @@ channels-last convolution without dilation or groups is computed as:
 Both are exact rearrangements of the same sums (float32 rounding apart), and
 their gradients are again stride-1 convolutions plus slices and reshapes: the
 input gradient of a stride-1 convolution is computed as the forward
-convolution of the output gradient with the flipped, transposed kernel.
+convolution of the output gradient with the flipped, transposed kernel (for
+``G`` groups, each group's kernel transposed in place: the same ``G`` groups).
 
 Two entry points, with :func:`jax.lax.conv_general_dilated`'s signature:
 
@@ -28,7 +30,7 @@ Two entry points, with :func:`jax.lax.conv_general_dilated`'s signature:
 * :func:`fast_conv`: the fast forms in the primal computation too; what the
   LRP engine runs for every convolution of a model.
 
-Anything else (dilation, feature or batch groups, other layouts) is handed to
+Anything else (dilation, batch groups, other layouts) is handed to
 :func:`jax.lax.conv_general_dilated` unchanged.
 
 Examples:
@@ -71,14 +73,15 @@ _CHANNELS_LAST = {1: ("NHC", "HIO", "NHC"), 2: ("NHWC", "HWIO", "NHWC"),
 
 @dataclasses.dataclass(frozen=True)
 class ConvConfig:
-    """A channels-last convolution without dilation or groups: per spatial axis
-    its stride and explicit ``(low, high)`` padding; the precision and output
-    type handed to every convolution it runs."""
+    """A channels-last convolution without dilation: per spatial axis its stride
+    and explicit ``(low, high)`` padding; its ``feature_group_count`` (``groups``);
+    the precision and output type handed to every convolution it runs."""
 
     strides: tuple[int, ...]
     padding: tuple[tuple[int, int], ...]
     precision: Any = None
     preferred_element_type: Any = None
+    groups: int = 1
 
     @property
     def strided(self) -> bool:
@@ -104,18 +107,23 @@ def conv_config(
     out_sharding: Any = None,
 ) -> ConvConfig | None:
     """The :class:`ConvConfig` of a ``lax.conv_general_dilated`` call, or None
-    when the fast forms do not apply (dilation, groups, a layout other than
-    channels last, more than 3 spatial axes)."""
+    when the fast forms do not apply (dilation, batch groups, a layout other than
+    channels last, more than 3 spatial axes, or feature groups that do not fit the
+    channels: lax's own error then)."""
     nd = len(lhs_shape) - 2
     if nd not in _CHANNELS_LAST or len(rhs_shape) != nd + 2:
         return None
     if not (_ones(lhs_dilation) and _ones(rhs_dilation)):
         return None
-    if feature_group_count != 1 or batch_group_count != 1 or out_sharding is not None:
+    if batch_group_count != 1 or out_sharding is not None:
         return None
     numbers = lax.conv_dimension_numbers(lhs_shape, rhs_shape, dimension_numbers)
     wanted = lax.conv_dimension_numbers(lhs_shape, rhs_shape, _CHANNELS_LAST[nd])
     if numbers != wanted:
+        return None
+    groups = int(feature_group_count)
+    channels_in, kernel_in, kernel_out = lhs_shape[-1], rhs_shape[-2], rhs_shape[-1]
+    if groups < 1 or channels_in != groups * kernel_in or kernel_out % groups:
         return None
     strides = tuple(int(s) for s in window_strides)
     if isinstance(padding, str):
@@ -129,7 +137,7 @@ def conv_config(
         # The precision in force now (jax.default_matmul_precision), kept for the
         # derivative, which may be traced outside that context.
         precision = jax.config.jax_default_matmul_precision
-    return ConvConfig(strides, pads, precision, preferred_element_type)
+    return ConvConfig(strides, pads, precision, preferred_element_type, groups)
 
 
 # --------------------------------------------------------------------------
@@ -140,7 +148,8 @@ def _lax_conv(x: jax.Array, w: jax.Array, strides, padding, config: ConvConfig) 
     nd = x.ndim - 2
     return lax.conv_general_dilated(
         x, w, tuple(strides), tuple(padding), dimension_numbers=_CHANNELS_LAST[nd],
-        precision=config.precision, preferred_element_type=config.preferred_element_type,
+        feature_group_count=config.groups, precision=config.precision,
+        preferred_element_type=config.preferred_element_type,
     )  # fmt: skip
 
 
@@ -193,10 +202,18 @@ def _forward_s1(x: jax.Array, w: jax.Array, padding, config: ConvConfig) -> jax.
     return _lax_conv(x, w, (1,) * (x.ndim - 2), padding, config)
 
 
-def _flipped(w: jax.Array) -> jax.Array:
-    """The kernel of the transposed convolution: spatial axes reversed, in/out swapped."""
+def _flipped(w: jax.Array, groups: int = 1) -> jax.Array:
+    """The kernel of the transposed convolution: spatial axes reversed, in/out swapped
+    within each of the ``groups`` (kernel (..., I/G, G*O') -> (..., O', G*I/G), so the
+    transposed convolution has the same groups, group g's outputs g's inputs)."""
     nd = w.ndim - 2
-    return jnp.swapaxes(lax.rev(w, tuple(range(nd))), -1, -2)
+    w = lax.rev(w, tuple(range(nd)))
+    if groups == 1:
+        return jnp.swapaxes(w, -1, -2)
+    *kernel, per_group_in, out = w.shape
+    w = w.reshape(*kernel, per_group_in, groups, out // groups)
+    w = jnp.moveaxis(w, (-3, -2, -1), (-1, -2, -3))  # (..., O', G, I/G)
+    return w.reshape(*kernel, out // groups, groups * per_group_in)
 
 
 def _input_grad_s1(g: jax.Array, w: jax.Array, padding, x_shape) -> tuple:
@@ -223,7 +240,8 @@ def _s1_bwd(padding, config, residuals, g):
     x, w = residuals
     w = _after(w, g)
     pads = _input_grad_s1(g, w, padding, x.shape)
-    dx = _forward_s1(g, _flipped(w).astype(g.dtype), pads, config).astype(x.dtype)
+    dx = _forward_s1(g, _flipped(w, config.groups).astype(g.dtype), pads, config)
+    dx = dx.astype(x.dtype)
     # The kernel gradient (training) of the same decomposed forward, by autodiff.
     _, pull = jax.vjp(lambda v: _forward_s1(x, v, padding, config), w)
     (dw,) = pull(g)

@@ -7,6 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from jax import lax
 
 from selrel_jax import _conv
@@ -31,6 +33,15 @@ CASES = [
     ((2, 9, 3), (3, 3, 4), (2,), ((1, 0),)),
     ((2, 9, 3), (3, 3, 4), (1,), ((1, 1),)),
 ]
+# Grouped (feature_group_count) and depthwise convolutions, X3D's channel-separated
+# ones among them: (input shape, kernel shape, strides, padding, groups).
+GROUPED_CASES = [
+    ((2, 6, 9, 10, 4), (3, 3, 3, 1, 4), (1, 1, 1), ((1, 1), (1, 1), (1, 1)), 4),
+    ((2, 6, 9, 10, 4), (3, 3, 3, 1, 4), (1, 2, 2), ((1, 1), (1, 1), (1, 1)), 4),
+    ((1, 5, 8, 7, 6), (3, 3, 3, 2, 9), (2, 2, 2), ((1, 1), (1, 1), (1, 1)), 3),
+    ((2, 6, 9, 10, 3), (1, 3, 3, 1, 6), (1, 2, 2), ((0, 0), (1, 1), (1, 1)), 3),
+]
+# (1D groupings of every kind: test_grouped_fast_forms_equal_a_numpy_oracle.)
 
 
 @pytest.fixture(autouse=True)
@@ -44,18 +55,23 @@ def _relative_error(got: jax.Array, want: jax.Array) -> float:
 
 
 @pytest.mark.parametrize("entry", [_conv.conv_general_dilated, _conv.fast_conv])
-@pytest.mark.parametrize(("x_shape", "w_shape", "strides", "padding"), CASES)
-def test_equals_lax_forward_and_gradients(entry, x_shape, w_shape, strides, padding):
+@pytest.mark.parametrize(
+    ("x_shape", "w_shape", "strides", "padding", "groups"),
+    [(*case, 1) for case in CASES] + GROUPED_CASES,
+)
+def test_equals_lax_forward_and_gradients(entry, x_shape, w_shape, strides, padding, groups):
     rng = np.random.default_rng(len(x_shape) + sum(w_shape))
     x = jnp.asarray(rng.standard_normal(x_shape), jnp.float32)
     w = jnp.asarray(rng.standard_normal(w_shape), jnp.float32)
     layout = LAYOUTS[len(x_shape) - 2]
+    options = {"dimension_numbers": layout, "feature_group_count": groups}
+    assert _conv.conv_config(x_shape, w_shape, strides, padding, **options) is not None
 
     def want_fn(a, b):
-        return lax.conv_general_dilated(a, b, strides, padding, dimension_numbers=layout)
+        return lax.conv_general_dilated(a, b, strides, padding, **options)
 
     def got_fn(a, b):
-        return entry(a, b, strides, padding, dimension_numbers=layout)
+        return entry(a, b, strides, padding, **options)
 
     want, pull_want = jax.vjp(want_fn, x, w)
     got, pull_got = jax.vjp(got_fn, x, w)
@@ -74,12 +90,62 @@ def test_equals_lax_forward_and_gradients(entry, x_shape, w_shape, strides, padd
     assert _relative_error(jax.grad(penalty(got_fn))(w), jax.grad(penalty(want_fn))(w)) < 1e-5
 
 
+@settings(max_examples=12, deadline=None)
+@given(
+    groups=st.integers(1, 4),
+    per_group_in=st.integers(1, 3),
+    per_group_out=st.integers(1, 3),
+    kernel=st.integers(1, 4),
+    stride=st.integers(1, 3),
+    pad=st.tuples(st.integers(0, 2), st.integers(0, 2)),
+    length=st.integers(4, 9),
+)
+def test_grouped_fast_forms_equal_a_numpy_oracle(
+    groups, per_group_in, per_group_out, kernel, stride, pad, length
+):
+    """Any grouping: output, input gradient and kernel gradient of the fast forms equal
+    per-group NumPy sums (each group a plain convolution of its own channels)."""
+    rng = np.random.default_rng(groups * 100 + kernel * 10 + stride)
+    x = rng.standard_normal((2, length, groups * per_group_in)).astype(np.float32)
+    w = rng.standard_normal((kernel, per_group_in, groups * per_group_out)).astype(np.float32)
+    padded = np.pad(x, ((0, 0), pad, (0, 0)))
+    out_len = (padded.shape[1] - kernel) // stride + 1
+    if out_len < 1:
+        return
+    want = np.zeros((2, out_len, w.shape[-1]), np.float64)
+    for g in range(groups):
+        xs = padded[..., g * per_group_in : (g + 1) * per_group_in]
+        ws = w[..., g * per_group_out : (g + 1) * per_group_out]
+        for o in range(out_len):
+            window = xs[:, o * stride : o * stride + kernel]  # (N, K, I/G)
+            want[:, o, g * per_group_out : (g + 1) * per_group_out] = np.einsum(
+                "nki,kio->no", window, ws
+            )
+    cotangent = rng.standard_normal(want.shape).astype(np.float32)
+    options = {"dimension_numbers": LAYOUTS[1], "feature_group_count": groups}
+    got, pull = jax.vjp(lambda a, b: _conv.fast_conv(a, b, (stride,), (pad,), **options), x, w)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    # The VJP is the adjoint: <conv(x), c> = <x, dx>, and linear in w likewise.
+    dx, dw = pull(jnp.asarray(cotangent))
+    total = float(np.sum(want * cotangent))
+    assert np.isclose(float(np.sum(x * np.asarray(dx))), total, rtol=1e-3, atol=1e-3)
+    assert np.isclose(float(np.sum(w * np.asarray(dw))), total, rtol=1e-3, atol=1e-3)
+
+
 def test_other_convolutions_are_handed_to_lax():
-    """Dilation, groups and other layouts are lax's own convolution (no config)."""
+    """Dilation, batch groups, feature groups that do not fit the channels and other
+    layouts are lax's own convolution (no config)."""
     x, w = jnp.ones((1, 8, 8, 4)), jnp.ones((3, 3, 2, 4))
     assert _conv.conv_config(x.shape, w.shape, (1, 1), "SAME", None, (2, 2)) is None
-    grouped = _conv.conv_config(x.shape, w.shape, (1, 1), "SAME", feature_group_count=2)
-    assert grouped is None
+    nhwc = {"dimension_numbers": LAYOUTS[2]}
+    assert _conv.conv_config(x.shape, w.shape, (1, 1), "SAME", feature_group_count=2,
+                             **nhwc).groups == 2  # fmt: skip
+    for groups in (3, 4):  # 4 input channels in groups of 2: only 2 groups fit
+        assert _conv.conv_config(x.shape, w.shape, (1, 1), "SAME", feature_group_count=groups,
+                                 **nhwc) is None  # fmt: skip
+    batch = _conv.conv_config((2, 8, 8, 4), (3, 3, 4, 4), (1, 1), "SAME", batch_group_count=2,
+                              **nhwc)  # fmt: skip
+    assert batch is None
     nchw = _conv.conv_config((1, 4, 8, 8), (4, 4, 3, 3), (1, 1), "SAME",
                              dimension_numbers=("NCHW", "OIHW", "NCHW"))  # fmt: skip
     assert nchw is None

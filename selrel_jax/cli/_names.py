@@ -16,7 +16,8 @@ METHODS = (
 )  # fmt: skip
 
 #: selrel_jax.models.registry.ARCHS
-ARCHS = ("c3d", "c3d_small", "r3d_18", "mc3_18", "r2plus1d_18")
+ARCHS = ("c3d", "c3d_small", "r3d_18", "mc3_18", "r2plus1d_18", "videomae_vit_s",
+         "videomae_vit_b", "vit_small", "x3d_xs", "x3d_s")  # fmt: skip
 
 #: selrel_jax.data.VIDEO_EXTENSIONS
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg")

@@ -15,7 +15,10 @@ from selrel_jax.cli._names import ARCHS
 def convert(
     ctx: typer.Context,
     weights: Annotated[
-        Path, typer.Argument(help="PyTorch state_dict file (.pth).", metavar="WEIGHTS")
+        Path,
+        typer.Argument(
+            help="PyTorch state_dict file (.pth, .bin, .pyth) or .safetensors.", metavar="WEIGHTS"
+        ),
     ],
     arch: Annotated[str, typer.Option(help=f"Architecture: {', '.join(ARCHS)}.")],
     out: Annotated[Path, typer.Option(help="Checkpoint directory to write.")],
@@ -31,15 +34,19 @@ def convert(
         typer.Option("--overwrite", help="Replace a checkpoint already in OUT."),
     ] = False,
 ) -> None:
-    """Convert torchvision video ResNet or C3D-port weights to an orbax checkpoint + info.json.
+    """Convert PyTorch video-model weights to an orbax checkpoint + info.json.
 
-    Keys are torchvision's (r3d_18, mc3_18, r2plus1d_18) or the C3D port's
-    (conv1 ... conv5b, fc6 ... fc8). The metadata records the published
-    preprocessing (torchvision: RGB in [0, 1], Kinetics mean/std, 16 frames at
-    112x112 crops of frames resized to 128; C3D: BGR in [0, 255], Sports-1M mean,
-    std 1, the same clip). Prints OUT. A file that is no PyTorch state_dict, keys
-    that do not fit ARCH, an OUT below a file or holding other files, or a
-    checkpoint in OUT without --overwrite is a one-line error; nothing is written.
+    Keys are torchvision's (r3d_18, mc3_18, r2plus1d_18), the C3D port's
+    (conv1 ... conv5b, fc6 ... fc8), transformers' VideoMAEForVideoClassification's
+    (videomae_vit_s, videomae_vit_b, vit_small) or pytorchvideo's create_x3d's
+    (x3d_xs, x3d_s). The metadata records the published preprocessing
+    (torchvision: RGB in [0, 1], Kinetics mean/std, 16 frames at 112x112 crops of
+    frames resized to 128; C3D: BGR in [0, 255], Sports-1M mean, std 1, the same
+    clip; VideoMAE: ImageNet mean/std, 16 frames every 4th at 224x224; X3D: mean
+    0.45, std 0.225, 182x182 crops) and the model options the weights fix. Prints
+    OUT. A file that is no PyTorch state_dict, keys that do not fit ARCH, an OUT
+    below a file or holding other files, or a checkpoint in OUT without
+    --overwrite is a one-line error; nothing is written.
     """
     from selrel_jax.models.torch_import import convert_torch_file
 

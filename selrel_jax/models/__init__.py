@@ -1,4 +1,4 @@
-"""Model zoo: C3D, compact C3D and torchvision's video ResNets in Flax.
+"""Model zoo: C3D, compact C3D, torchvision's video ResNets, VideoMAE's ViTs and X3D in Flax.
 
 Every model takes NTHWC clips (already normalised as its :class:`ModelInfo`
 says) and returns logits; ``train=False`` is deterministic.
@@ -39,14 +39,18 @@ from selrel_jax.models.info import ModelInfo, numeric_class_names
 from selrel_jax.models.registry import ARCHS, create
 from selrel_jax.models.resnet3d import VideoResNet
 from selrel_jax.models.torch_import import from_torch_state_dict
+from selrel_jax.models.vit import VideoViT
+from selrel_jax.models.x3d import X3D
 
 __all__ = [
     "ARCHS",
     "C3D",
+    "X3D",
     "C3DSmall",
     "CheckpointError",
     "ModelInfo",
     "VideoResNet",
+    "VideoViT",
     "create",
     "from_torch_state_dict",
     "kinetics400_class_names",

@@ -36,10 +36,15 @@ from selrel_jax.errors import SelrelError
 
 __all__ = [
     "C3D_MEAN_BGR",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
     "KINETICS_MEAN",
     "KINETICS_STD",
+    "X3D_MEAN",
+    "X3D_STD",
     "ModelInfo",
     "numeric_class_names",
+    "published_clip_size",
 ]
 
 #: Per-channel (RGB) mean of torchvision's Kinetics-400 video models, which were
@@ -59,6 +64,28 @@ MAX_CLIP_LENGTH = 1024
 MAX_WIDTH = 64.0
 MAX_CLASSES = 1_000_000
 _PUBLISHED_RESIZE = {"c3d": 128, "r3d_18": 128, "mc3_18": 128, "r2plus1d_18": 128}
+#: ImageNet's per-channel (RGB) mean in [0, 1]: what transformers'
+#: VideoMAEImageProcessor normalises with.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+#: ImageNet's per-channel (RGB) std in [0, 1] (VideoMAEImageProcessor's).
+IMAGENET_STD = (0.229, 0.224, 0.225)
+#: Per-channel mean of pytorchvideo's Kinetics-400 X3D models, in [0, 1].
+X3D_MEAN = (0.45, 0.45, 0.45)
+#: Per-channel std of pytorchvideo's Kinetics-400 X3D models, in [0, 1].
+X3D_STD = (0.225, 0.225, 0.225)
+# Clips of the archs whose published evaluation is not torchvision's 16x112x112 of
+# frames resized to 128: (clip length, frame step, crop side, resize side). VideoMAE
+# (transformers' processor, Kinetics fine-tuning): 16 frames every 4th, 224 crops of
+# frames resized to 224; pytorchvideo's X3D hub: 4 frames every 12th (XS), 13 every
+# 6th (S), 182 crops of frames resized to 182.
+_PUBLISHED_CLIPS = {
+    "videomae_vit_s": (16, 4, 224, 224),
+    "videomae_vit_b": (16, 4, 224, 224),
+    "x3d_xs": (4, 12, 182, 182),
+    "x3d_s": (13, 6, 182, 182),
+}
+# Trained here from scratch: (clip length, crop side), mean 0.5, std 0.25.
+_SMALL_CLIPS = {"c3d_small": None, "vit_small": (16, 48)}
 
 
 def numeric_class_names(num_classes: int) -> tuple[str, ...]:
@@ -249,11 +276,16 @@ class ModelInfo:
         torchvision ResNets: RGB in [0, 1], Kinetics-400 mean/std, 16 frames,
         112x112 crops of frames resized to a shorter side of 128. ``c3d``: BGR in
         [0, 255], Sports-1M mean, std 1, the same clip, resize and crop.
-        ``c3d_small``: RGB in [0, 1], mean 0.5 and std 0.25 (trained here from
-        scratch), ``resize_size`` None. The published resize goes with the
-        published crop: with another ``crop_size`` it is None unless given.
+        ``c3d_small`` and ``vit_small`` (16x48x48): RGB in [0, 1], mean 0.5 and
+        std 0.25 (trained here from scratch), ``resize_size`` None. VideoMAE
+        (``videomae_vit_s``/``_b``): RGB in [0, 1], ImageNet mean/std, 16 frames
+        every 4th, 224x224 crops of frames resized to 224. X3D (``x3d_xs``,
+        ``x3d_s``): RGB in [0, 1], mean 0.45, std 0.225, 4 frames every 12th
+        (XS) or 13 every 6th (S), 182x182 crops of frames resized to 182. The
+        published resize goes with the published crop: with another
+        ``crop_size`` it is None unless given.
         """
-        defaults: dict[str, Any] = {}
+        defaults: dict[str, Any] = _published_clip(arch, overrides)
         published_crop = tuple(overrides.get("crop_size", (112, 112))) == (112, 112)
         if arch in _PUBLISHED_RESIZE and published_crop:
             defaults["resize_size"] = _PUBLISHED_RESIZE[arch]
@@ -264,6 +296,31 @@ class ModelInfo:
                 mean=C3D_MEAN_BGR,
                 std=(1.0, 1.0, 1.0),
             )
-        elif arch == "c3d_small":
+        elif arch in _SMALL_CLIPS:
             defaults |= dict(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+        elif arch.startswith("videomae"):
+            defaults |= dict(mean=IMAGENET_MEAN, std=IMAGENET_STD)
+        elif arch.startswith("x3d"):
+            defaults |= dict(mean=X3D_MEAN, std=X3D_STD)
         return cls(arch=arch, num_classes=num_classes, **{**defaults, **overrides})
+
+
+def published_clip_size(arch: str) -> tuple[int, int, int]:
+    """(T, H, W) of the clips ``arch``'s published weights (or, trained here, its
+    default) take: what :meth:`ModelInfo.for_arch` records without overrides."""
+    return ModelInfo.for_arch(arch, 1).clip_size
+
+
+def _published_clip(arch: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Clip length, frame step, crop and (with that crop) resize of ``arch``'s
+    published evaluation, for the archs with their own."""
+    if arch in _PUBLISHED_CLIPS:
+        length, step, crop, resize = _PUBLISHED_CLIPS[arch]
+        out = {"clip_length": length, "frame_step": step, "crop_size": (crop, crop)}
+        if tuple(overrides.get("crop_size", (crop, crop))) == (crop, crop):
+            out["resize_size"] = resize
+        return out
+    if _SMALL_CLIPS.get(arch):
+        length, side = _SMALL_CLIPS[arch]
+        return {"clip_length": length, "crop_size": (side, side)}
+    return {}

@@ -12,22 +12,36 @@ import jax.numpy as jnp
 from selrel_jax.errors import OptionError, SelrelError
 from selrel_jax.models.c3d import C3D, C3DSmall
 from selrel_jax.models.resnet3d import RESNET_ARCHS, VideoResNet
+from selrel_jax.models.vit import VIT_ARCHS, VideoViT
+from selrel_jax.models.x3d import X3D, X3D_ARCHS
 
 __all__ = ["ARCHS", "HEADS", "create", "model_options"]
 
 #: The architecture names ``create`` takes.
-ARCHS: tuple[str, ...] = ("c3d", "c3d_small", "r3d_18", "mc3_18", "r2plus1d_18")
+ARCHS: tuple[str, ...] = (
+    "c3d", "c3d_small", "r3d_18", "mc3_18", "r2plus1d_18", *VIT_ARCHS, *X3D_ARCHS,
+)  # fmt: skip
 
 _MODULES: dict[str, type[nn.Module]] = {
     "c3d": C3D,
     "c3d_small": C3DSmall,
     **{arch: VideoResNet for arch in RESNET_ARCHS},
+    **{arch: VideoViT for arch in VIT_ARCHS},
+    **{arch: X3D for arch in X3D_ARCHS},
 }
+# The modules that build several archs, told which by their ``arch`` field.
+_FAMILIES = (*RESNET_ARCHS, *VIT_ARCHS, *X3D_ARCHS)
 
 #: The top-level module of each arch that maps features to class logits: what a
 #: fine-tune replaces when the class count changes, and all that trains when the
 #: backbone is frozen.
-HEADS: dict[str, str] = {"c3d": "fc8", "c3d_small": "fc", **{a: "fc" for a in RESNET_ARCHS}}
+HEADS: dict[str, str] = {
+    "c3d": "fc8",
+    "c3d_small": "fc",
+    **{a: "fc" for a in RESNET_ARCHS},
+    **{a: "classifier" for a in VIT_ARCHS},
+    **{a: "head_proj" for a in X3D_ARCHS},
+}
 
 # Module fields that create sets itself (Flax's own, and create's arguments).
 _NOT_OPTIONS = ("parent", "name", "arch", "num_classes", "width", "clip_size")
@@ -43,7 +57,7 @@ def model_options(arch: str) -> tuple[str, ...]:
 
 
 def _build(arch: str, num_classes: int, width: float, size: tuple, kw: dict) -> nn.Module:
-    own = {"arch": arch} if arch in RESNET_ARCHS else {}
+    own = {"arch": arch} if arch in _FAMILIES else {}
     return _MODULES[arch](num_classes=num_classes, width=width, clip_size=size, **own, **kw)
 
 

@@ -49,18 +49,24 @@ from selrel_jax.errors import CheckpointError, OptionError
 from selrel_jax.models.c3d import c3d_pool5_size, scaled
 from selrel_jax.models.checkpoint import checkpoint_target, save
 from selrel_jax.models.classes import kinetics400_class_names, sports1m_class_names
-from selrel_jax.models.info import ModelInfo, numeric_class_names
+from selrel_jax.models.info import ModelInfo, numeric_class_names, published_clip_size
 from selrel_jax.models.registry import ARCHS, HEADS, create
 from selrel_jax.models.resnet3d import BLOCKS_PER_STAGE, RESNET_ARCHS, fc_init
+from selrel_jax.models.vit import VIT_ARCHS, VIT_CONFIGS
+from selrel_jax.models.x3d import STEM_CHANNELS, X3D_ARCHS, X3D_BLOCKS
 
 __all__ = [
     "convert_torch_file",
     "from_torch_state_dict",
+    "legacy_names",
     "read_torch_state_dict",
+    "state_dict_options",
     "strip_prefix",
     "torch_layout",
 ]
 
+# transformers' VideoMAEForVideoClassification keeps its backbone under this name.
+_VIDEOMAE = "videomae"
 _BN_LEAVES = {
     "weight": ("params", "scale"),
     "bias": ("params", "bias"),
@@ -74,6 +80,11 @@ _WIDTH_KEYS = {
     "r3d_18": ("stem.0.weight", 64),
     "mc3_18": ("stem.0.weight", 64),
     "r2plus1d_18": ("stem.3.weight", 64),
+    **{
+        a: (f"{_VIDEOMAE}.embeddings.patch_embeddings.projection.weight", VIT_CONFIGS[a].dim)
+        for a in VIT_ARCHS
+    },
+    **{a: ("blocks.0.conv.conv_t.weight", STEM_CHANNELS) for a in X3D_ARCHS},
 }
 
 
@@ -82,7 +93,7 @@ class Entry:
     """One torch module (key prefix) and the Flax module path it fills."""
 
     torch: str
-    kind: str  # "conv", "conv_bias", "bn", "dense", "fc6"
+    kind: str  # "conv", "conv_bias", "bn", "dense", "dense_weight", "ln", "fc6"
     flax: tuple[str, ...]
 
 
@@ -112,10 +123,113 @@ def _resnet_layout(arch: str) -> Iterator[Entry]:
     yield Entry("fc", "dense", ("fc",))
 
 
-def torch_layout(arch: str) -> tuple[Entry, ...]:
-    """The key table of ``arch``: torchvision's names for the ResNets, the C3D port's for C3D."""
+def _vit_layout(arch: str, use_mean_pooling: bool, qv_bias: bool) -> Iterator[Entry]:
+    """transformers' VideoMAEForVideoClassification names."""
+    embed = f"{_VIDEOMAE}.embeddings.patch_embeddings.projection"
+    yield Entry(embed, "conv_bias", ("patch_embed",))
+    qv = "dense" if qv_bias else "dense_weight"
+    for index in range(VIT_CONFIGS[arch].depth):
+        t, f = f"{_VIDEOMAE}.encoder.layer.{index}", f"layer_{index}"
+        yield Entry(f"{t}.layernorm_before", "ln", (f, "layernorm_before"))
+        yield Entry(f"{t}.attention.attention.query", qv, (f, "query"))
+        yield Entry(f"{t}.attention.attention.key", "dense_weight", (f, "key"))
+        yield Entry(f"{t}.attention.attention.value", qv, (f, "value"))
+        yield Entry(f"{t}.attention.output.dense", "dense", (f, "attention_output"))
+        yield Entry(f"{t}.layernorm_after", "ln", (f, "layernorm_after"))
+        yield Entry(f"{t}.intermediate.dense", "dense", (f, "intermediate"))
+        yield Entry(f"{t}.output.dense", "dense", (f, "output"))
+    if use_mean_pooling:
+        yield Entry("fc_norm", "ln", ("fc_norm",))
+    else:
+        yield Entry(f"{_VIDEOMAE}.layernorm", "ln", ("layernorm",))
+    yield Entry("classifier", "dense", ("classifier",))
+
+
+def _x3d_layout(blocks: tuple[int, ...]) -> Iterator[Entry]:
+    """pytorchvideo's create_x3d names (its stem calls the 1x3x3 conv ``conv_t``)."""
+    yield Entry("blocks.0.conv.conv_t", "conv", ("stem_conv_spatial",))
+    yield Entry("blocks.0.conv.conv_xy", "conv", ("stem_conv_temporal",))
+    yield Entry("blocks.0.norm", "bn", ("stem_bn",))
+    for stage, count in enumerate(blocks, start=1):
+        for b in range(count):
+            t, f = f"blocks.{stage}.res_blocks.{b}", f"stage{stage}_{b}"
+            if b == 0:  # strided: a conv on the shortcut, normalised where channels change
+                yield Entry(f"{t}.branch1_conv", "conv", (f, "shortcut_conv"))
+                if stage > 1:
+                    yield Entry(f"{t}.branch1_norm", "bn", (f, "shortcut_bn"))
+            for part in ("a", "b", "c"):
+                yield Entry(f"{t}.branch2.conv_{part}", "conv", (f, f"conv_{part}"))
+                norm = f"{t}.branch2.norm_{part}" + (".0" if part == "b" else "")
+                yield Entry(norm, "bn", (f, f"bn_{part}"))
+            if b % 2 == 0:
+                se = f"{t}.branch2.norm_b.1.block"
+                yield Entry(f"{se}.0", "conv_bias", (f, "se", "se_reduce"))
+                yield Entry(f"{se}.2", "conv_bias", (f, "se", "se_expand"))
+    yield Entry("blocks.5.pool.pre_conv", "conv", ("head_pre_conv",))
+    yield Entry("blocks.5.pool.pre_norm", "bn", ("head_pre_bn",))
+    yield Entry("blocks.5.pool.post_conv", "conv", ("head_post_conv",))
+    yield Entry("blocks.5.proj", "dense", ("head_proj",))
+
+
+def _x3d_blocks(state: Mapping[str, Any]) -> tuple[int, ...]:
+    """Blocks per stage that ``blocks.<stage>.res_blocks.<i>`` keys show (the
+    published count where a stage shows none: reported as missing keys)."""
+    counts = list(X3D_BLOCKS)
+    for stage in range(1, 5):
+        prefix = f"blocks.{stage}.res_blocks."
+        found = {k[len(prefix) :].split(".", 1)[0] for k in state if k.startswith(prefix)}
+        indices = [int(i) for i in found if i.isdigit()]
+        if indices:
+            counts[stage - 1] = max(indices) + 1
+    return tuple(counts)
+
+
+def torch_head(arch: str) -> str:
+    """The torch module of ``arch``'s head (the key prefix of its weight and bias)."""
+    return "blocks.5.proj" if arch in X3D_ARCHS else HEADS[arch]
+
+
+def state_dict_options(arch: str, state: Mapping[str, Any]) -> dict[str, Any]:
+    """The model options a state_dict of ``arch`` shows (for create): VideoMAE's
+    pooling (an ``fc_norm`` or a final ``layernorm``) and query/value biases, X3D's
+    blocks per stage."""
+    if arch in VIT_ARCHS:
+        qv_bias = any(k.endswith(".attention.attention.query.bias") for k in state)
+        return {"use_mean_pooling": "fc_norm.weight" in state or "fc_norm.bias" in state,
+                "qv_bias": qv_bias}  # fmt: skip
+    if arch in X3D_ARCHS:
+        return {"blocks": _x3d_blocks(state)}
+    return {}
+
+
+def legacy_names(arch: str, state: Mapping[str, Any]) -> dict[str, Any]:
+    """``state`` with older names of ``arch``'s keys renamed as the layout has them:
+    VideoMAE's ``q_bias``/``v_bias`` (checkpoints before transformers 5) become
+    ``query.bias``/``value.bias``, as transformers renames them."""
+    if arch not in VIT_ARCHS:
+        return dict(state)
+    renames = {".attention.attention.q_bias": ".attention.attention.query.bias",
+               ".attention.attention.v_bias": ".attention.attention.value.bias"}  # fmt: skip
+    out = {}
+    for key, value in state.items():
+        for old, new in renames.items():
+            if key.endswith(old):
+                key = key[: -len(old)] + new
+        out[key] = value
+    return out
+
+
+def torch_layout(arch: str, **options: Any) -> tuple[Entry, ...]:
+    """The key table of ``arch``: torchvision's names for the ResNets, the C3D port's for
+    C3D, transformers' VideoMAEForVideoClassification's for the ViTs (``options``: those
+    of :func:`state_dict_options`, which change the ViTs' keys)."""
     if arch in RESNET_ARCHS:
         return tuple(_resnet_layout(arch))
+    if arch in VIT_ARCHS:
+        return tuple(_vit_layout(arch, options.get("use_mean_pooling", True),
+                                 options.get("qv_bias", True)))  # fmt: skip
+    if arch in X3D_ARCHS:
+        return tuple(_x3d_layout(tuple(options.get("blocks", X3D_BLOCKS))))
     if arch == "c3d":
         convs = ("conv1", "conv2", "conv3a", "conv3b", "conv4a", "conv4b", "conv5a", "conv5b")
         dense = (Entry("fc6", "fc6", ("fc6",)), Entry("fc7", "dense", ("fc7",)))
@@ -160,13 +274,13 @@ def _torch_shape(kind: str, leaf: str, flax_shape: tuple[int, ...]) -> tuple[int
     if leaf == "weight" and kind in ("conv", "conv_bias"):
         *kernel, i, o = flax_shape
         return (o, i, *kernel)
-    if leaf == "weight" and kind in ("dense", "fc6"):
+    if leaf == "weight" and kind in ("dense", "dense_weight", "fc6"):
         return flax_shape[::-1]
     return flax_shape
 
 
 def _convert(kind: str, leaf: str, array: np.ndarray, fc6_grid: tuple[int, ...]) -> np.ndarray:
-    if leaf != "weight" or kind == "bn":
+    if leaf != "weight" or kind in ("bn", "ln"):
         return array
     if kind in ("conv", "conv_bias"):
         if array.ndim != 5:
@@ -183,8 +297,10 @@ def _convert(kind: str, leaf: str, array: np.ndarray, fc6_grid: tuple[int, ...])
 def _leaves(kind: str) -> dict[str, tuple[str, str]]:
     if kind == "bn":
         return _BN_LEAVES
-    if kind == "conv":
+    if kind in ("conv", "dense_weight"):
         return {"weight": ("params", "kernel")}
+    if kind == "ln":
+        return {"weight": ("params", "scale"), "bias": ("params", "bias")}
     return {"weight": ("params", "kernel"), "bias": ("params", "bias")}
 
 
@@ -259,12 +375,12 @@ class _Match:
 
 def _match(
     arch: str, state: Mapping[str, np.ndarray], abstract: Any, fc6_grid: tuple[int, ...],
-    skip: str | None, check_shapes: bool,
+    skip: str | None, check_shapes: bool, options: Mapping[str, Any],
 ) -> _Match:  # fmt: skip
     """Every key of ``arch``'s layout looked up in ``state`` and converted to Flax layout;
     ``skip`` (a dropped head) is consumed but not taken."""
     match, used = _Match(), set()
-    for entry in torch_layout(arch):
+    for entry in torch_layout(arch, **options):
         if entry.torch == skip:
             used.update(k for k in state if k.startswith(skip + "."))
             continue
@@ -296,6 +412,15 @@ def _fresh_head(arch: str, abstract: Any, num_classes: int, seed: int) -> dict[s
     return fresh["params"]
 
 
+def _width(arch: str, state: Mapping[str, np.ndarray], width: float | None, problems: list) -> Any:
+    """``width``, else the one the first conv gives (None, with a problem, without it)."""
+    inferred = _infer_width(arch, state) if width is None else width
+    if inferred is None:
+        key = _WIDTH_KEYS[arch][0]
+        problems.append(f"no usable {key!r} to infer its width from (shapes not checked)")
+    return inferred
+
+
 def from_torch_state_dict(
     arch: str,
     state_dict: Mapping[str, Any],
@@ -303,36 +428,38 @@ def from_torch_state_dict(
     *,
     drop_head: bool = False,
     width: float | None = None,
-    clip_size: tuple[int, int, int] = (16, 112, 112),
+    clip_size: tuple[int, int, int] | None = None,
     seed: int = 0,
+    model_kwargs: Mapping[str, Any] | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Convert a PyTorch state_dict to ``(model, variables)`` with identical logits.
 
-    ``arch`` is one of c3d, c3d_small, r3d_18, mc3_18, r2plus1d_18. Values may
-    be torch tensors or numpy arrays; ``num_batches_tracked`` entries and a
-    ``module.`` prefix are ignored. ``num_classes`` defaults to the
-    checkpoint's head; a different value needs ``drop_head=True``, which
-    replaces the head by a fresh one (initialised from ``seed``). ``width`` is
-    inferred from the first conv unless given; ``clip_size`` (T, H, W) is the
-    clip C3D's fc6 was trained on (16x112x112 gives fc6's 8192 inputs).
-    Every missing, unexpected or misshaped key (and a head of another class
-    count) is listed in one CheckpointError; long lists end with a count.
+    ``arch`` is one of :data:`~selrel_jax.models.ARCHS`. Values may be torch tensors
+    or numpy arrays; ``num_batches_tracked`` entries and a ``module.`` prefix are
+    ignored. ``num_classes`` defaults to the checkpoint's head; a different value
+    needs ``drop_head=True``, which replaces the head by a fresh one (initialised
+    from ``seed``). ``width`` is inferred from the first conv unless given;
+    ``clip_size`` (T, H, W) defaults to the published clip of ``arch``
+    (:func:`~selrel_jax.models.info.published_clip_size`): C3D's fc6 inputs and the
+    ViTs' token grid depend on it. Model options the keys show (VideoMAE's pooling
+    and query/value biases, :func:`state_dict_options`) are read from them;
+    ``model_kwargs`` adds or overrides options. Every missing, unexpected or
+    misshaped key (and a head of another class count) is listed in one
+    CheckpointError; long lists end with a count.
     """
     if arch not in ARCHS:
         raise OptionError(f"unknown model arch {arch!r}; expected one of {list(ARCHS)}")
-    state = _numpy_state(state_dict)
+    state = legacy_names(arch, _numpy_state(state_dict))
     head = HEADS[arch]
-    classes, problems = _class_counts(state, head, num_classes, drop_head)
-    inferred = _infer_width(arch, state) if width is None else width
-    if inferred is None:
-        key = _WIDTH_KEYS[arch][0]
-        problems.append(f"no usable {key!r} to infer its width from (shapes not checked)")
-    size = tuple(clip_size)
-    model = create(arch, classes, width=inferred or 1.0, clip_size=size)
+    classes, problems = _class_counts(state, torch_head(arch), num_classes, drop_head)
+    inferred = _width(arch, state, width, problems)
+    size = published_clip_size(arch) if clip_size is None else tuple(clip_size)
+    options = {**state_dict_options(arch, state), **dict(model_kwargs or {})}
+    model = create(arch, classes, width=inferred or 1.0, clip_size=size, **options)
     abstract = _abstract_variables(model, size)
     grid = (scaled(512, model.width), *c3d_pool5_size(size)) if arch == "c3d" else ()
-    skip = head if drop_head else None
-    match = _match(arch, state, abstract, grid, skip, check_shapes=inferred is not None)
+    skip = torch_head(arch) if drop_head else None
+    match = _match(arch, state, abstract, grid, skip, inferred is not None, options)
     problems += match.problems()
     if problems:
         shown = "?" if inferred is None else f"{inferred:g}"
@@ -382,10 +509,31 @@ def _load_error(path: pathlib.Path, error: Exception) -> CheckpointError:
     return CheckpointError(f"cannot read PyTorch weights {path}: {_load_reason(error)}")
 
 
-def read_torch_state_dict(path: str | os.PathLike) -> dict[str, Any]:
-    """``torch.load(path, weights_only=True)`` as a flat state_dict.
+def _read_safetensors(path: pathlib.Path) -> dict[str, Any]:
+    """A .safetensors file (HuggingFace's ``model.safetensors``) as torch tensors."""
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise CheckpointError(
+            f"reading {path} needs safetensors: pip install safetensors"
+        ) from None
+    try:
+        loaded = load_file(path)
+    except Exception as e:  # safetensors raises its own errors for a file it cannot parse
+        raise CheckpointError(
+            f"cannot read safetensors weights {path}: {_load_reason(e)}"
+        ) from None
+    if not loaded:
+        raise CheckpointError(f"{path} holds no tensors")
+    return dict(loaded)
 
-    Unwraps a ``"state_dict"`` or ``"model"`` entry (training scripts' checkpoints).
+
+def read_torch_state_dict(path: str | os.PathLike) -> dict[str, Any]:
+    """``torch.load(path, weights_only=True)`` as a flat state_dict (a ``.safetensors``
+    file, as HuggingFace saves models, is read with safetensors).
+
+    Unwraps a ``"state_dict"``, ``"model"`` or ``"model_state"`` entry (training
+    scripts' checkpoints; pytorchvideo's hub files hold ``"model_state"``).
     A missing torch, a missing or unreadable file, or one that holds no state_dict
     raises CheckpointError.
     """
@@ -400,13 +548,15 @@ def read_torch_state_dict(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"{path} is a directory, not a PyTorch weights file")
     if not path.is_file():
         raise CheckpointError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        return _read_safetensors(path)
     try:
         with warnings.catch_warnings():  # e.g. about the pickle protocol of a file it refuses
             warnings.simplefilter("ignore")
             loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle, zip and torch errors all mean "not a readable .pth"
         raise _load_error(path, e) from None
-    for wrapper in ("state_dict", "model"):
+    for wrapper in ("state_dict", "model", "model_state"):
         if isinstance(loaded, Mapping) and isinstance(loaded.get(wrapper), Mapping):
             loaded = loaded[wrapper]
             break
@@ -422,7 +572,12 @@ _PUBLISHED: dict[str, dict[str, Any]] = {
     "c3d": {"trained_on": "Sports-1M"},
     "c3d_small": {},
     **{a: {"trained_on": "Kinetics-400"} for a in RESNET_ARCHS},
+    **{a: {"layout": "transformers VideoMAEForVideoClassification"} for a in VIT_ARCHS},
+    **{a: {"layout": "pytorchvideo create_x3d"} for a in X3D_ARCHS},
 }
+# Options the published weights need that their keys do not show: pytorchvideo's hub
+# X3Ds were built with input_crop_size 160 (the head's pool) and are evaluated at 182.
+_PUBLISHED_OPTIONS: dict[str, dict[str, Any]] = {a: {"input_crop_size": 160} for a in X3D_ARCHS}
 _PUBLISHED_FPS = {a: 15.0 for a in RESNET_ARCHS}
 
 
@@ -453,6 +608,15 @@ def _class_names(path: pathlib.Path | None, arch: str, num_classes: int) -> tupl
     return tuple(name for _, name in numbered)
 
 
+def _kwargs_record(arch: str, model: nn.Module) -> dict[str, Any]:
+    """``{"model_kwargs": ...}``: the options of ``model`` that the keys or the published
+    settings fixed (what :func:`~selrel_jax.models.checkpoint.load` builds it with)."""
+    names = set(_PUBLISHED_OPTIONS.get(arch, {})) | set(state_dict_options(arch, {}))
+    if not names:
+        return {}
+    return {"model_kwargs": {name: getattr(model, name) for name in sorted(names)}}
+
+
 def convert_torch_file(
     weights: str | os.PathLike,
     arch: str,
@@ -464,7 +628,9 @@ def convert_torch_file(
     """Convert a PyTorch .pth file to a checkpoint directory ``out``; returns it.
 
     The metadata records the published preprocessing (:meth:`ModelInfo.for_arch`:
-    normalisation, the 128 resize and 112x112 crop; torchvision's 15 fps) and the
+    normalisation, clip, resize and crop; torchvision's 15 fps), the model options
+    the weights fixed (``extra["model_kwargs"]``: VideoMAE's pooling and biases,
+    X3D's blocks and the published head's ``input_crop_size`` 160) and the
     class names: ``class_names`` (a text file, one name per line in head order),
     else Kinetics-400 for 400-class ResNets, Sports-1M for the 487-class C3D, else
     ``class_<i>``. An existing checkpoint in ``out`` needs ``overwrite=True``. Nothing is
@@ -479,7 +645,9 @@ def convert_torch_file(
     weights = pathlib.Path(weights)
     state_dict = read_torch_state_dict(weights)
     try:
-        model, variables = from_torch_state_dict(arch, state_dict)
+        model, variables = from_torch_state_dict(
+            arch, state_dict, model_kwargs=_PUBLISHED_OPTIONS.get(arch)
+        )
     except CheckpointError as e:  # which file: the state_dict's problems name keys only
         raise CheckpointError(f"{weights}: {e}") from None
     num_classes = variables["params"][HEADS[arch]]["bias"].shape[0]
@@ -490,6 +658,6 @@ def convert_torch_file(
         class_names=_class_names(names_file, arch, num_classes),
         width=model.width,
         fps=_PUBLISHED_FPS.get(arch),
-        extra={**_PUBLISHED[arch], "converted_from": weights.name},
+        extra={**_PUBLISHED[arch], "converted_from": weights.name, **_kwargs_record(arch, model)},
     )
     return save(out, info, variables)

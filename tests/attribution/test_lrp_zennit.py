@@ -270,3 +270,121 @@ def test_dtd_matches_zennit_on_r3d(r3d):
     print(f"r3d_18 dtd cosine = {_cosine(got, want):.8f}")
     assert _cosine(got, want) >= 0.99999
     _assert_matches(got, want)
+
+
+# ---------------------------------------------------------------- grouped and depthwise convs
+
+
+class TorchGroupedNet(torch.nn.Module):
+    """X3D's kinds of convolution: depthwise with a channel multiplier (3 -> 6, groups 3),
+    depthwise strided with BatchNorm (groups 6), grouped pointwise (groups 2)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = torch.nn.Conv3d(3, 6, 3, padding=1, groups=3)
+        self.c2 = torch.nn.Conv3d(6, 6, 3, stride=(1, 2, 2), padding=1, groups=6, bias=False)
+        self.b2 = torch.nn.BatchNorm3d(6)
+        self.c3 = torch.nn.Conv3d(6, 8, 1, groups=2)
+        self.gap = torch.nn.AdaptiveAvgPool3d(1)
+        self.fc = torch.nn.Linear(8, 5)
+        self.r1, self.r2, self.r3 = (torch.nn.ReLU() for _ in range(3))
+
+    def forward(self, x):
+        x = self.r2(self.b2(self.c2(self.r1(self.c1(x)))))
+        return self.fc(self.gap(self.r3(self.c3(x))).flatten(1))
+
+
+class FlaxGroupedNet(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Conv(6, (3, 3, 3), padding=1, feature_group_count=3, name="c1")(x))
+        x = nn.Conv(6, (3, 3, 3), (1, 2, 2), padding=1, feature_group_count=6, use_bias=False,
+                    name="c2")(x)  # fmt: skip
+        x = nn.relu(nn.BatchNorm(use_running_average=True, epsilon=1e-5, name="b2")(x))
+        x = nn.relu(nn.Conv(8, (1, 1, 1), feature_group_count=2, name="c3")(x))
+        return nn.Dense(5, name="fc")(GlobalAvgPool()(x))
+
+
+def _grouped_pair():
+    torch.manual_seed(7)
+    net = TorchGroupedNet().eval()
+    with torch.no_grad():
+        for m in (net.c1, net.c3, net.fc):
+            m.bias.normal_(0, 0.1)
+        net.b2.running_mean.normal_(0, 0.2)
+        net.b2.running_var.uniform_(0.5, 1.5)
+        net.b2.weight.uniform_(0.5, 1.5)
+        net.b2.bias.normal_(0, 0.1)
+
+    def tensor(t, *axes):
+        return jnp.asarray(t.detach().numpy().transpose(*axes) if axes else t.detach().numpy())
+
+    params = {f"c{i}": {"kernel": tensor(getattr(net, f"c{i}").weight, 2, 3, 4, 1, 0)}
+              for i in (1, 2, 3)}  # fmt: skip
+    params["c1"]["bias"], params["c3"]["bias"] = tensor(net.c1.bias), tensor(net.c3.bias)
+    params["fc"] = {"kernel": tensor(net.fc.weight, 1, 0), "bias": tensor(net.fc.bias)}
+    params["b2"] = {"scale": tensor(net.b2.weight), "bias": tensor(net.b2.bias)}
+    stats = {"b2": {"mean": tensor(net.b2.running_mean), "var": tensor(net.b2.running_var)}}
+    return net, {"params": params, "batch_stats": stats}
+
+
+def _grouped_rules():
+    """(our conv rule, Zennit's, whether it is the first layer's only): each rule the
+    engine has for a convolution, the other convs z+ when only the first gets it."""
+    zrules = importlib.import_module("zennit.rules")
+    from selrel_jax.attribution import rules
+
+    low, high = -3.0, 3.0
+    return {
+        "epsilon": (rules.Epsilon(0.01), zrules.Epsilon(0.01), False),
+        "zplus": (rules.ZPlus(), zrules.ZPlus(), False),
+        "gamma": (rules.Gamma(0.25), zrules.Gamma(0.25), False),
+        "alpha2_beta1": (rules.AlphaBeta(2.0, 1.0), zrules.AlphaBeta(2.0, 1.0), False),
+        "zbox": (rules.ZBox(low, high), zrules.ZBox(low, high), True),
+        "flat": (rules.Flat(), zrules.Flat(), True),
+        "wsquare": (rules.WSquare(), zrules.WSquare(), True),
+    }
+
+
+@pytest.mark.parametrize("fast", [False, True], ids=["lax_conv", "fast_conv"])
+@pytest.mark.parametrize("rule", list(_grouped_rules()))
+def test_grouped_and_depthwise_convs_match_zennit_in_every_rule(rule, fast, monkeypatch):
+    """Each conv rule through grouped convs, as lax's convolution and (every size
+    let through) as selrel_jax._conv's fast forms, which must then run."""
+    from selrel_jax import _conv
+    from selrel_jax.attribution import Composite, rules
+
+    fast_calls = []
+    if fast:
+        monkeypatch.setattr(_conv, "MIN_FAST_ELEMENTS", 0)
+        real_fast = _conv._fast
+        monkeypatch.setattr(_conv, "_fast", lambda *a: fast_calls.append(a) or real_fast(*a))
+
+    ours, theirs, first_only = _grouped_rules()[rule]
+    ztypes = importlib.import_module("zennit.types")
+    zrules = importlib.import_module("zennit.rules")
+    net, variables = _grouped_pair()
+    # Another clip length for the fast forms: a new trace, not the lax case's compiled one.
+    frames = 6 if fast else 4
+    x = torch.randn(2, 3, frames, 8, 8, generator=torch.Generator().manual_seed(8))
+    xj = jnp.asarray(x.numpy().transpose(0, 2, 3, 4, 1))
+    model = FlaxGroupedNet()
+    np.testing.assert_allclose(np.asarray(model.apply(variables, xj)), net(x).detach().numpy(),
+                               atol=1e-5)  # fmt: skip
+    conv_rule, zconv_rule = (rules.ZPlus(), zrules.ZPlus()) if first_only else (ours, theirs)
+    composite = Composite(layer_map=((nn.Conv, conv_rule), (nn.Dense, rules.Epsilon())),
+                          first=ours if first_only else None)  # fmt: skip
+    layer_map = [*zc.layer_map_base(), (ztypes.Convolution, zconv_rule),
+                 (torch.nn.Linear, zrules.Epsilon())]  # fmt: skip
+    first_map = [(ztypes.Convolution, theirs)] if first_only else []
+    zcomposite = zc.SpecialFirstLayerMapComposite(
+        layer_map=layer_map, first_map=first_map, canonizers=[SequentialMergeBatchNorm()]
+    )
+    target = torch.tensor([1, 3])
+    with Gradient(model=net, composite=zcomposite) as attributor:
+        _, rel = attributor(x.clone().requires_grad_(True), torch.eye(5)[target])
+    want = rel.detach().numpy().transpose(0, 2, 3, 4, 1)
+    got = np.asarray(sr.explain(model, variables, xj, jnp.asarray(target.numpy()), composite))
+    _assert_matches(got, want)
+    assert bool(fast_calls) == fast
+    assert all(config.groups > 1 for _, _, config in fast_calls)

@@ -190,3 +190,16 @@ def test_class_count_mismatch_and_key_problems_come_in_one_error(thin_state):
     assert "has 5 classes but num_classes=7" in message
     assert "missing keys: layer1.0.conv1.1.weight" in message
     assert "wrong shapes" not in message  # the head is checked at its own class count
+
+
+def test_a_safetensors_file_is_read_and_a_corrupt_one_is_one_checkpoint_error(tmp_path):
+    from safetensors.torch import save_file
+
+    from selrel_jax.models.torch_import import read_torch_state_dict
+
+    save_file({"fc.weight": torch.ones(2, 3)}, tmp_path / "model.safetensors")
+    state = read_torch_state_dict(tmp_path / "model.safetensors")
+    assert list(state) == ["fc.weight"] and tuple(state["fc.weight"].shape) == (2, 3)
+    (tmp_path / "bad.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match=r"cannot read safetensors weights .*bad"):
+        read_torch_state_dict(tmp_path / "bad.safetensors")
