@@ -258,7 +258,10 @@ def _ids(atoms: Any) -> Iterator[int]:
     return (a for a in atoms if not isinstance(a, jax_core.Literal))
 
 
-def analyse(graph: Graph) -> Analysis:
+def analyse(graph: Graph, cut: frozenset[tuple[int, int]] = frozenset()) -> Analysis:
+    """The analyses of ``graph``; ``cut`` holds ``(node index, input position)``
+    edges relevance does not flow along (a normaliser held constant), so values
+    only read through them are not ``relevant``."""
     active = {graph.clips}
     consumers: dict[int, list[int]] = {}
     sources = {v: frozenset({i}) for i, v in enumerate(graph.params)}
@@ -276,8 +279,9 @@ def analyse(graph: Graph) -> Analysis:
     relevant = {v for v in outputs if v in active and is_float(graph.dtype(v))}
     for node in reversed(graph.nodes):
         if any(o in relevant for o in node.outputs):
-            relevant.update(v for v in _ids(node.inputs)
-                            if v in active and is_float(graph.dtype(v)))  # fmt: skip
+            relevant.update(v for i, v in enumerate(node.inputs)
+                            if (node.index, i) not in cut and isinstance(v, int)
+                            and v in active and is_float(graph.dtype(v)))  # fmt: skip
     return Analysis(active, relevant, consumers, outputs, sources, _nonneg(graph))
 
 

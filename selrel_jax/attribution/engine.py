@@ -78,9 +78,12 @@ def _plan(model: Any, composite: Composite, params: Any, clips: jax.Array, apply
 # Custom VJPs: rule layers and Pass regions.
 
 
-def _rule_layer(rule: Rule, fn: Callable, nonneg: bool, unit_axes: tuple = ((), ())) -> Callable:
+def _rule_layer(
+    rule: Rule, fn: Callable, nonneg: bool, unit_axes: tuple = ((), ()), gates: tuple = ()
+) -> Callable:
     """custom_vjp function: forward = the layer, backward = the rule's relevance.
-    ``unit_axes``: a linear layer's ``(out_axes, kernel_axes)`` (see LayerCall)."""
+    ``unit_axes``: a linear layer's ``(out_axes, kernel_axes)``, ``gates`` a
+    product's gate inputs (see LayerCall)."""
 
     @jax.custom_vjp
     def layer(xs, params, operands, arrays):
@@ -93,7 +96,7 @@ def _rule_layer(rule: Rule, fn: Callable, nonneg: bool, unit_axes: tuple = ((), 
     def bwd(res, relevance):
         xs, params, operands, arrays, y = res
         call = LayerCall(lambda v, p: fn(v, p, operands), xs, params, y, nonneg, arrays,
-                         *unit_axes)  # fmt: skip
+                         *unit_axes, gates)  # fmt: skip
         out = rule.relevance(call, relevance)
         out = tuple(r.astype(x.dtype) for r, x in zip(out, xs, strict=True))
         return out, None, None, None
@@ -167,6 +170,24 @@ def _subgraph_fn(graph: Graph, layer: Layer) -> Callable:
     return fn
 
 
+def _product_fn(graph: Graph, layer: Layer) -> Callable:
+    """A product of activations as ``fn(inputs, params, operands)``: its inputs by
+    position (``x @ x.T`` reads one value twice), then any scaling merged into it."""
+    first = graph.nodes[layer.nodes[0]]
+    relevant = set(layer.inputs)
+
+    def fn(xs, params, operands):
+        taken = iter(xs)
+        args = [next(taken) if isinstance(a, int) and a in relevant else _read(operands, a)
+                for a in first.inputs]  # fmt: skip
+        env = dict(operands)
+        env.update(zip(first.outputs, _bind(first, *args), strict=True))
+        _run_nodes(graph, layer.nodes[1:], env)
+        return env[layer.output]
+
+    return fn
+
+
 def _linear_fn(graph: Graph, layer: Layer) -> Callable:
     """The linear layer as ``fn(inputs, params, operands)`` with its merged params.
     A channels-last convolution runs as :func:`~selrel_jax._conv.fast_conv` (the
@@ -207,9 +228,11 @@ def _run_layer(graph: Graph, layer: Layer, env: dict) -> jax.Array:
         params = {name: _read(env, atom) for name, atom in layer.params.items()}
         known = set(layer.inputs) | {a for a in layer.params.values() if isinstance(a, int)}
         operands = {v: env[v] for v in _operands(graph, layer.nodes, known)}
-        fn, unit_axes = _subgraph_fn(graph, layer), ((), ())
+        make = _product_fn if layer.gates else _subgraph_fn
+        fn, unit_axes = make(graph, layer), ((), ())
     arrays = layer.rule.arrays()
-    y = _rule_layer(layer.rule, fn, layer.nonneg, unit_axes)(xs, params, operands, arrays)
+    rule_fn = _rule_layer(layer.rule, fn, layer.nonneg, unit_axes, layer.gates)
+    y = rule_fn(xs, params, operands, arrays)
     # Shape-only operations between the conv/dense op and its merged bias: the
     # rule runs in the op's own frame, their exact gradient carries relevance to it.
     for index in layer.relabels:

@@ -46,6 +46,7 @@ from selrel_jax.errors import OptionError, ShapeError
 
 __all__ = [
     "AlphaBeta",
+    "AttnSoftmax",
     "Epsilon",
     "Flat",
     "Gamma",
@@ -54,6 +55,7 @@ __all__ = [
     "Norm",
     "Pass",
     "Rule",
+    "Uniform",
     "WSquare",
     "ZBox",
     "ZPlus",
@@ -446,3 +448,42 @@ class Gradient(Rule):
 
     def relevance(self, call: LayerCall, relevance: jax.Array) -> tuple[jax.Array, ...]:
         return _pull(lambda *v: call.fn(v, call.params), tuple(call.inputs), relevance)
+
+
+@dataclasses.dataclass(frozen=True)
+class AttnSoftmax(Rule):
+    """AttnLRP's softmax rule (Achtibat et al. 2024, Prop. 3.1; lxt's ``softmax``):
+    Taylor decomposition at the logits with the bias term,
+    ``R_x = x * (R - s * sum R)`` (the sum over the softmax axis), computed as
+    ``x * VJP(R / (s + epsilon))``; logits of -inf (masked) count as 0."""
+
+    epsilon: float = 1e-12
+
+    def relevance(self, call: LayerCall, relevance: jax.Array) -> tuple[jax.Array, ...]:
+        x = _single(call, self)
+        ratio = safe_divide(relevance, call.output + self.epsilon)
+        (grad,) = _pull(lambda v: call.fn((v,), call.params), (x,), ratio)
+        return (jnp.where(jnp.isneginf(x), 0.0, x) * grad,)
+
+
+@dataclasses.dataclass(frozen=True)
+class Uniform(Rule):
+    """AttnLRP's uniform rule for a product of activations (Prop. 3.2/3.3; lxt's
+    ``mul2`` and ``matmul``): each of the n factors gets 1/n of the relevance,
+    each by the epsilon rule, ``R_i = x_i * VJP_i(R / S(n * y))``.
+    ``gate_constant``: a factor that is a gate (a sigmoid or softmax output,
+    ``call.gates``) is held constant, so the other factors get all the
+    relevance (CP-LRP's rule for attention and gates)."""
+
+    epsilon: float = 1e-8
+    gate_constant: bool = False
+
+    def relevance(self, call: LayerCall, relevance: jax.Array) -> tuple[jax.Array, ...]:
+        xs = tuple(call.inputs)
+        gates = call.gates or (False,) * len(xs)
+        held = gates if self.gate_constant and not all(gates) else (False,) * len(xs)
+        n = len(xs) - sum(held)
+        ratio = _ratio(relevance, n * call.output, self.epsilon)
+        grads = _pull(lambda *v: call.fn(v, call.params), xs, ratio)
+        return tuple(jnp.zeros_like(x) if h else x * g
+                     for x, g, h in zip(xs, grads, held, strict=True))  # fmt: skip
