@@ -129,6 +129,7 @@ class Layer:
     channels: tuple[int | None, ...] = ()
     # custom layers: parameter operands by the name the rule sees
     params: dict[str, Atom] = dataclasses.field(default_factory=dict)
+    # softmaxes: ``channels`` are the axes they normalise over
     # products: per input, whether it is a gate (a sigmoid or softmax output)
     gates: tuple[bool, ...] = ()
 
@@ -210,18 +211,11 @@ class _Planner:
     # ---------------------------------------------------------------- the sweep
 
     def run(self) -> None:
-        for x, nodes in self.structures.softmaxes:
+        for x, nodes, axes in self.structures.softmaxes:
             node = self.graph.nodes[nodes[-1]]
-            self.add_layer(
-                Layer(
-                    Softmax,
-                    list(nodes),
-                    [x],
-                    node.outputs[0],
-                    self.module_path(node),
-                    self.classes(Softmax, None, node),
-                )
-            )
+            self.add_layer(Layer(Softmax, list(nodes), [x], node.outputs[0],
+                                 self.module_path(node), self.classes(Softmax, None, node),
+                                 channels=axes))  # fmt: skip
         for node in self.graph.nodes:
             active = [a for a in node.inputs if isinstance(a, int) and a in self.info.relevant]
             if node.index in self.member or not active:

@@ -59,11 +59,14 @@ _LIMIT = 256  # nodes a statistic may span (a walk that long is not one)
 
 @dataclasses.dataclass
 class Structures:
-    """``softmaxes``: ``(logits, node indices)`` per softmax, the quotient last;
+    """``softmaxes``: ``(logits, node indices, axes)`` per softmax, the quotient
+    last, ``axes`` those it normalises over;
     ``normalisers``: indices of the products by a statistic; ``cut``: their
     ``(node index, input position)`` edges from the statistic."""
 
-    softmaxes: list[tuple[int, list[int]]] = dataclasses.field(default_factory=list)
+    softmaxes: list[tuple[int, list[int], tuple[int, ...]]] = dataclasses.field(
+        default_factory=list
+    )
     normalisers: set[int] = dataclasses.field(default_factory=set)
     cut: frozenset[tuple[int, int]] = frozenset()
 
@@ -110,7 +113,7 @@ def _through(graph: Graph, atom: object, names: frozenset[str], nodes: list[int]
     return atom
 
 
-def _softmax(graph: Graph, info: Analysis, div: Node) -> tuple[int, list[int]] | None:
+def _softmax(graph: Graph, info: Analysis, div: Node) -> tuple[int, list[int], tuple] | None:
     numerator, denominator = div.inputs
     nodes: list[int] = [div.index]
     exp = _producer(graph, _through(graph, numerator, _PLUMBING, nodes))
@@ -118,7 +121,9 @@ def _softmax(graph: Graph, info: Analysis, div: Node) -> tuple[int, list[int]] |
     if exp is None or exp.name != "exp" or total is None or total.name != "reduce_sum":
         return None
     summed = _through(graph, total.inputs[0], _PLUMBING, nodes)
-    if summed not in (numerator, exp.outputs[0]):
+    if summed not in (numerator, exp.outputs[0]) or graph.shape(summed) != graph.shape(
+        div.outputs[0]
+    ):
         return None
     nodes += [exp.index, total.index]
     logits = exp.inputs[0]
@@ -131,7 +136,7 @@ def _softmax(graph: Graph, info: Analysis, div: Node) -> tuple[int, list[int]] |
     nodes = sorted(set(nodes))
     if not _active(info, logits) or not _closed(graph, info, nodes, div):
         return None
-    return logits, nodes
+    return logits, nodes, tuple(total.params["axes"])
 
 
 def _max_shift(graph: Graph, sub: Node) -> tuple[int, list[int]] | None:

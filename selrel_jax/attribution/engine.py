@@ -59,6 +59,7 @@ from selrel_jax.attribution.composites import Composite
 from selrel_jax.attribution.rules import Rule
 from selrel_jax.attribution.types import (
     LayerCall,
+    Softmax,
     UnsupportedLayerError,
     one_hot_seed,
     path_str,
@@ -230,6 +231,8 @@ def _run_layer(graph: Graph, layer: Layer, env: dict) -> jax.Array:
         operands = {v: env[v] for v in _operands(graph, layer.nodes, known)}
         make = _product_fn if layer.gates else _subgraph_fn
         fn, unit_axes = make(graph, layer), ((), ())
+        if layer.kind is Softmax:  # the axes it normalises over
+            unit_axes = (layer.channels, ())
     arrays = layer.rule.arrays()
     rule_fn = _rule_layer(layer.rule, fn, layer.nonneg, unit_axes, layer.gates)
     y = rule_fn(xs, params, operands, arrays)

@@ -454,15 +454,21 @@ class Gradient(Rule):
 class AttnSoftmax(Rule):
     """AttnLRP's softmax rule (Achtibat et al. 2024, Prop. 3.1; lxt's ``softmax``):
     Taylor decomposition at the logits with the bias term,
-    ``R_x = x * (R - s * sum R)`` (the sum over the softmax axis), computed as
-    ``x * VJP(R / (s + epsilon))``; logits of -inf (masked) count as 0."""
+    ``R_x = x * (R - s * sum R)``, the sum over the axes the softmax normalises
+    over (``call.out_axes``); logits of -inf (masked) count as 0. A layer
+    whose axes are not known gets ``x * VJP(R / (s + epsilon))``, the same
+    where no output is 0."""
 
     epsilon: float = 1e-12
 
     def relevance(self, call: LayerCall, relevance: jax.Array) -> tuple[jax.Array, ...]:
         x = _single(call, self)
-        ratio = safe_divide(relevance, call.output + self.epsilon)
-        (grad,) = _pull(lambda v: call.fn((v,), call.params), (x,), ratio)
+        s = call.output
+        if call.out_axes:
+            grad = relevance - s * jnp.sum(relevance, axis=call.out_axes, keepdims=True)
+        else:
+            ratio = safe_divide(relevance, s + self.epsilon)
+            (grad,) = _pull(lambda v: call.fn((v,), call.params), (x,), ratio)
         return (jnp.where(jnp.isneginf(x), 0.0, x) * grad,)
 
 

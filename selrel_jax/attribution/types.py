@@ -79,8 +79,9 @@ class Normalization:
     constant."""
 
 
-#: Normalisations by the activation's own statistics, by kind or by module class.
-NORMALIZATION_TYPES: tuple[type, ...] = (Normalization, nn.LayerNorm, nn.RMSNorm, nn.GroupNorm)
+#: Normalisations by the activation's own statistics. Not by module class: the
+#: centring sum inside a linen ``nn.LayerNorm`` is a ``Sum`` computed by that module.
+NORMALIZATION_TYPES: tuple[type, ...] = (Normalization,)
 #: Every layer kind the engine knows.
 PRIMITIVE_TYPES: tuple[type, ...] = (
     *LINEAR_TYPES, *NORM_TYPES, *GRADIENT_TYPES, Softmax, Product, Normalization
@@ -115,8 +116,9 @@ class LayerCall(NamedTuple):
     (empty when not known, e.g. for a custom layer): ``fn`` then also takes a
     kernel with fewer units along ``kernel_axes`` (and no bias), which lets a
     rule whose modified weights are equal for every unit compute one unit.
-    ``gates`` (products of activations): per input, whether it is a gate (a
-    sigmoid or softmax output), which a rule may hold constant.
+    For a softmax, ``out_axes`` are the axes it normalises over. ``gates``
+    (products of activations): per input, whether it is a gate (a sigmoid or
+    softmax output), which a rule may hold constant.
     """
 
     fn: LayerFn
