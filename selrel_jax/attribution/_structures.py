@@ -121,9 +121,12 @@ def _softmax(graph: Graph, info: Analysis, div: Node) -> tuple[int, list[int], t
     if exp is None or exp.name != "exp" or total is None or total.name != "reduce_sum":
         return None
     summed = _through(graph, total.inputs[0], _PLUMBING, nodes)
-    if summed not in (numerator, exp.outputs[0]) or graph.shape(summed) != graph.shape(
-        div.outputs[0]
-    ):
+    twin = _producer(graph, summed)  # exp(x) written twice: numerator and sum
+    if twin is not None and twin.name == "exp" and twin.inputs == exp.inputs:
+        nodes.append(twin.index)
+    elif summed not in (numerator, exp.outputs[0]):
+        return None
+    if graph.shape(summed) != graph.shape(div.outputs[0]):
         return None
     nodes += [exp.index, total.index]
     logits = exp.inputs[0]
