@@ -290,7 +290,9 @@ def forms(w: dict) -> dict:
 # ---------------------------------------------------------------- torch + lxt
 
 
-def lxt_relevance(w: dict, x: np.ndarray, target: int = TARGET, cp: bool = False) -> tuple:
+def lxt_relevance(
+    w: dict, x: np.ndarray, target: int = TARGET, cp: bool = False, dtype: str = "float64"
+) -> tuple:
     """``(relevance NTHWC, logits)`` of lxt's AttnLRP (``cp``: CP-LRP, the softmax
     held constant) on the torch twin, seeded with the one-hot target; the
     embedding gets the Flat rule (epsilon_plus_flat's first layer)."""
@@ -299,8 +301,9 @@ def lxt_relevance(w: dict, x: np.ndarray, target: int = TARGET, cp: bool = False
     from lxt.explicit import functional as lf
     from lxt.explicit.rules import epsilon_lrp, identity
 
-    t = {k: torch.tensor(v, dtype=torch.float64) for k, v in w.items()}
-    clip = torch.tensor(np.moveaxis(x, -1, 1), dtype=torch.float64, requires_grad=True)
+    kind = getattr(torch, dtype)
+    t = {k: torch.tensor(v, dtype=kind) for k, v in w.items()}
+    clip = torch.tensor(np.moveaxis(x, -1, 1), dtype=kind, requires_grad=True)
 
     def dense(h, name, b):
         return lf.linear_epsilon(h, t[f"{b}{name}_kernel"].T, t[f"{b}{name}_bias"], 1e-6)
@@ -328,7 +331,7 @@ def lxt_relevance(w: dict, x: np.ndarray, target: int = TARGET, cp: bool = False
         h = lf.add2(h, dense(m, "_fc2", b), epsilon=1e-6)
     pooled = norm(lf.mean(h, 1, False, 1e-6), "norm")
     logits = lf.linear_epsilon(pooled, t["head_kernel"].T, t["head_bias"], 1e-6)
-    logits.backward(torch.eye(CLASSES, dtype=torch.float64)[[target]])
+    logits.backward(torch.eye(CLASSES, dtype=kind)[[target]])
     return np.moveaxis(clip.grad.numpy(), 1, -1), logits.detach().numpy()
 
 
