@@ -22,7 +22,15 @@ assigned, in trace order:
   ``jnp.maximum(x, 0)``, a GELU written out, in-model normalisation) form a
   *Pass region* rooted at that activation: relevance passes through unchanged;
 * shape-only operations (reshape, transpose, broadcast, slice, concatenate,
-  pad, gather, ...) keep their exact gradient.
+  stack, pad, gather, ...) keep their exact gradient;
+* a softmax (kind ``Softmax``, from its logits), a product of two activations
+  (``Product``: attention's ``q k^T`` and ``attn v``, a gate; its inputs marked
+  when they are sigmoid or softmax outputs) and an activation times or over
+  its own statistics (``Normalization``, the statistics held constant, the
+  affine map after it merged), found by
+  :mod:`~selrel_jax.attribution._structures`; a parameter array added to an
+  activation that no linear layer can take (a position embedding) is a
+  ``Sum``. Composites give them rules by kind (``lrp.attn``, ``lrp.cp``).
 
 A layer's path is the path of the parameter it consumes (``conv1/kernel`` ->
 ``conv1``); a parameter-free layer of a linen model has the path of the
@@ -72,8 +80,8 @@ _POOLS = {"reduce_sum": GlobalAvgPool, "reduce_window_sum": AvgPool}
 _MAX_POOLS = frozenset({"reduce_max", "reduce_min", "reduce_window_max", "reduce_window_min"})
 _SHAPE_OPS = frozenset({
     "reshape", "transpose", "broadcast_in_dim", "squeeze", "expand_dims", "slice",
-    "dynamic_slice", "dynamic_update_slice", "concatenate", "pad", "rev", "gather", "split",
-    "copy", "copy_p", "sharding_constraint", "reduce_precision", "convert_element_type",
+    "dynamic_slice", "dynamic_update_slice", "concatenate", "stack", "pad", "rev", "gather",
+    "split", "copy", "copy_p", "sharding_constraint", "reduce_precision", "convert_element_type",
 })  # fmt: skip
 
 
@@ -87,8 +95,9 @@ _PRODUCT_REASON = (
 # Primitives the engine refuses whatever their operands, with the reason.
 _REASONS = (
     (frozenset({"scan", "while"}),
-     "it is a loop (lax.scan, lax.fori_loop, lax.while_loop, nn.scan), whose body the "
-     "engine does not look into; write the repeated layers out with a Python for loop"),
+     "it is a loop the engine cannot write out step by step (a lax.while_loop, a "
+     "fori_loop with bounds that depend on values, or a lax.scan / nn.scan of more than "
+     "64 steps); write the repeated layers out with a Python for loop"),
     (frozenset({"cond", "switch"}),
      "it is control flow (lax.cond / lax.switch) whose branch depends on the clips; "
      "compute both branches and pick one with jnp.where, or decide outside the model"),

@@ -6,14 +6,16 @@ How it works
 for a Flax linen model, a Flax NNX module or a plain ``apply_fn(params,
 clips)`` (:mod:`~selrel_jax.attribution._frontends`). It traces the model
 abstractly (``jax.make_jaxpr``, no FLOPs) and flattens the jaxpr, looking
-through ``jit``, ``custom_jvp``/``custom_vjp`` and ``checkpoint`` calls
-(:mod:`~selrel_jax.attribution._graph`). The planner
+through ``jit``, ``custom_jvp``/``custom_vjp`` and ``checkpoint`` calls and
+writing ``scan`` loops out (:mod:`~selrel_jax.attribution._graph`). The planner
 (:mod:`~selrel_jax.attribution._planner`) then assigns every operation on the
 relevance path: conv/dense layers with the per-channel affine maps after them
 merged (BatchNorm; :mod:`~selrel_jax.attribution.canonizers`), sums of
 activations and sum/average pooling (Norm), max pooling (plain gradient),
-elementwise functions of one activation (Pass) and shape operations (exact
-gradient); anything else raises :class:`UnsupportedLayerError` naming the
+elementwise functions of one activation (Pass), shape operations (exact
+gradient), and a transformer's softmaxes, products of activations and
+normalisations (:mod:`~selrel_jax.attribution._structures`; rules by
+composite); anything else raises :class:`UnsupportedLayerError` naming the
 primitive and its source line.
 
 The relevance pass evaluates the graph again, node by node: each rule layer is

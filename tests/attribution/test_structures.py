@@ -16,7 +16,6 @@ import pytest
 from selrel_jax.attribution import Composite, composites, lrp, rules
 from selrel_jax.attribution._graph import analyse, flatten
 from selrel_jax.attribution._structures import find_structures
-from selrel_jax.attribution.types import UnsupportedLayerError
 
 X = jax.random.normal(jax.random.key(0), (2, 6, 8))
 EPS = 1e-9
@@ -163,11 +162,44 @@ def test_remat_blocks_are_looked_through():
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-7)
 
 
-def test_scanned_blocks_are_refused_naming_the_loop():
-    model = _Stack("scan")
-    variables = model.init(jax.random.key(3), X)
-    with pytest.raises(UnsupportedLayerError, match=r"no rule for scan .*it is a loop .* nn.scan"):
-        lrp(model, composites.attn())(variables, X, jnp.array([0, 1]))
+@pytest.mark.slow  # 25 s on two cores: two attention stacks compiled
+def test_nn_scan_blocks_are_written_out_step_by_step():
+    """nn.scan over two blocks (stacked parameters) = the same blocks in a for loop."""
+    scanned, plain = _Stack("scan"), _Stack("plain")
+    variables = scanned.init(jax.random.key(3), X)
+    p = variables["params"]
+    unstacked = {k: v for k, v in p.items() if k != "blocks"}
+    for i in range(2):
+        unstacked[f"block{i}"] = jax.tree.map(lambda leaf, i=i: leaf[i], p["blocks"])
+    want = lrp(plain, composites.attn())({"params": unstacked}, X, jnp.array([0, 1]))
+    got = lrp(scanned, composites.attn())(variables, X, jnp.array([0, 1]))
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-7)
+
+
+def test_a_reversed_scan_is_its_loop_written_out():
+    """Scanned inputs sliced per step, the outputs stacked (a ``jnp.stack`` of
+    activations is a shape operation), the carry threaded, in reverse."""
+
+    def step(h, w):
+        h = jax.nn.relu(h @ w)
+        return h, h.sum(-1)
+
+    def looped(ws, x):
+        outs = []
+        for i in reversed(range(3)):
+            x, out = step(x, ws[i])
+            outs.insert(0, out)
+        return x + jnp.stack(outs, 1) @ jnp.ones((3, 4))
+
+    def scanned_fn(ws, x):
+        h, outs = jax.lax.scan(step, x, ws, reverse=True)
+        return h + outs.T @ jnp.ones((3, 4))
+
+    ws = jax.random.normal(jax.random.key(4), (3, 4, 4))
+    x = jax.random.normal(jax.random.key(5), (2, 4))
+    want = lrp(looped, composites.epsilon())(ws, x, jnp.array([0, 1]))
+    got = lrp(scanned_fn, composites.epsilon())(ws, x, jnp.array([0, 1]))
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-7)
 
 
 @dataclasses.dataclass(frozen=True)
