@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from selrel_jax._checks import real
+from selrel_jax._checks import one_of, real
 from selrel_jax.attribution._inputs import check_option_array, traced
 from selrel_jax.attribution.types import LayerCall, Params
 from selrel_jax.errors import OptionError, ShapeError
@@ -483,6 +483,10 @@ class Uniform(Rule):
 
     epsilon: float = 1e-8
     gate_constant: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        one_of("Uniform gate_constant", self.gate_constant, (True, False))
 
     def relevance(self, call: LayerCall, relevance: jax.Array) -> tuple[jax.Array, ...]:
         xs = tuple(call.inputs)
