@@ -33,6 +33,8 @@ Examples:
 from selrel_jax.attribution import canonizers, composites, gradients, registry, rules, types
 from selrel_jax.attribution.composites import (
     Composite,
+    attn,
+    cp,
     epsilon_alpha2_beta1,
     epsilon_alpha2_beta1_flat,
     epsilon_gamma_box,
@@ -44,6 +46,7 @@ from selrel_jax.attribution.explain import METHODS, explain, make_explainer
 from selrel_jax.attribution.registry import register_composite, register_gradient
 from selrel_jax.attribution.rules import (
     AlphaBeta,
+    AttnSoftmax,
     Epsilon,
     Flat,
     Gamma,
@@ -51,6 +54,7 @@ from selrel_jax.attribution.rules import (
     Norm,
     Pass,
     Rule,
+    Uniform,
     WSquare,
     ZBox,
     ZPlus,
@@ -63,6 +67,7 @@ from selrel_jax.attribution.types import (
 __all__ = [
     "METHODS",
     "AlphaBeta",
+    "AttnSoftmax",
     "Composite",
     "Epsilon",
     "Flat",
@@ -72,12 +77,15 @@ __all__ = [
     "Norm",
     "Pass",
     "Rule",
+    "Uniform",
     "UnsupportedLayerError",
     "WSquare",
     "ZBox",
     "ZPlus",
+    "attn",
     "canonizers",
     "composites",
+    "cp",
     "epsilon_alpha2_beta1",
     "epsilon_alpha2_beta1_flat",
     "epsilon_gamma_box",

@@ -5,7 +5,8 @@ Private: the engine's planner (:mod:`~selrel_jax.attribution.engine`) is its use
 :class:`Node` s: calls of ``jit`` functions, ``custom_jvp`` / ``custom_vjp``
 functions and ``checkpoint`` are inlined (their own forward computation, which
 is what relevance is defined on), so an activation function compiled by
-``jax.nn`` looks like the same activation written inline. Each node keeps the
+``jax.nn`` looks like the same activation written inline; a ``scan`` of up to
+:data:`MAX_UNROLL` steps (``nn.scan`` over blocks) is written out step by step. Each node keeps the
 user's source line and the innermost Flax linen module it ran in (when the
 linen front end marked module calls with :data:`MODULE_SCOPE` name scopes).
 
@@ -50,10 +51,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 from jax.extend import core as jax_core
 from jax.extend import source_info_util
 
 __all__ = [
+    "MAX_UNROLL",
     "MODULE_SCOPE",
     "Analysis",
     "Atom",
@@ -86,6 +89,8 @@ _INLINED = {
 }
 
 Atom = Any  # a value id (int) or a jax Literal (a scalar constant)
+# Longest ``scan`` written out step by step; a longer one stays a loop (refused).
+MAX_UNROLL = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,6 +212,10 @@ def _flatten_into(graph: Graph, jaxpr: Any, args: list, consts: list, context: t
         own_scope = _scope(eqn)
         source = context[0] if context[0] else _summary(eqn.source_info)
         scope = own_scope if own_scope is not None else context[1]
+        if eqn.primitive.name == "scan" and eqn.params["length"] <= MAX_UNROLL:
+            outs = _unroll_scan(graph, eqn, inputs, (source, scope))
+            env.update(zip(eqn.outvars, outs, strict=True))
+            continue
         inner = _inner(eqn)
         if inner is not None:
             outs = _flatten_into(graph, inner[0], inputs, list(inner[1]), (source, scope))
@@ -219,6 +228,39 @@ def _flatten_into(graph: Graph, jaxpr: Any, args: list, consts: list, context: t
         graph.producer.update((o, node.index) for o in outputs)
         env.update(zip(eqn.outvars, outputs, strict=True))
     return [read(v) for v in jaxpr.outvars]
+
+
+def _unroll_scan(graph: Graph, eqn: Any, inputs: list, context: tuple) -> list:
+    """``lax.scan`` (``nn.scan``, a ``fori_loop`` with fixed bounds) written out: its
+    body once per step, each step's slice of the scanned inputs taken and the
+    steps' outputs stacked by equations traced from ``lax`` for the purpose."""
+    params = eqn.params
+    n_consts, n_carry, length = params["num_consts"], params["num_carry"], params["length"]
+    body = params["jaxpr"]
+    consts, carry = inputs[:n_consts], inputs[n_consts : n_consts + n_carry]
+    xs = inputs[n_consts + n_carry :]
+    steps: dict[int, list] = {}
+    for i in reversed(range(length)) if params["reverse"] else range(length):
+        sliced = [_traced(graph, lambda a, i=i: lax.index_in_dim(a, i, keepdims=False), [x],
+                          context)[0] for x in xs]  # fmt: skip
+        outs = _flatten_into(graph, body.jaxpr, [*consts, *carry, *sliced],
+                             list(body.consts), context)  # fmt: skip
+        carry, steps[i] = outs[:n_carry], outs[n_carry:]
+    n_ys = len(eqn.outvars) - n_carry
+    stacked = [_traced(graph, _stack, [steps[i][k] for i in range(length)], context)[0]
+               for k in range(n_ys)]  # fmt: skip
+    return [*carry, *stacked]
+
+
+def _stack(*parts: Any) -> Any:
+    return lax.concatenate([lax.expand_dims(p, (0,)) for p in parts], 0)
+
+
+def _traced(graph: Graph, fn: Any, args: list, context: tuple) -> list:
+    """``fn(*args)``'s equations appended to ``graph`` (a literal argument stays one)."""
+    specs = [jax.ShapeDtypeStruct(graph.shape(a), graph.dtype(a)) for a in args]
+    closed = jax.make_jaxpr(fn)(*specs)
+    return _flatten_into(graph, closed.jaxpr, list(args), list(closed.consts), context)
 
 
 def flatten(closed: Any, n_params: int) -> Graph:
@@ -258,7 +300,10 @@ def _ids(atoms: Any) -> Iterator[int]:
     return (a for a in atoms if not isinstance(a, jax_core.Literal))
 
 
-def analyse(graph: Graph) -> Analysis:
+def analyse(graph: Graph, cut: frozenset[tuple[int, int]] = frozenset()) -> Analysis:
+    """The analyses of ``graph``; ``cut`` holds ``(node index, input position)``
+    edges relevance does not flow along (a normaliser held constant), so values
+    only read through them are not ``relevant``."""
     active = {graph.clips}
     consumers: dict[int, list[int]] = {}
     sources = {v: frozenset({i}) for i, v in enumerate(graph.params)}
@@ -276,8 +321,9 @@ def analyse(graph: Graph) -> Analysis:
     relevant = {v for v in outputs if v in active and is_float(graph.dtype(v))}
     for node in reversed(graph.nodes):
         if any(o in relevant for o in node.outputs):
-            relevant.update(v for v in _ids(node.inputs)
-                            if v in active and is_float(graph.dtype(v)))  # fmt: skip
+            relevant.update(v for i, v in enumerate(node.inputs)
+                            if (node.index, i) not in cut and isinstance(v, int)
+                            and v in active and is_float(graph.dtype(v)))  # fmt: skip
     return Analysis(active, relevant, consumers, outputs, sources, _nonneg(graph))
 
 

@@ -22,7 +22,15 @@ assigned, in trace order:
   ``jnp.maximum(x, 0)``, a GELU written out, in-model normalisation) form a
   *Pass region* rooted at that activation: relevance passes through unchanged;
 * shape-only operations (reshape, transpose, broadcast, slice, concatenate,
-  pad, gather, ...) keep their exact gradient.
+  stack, pad, gather, ...) keep their exact gradient;
+* a softmax (kind ``Softmax``, from its logits), a product of two activations
+  (``Product``: attention's ``q k^T`` and ``attn v``, a gate; its inputs marked
+  when they are sigmoid or softmax outputs) and an activation times or over
+  its own statistics (``Normalization``, the statistics held constant, the
+  affine map after it merged), found by
+  :mod:`~selrel_jax.attribution._structures`; a parameter array added to an
+  activation that no linear layer can take (a position embedding) is a
+  ``Sum``. Composites give them rules by kind (``lrp.attn``, ``lrp.cp``).
 
 A layer's path is the path of the parameter it consumes (``conv1/kernel`` ->
 ``conv1``); a parameter-free layer of a linen model has the path of the
@@ -45,16 +53,24 @@ from selrel_jax.attribution._graph import (
     Atom,
     Graph,
     Node,
+    analyse,
     follow_axes,
     varying_axes,
 )
+from selrel_jax.attribution._structures import Structures, find_structures
 from selrel_jax.attribution.canonizers import AffineStep, affine_step, linear_axes
 from selrel_jax.attribution.composites import Composite
 from selrel_jax.attribution.rules import Gradient, Rule
-from selrel_jax.attribution.types import UnsupportedLayerError, path_str
+from selrel_jax.attribution.types import (
+    Normalization,
+    Product,
+    Softmax,
+    UnsupportedLayerError,
+    path_str,
+)
 from selrel_jax.layers import AvgPool, GlobalAvgPool, MaxPool, Sum
 
-__all__ = ["Layer", "Plan", "Region", "make_plan"]
+__all__ = ["Layer", "Plan", "Region", "Structures", "find_structures", "make_plan"]
 
 Path = tuple[str, ...]
 
@@ -64,23 +80,24 @@ _POOLS = {"reduce_sum": GlobalAvgPool, "reduce_window_sum": AvgPool}
 _MAX_POOLS = frozenset({"reduce_max", "reduce_min", "reduce_window_max", "reduce_window_min"})
 _SHAPE_OPS = frozenset({
     "reshape", "transpose", "broadcast_in_dim", "squeeze", "expand_dims", "slice",
-    "dynamic_slice", "dynamic_update_slice", "concatenate", "pad", "rev", "gather", "split",
-    "copy", "copy_p", "sharding_constraint", "reduce_precision", "convert_element_type",
+    "dynamic_slice", "dynamic_update_slice", "concatenate", "stack", "pad", "rev", "gather",
+    "split", "copy", "copy_p", "sharding_constraint", "reduce_precision", "convert_element_type",
 })  # fmt: skip
 
 
 _PRODUCTS = frozenset({"mul", "div", "dot_general", "conv_general_dilated"})
 _PRODUCT_REASON = (
-    "it is a product of two activations (attention's q.k and attn.v, a gate, or a "
-    "normalisation by the activation's own statistics such as LayerNorm or GroupNorm), "
-    "which none of the engine's rules covers; explain the model with a gradient method "
-    "(method='gradient', 'integrated_gradients', ...) or leave that block out"
+    "it divides by an activation that is neither a softmax's sum nor a statistic of the "
+    "activation divided (a variance or norm of it, as in LayerNorm), which no rule covers; "
+    "explain the model with a gradient method (method='gradient', "
+    "'integrated_gradients', ...) or leave that block out"
 )
 # Primitives the engine refuses whatever their operands, with the reason.
 _REASONS = (
     (frozenset({"scan", "while"}),
-     "it is a loop (lax.scan, lax.fori_loop, lax.while_loop, nn.scan), whose body the "
-     "engine does not look into; write the repeated layers out with a Python for loop"),
+     "it is a loop the engine cannot write out step by step (a lax.while_loop, a "
+     "fori_loop with bounds that depend on values, or a lax.scan / nn.scan of more than "
+     "64 steps); write the repeated layers out with a Python for loop"),
     (frozenset({"cond", "switch"}),
      "it is control flow (lax.cond / lax.switch) whose branch depends on the clips; "
      "compute both branches and pick one with jnp.where, or decide outside the model"),
@@ -121,6 +138,9 @@ class Layer:
     channels: tuple[int | None, ...] = ()
     # custom layers: parameter operands by the name the rule sees
     params: dict[str, Atom] = dataclasses.field(default_factory=dict)
+    # softmaxes: ``channels`` are the axes they normalise over
+    # products: per input, whether it is a gate (a sigmoid or softmax output)
+    gates: tuple[bool, ...] = ()
 
     @property
     def linear(self) -> bool:
@@ -158,8 +178,12 @@ class Plan:
 class _Planner:
     """One pass over the graph in trace order (see the module docstring)."""
 
-    def __init__(self, graph: Graph, info: Analysis, traced: Any, composite: Composite) -> None:
+    def __init__(
+        self, graph: Graph, info: Analysis, traced: Any, composite: Composite,
+        structures: Structures,
+    ) -> None:  # fmt: skip
         self.graph, self.info, self.traced, self.composite = graph, info, traced, composite
+        self.structures = structures
         self.open: dict[int, Layer] = {}  # layer output value -> layer that may still grow
         self.member: dict[int, Layer | Region] = {}  # node index -> its layer or region
         self.regions: dict[int, Region] = {}  # root -> region
@@ -196,14 +220,25 @@ class _Planner:
     # ---------------------------------------------------------------- the sweep
 
     def run(self) -> None:
+        for x, nodes, axes in self.structures.softmaxes:
+            node = self.graph.nodes[nodes[-1]]
+            self.add_layer(Layer(Softmax, list(nodes), [x], node.outputs[0],
+                                 self.module_path(node), self.classes(Softmax, None, node),
+                                 channels=axes))  # fmt: skip
         for node in self.graph.nodes:
             active = [a for a in node.inputs if isinstance(a, int) and a in self.info.relevant]
-            if not active or not any(o in self.info.relevant for o in node.outputs):
+            if node.index in self.member or not active:
+                continue
+            if not any(o in self.info.relevant for o in node.outputs):
                 continue
             self.assign(node, active)
 
     def assign(self, node: Node, active: list[int]) -> None:
         name = node.name
+        if node.index in self.structures.normalisers:
+            return self.start_normalization(node, active)
+        if (name in _LINEAR and len(active) > 1) or self.product(node, active):
+            return self.start_product(node, active)
         if name in _LINEAR:
             return self.start_linear(node, active)
         if len(active) == 1 and self.absorb(node, active[0]):
@@ -239,6 +274,43 @@ class _Planner:
         for index in layer.nodes:
             self.member[index] = layer
 
+    def product(self, node: Node, active: list[int]) -> bool:
+        """An elementwise product of two activations that are not functions of one
+        activation (those are Pass regions: SiLU, GELU)."""
+        if node.name != "mul" or len(active) != 2:
+            return False
+        return len({self.root_of.get(a, a) for a in active}) == 2
+
+    def start_product(self, node: Node, active: list[int]) -> None:
+        """A product of two activations (Product): attention's q k^T, attn v, a gate."""
+        positions = [i for i, a in enumerate(node.inputs) if isinstance(a, int)
+                     and a in self.info.relevant]  # fmt: skip
+        inputs = [node.inputs[i] for i in positions]
+        gates = tuple(self.gate(a) for a in inputs)
+        layer = Layer(Product, [node.index], inputs, node.outputs[0], self.module_path(node),
+                      self.classes(Product, None, node), gates=gates)  # fmt: skip
+        self.add_layer(layer)
+
+    def gate(self, atom: int) -> bool:
+        """Whether ``atom`` is a sigmoid or softmax output (through shape operations)."""
+        while True:
+            index = self.graph.producer.get(atom)
+            if index is None:
+                return False
+            node = self.graph.nodes[index]
+            member = self.member.get(index)
+            if node.name == "logistic" or (isinstance(member, Layer) and member.kind is Softmax):
+                return True
+            if node.name not in _SHAPE_OPS:
+                return False
+            atom = node.inputs[0]
+
+    def start_normalization(self, node: Node, active: list[int]) -> None:
+        """The activation times (or over) its statistics, held constant (Normalization)."""
+        layer = Layer(Normalization, [node.index], active, node.outputs[0],
+                      self.module_path(node), self.classes(Normalization, None, node))  # fmt: skip
+        self.add_layer(layer)
+
     def start_linear(self, node: Node, active: list[int]) -> None:
         position = node.inputs.index(active[0])
         kernel = node.inputs[1 - position] if len(node.inputs) == 2 else None
@@ -247,7 +319,8 @@ class _Planner:
             or kernel is None
             or (isinstance(kernel, int) and kernel in self.info.active)
         ):
-            raise self.unsupported(node, _PRODUCT_REASON)
+            raise self.unsupported(node, "its kernel depends on the clips but carries no "
+                                         "relevance, which no rule covers")  # fmt: skip
         out_axes, kernel_axes = linear_axes(self.graph, node, 1 - position)
         named = self.param_path(kernel)
         kind = _LINEAR[node.name]
@@ -273,6 +346,8 @@ class _Planner:
         layer = self.open.get(active)
         if layer is None or layer.output != active or not self.only_reader(active, node):
             return False
+        if layer.kind is Normalization:
+            return self.absorb_affine(layer, node, active)
         if layer.linear and node.name in RELABEL:
             channels = follow_axes(self.graph, node, layer.channels)
             if channels is None:
@@ -292,6 +367,19 @@ class _Planner:
         if layer.linear:
             frame = (self.graph.shape(active), layer.channels)
             layer.steps.append(dataclasses.replace(step, frame=frame))
+        return self.extend(layer, node)
+
+    def absorb_affine(self, layer: Layer, node: Node, active: int) -> bool:
+        """A normalisation takes the affine map after it (its scale and bias, however
+        they vary) and shape operations: the layer runs them as they are."""
+        if node.name in RELABEL:
+            return self.extend(layer, node)
+        others = [a for a in node.inputs if a is not active]
+        if any(isinstance(a, int) and a in self.info.active for a in others):
+            return False
+        every = frozenset(range(len(self.graph.shape(active))))
+        if affine_step(self.graph, node, active, every, self.memo) is None:
+            return False
         return self.extend(layer, node)
 
     def extend(self, layer: Layer, node: Node) -> bool:
@@ -411,6 +499,10 @@ def _custom_layer(planner: _Planner, region: Region) -> Layer:
     path, _ = planner.param_path(region.params[0])
     first_node = graph.nodes[region.nodes[0]]
     classes = planner.classes(None, path, first_node)
+    kind = None
+    if all(graph.nodes[i].name in _SUMS for i in region.nodes):
+        kind = Sum  # an activation plus a parameter array (a position embedding)
+        classes = (Sum, *classes)
     rule = composite.rule_for(classes, path_str(path), first=False, leaf=True)
     if rule is None or len(region.exits) != 1:
         raise UnsupportedLayerError(_custom_message(planner, region, path))
@@ -419,7 +511,7 @@ def _custom_layer(planner: _Planner, region: Region) -> Layer:
         name = planner.param_path(atom)[1]
         names[name if name not in names else f"{name}_{len(names)}"] = atom
     (output,) = region.exits
-    return Layer(None, list(region.nodes), [region.root], output, path, classes, rule,
+    return Layer(kind, list(region.nodes), [region.root], output, path, classes, rule,
                  params=names)  # fmt: skip
 
 
@@ -473,11 +565,27 @@ def _assign_rules(planner: _Planner) -> None:
         if layer.rule is None:
             node = planner.graph.nodes[layer.nodes[0]]
             name = f"'{path_str(layer.path)}'" if layer.path else planner.where(node)
-            raise UnsupportedLayerError(
-                f"no relevance rule for layer {name} of kind {layer.kind.__name__} (it has "
-                f"parameters); add one to the composite's layer_map or path_map"
-            )
+            raise UnsupportedLayerError(_no_rule_message(layer, name, planner.where(node)))
         layer.nonneg = all(a in planner.info.nonneg for a in layer.inputs)
+
+
+def _no_rule_message(layer: Layer, name: str, where: str) -> str:
+    kind = layer.kind.__name__
+    if layer.kind in (Softmax, Product, Normalization):
+        what = {
+            Softmax: "a softmax",
+            Product: "a product of two activations (attention's q.k or attn.v, or a gate)",
+            Normalization: "a normalisation by the "
+            "activation's own statistics (LayerNorm, RMSNorm, GroupNorm)",
+        }[layer.kind]
+        name = name if name.startswith("'") else "layer"
+        return (f"no relevance rule for {name} ({where}): it is {what} (kind {kind}), which this "
+                f"composite does not cover; use method 'lrp.attn' (AttnLRP) or 'lrp.cp' "
+                f"(CP-LRP), or add a rule for {kind} to the composite's layer_map")  # fmt: skip
+    return (
+        f"no relevance rule for layer {name} of kind {kind} (it has parameters); add one "
+        f"to the composite's layer_map or path_map"
+    )
 
 
 def _matches(classes: tuple[type, ...], types: Any) -> bool:
@@ -486,7 +594,10 @@ def _matches(classes: tuple[type, ...], types: Any) -> bool:
 
 def make_plan(graph: Graph, info: Analysis, traced: Any, composite: Composite) -> Plan:
     """The plan of a relevance pass through ``graph`` under ``composite``."""
-    planner = _Planner(graph, info, traced, composite)
+    structures = find_structures(graph, info)
+    if structures.cut:  # the normalisers' statistics are held constant
+        info = analyse(graph, structures.cut)
+    planner = _Planner(graph, info, traced, composite, structures)
     planner.run()
     for region in planner.regions.values():
         _exits(planner, region)

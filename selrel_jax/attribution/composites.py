@@ -26,7 +26,9 @@ The named composites follow Zennit and are registered as methods of
 -> ``"lrp.epsilon_plus"``); their keyword-only parameters are the method's
 options: :func:`epsilon`, :func:`zplus`, :func:`epsilon_plus`,
 :func:`epsilon_plus_flat`, :func:`epsilon_gamma_box`,
-:func:`epsilon_alpha2_beta1`, :func:`epsilon_alpha2_beta1_flat`, :func:`dtd`.
+:func:`epsilon_alpha2_beta1`, :func:`epsilon_alpha2_beta1_flat`, :func:`dtd`,
+and for transformers (softmax, products of activations, LayerNorm) :func:`attn`
+(AttnLRP) and :func:`cp` (CP-LRP); the other composites refuse those layers.
 
 Examples:
     >>> import flax.linen as nn
@@ -56,12 +58,14 @@ from typing import Any
 from selrel_jax.attribution.registry import register_composite
 from selrel_jax.attribution.rules import (
     AlphaBeta,
+    AttnSoftmax,
     Epsilon,
     Flat,
     Gamma,
     Gradient,
     Norm,
     Rule,
+    Uniform,
     ZBox,
     ZPlus,
 )
@@ -71,7 +75,10 @@ from selrel_jax.attribution.types import (
     GRADIENT_TYPES,
     LINEAR_TYPES,
     NORM_TYPES,
+    NORMALIZATION_TYPES,
     PRIMITIVE_TYPES,
+    Product,
+    Softmax,
 )
 from selrel_jax.errors import OptionError
 
@@ -81,6 +88,9 @@ __all__ = [
     "LINEAR_TYPES",
     "PRIMITIVE_TYPES",
     "Composite",
+    "attn",
+    "attn_layer_map",
+    "cp",
     "dtd",
     "epsilon",
     "epsilon_alpha2_beta1",
@@ -263,3 +273,37 @@ def dtd(*, low, high, stabilizer: float = 1e-6) -> Composite:
         stabilizer=stabilizer,
         first=ZBox(low, high, stabilizer),
     )
+
+
+def attn_layer_map(epsilon: float = 1e-6, *, gate_constant: bool = False) -> LayerMap:
+    """AttnLRP's rules for a transformer's own layers (Achtibat et al. 2024, as lxt
+    2.1 runs them): softmax -> AttnSoftmax, products of activations -> Uniform
+    (``gate_constant``: a sigmoid/softmax factor held constant),
+    normalisations -> Epsilon on the layer with its statistics held constant."""
+    return (
+        (Softmax, AttnSoftmax()),
+        (Product, Uniform(1e-8, gate_constant)),
+        (NORMALIZATION_TYPES, Epsilon(epsilon)),
+    )
+
+
+@register_composite("attn")
+def attn(
+    *, epsilon: float = 1e-6, stabilizer: float = 1e-6, gate_constant: bool = False
+) -> Composite:
+    """AttnLRP on top of epsilon_plus_flat: conv -> ZPlus, dense -> Epsilon, first
+    conv/dense layer -> Flat, plus :func:`attn_layer_map`. ``gate_constant``
+    holds every sigmoid/softmax gate of a product constant; to name products
+    one by one, put ``(path, rules.Uniform(gate_constant=True))`` in a
+    composite's path_map."""
+    base = epsilon_plus_flat(epsilon=epsilon, stabilizer=stabilizer)
+    layer_map = (*attn_layer_map(epsilon, gate_constant=gate_constant), *base.layer_map)
+    return dataclasses.replace(base, layer_map=layer_map)
+
+
+@register_composite("cp")
+def cp(*, epsilon: float = 1e-6, stabilizer: float = 1e-6) -> Composite:
+    """CP-LRP (Ali et al. 2022, lxt's CP mode): as :func:`attn` with every softmax
+    and sigmoid gate held constant, so attention passes relevance along its
+    value path only; normalisations hold their statistics constant as in AttnLRP."""
+    return attn(epsilon=epsilon, stabilizer=stabilizer, gate_constant=True)

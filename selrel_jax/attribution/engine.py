@@ -6,14 +6,16 @@ How it works
 for a Flax linen model, a Flax NNX module or a plain ``apply_fn(params,
 clips)`` (:mod:`~selrel_jax.attribution._frontends`). It traces the model
 abstractly (``jax.make_jaxpr``, no FLOPs) and flattens the jaxpr, looking
-through ``jit``, ``custom_jvp``/``custom_vjp`` and ``checkpoint`` calls
-(:mod:`~selrel_jax.attribution._graph`). The planner
+through ``jit``, ``custom_jvp``/``custom_vjp`` and ``checkpoint`` calls and
+writing ``scan`` loops out (:mod:`~selrel_jax.attribution._graph`). The planner
 (:mod:`~selrel_jax.attribution._planner`) then assigns every operation on the
 relevance path: conv/dense layers with the per-channel affine maps after them
 merged (BatchNorm; :mod:`~selrel_jax.attribution.canonizers`), sums of
 activations and sum/average pooling (Norm), max pooling (plain gradient),
-elementwise functions of one activation (Pass) and shape operations (exact
-gradient); anything else raises :class:`UnsupportedLayerError` naming the
+elementwise functions of one activation (Pass), shape operations (exact
+gradient), and a transformer's softmaxes, products of activations and
+normalisations (:mod:`~selrel_jax.attribution._structures`; rules by
+composite); anything else raises :class:`UnsupportedLayerError` naming the
 primitive and its source line.
 
 The relevance pass evaluates the graph again, node by node: each rule layer is
@@ -59,6 +61,7 @@ from selrel_jax.attribution.composites import Composite
 from selrel_jax.attribution.rules import Rule
 from selrel_jax.attribution.types import (
     LayerCall,
+    Softmax,
     UnsupportedLayerError,
     one_hot_seed,
     path_str,
@@ -78,9 +81,12 @@ def _plan(model: Any, composite: Composite, params: Any, clips: jax.Array, apply
 # Custom VJPs: rule layers and Pass regions.
 
 
-def _rule_layer(rule: Rule, fn: Callable, nonneg: bool, unit_axes: tuple = ((), ())) -> Callable:
+def _rule_layer(
+    rule: Rule, fn: Callable, nonneg: bool, unit_axes: tuple = ((), ()), gates: tuple = ()
+) -> Callable:
     """custom_vjp function: forward = the layer, backward = the rule's relevance.
-    ``unit_axes``: a linear layer's ``(out_axes, kernel_axes)`` (see LayerCall)."""
+    ``unit_axes``: a linear layer's ``(out_axes, kernel_axes)``, ``gates`` a
+    product's gate inputs (see LayerCall)."""
 
     @jax.custom_vjp
     def layer(xs, params, operands, arrays):
@@ -93,7 +99,7 @@ def _rule_layer(rule: Rule, fn: Callable, nonneg: bool, unit_axes: tuple = ((), 
     def bwd(res, relevance):
         xs, params, operands, arrays, y = res
         call = LayerCall(lambda v, p: fn(v, p, operands), xs, params, y, nonneg, arrays,
-                         *unit_axes)  # fmt: skip
+                         *unit_axes, gates)  # fmt: skip
         out = rule.relevance(call, relevance)
         out = tuple(r.astype(x.dtype) for r, x in zip(out, xs, strict=True))
         return out, None, None, None
@@ -167,6 +173,24 @@ def _subgraph_fn(graph: Graph, layer: Layer) -> Callable:
     return fn
 
 
+def _product_fn(graph: Graph, layer: Layer) -> Callable:
+    """A product of activations as ``fn(inputs, params, operands)``: its inputs by
+    position (``x @ x.T`` reads one value twice), then any scaling merged into it."""
+    first = graph.nodes[layer.nodes[0]]
+    relevant = set(layer.inputs)
+
+    def fn(xs, params, operands):
+        taken = iter(xs)
+        args = [next(taken) if isinstance(a, int) and a in relevant else _read(operands, a)
+                for a in first.inputs]  # fmt: skip
+        env = dict(operands)
+        env.update(zip(first.outputs, _bind(first, *args), strict=True))
+        _run_nodes(graph, layer.nodes[1:], env)
+        return env[layer.output]
+
+    return fn
+
+
 def _linear_fn(graph: Graph, layer: Layer) -> Callable:
     """The linear layer as ``fn(inputs, params, operands)`` with its merged params.
     A channels-last convolution runs as :func:`~selrel_jax._conv.fast_conv` (the
@@ -207,9 +231,13 @@ def _run_layer(graph: Graph, layer: Layer, env: dict) -> jax.Array:
         params = {name: _read(env, atom) for name, atom in layer.params.items()}
         known = set(layer.inputs) | {a for a in layer.params.values() if isinstance(a, int)}
         operands = {v: env[v] for v in _operands(graph, layer.nodes, known)}
-        fn, unit_axes = _subgraph_fn(graph, layer), ((), ())
+        make = _product_fn if layer.gates else _subgraph_fn
+        fn, unit_axes = make(graph, layer), ((), ())
+        if layer.kind is Softmax:  # the axes it normalises over
+            unit_axes = (layer.channels, ())
     arrays = layer.rule.arrays()
-    y = _rule_layer(layer.rule, fn, layer.nonneg, unit_axes)(xs, params, operands, arrays)
+    rule_fn = _rule_layer(layer.rule, fn, layer.nonneg, unit_axes, layer.gates)
+    y = rule_fn(xs, params, operands, arrays)
     # Shape-only operations between the conv/dense op and its merged bias: the
     # rule runs in the op's own frame, their exact gradient carries relevance to it.
     for index in layer.relabels:

@@ -39,13 +39,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from selrel_jax._checks import real
+from selrel_jax._checks import one_of, real
 from selrel_jax.attribution._inputs import check_option_array, traced
 from selrel_jax.attribution.types import LayerCall, Params
 from selrel_jax.errors import OptionError, ShapeError
 
 __all__ = [
     "AlphaBeta",
+    "AttnSoftmax",
     "Epsilon",
     "Flat",
     "Gamma",
@@ -54,6 +55,7 @@ __all__ = [
     "Norm",
     "Pass",
     "Rule",
+    "Uniform",
     "WSquare",
     "ZBox",
     "ZPlus",
@@ -446,3 +448,52 @@ class Gradient(Rule):
 
     def relevance(self, call: LayerCall, relevance: jax.Array) -> tuple[jax.Array, ...]:
         return _pull(lambda *v: call.fn(v, call.params), tuple(call.inputs), relevance)
+
+
+@dataclasses.dataclass(frozen=True)
+class AttnSoftmax(Rule):
+    """AttnLRP's softmax rule (Achtibat et al. 2024, Prop. 3.1; lxt's ``softmax``):
+    Taylor decomposition at the logits with the bias term,
+    ``R_x = x * (R - s * sum R)``, the sum over the axes the softmax normalises
+    over (``call.out_axes``); logits of -inf (masked) count as 0. A layer
+    whose axes are not known gets ``x * VJP(R / (s + epsilon))``, the same
+    where no output is 0."""
+
+    epsilon: float = 1e-12
+
+    def relevance(self, call: LayerCall, relevance: jax.Array) -> tuple[jax.Array, ...]:
+        x = _single(call, self)
+        s = call.output
+        if call.out_axes:
+            grad = relevance - s * jnp.sum(relevance, axis=call.out_axes, keepdims=True)
+        else:
+            ratio = safe_divide(relevance, s + self.epsilon)
+            (grad,) = _pull(lambda v: call.fn((v,), call.params), (x,), ratio)
+        return (jnp.where(jnp.isneginf(x), 0.0, x) * grad,)
+
+
+@dataclasses.dataclass(frozen=True)
+class Uniform(Rule):
+    """AttnLRP's uniform rule for a product of activations (Prop. 3.2/3.3; lxt's
+    ``mul2`` and ``matmul``): each of the n factors gets 1/n of the relevance,
+    each by the epsilon rule, ``R_i = x_i * VJP_i(R / S(n * y))``.
+    ``gate_constant``: a factor that is a gate (a sigmoid or softmax output,
+    ``call.gates``) is held constant, so the other factors get all the
+    relevance (CP-LRP's rule for attention and gates)."""
+
+    epsilon: float = 1e-8
+    gate_constant: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        one_of("Uniform gate_constant", self.gate_constant, (True, False))
+
+    def relevance(self, call: LayerCall, relevance: jax.Array) -> tuple[jax.Array, ...]:
+        xs = tuple(call.inputs)
+        gates = call.gates or (False,) * len(xs)
+        held = gates if self.gate_constant and not all(gates) else (False,) * len(xs)
+        n = len(xs) - sum(held)
+        ratio = _ratio(relevance, n * call.output, self.epsilon)
+        grads = _pull(lambda *v: call.fn(v, call.params), xs, ratio)
+        return tuple(jnp.zeros_like(x) if h else x * g
+                     for x, g, h in zip(xs, grads, held, strict=True))  # fmt: skip

@@ -34,11 +34,15 @@ __all__ = [
     "DENSE_TYPES",
     "GRADIENT_TYPES",
     "LINEAR_TYPES",
+    "NORMALIZATION_TYPES",
     "NORM_TYPES",
     "PRIMITIVE_TYPES",
     "LayerCall",
     "LayerFn",
+    "Normalization",
     "Params",
+    "Product",
+    "Softmax",
     "UnsupportedLayerError",
     "one_hot_seed",
     "path_str",
@@ -54,8 +58,34 @@ LINEAR_TYPES: tuple[type, ...] = CONV_TYPES + DENSE_TYPES
 NORM_TYPES: tuple[type, ...] = (Sum, AvgPool, GlobalAvgPool)
 #: Parameter-free layers explained by their plain gradient (winner takes all, identity).
 GRADIENT_TYPES: tuple[type, ...] = (MaxPool, nn.Dropout)
+
+
+class Softmax:
+    """The layer kind of a softmax, ``exp(x - max x) / sum exp(x - max x)`` however
+    written (``jax.nn.softmax``, inside any framework's attention): from its
+    logits to its output."""
+
+
+class Product:
+    """The layer kind of a product of two activations: attention's ``q k^T`` and
+    ``attn v`` (any ``dot_general`` / einsum of two activations) and elementwise
+    gates (``x * sigmoid(...)`` of another activation, a squeeze-excitation)."""
+
+
+class Normalization:
+    """The layer kind of the division of an activation by statistics of itself
+    (LayerNorm, RMSNorm, GroupNorm however written): from the centred
+    activation to the output of the affine map after it, the statistics held
+    constant."""
+
+
+#: Normalisations by the activation's own statistics. Not by module class: the
+#: centring sum inside a linen ``nn.LayerNorm`` is a ``Sum`` computed by that module.
+NORMALIZATION_TYPES: tuple[type, ...] = (Normalization,)
 #: Every layer kind the engine knows.
-PRIMITIVE_TYPES: tuple[type, ...] = (*LINEAR_TYPES, *NORM_TYPES, *GRADIENT_TYPES)
+PRIMITIVE_TYPES: tuple[type, ...] = (
+    *LINEAR_TYPES, *NORM_TYPES, *GRADIENT_TYPES, Softmax, Product, Normalization
+)  # fmt: skip
 
 #: A layer's parameters by name (``{"kernel", "bias"}`` for conv and dense layers).
 Params = Mapping[str, jax.Array]
@@ -86,6 +116,9 @@ class LayerCall(NamedTuple):
     (empty when not known, e.g. for a custom layer): ``fn`` then also takes a
     kernel with fewer units along ``kernel_axes`` (and no bias), which lets a
     rule whose modified weights are equal for every unit compute one unit.
+    For a softmax, ``out_axes`` are the axes it normalises over. ``gates``
+    (products of activations): per input, whether it is a gate (a sigmoid or
+    softmax output), which a rule may hold constant.
     """
 
     fn: LayerFn
@@ -96,6 +129,7 @@ class LayerCall(NamedTuple):
     arrays: Mapping[str, jax.Array]
     out_axes: tuple[int, ...] = ()
     kernel_axes: tuple[int, ...] = ()
+    gates: tuple[bool, ...] = ()
 
 
 def path_str(path: tuple[str, ...]) -> str:

@@ -12,7 +12,8 @@ METHODS = (
     "gradient", "gradient_x_input", "integrated_gradients", "smoothgrad", "grad_cam",
     "occlusion", "lrp.epsilon", "lrp.zplus", "lrp.epsilon_plus", "lrp.epsilon_plus_flat",
     "lrp.epsilon_gamma_box", "lrp.epsilon_alpha2_beta1", "lrp.epsilon_alpha2_beta1_flat",
-    "lrp.dtd", "baseline.random", "baseline.frame_difference", "baseline.input_sobel",
+    "lrp.dtd", "lrp.attn", "lrp.cp", "baseline.random", "baseline.frame_difference",
+    "baseline.input_sobel",
 )  # fmt: skip
 
 #: selrel_jax.models.registry.ARCHS

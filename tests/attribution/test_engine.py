@@ -271,7 +271,11 @@ class LoneBatchNorm(nn.Module):
 @pytest.mark.parametrize(
     ("model", "message"),
     [
-        (WithLayerNorm(), r"no rule for mul at .*test_engine.py:\d+:\d+ .* in module 'norm'"),
+        (
+            WithLayerNorm(),
+            r"no relevance rule for 'norm' \(mul at .*test_engine.py:\d+:\d+ .* "
+            r"in module 'norm'\): it is a normalisation .* 'lrp.attn'",
+        ),
         (WithCustom(), r"no relevance rule for 'inner': mul at .*test_engine.py:\d+"),
         (LoneBatchNorm(), r"'bn': sub .* is not the output of a conv/dense layer"),
     ],
@@ -318,12 +322,12 @@ def _layer_norm(params, x):
 
 
 def _scan(params, x):
-    h, _ = jax.lax.scan(lambda h, _: (jax.nn.relu(h) * 0.5, None), x @ params["w"], length=2)
+    h, _ = jax.lax.scan(lambda h, _: (jax.nn.relu(h) * 0.5, None), x @ params["w"], length=65)
     return h
 
 
-def _fori(params, x):
-    return jax.lax.fori_loop(0, 2, lambda i, h: jax.nn.relu(h), x @ params["w"])
+def _while(params, x):
+    return jax.lax.while_loop(lambda h: jnp.sum(h) < 10, jax.nn.relu, x @ params["w"])
 
 
 def _cond(params, x):
@@ -355,15 +359,27 @@ def _at(name, function):
 _PRODUCT = "it is a product of two activations"
 
 
+def _no_rule(name, function, what):
+    """The refusal of a layer the composite has no rule for (lrp.attn/lrp.cp have)."""
+    return (rf"no relevance rule for layer \({name} at .*test_engine.py:\d+:\d+ \({function}\)"
+            rf"\): {what} .* use method 'lrp.attn' \(AttnLRP\) or 'lrp.cp'")  # fmt: skip
+
+
+def _divide(params, x):
+    return (x @ params["w"]) / jax.nn.sigmoid(x @ params["g"])
+
+
 @pytest.mark.parametrize(
     ("apply_fn", "message"),
     [
-        (_gate, _at("mul", "_gate") + _PRODUCT),
-        (_attention, _at("dot_general", "_attention") + _PRODUCT),
-        (_layer_norm, _at("mul", "_layer_norm") + _PRODUCT + r".* LayerNorm"),
+        (_gate, _no_rule("mul", "_gate", _PRODUCT)),
+        (_attention, _no_rule("dot_general", "_attention", _PRODUCT)),
+        (_layer_norm, _no_rule("mul", "_layer_norm", "it is a normalisation by the activation's")),
+        (_divide, _at("div", "_divide") + "it divides by an activation that is neither a "
+                  "softmax's sum nor a statistic"),
         (_cumulative, _at("cumsum", "_cumulative") + "no rule covers this primitive"),
-        (_scan, _at("scan", "_scan") + r"it is a loop .* Python for loop"),
-        (_fori, _at("scan", "_fori") + r"it is a loop \(lax.scan, lax.fori_loop"),
+        (_scan, _at("scan", "_scan") + r"it is a loop .* more than 64 steps.* Python for loop"),
+        (_while, _at("while", "_while") + r"it is a loop .* \(a lax.while_loop"),
         (_cond, _at("cond", "_cond") + r"it is control flow \(lax.cond / lax.switch\)"),
         (_top_k, _at("top_k", "_top_k") + r"it is a data-dependent selection \(sort / top_k\)"),
         (_sort, _at("sort", "_sort") + r"it is a data-dependent selection"),

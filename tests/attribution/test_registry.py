@@ -38,11 +38,13 @@ def test_methods_are_the_registered_functions():
         "occlusion",
         "lrp.epsilon", "lrp.zplus", "lrp.epsilon_plus", "lrp.epsilon_plus_flat",
         "lrp.epsilon_gamma_box", "lrp.epsilon_alpha2_beta1", "lrp.epsilon_alpha2_beta1_flat",
-        "lrp.dtd", "baseline.random", "baseline.frame_difference", "baseline.input_sobel",
+        "lrp.dtd", "lrp.attn", "lrp.cp", "baseline.random", "baseline.frame_difference",
+        "baseline.input_sobel",
     )  # fmt: skip
     assert attribution.METHODS == explain_module.METHODS
     assert registry.get("smoothgrad").build is gradients.smoothgrad
     assert registry.get("lrp.epsilon_gamma_box").build is composites.epsilon_gamma_box
+    assert registry.get("lrp.attn").build is composites.attn
     assert registry.get("lrp.zplus").family == "lrp"
     assert registry.get("baseline.random").build is baselines.random_map
     assert registry.get("baseline.input_sobel").family == "baseline"

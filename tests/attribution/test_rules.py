@@ -21,6 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis.extra.numpy import arrays
+from hypothesis.strategies import floats
 
 import selrel_jax as sr
 from selrel_jax.attribution import LayerCall, composites, lrp, rules
@@ -553,3 +556,69 @@ def test_documented_custom_rule_example_runs_and_conserves(capsys, monkeypatch):
     a = lrp(model, comp)(no_bias, clips, jnp.array([0, 2]))
     b = lrp(model, composites.epsilon())(no_bias, clips, jnp.array([0, 2]))
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-8)
+
+
+# ---------------------------------------------------------------- AttnLRP's rules
+
+
+def _call(fn, xs, gates=(), out_axes=()):
+    xs = tuple(jnp.asarray(x) for x in xs)
+    return LayerCall(lambda v, p: fn(*v), xs, {}, fn(*xs), False, {}, out_axes, (), gates)
+
+
+def test_attn_softmax_matches_lxt_formula():
+    """R_x = x * (R - s * sum R) over the softmax axis (AttnLRP Prop. 3.1), -inf -> 0."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 5)).astype(np.float32)
+    x[0, 1] = -np.inf  # a masked logit
+    R = rng.standard_normal((3, 5)).astype(np.float32)
+    s = np.exp(x - x.max(-1, keepdims=True))
+    s /= s.sum(-1, keepdims=True)
+    want = np.where(np.isneginf(x), 0.0, x) * (R - s * R.sum(-1, keepdims=True))
+    call = _call(lambda v: jax.nn.softmax(v, -1), [x], out_axes=(1,))
+    (got,) = rules.AttnSoftmax().relevance(call, R)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6)
+    # Without the axes: the same where no probability is 0.
+    (got,) = rules.AttnSoftmax().relevance(_call(lambda v: jax.nn.softmax(v, -1), [x]), R)
+    np.testing.assert_allclose(np.asarray(got)[1:], want[1:], rtol=1e-4, atol=1e-6)
+
+
+def test_uniform_matches_lxt_matmul_and_mul2():
+    """R_a = a * (R / S(2y)) b^T, R_b = b * a^T (R / S(2y)) (lxt's matmul); an
+    elementwise product splits R in halves (mul2); a gate held constant gets 0."""
+    rng = np.random.default_rng(1)
+    a, b = rng.standard_normal((4, 3)), rng.standard_normal((3, 2))
+    R = rng.standard_normal((4, 2))
+    norm = R / stab(2 * (a @ b), 1e-8)
+    got = rules.Uniform().relevance(_call(jnp.matmul, [a, b]), jnp.asarray(R))
+    np.testing.assert_allclose(np.asarray(got[0]), a * (norm @ b.T), rtol=1e-4)
+    np.testing.assert_allclose(np.asarray(got[1]), b * (a.T @ norm), rtol=1e-4)
+    u, g = rng.uniform(0.5, 2, (4, 3)), rng.uniform(0.1, 0.9, (4, 3))
+    Ru = rng.standard_normal((4, 3))
+    halves = rules.Uniform().relevance(_call(jnp.multiply, [u, g]), jnp.asarray(Ru))
+    for half in halves:
+        np.testing.assert_allclose(np.asarray(half), Ru / 2, rtol=1e-5)
+    held = rules.Uniform(gate_constant=True).relevance(
+        _call(jnp.multiply, [u, g], gates=(False, True)), jnp.asarray(Ru)
+    )
+    np.testing.assert_allclose(np.asarray(held[0]), Ru, rtol=1e-5)
+    np.testing.assert_array_equal(np.asarray(held[1]), 0.0)
+
+
+@settings(max_examples=25, deadline=None)
+@given(arrays(np.float64, (3, 4), elements=floats(0.2, 3)),
+       arrays(np.float64, (4, 2), elements=floats(0.2, 3)),
+       arrays(np.float64, (3, 2), elements=floats(-2, 2)))  # fmt: skip
+def test_uniform_conserves_relevance(a, b, R):
+    """Away from y = 0, the factors' relevance sums to the product's (AttnLRP Prop. 3.3)."""
+    got = rules.Uniform().relevance(_call(jnp.matmul, [a, b]), jnp.asarray(R))
+    total = sum(float(np.sum(np.asarray(r))) for r in got)
+    np.testing.assert_allclose(total, R.sum(), rtol=1e-4, atol=1e-5)
+
+
+def test_uniform_gate_constant_without_a_gate_splits_uniformly():
+    rng = np.random.default_rng(2)
+    u, v, R = rng.uniform(0.5, 2, (2, 3)), rng.uniform(0.5, 2, (2, 3)), rng.normal(size=(2, 3))
+    call = _call(jnp.multiply, [u, v], gates=(False, False))
+    for half in rules.Uniform(gate_constant=True).relevance(call, jnp.asarray(R)):
+        np.testing.assert_allclose(np.asarray(half), R / 2, rtol=1e-5)

@@ -22,7 +22,8 @@ def test_layer_vocabulary():
     assert types.CONV_TYPES == (nn.Conv,) and types.DENSE_TYPES == (nn.Dense,)
     assert types.LINEAR_TYPES == (nn.Conv, nn.Dense)
     assert types.PRIMITIVE_TYPES == (nn.Conv, nn.Dense, Sum, AvgPool, GlobalAvgPool, MaxPool,
-                                     nn.Dropout)  # fmt: skip
+                                     nn.Dropout, types.Softmax, types.Product,
+                                     types.Normalization)  # fmt: skip
     assert types.path_str(("layer1_0", "conv1")) == "layer1_0/conv1"
     assert types.path_str(()) == "<root>"
 

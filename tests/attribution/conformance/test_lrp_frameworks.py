@@ -15,6 +15,10 @@ from tests.attribution.conformance.twin import assert_matches
 
 # The reference itself (linen with its variables) is left out of the comparisons.
 COMPARED = [case for case in CASES if case != ("linen", "params")]
+# The transformer composites give this CNN epsilon_plus_flat's rules (checked once
+# below); their own layers are compared across frameworks in test_lxt_twin.py.
+TRANSFORMER = ("lrp.attn", "lrp.cp")
+CNN_METHODS = [method for method in LRP_METHODS if method not in TRANSFORMER]
 
 
 @pytest.mark.parametrize("case", CASES, ids=case_id)
@@ -24,7 +28,12 @@ def test_logits_equal_the_torch_twin(models, torch_twin, clips, case):
     np.testing.assert_allclose(np.asarray(models(*case).logits(clips)), want, atol=1e-5)
 
 
-@pytest.mark.parametrize("method", LRP_METHODS)
+@pytest.mark.parametrize("method", CNN_METHODS)
 @pytest.mark.parametrize("case", COMPARED, ids=case_id)
 def test_composites_equal_linen(models, linen_relevance, clips, case, method):
     assert_matches(explain(models(*case), clips, method), linen_relevance(method))
+
+
+@pytest.mark.parametrize("method", TRANSFORMER)
+def test_transformer_composites_are_epsilon_plus_flat_on_a_cnn(linen_relevance, method):
+    np.testing.assert_array_equal(linen_relevance(method), linen_relevance("lrp.epsilon_plus_flat"))
