@@ -515,6 +515,25 @@ def _custom_layer(planner: _Planner, region: Region) -> Layer:
                  params=names)  # fmt: skip
 
 
+def _constant_sum_layer(planner: _Planner, region: Region) -> Layer:
+    """An activation plus a constant array in the params form, where a constant is no
+    parameter (a fixed position table): a ``Sum`` like a parameter array's. In the
+    closure form the array may be a bias that could not be merged: refused."""
+    graph = planner.graph
+    first_node = graph.nodes[region.nodes[0]]
+    sums_only = all(graph.nodes[i].name in _SUMS for i in region.nodes)
+    if not (planner.traced.leaf_paths and sums_only and len(region.exits) == 1):
+        raise UnsupportedLayerError(_custom_message(planner, region, None))
+    module = planner.module(first_node)
+    path = module[0] if module else None
+    classes = (Sum, *planner.classes(None, None, first_node))
+    rule = planner.composite.rule_for(classes, path_str(path), first=False, leaf=True)
+    if rule is None:
+        raise UnsupportedLayerError(_custom_message(planner, region, None))
+    (output,) = region.exits
+    return Layer(Sum, list(region.nodes), [region.root], output, path, classes, rule, params={})
+
+
 def _custom_message(planner: _Planner, region: Region, path: Path | None) -> str:
     graph, info = planner.graph, planner.info
     if path is None:  # a closure model's bias: its parameters have no path
@@ -602,7 +621,9 @@ def make_plan(graph: Graph, info: Analysis, traced: Any, composite: Composite) -
     for region in planner.regions.values():
         _exits(planner, region)
         if not region.params and region.bias_nodes:
-            raise UnsupportedLayerError(_custom_message(planner, region, None))
+            planner.layers.append(_constant_sum_layer(planner, region))
+            for index in region.nodes:
+                planner.member[index] = planner.layers[-1]
         if region.params:
             planner.layers.append(_custom_layer(planner, region))
             for index in region.nodes:
@@ -618,7 +639,7 @@ def make_plan(graph: Graph, info: Analysis, traced: Any, composite: Composite) -
         else:
             actions[graph.producer[layer.output]] = layer
     for region in planner.regions.values():
-        if not region.params:
+        if not region.params and not region.bias_nodes:  # the others are layers now
             for value in region.exits:
                 actions[graph.producer[value]] = region
     treedef = jax.tree.structure(traced.outputs)

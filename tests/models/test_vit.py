@@ -4,6 +4,7 @@ position table; the clip checks."""
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 
 from selrel_jax import models
 from selrel_jax.errors import ShapeError
-from selrel_jax.models.vit import VIT_CONFIGS, sinusoid_table
+from selrel_jax.models.vit import VIT_CONFIGS, VideoViT, sinusoid_table
 
 torch = pytest.importorskip("torch")
 videomae = pytest.importorskip("transformers.models.videomae.modeling_videomae")
@@ -121,3 +122,33 @@ def test_convert_a_transformers_checkpoint_to_a_loadable_checkpoint(tmp_path, su
     with torch.no_grad():
         want = net(pixel_values=torch.from_numpy(clips).permute(0, 1, 4, 2, 3)).logits.numpy()
     np.testing.assert_allclose(np.asarray(model.apply(variables, clips)), want, atol=1e-4)
+
+
+class _TableAsParameter(VideoViT):
+    """vit_small with its position table a parameter (the oracle below)."""
+
+    def _embed(self, x, dim):
+        patches = nn.Conv(dim, (2, 8, 8), (2, 8, 8), padding="VALID", name="patch_embed")(x)
+        tokens = patches.reshape(x.shape[0], -1, dim)
+        return tokens + self.param("table", nn.initializers.zeros, tokens.shape[1:])
+
+
+def test_lrp_explains_vit_small_its_fixed_position_table_a_sum():
+    """The sinusoid table is a constant, not a parameter: in the params form it is added
+    like a learnt position embedding (a Sum) and explained by the transformer composites
+    (was refused as an unmergeable closed-over bias). Oracle: the same network with the
+    table a parameter gives the same relevance."""
+    from selrel_jax import explain
+
+    model = models.create("vit_small", 6, clip_size=(4, 16, 16))
+    clips = jax.random.normal(jax.random.key(1), (1, 4, 16, 16, 3))
+    variables = model.init(jax.random.key(0), clips, train=False)
+    target = jnp.array([2])
+    relevance = np.asarray(explain(model, variables, clips, method="lrp.cp", target=target))
+    oracle_model = _TableAsParameter(arch="vit_small", num_classes=6, clip_size=(4, 16, 16))
+    table = jnp.asarray(sinusoid_table(8, VIT_CONFIGS["vit_small"].dim))
+    params = {**variables["params"], "table": table}
+    oracle = np.asarray(explain(oracle_model, {"params": params}, clips, method="lrp.cp",
+                                target=target))  # fmt: skip
+    assert np.abs(oracle).max() > 0
+    np.testing.assert_allclose(relevance, oracle, rtol=1e-4, atol=1e-5 * np.abs(oracle).max())
