@@ -71,3 +71,17 @@ def test_command_defaults_are_the_librarys():
     assert command["resamples"].default == library["resamples"].default == report.RESAMPLES
     assert command["seed"].default == library["seed"].default
     assert command["sigma"].default is library["sigma"].default is None
+
+
+def test_a_wrong_sanity_file_is_one_line_and_nothing_is_written(tmp_path):
+    sanity = tmp_path / "sanity.json"
+    sanity.write_text('{"layers": ["fc"], "methods": {}, "threshold": 0.5}')
+    out = tmp_path / "report" / "r.md"
+    result = runner.invoke(app, ["report", str(tmp_path), "--sanity", str(sanity),
+                                 "--out", str(out)])  # fmt: skip
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (
+        f"selrel: error: --sanity {sanity}: it has no methods; expected the JSON line "
+        "selrel sanity prints"
+    )
+    assert not (tmp_path / "report").exists()
