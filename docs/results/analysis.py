@@ -331,6 +331,13 @@ def _per_model(tables: list[Table], key: str, method: str, sigma: float) -> list
             for t in tables]  # fmt: skip
 
 
+def _correct(table: Table) -> np.ndarray:
+    """1 where the model predicted the clip's label, per clip."""
+    c = table.columns
+    first = (c["method"] == table.methods[0]) & (c["sigma"] == table.sigmas[0])
+    return (c["predicted"][first] == c["label"][first]).astype(float)
+
+
 def _bias_differences(bias: dict[tuple[str, str], list[np.ndarray]]) -> list[tuple]:
     rows = []
     for high, low in (("default-biased", "default-motion"),
@@ -352,6 +359,9 @@ def seeds_section(runs: pathlib.Path, sigma: float = REFERENCE_SIGMA) -> str:
     for name in REPLICATED:
         tables = _replicates(runs, name)
         methods = [m for m in tables[0].methods if all(m in t.methods for t in tables)]
+        correct = [_correct(t) for t in tables]
+        rows.append((label(name), "-", "accuracy", ", ".join(f"{v.mean():.3f}" for v in correct),
+                     _hierarchical(correct)))  # fmt: skip
         for method in methods:
             for key in ("motion_mass", "motion_precision", "spatial_bias"):
                 per_model = _per_model(tables, key, method, sigma)

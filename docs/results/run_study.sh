@@ -7,7 +7,7 @@
 #   SELREL_STUDY_RUNS=sweeps/study bash docs/results/run_study.sh
 #   SELREL_STUDY_TRAIN=0 bash docs/results/run_study.sh   # no training: the seeds whose
 #                                                 # export is missing are left out
-#   SELREL_STUDY_PART=seed0|seeds|reports bash docs/results/run_study.sh   # one part only
+#   SELREL_STUDY_PART=seed0|sanity|seeds|reports bash docs/results/run_study.sh   # one part
 #                                                 # (two parts may run at once)
 #
 # Seed 0 of each condition is the shipped checkpoint; seeds 1 and 2 are trained here
@@ -61,6 +61,7 @@ full() {  # full NAME CONFIG MODEL: seed 0, every method and sigma, 72 clips
 }
 
 if [ "$PART" = all ] || [ "$PART" = seed0 ]; then seed0; fi
+if [ "$PART" = all ] || [ "$PART" = sanity ]; then randomised; fi
 if [ "$PART" = all ] || [ "$PART" = seeds ]; then seeds; fi
 if [ "$PART" = all ] || [ "$PART" = reports ]; then reports; fi
 echo "total ($PART) $(($(date +%s) - START)) s; end $(date -u +%FT%TZ) $(uptime)" >>"$TIMES"
@@ -76,18 +77,6 @@ full default-biased "" c3d_small_biased
 full biased_still-biased_still /biased_still c3d_small_biased_still
 full distractors-motion /distractors c3d_small_motion
 full distractors-distractors /distractors c3d_small_distractors
-
-# The randomised model: cascading randomisation of the motion model, three methods and
-# a model-free baseline (whose maps cannot depend on the weights: it must be flagged).
-sanity() {  # sanity NAME CONFIG MODEL
-    [ -s "$RUNS/sanity-$1.json" ] && return 0
-    step "sanity-$1" selrel sanity --model "$3" --dataset "synthetic_motion$2" --split test \
-        --data-seed "$SEED" --limit 6 --method gradient_x_input --method grad_cam \
-        --method lrp.epsilon_plus_flat --method baseline.frame_difference \
-        --figure "$RUNS/sanity-$1.png" >"$RUNS/sanity-$1.json.tmp"
-    mv "$RUNS/sanity-$1.json.tmp" "$RUNS/sanity-$1.json"
-}
-sanity motion "" c3d_small_motion
 
 # Motion reliance (frame freezing) and faithfulness of the same clips. --faithfulness
 # computes the deletion/insertion AUCs (22 model runs per map), so these use the
@@ -110,6 +99,22 @@ zero default-motion "" c3d_small_motion
 zero default-biased "" c3d_small_biased
 reliance biased_still-biased_still /biased_still c3d_small_biased_still
 zero biased_still-biased_still /biased_still c3d_small_biased_still
+}
+
+randomised() {  # cascading randomisation of the seed-0 motion and biased models
+# Every model method and a model-free baseline, whose maps cannot depend on the
+# weights: it must be flagged.
+sanity() {  # sanity NAME CONFIG MODEL
+    [ -s "$RUNS/sanity-$1.json" ] && return 0
+    step "sanity-$1" selrel sanity --model "$3" --dataset "synthetic_motion$2" --split test \
+        --data-seed "$SEED" --limit 6 --method gradient_x_input \
+        --method integrated_gradients --method grad_cam --method lrp.epsilon_plus_flat \
+        --method lrp.epsilon_gamma_box --method baseline.frame_difference \
+        --figure "$RUNS/sanity-$1.png" >"$RUNS/sanity-$1.json.tmp"
+    mv "$RUNS/sanity-$1.json.tmp" "$RUNS/sanity-$1.json"
+}
+sanity motion "" c3d_small_motion
+sanity biased "" c3d_small_biased
 }
 
 seeds() {  # seeds 1 and 2 of each condition: training (unless present) and sweeps
@@ -156,8 +161,10 @@ reports() {  # the reports and the analysis (seconds), from the sweeps that fini
     done
     mapfile -t dis < <(finished distractors-motion distractors-distractors \
         distractors-distractors-seed1 distractors-distractors-seed2)
-    local sanity=()
-    [ -s "$RUNS/sanity-motion.json" ] && sanity=(--sanity "$RUNS/sanity-motion.json")
+    local sanity=() name
+    for name in motion biased; do
+        [ -s "$RUNS/sanity-$name.json" ] && sanity+=(--sanity "$RUNS/sanity-$name.json")
+    done
     step report-own-split selrel report "${own[@]}" "${sanity[@]}" --out "$OUT/own_split.md"
     step report-distractors selrel report "${dis[@]}" --out "$OUT/distractors.md"
     mapfile -t rel < <(finished reliance-default-motion reliance-default-biased \
