@@ -363,8 +363,10 @@ def seeds_section(runs: pathlib.Path, sigma: float = REFERENCE_SIGMA) -> str:
         rows.append((label(name), "-", "accuracy", ", ".join(f"{v.mean():.3f}" for v in correct),
                      _hierarchical(correct)))  # fmt: skip
         for method in methods:
-            for key in ("motion_mass", "motion_precision", "spatial_bias"):
+            for key in ("motion_mass", "motion_precision", "static_mass", "spatial_bias"):
                 per_model = _per_model(tables, key, method, sigma)
+                if not any(np.isfinite(v).any() for v in per_model):
+                    continue  # no static objects on this split
                 bias |= {(name, method): per_model} if key == "spatial_bias" else {}
                 seeds = ", ".join(f"{np.nanmean(v):.3f}" for v in per_model)
                 what = key if key == "spatial_bias" else f"{key}: selective - raw"
