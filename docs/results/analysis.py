@@ -313,7 +313,12 @@ def measures_section(tables: dict[str, Table], sigma: float = REFERENCE_SIGMA) -
 def _replicates(runs: pathlib.Path, name: str) -> list[Table]:
     """The seed-0 sweep and whichever seed replicates exist."""
     found = [runs / name] + [runs / f"{name}-seed{k}" for k in SEEDS]
-    return [Table(d) for d in found if (d / "manifest.json").is_file()]
+    return [Table(d) for d in found if _finished(d)]
+
+
+def _finished(directory: pathlib.Path) -> bool:
+    """Whether ``directory`` holds a finished sweep (a seed may still be running)."""
+    return (directory / "manifest.json").is_file() and read_manifest(directory)["complete"]
 
 
 def _hierarchical(per_model: list[np.ndarray], seed: int = SEED) -> str:
@@ -392,7 +397,7 @@ def padding_section(runs: pathlib.Path, tables: dict[str, Table]) -> str:
                "kept_voxels")  # fmt: skip
     for name in ZERO_PADDED:
         directory = runs / f"zero-{name}"
-        if not (directory / "manifest.json").is_file():
+        if not _finished(directory):
             continue
         zero = Table(directory)
         for method in zero.methods:
@@ -419,7 +424,7 @@ def main() -> None:
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("analysis.md"))
     args = parser.parse_args()
     tables = {name: Table(args.runs / name) for name in SWEEPS}
-    reliance = {n: Table(args.runs / n) for n in RELIANCE if (args.runs / n / "done").is_file()}
+    reliance = {n: Table(args.runs / n) for n in RELIANCE if _finished(args.runs / n)}
     parts = [
         "# Study analysis\n\nComputed by `docs/results/analysis.py` from the sweeps of "
         "`run_study.sh`; `mean [low, high]`: mean over clips and 95% percentile-bootstrap "
