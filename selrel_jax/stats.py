@@ -15,7 +15,7 @@ condition (models that differ only by their training seed).
 - :func:`holm` and :func:`benjamini_hochberg`: adjusted p-values over ``m``
   comparisons; compare them with the level (e.g. 0.05) directly.
 
-Example:
+Examples:
     >>> import numpy as np
     >>> from selrel_jax import stats
     >>> stats.holm([0.01, 0.04, 0.03]).tolist()
@@ -25,6 +25,13 @@ Example:
     >>> models = [np.array([0.1, 0.2, 0.3]), np.array([0.2, 0.4])]
     >>> round(stats.hierarchical_bootstrap(models).value, 3)
     0.25
+    >>> a = stats.hierarchical_bootstrap([[0.1, 0.3, 0.2]], seed=0)
+    >>> b = stats.hierarchical_bootstrap([[0.0, 0.1]], seed=1)  # another seed: independent
+    >>> d = stats.bootstrap_difference(a, b)
+    >>> round(d.value, 2), d.models, d.clips
+    (0.15, 2, 5)
+    >>> stats.bootstrap_p_value(d.value, d.draws) < 0.05
+    True
 """
 
 from __future__ import annotations
