@@ -36,6 +36,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -605,6 +606,93 @@ def _reliance_section(sweeps, stem: str, sigma: float, resamples: int, seed: int
     ), {name: plot_reliance_vs_bias(have, sigma, resamples=resamples, seed=seed)}
 
 
+def _p(value: float) -> str:
+    return f"{value:.2g}" if value >= 1e-4 else "<1e-4"
+
+
+def _replicates_section(groups) -> str:
+    if all(len(g.sweeps) == 1 for g in groups):
+        return ""
+    rows = [(g.name, len(g.sweeps), ", ".join(f"{s.name} (seed {seed}, {s.clips} clips)"
+                                               for s, seed in zip(g.sweeps, g.seeds, strict=True)))
+            for g in groups]  # fmt: skip
+    return (
+        "## Replicates\n\nSweeps of models that differ only by their training seed (same "
+        "sweep settings and data, same training record but the seed: see "
+        "`selrel_jax.report_stats`) are one condition. The comparisons below resample such "
+        "a condition hierarchically: its models with replacement, then the clips within "
+        "each drawn model; an estimate is the mean over models of each model's mean over "
+        "clips, and says how many models and clips it rests on.\n\n"
+        + _table(("condition", "models", "sweeps"), rows)
+    )
+
+
+def _comparisons_section(groups, resamples: int, seed: int) -> str:
+    from selrel_jax.report_stats import LEVEL, comparisons
+
+    rows = comparisons(groups, resamples=resamples, seed=seed)
+    if not rows:
+        return ""
+    holding = sum(r["adjusted_holm"] < LEVEL for r in rows)
+    table = _table(
+        ("comparison", "of", "method", "sigma", "estimate [95%]", "models", "clips", "p",
+         "Holm", "BH", f"Holm < {LEVEL:g}"),
+        [(r["kind"], r["what"], f"`{r['method']}`", f"{r['sigma']:g}",
+          Estimate(*r["estimate"][:3], r["clips"]), r["models"], r["clips"], _p(r["p"]),
+          _p(r["adjusted_holm"]), _p(r["adjusted_bh"]),
+          "yes" if r["adjusted_holm"] < LEVEL else "no") for r in rows],
+    )  # fmt: skip
+    return (
+        "## Comparisons and their p-values\n\n"
+        f"Every comparison this report draws a conclusion from: m = {len(rows)}. "
+        "Selective - raw per clip of each paired measure (per condition, method and "
+        "sigma), and the spatial bias of each later condition minus each earlier one "
+        "(the two resampled independently). Estimates and 95% intervals: hierarchical "
+        f'bootstrap ({resamples} resamples, seed {seed}). p: two-sided, of "the mean '
+        "is 0\", from the bootstrap's standard error (normal approximation); Holm "
+        f"(family-wise) and Benjamini-Hochberg (false discovery rate) adjust it over all "
+        f"m = {len(rows)}. {holding} of {len(rows)} hold at {LEVEL:g} after Holm.\n\n" + table
+    )
+
+
+_SANITY_HEADER = ("method", "Spearman raw", "SSIM raw", "Spearman selective",
+                  "SSIM selective", "flag")  # fmt: skip
+
+
+def _sanity_section(results, stem: str) -> tuple[str, dict]:
+    from selrel_jax import metrics, viz
+
+    parts, figures = ["## Randomisation check (cascading, head first)"], {}
+    for i, result in enumerate(results):
+        methods = list(result["methods"])
+        keys = ("spearman", "ssim", "spearman_selective", "ssim_selective")
+        scores = [np.stack([result["methods"][m][k] for m in methods])[..., None] for k in keys]
+        name = f"{stem}-sanity-{i + 1}.png"
+        with warnings.catch_warnings():  # a layer's null score (NaN) is drawn as a gap
+            warnings.filterwarnings("ignore", "Mean of empty slice", RuntimeWarning)
+            figures[name] = viz.randomization_curves(
+                metrics.Randomization(tuple(result["layers"]), tuple(methods), *scores),
+                threshold=result["threshold"],
+            )
+        rows = [(f"`{m}`", *(_fixed(result["methods"][m][k][-1]) for k in keys),
+                 "**flagged**" if m in result["insensitive"] else "no")
+                for m in methods]  # fmt: skip
+        flagged = ", ".join(f"`{m}`" for m in result["insensitive"])
+        parts.append(
+            f"### {result['model']} on `{result['dataset']}` ({result['n']} clips, sigma "
+            f"{result['sigma']})\n\nMean over clips of the Spearman rank correlation and "
+            "SSIM of each map with the trained model's, as the model's layers are "
+            "randomised one after another from the head; the last column is with every "
+            f"layer random. A method is flagged when its last raw or selective Spearman is "
+            f"above {result['threshold']:g}: its maps do not depend on what the model "
+            "learned. "
+            + (f"**Flagged: {flagged}.**" if flagged else "No method is flagged.")
+            + f"\n\n![randomisation curves]({name})\n\n"
+            + _table(_SANITY_HEADER, rows)
+        )
+    return "\n\n".join(parts), figures
+
+
 def _reference_sigma(sweeps: Sequence[Sweep], sigma: float | None) -> float:
     common = sorted(set.intersection(*(set(s.sigmas) for s in sweeps)))
     if sigma is None:
@@ -624,12 +712,18 @@ def write_report(
     sigma: float | None = None,
     resamples: int = RESAMPLES,
     seed: int = 0,
+    sanity: Sequence[str | os.PathLike] = (),
 ) -> pathlib.Path:
     """Write a markdown report of the sweeps in ``directories`` to ``out`` (a ``.md``
     file) and its PNGs beside it (``<stem>-<figure>.png``). ``sigma``: the one used by
     the distribution and correlation sections (default: the middle sigma every sweep
     has). Returns ``out``. Deterministic: the same sweeps, ``resamples`` and ``seed``
-    give the same bytes. An existing ``out`` or figure is replaced only if an earlier
+    give the same bytes. Sweeps of replicate models (:func:`selrel_jax.report_stats.
+    replicate_groups`) are summarised together in the comparisons section, which gives
+    every comparison's p-value and its Holm and Benjamini-Hochberg adjustments.
+    ``sanity``: files each holding a ``selrel sanity`` JSON line, drawn as the per-layer
+    curves with the flagged methods named (:func:`selrel_jax.report_stats.read_sanity`
+    verifies them first). An existing ``out`` or figure is replaced only if an earlier
     report wrote it (its last line records each figure's sha256); anything else is an
     OptionError naming it, before anything is written."""
     from selrel_jax.models.checkpoint import writable_directory
@@ -640,8 +734,12 @@ def write_report(
         raise OptionError(f"--out must be a markdown file ending in .md; got {str(out)!r}")
     writable_directory(out.parent, "--out's folder", OptionError)
     _checked_bootstrap(resamples, seed, CONFIDENCE)
+    from selrel_jax.report_stats import read_sanity, replicate_groups
+
+    sanity_results = [read_sanity(path) for path in sanity]
     sweeps = load_sweeps(directories)
     sigma = _reference_sigma(sweeps, sigma)
+    groups = replicate_groups(sweeps)
     stem = out.stem
     parts = [_overview(sweeps, sigma, resamples, seed)]
     figures: dict[str, Figure] = {}
@@ -650,6 +748,9 @@ def write_report(
         *(_paired_section(sweeps, key, stem, resamples, seed) for key in _PAIRED),
         _bias_section(sweeps, stem, sigma),
         _reliance_section(sweeps, stem, sigma, resamples, seed),
+        (_replicates_section(groups), {}),
+        (_comparisons_section(groups, resamples, seed), {}),
+        _sanity_section(sanity_results, stem) if sanity_results else ("", {}),
     ):
         parts += [text] if text else []
         figures |= figs

@@ -3,6 +3,7 @@ section rendered, deterministic bytes."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
@@ -205,3 +206,26 @@ def test_resamples_are_drawn_in_bounded_memory_and_an_absurd_count_is_refused(mo
     assert report.bootstrap_correlation(values, values**2, resamples=300, seed=2) == pairs
     with pytest.raises(OptionError, match=r"^resamples must be at most 1,000,000 .*got 300,000"):
         report.bootstrap_mean(values, resamples=300_000_000)
+
+
+def test_comparisons_and_the_randomisation_check_in_the_report(sweeps, tmp_path):
+    from tests.test_report_stats import _sanity_record
+
+    sanity = tmp_path / "sanity.json"
+    sanity.write_text(json.dumps(_sanity_record()) + "\n")
+    out = report.write_report(sweeps, tmp_path / "r.md", resamples=50, sanity=[sanity])
+    markdown = out.read_text()
+    m = int(re.search(r"every comparison this report draws a conclusion from: m = (\d+)",
+                      markdown, re.IGNORECASE).group(1))  # fmt: skip
+    # The two tiny models have no training record (no seed): each is its own condition.
+    assert m == markdown.count("| spatial_bias: between models |") + markdown.count(
+        ": selective - raw |"
+    )
+    assert "Holm" in markdown and "Benjamini-Hochberg" in markdown
+    assert "**Flagged: `baseline.frame_difference`.**" in markdown
+    assert (tmp_path / "r-sanity-1.png").is_file() and "](r-sanity-1.png)" in markdown
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(_sanity_record(insensitive=[])))
+    with pytest.raises(DataError, match="do not match its scores"):
+        report.write_report(sweeps, tmp_path / "s.md", resamples=50, sanity=[bad])
+    assert not (tmp_path / "s.md").exists()

@@ -1,11 +1,14 @@
 """The study's numbers that ``selrel report`` does not compute (docs/results/README.md).
 
 Reads the sweep tables that ``run_study.sh`` writes (``selrel_jax.sweep.read_table``)
-and writes ``analysis.md``: per-clip differences between models (spatial bias), the
-share of static-object relevance that selection removes, motion reliance joined to
-every method's spatial bias by clip, and the sparsity of raw against selective maps.
-Every number is ``mean [low, high]`` with a 95% percentile-bootstrap interval over
-clips (1000 resamples, seed 0), as in the reports; the output is deterministic.
+and writes ``analysis.md``: every claim-1 measure raw against selective per method
+(baselines included), per-clip differences between models (spatial bias), the share of
+static-object relevance that selection removes, motion reliance joined to every
+method's spatial bias by clip, the sparsity of raw against selective maps, the seed
+replicates (hierarchical bootstrap: models, then clips) and the paper's zero temporal
+padding against the edge default. Every number is ``mean [low, high]`` with a 95%
+percentile-bootstrap interval over clips (1000 resamples, seed 0), as in the reports;
+the output is deterministic.
 
     python docs/results/analysis.py /tmp/study_runs --out docs/results/analysis.md
 """
@@ -18,6 +21,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from selrel_jax import stats
 from selrel_jax.report import Estimate, bootstrap_correlation, bootstrap_mean
 from selrel_jax.sweep import read_manifest, read_table, table_columns
 
@@ -27,18 +31,30 @@ REFERENCE_SIGMA = 1.0
 #: Sweep directory -> (model, split) as run_study.sh names them.
 SWEEPS = {
     "distractors-motion": ("c3d_small_motion", "distractors"),
-    "distractors-biased": ("c3d_small_biased", "distractors"),
     "distractors-distractors": ("c3d_small_distractors", "distractors"),
     "default-motion": ("c3d_small_motion", "default"),
     "default-biased": ("c3d_small_biased", "default"),
     "biased_still-biased_still": ("c3d_small_biased_still", "biased_still"),
 }
+#: Seed-0 sweep -> its condition's seed replicates (``<sweep>-seed<k>``, where present).
+REPLICATED = ("default-motion", "default-biased", "distractors-distractors",
+              "biased_still-biased_still")  # fmt: skip
+SEEDS = (1, 2)
+#: The paper's zero padding: ``zero-<sweep>`` beside the edge-padded ``<sweep>``.
+ZERO_PADDED = ("default-motion", "default-biased", "biased_still-biased_still")
+#: Claim 1's measures, each a ``<key>_raw`` / ``<key>_selective`` pair of columns.
+MEASURES = {
+    "motion_mass": "share of |relevance| in the motion mask (the paper's reading)",
+    "motion_precision_at_threshold": "motion precision at a fixed threshold (10% of max)",
+    "motion_precision": "motion precision at matched sparsity",
+    "motion_precision_tolerant": "motion precision at matched sparsity, mask widened 1 px",
+    "motion_precision_at_threshold_tolerant": "fixed threshold, mask widened 1 px",
+    "static_mass": "share of |relevance| on static objects (lower is better)",
+}
 #: Spatial-bias comparisons (claim 2): (higher expected, lower expected, same clips?).
 BIAS_PAIRS = (
     ("default-biased", "default-motion", True),
     ("biased_still-biased_still", "default-motion", False),
-    ("distractors-biased", "distractors-motion", True),
-    ("distractors-biased", "distractors-distractors", True),
 )
 #: Reliance sweep -> the sweep of the same clips and model whose spatial bias it explains.
 RELIANCE = {
@@ -207,6 +223,8 @@ def reliance_section(tables: dict[str, Table], reliance: dict[str, Table]) -> st
     joined: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
     means = []
     for name, own in RELIANCE.items():
+        if name not in reliance:
+            continue
         drop = reliance[name].by_clip("motion_reliance", "grad_cam", REFERENCE_SIGMA)
         same = paired(
             reliance[name].by_clip("predicted", "grad_cam", REFERENCE_SIGMA),
@@ -225,7 +243,7 @@ def reliance_section(tables: dict[str, Table], reliance: dict[str, Table]) -> st
         cells += [bootstrap_correlation(x, y, resamples=RESAMPLES, seed=SEED)
                   for x, y in per_model.values()]  # fmt: skip
         rows.append((f"`{method}`", *cells))
-    header = ("method", "pooled r", *(f"r, {label(n)}" for n in RELIANCE.values()))
+    header = ("method", "pooled r", *(f"r, {label(RELIANCE[n])}" for n in reliance))
     return (
         "## Claim 2b: spatial bias against motion reliance\n\n"
         "Motion reliance: the drop of the explained (predicted) class's probability when "
@@ -234,7 +252,7 @@ def reliance_section(tables: dict[str, Table], reliance: dict[str, Table]) -> st
         f"{REFERENCE_SIGMA:g}. A model that relies on motion should lose less of its "
         "relevance to selection, so the expected r is negative.\n\n"
         + markdown_table(("sweep", "motion reliance"), means)
-        + "\n\nPearson r over clips (pooled: the three models' clips together):\n\n"
+        + "\n\nPearson r over clips (pooled: the models' clips together):\n\n"
         + markdown_table(header, rows)
     )
 
@@ -266,24 +284,161 @@ def sparsity_section(tables: dict[str, Table]) -> str:
     )
 
 
+def measures_section(tables: dict[str, Table], sigma: float = REFERENCE_SIGMA) -> str:
+    """Claim 1, every measure: raw -> selective and the per-clip difference, per method
+    (the baselines included), at ``sigma``."""
+    parts = []
+    for key, what in MEASURES.items():
+        have = {n: t for n, t in tables.items() if np.isfinite(t.columns[f"{key}_raw"]).any()}
+        rows = []
+        for name, table in have.items():
+            for method in table.methods:
+                raw, sel = paired(table.by_clip(f"{key}_raw", method, sigma),
+                                  table.by_clip(f"{key}_selective", method, sigma))  # fmt: skip
+                difference = mean(sel - raw)
+                rows.append((label(name), f"`{method}`", mean(raw), mean(sel),
+                             f"{difference} {sign(difference)}"))  # fmt: skip
+        parts.append(f"### `{key}`: {what}\n\n" + markdown_table(
+            ("sweep", "method", "raw", "selective", "selective - raw"), rows))  # fmt: skip
+    return (
+        f"## Claim 1, every measure, sigma {sigma:g}\n\n"
+        "Means over clips of each measure for the raw and the selective map, and the "
+        "mean per-clip difference. The `baseline.*` rows are model-free maps run through "
+        "the same selection: `random` (uniform noise), `frame_difference` (|x_t - x_t-1| "
+        "summed over colour) and `input_sobel` (the temporal kernel on the input).\n\n"
+        + "\n\n".join(parts)
+    )
+
+
+def _replicates(runs: pathlib.Path, name: str) -> list[Table]:
+    """The seed-0 sweep and whichever seed replicates exist."""
+    found = [runs / name] + [runs / f"{name}-seed{k}" for k in SEEDS]
+    return [Table(d) for d in found if _finished(d)]
+
+
+def _finished(directory: pathlib.Path) -> bool:
+    """Whether ``directory`` holds a finished sweep (a seed may still be running)."""
+    return (directory / "manifest.json").is_file() and read_manifest(directory)["complete"]
+
+
+def _hierarchical(per_model: list[np.ndarray], seed: int = SEED) -> str:
+    b = stats.hierarchical_bootstrap(per_model, resamples=RESAMPLES, seed=seed)
+    return (
+        f"{Estimate(b.value, b.low, b.high, b.clips)} ({b.models} x {b.clips // max(1, b.models)})"
+    )
+
+
+def _per_model(tables: list[Table], key: str, method: str, sigma: float) -> list[np.ndarray]:
+    """Per model ``key``'s per-clip values, or selective - raw for a claim-1 measure."""
+    if key == "spatial_bias":
+        return [t.values(key, method, sigma) for t in tables]
+    return [t.values(f"{key}_selective", method, sigma) - t.values(f"{key}_raw", method, sigma)
+            for t in tables]  # fmt: skip
+
+
+def _correct(table: Table) -> np.ndarray:
+    """1 where the model predicted the clip's label, per clip."""
+    c = table.columns
+    first = (c["method"] == table.methods[0]) & (c["sigma"] == table.sigmas[0])
+    return (c["predicted"][first] == c["label"][first]).astype(float)
+
+
+def _bias_differences(bias: dict[tuple[str, str], list[np.ndarray]]) -> list[tuple]:
+    rows = []
+    for high, low in (("default-biased", "default-motion"),
+                      ("biased_still-biased_still", "default-motion")):  # fmt: skip
+        for method in [m for (n, m) in bias if n == high and (low, m) in bias]:
+            a, b = (stats.hierarchical_bootstrap(bias[(n, method)], resamples=RESAMPLES, seed=i)
+                    for i, n in enumerate((high, low)))  # fmt: skip
+            d = stats.bootstrap_difference(a, b)
+            e = Estimate(d.value, d.low, d.high, d.clips)
+            rows.append((f"{label(high)} - {label(low)}", f"`{method}`",
+                         f"{a.models} and {b.models}", f"{e} {sign(e)}"))  # fmt: skip
+    return rows
+
+
+def seeds_section(runs: pathlib.Path, sigma: float = REFERENCE_SIGMA) -> str:
+    """The seed replicates: claim 1's differences and claim 2's spatial bias per model
+    (each seed's mean) and over the models (hierarchical bootstrap)."""
+    rows, bias = [], {}
+    for name in REPLICATED:
+        tables = _replicates(runs, name)
+        methods = [m for m in tables[0].methods if all(m in t.methods for t in tables)]
+        correct = [_correct(t) for t in tables]
+        rows.append((label(name), "-", "accuracy", ", ".join(f"{v.mean():.3f}" for v in correct),
+                     _hierarchical(correct)))  # fmt: skip
+        for method in methods:
+            for key in ("motion_mass", "motion_precision", "static_mass", "spatial_bias"):
+                per_model = _per_model(tables, key, method, sigma)
+                if not any(np.isfinite(v).any() for v in per_model):
+                    continue  # no static objects on this split
+                bias |= {(name, method): per_model} if key == "spatial_bias" else {}
+                seeds = ", ".join(f"{np.nanmean(v):.3f}" for v in per_model)
+                what = key if key == "spatial_bias" else f"{key}: selective - raw"
+                rows.append((label(name), f"`{method}`", what, seeds, _hierarchical(per_model)))
+    return (
+        f"## Seeds: the claims over training seeds, sigma {sigma:g}\n\n"
+        "Per condition the seed-0 model (shipped) and the seed-1/2 models trained by "
+        "`run_study.sh`, on the same clips. `per seed`: each model's mean over clips "
+        "(seed 0 first); `over models`: the mean of the models' means with a hierarchical "
+        f"bootstrap interval (models with replacement, then clips; {RESAMPLES} resamples), "
+        "and `(models x clips per model)`.\n\n"
+        + markdown_table(("condition", "method", "measure", "per seed", "over models"), rows)
+        + "\n\nSpatial bias between conditions over their models (each condition "
+        "resampled on its own):\n\n"
+        + markdown_table(("comparison", "method", "models", "difference"), _bias_differences(bias))
+    )
+
+
+def padding_section(runs: pathlib.Path, tables: dict[str, Table]) -> str:
+    """The paper's zero temporal padding against the edge default: per clip zero - edge."""
+    rows = []
+    columns = ("spatial_bias", "motion_mass_selective", "motion_precision_selective",
+               "kept_voxels")  # fmt: skip
+    for name in ZERO_PADDED:
+        directory = runs / f"zero-{name}"
+        if not _finished(directory):
+            continue
+        zero = Table(directory)
+        for method in zero.methods:
+            for sigma in zero.sigmas:
+                cells = []
+                for column in columns:
+                    z, e = paired(zero.by_clip(column, method, sigma),
+                                  tables[name].by_clip(column, method, sigma))  # fmt: skip
+                    difference = mean(z - e)
+                    cells.append(f"{difference} {sign(difference)}")
+                rows.append((label(name), f"`{method}`", f"{sigma:g}", *cells))
+    return (
+        "## Temporal padding: the paper's zero padding - the edge default\n\n"
+        "Same model, clips and raw maps; only the selection's padding of the first and "
+        "last frames differs (zero padding sees a jump from black at both ends, edge "
+        "padding none). Per clip, zero - edge.\n\n"
+        + markdown_table(("sweep", "method", "sigma", *(f"{c}" for c in columns)), rows)
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("runs", type=pathlib.Path, help="the sweeps' parent directory")
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("analysis.md"))
     args = parser.parse_args()
     tables = {name: Table(args.runs / name) for name in SWEEPS}
-    reliance = {name: Table(args.runs / name) for name in RELIANCE}
+    reliance = {n: Table(args.runs / n) for n in RELIANCE if _finished(args.runs / n)}
     parts = [
         "# Study analysis\n\nComputed by `docs/results/analysis.py` from the sweeps of "
         "`run_study.sh`; `mean [low, high]`: mean over clips and 95% percentile-bootstrap "
         f"interval ({RESAMPLES} resamples, seed {SEED}); `> 0` / `< 0`: the interval "
         "excludes 0, `~ 0`: it holds 0.",
         accuracy_section(tables),
+        measures_section(tables),
         motion_precision_section(tables),
         static_removed_section(tables),
         bias_difference_section(tables),
         reliance_section(tables, reliance),
         sparsity_section(tables),
+        seeds_section(args.runs),
+        padding_section(args.runs, tables),
     ]
     args.out.write_text("\n\n".join(parts) + "\n")
     print(args.out)

@@ -26,6 +26,11 @@ Sigma = Annotated[
 ]  # fmt: skip
 Resamples = Annotated[int, typer.Option(help="Bootstrap resamples of the clips per interval.")]
 Seed = Annotated[int, typer.Option(help="Seed of the bootstrap (the report is deterministic).")]
+Sanity = Annotated[
+    list[Path] | None,
+    typer.Option(help="A file holding the JSON line of selrel sanity (repeatable): the "
+                 "report draws its curves per layer and names the flagged methods."),
+]  # fmt: skip
 
 
 @app.command()
@@ -35,11 +40,17 @@ def report(
     sigma: Sigma = None,
     resamples: Resamples = 1000,
     seed: Seed = 0,
+    sanity: Sanity = None,
 ) -> None:
     """Write a markdown report (OUT, PNGs beside it) of the SWEEPS: each score against sigma
     per method, motion precision and relevance on static objects raw vs selective, each
     model's spatial-bias distribution, motion reliance vs spatial bias; numbers with
-    bootstrap 95% intervals. Prints the report's path."""
+    bootstrap 95% intervals; sweeps of models that differ only by training seed are
+    resampled together (models, then clips), and every comparison gets a p-value with
+    Holm and Benjamini-Hochberg adjustments. Prints the report's path."""
     from selrel_jax.report import write_report
 
-    typer.echo(str(write_report(sweeps, out, sigma=sigma, resamples=resamples, seed=seed)))
+    path = write_report(
+        sweeps, out, sigma=sigma, resamples=resamples, seed=seed, sanity=sanity or ()
+    )
+    typer.echo(str(path))

@@ -96,3 +96,17 @@ def test_a_finished_sweep_whose_every_clip_failed_says_so(tmp_path, save_tiny_mo
         f"{CLASS_NAMES[0]}/b.mp4#0: "
     ), line
     assert "no rows yet" not in line and not (tmp_path / "r.md").exists()
+
+
+def test_a_wrong_sanity_file_is_one_line_and_nothing_is_written(tmp_path):
+    sanity = tmp_path / "sanity.json"
+    sanity.write_text('{"layers": ["fc"], "methods": {}, "threshold": 0.5}')
+    out = tmp_path / "report" / "r.md"
+    result = runner.invoke(app, ["report", str(tmp_path), "--sanity", str(sanity),
+                                 "--out", str(out)])  # fmt: skip
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (
+        f"selrel: error: --sanity {sanity}: it has no methods; expected the JSON line "
+        "selrel sanity prints"
+    )
+    assert not (tmp_path / "report").exists()
