@@ -19,7 +19,7 @@ import numpy as np
 from selrel_jax import data, metrics, models, viz
 from selrel_jax._checks import integer, positive_int, real
 from selrel_jax._jobs import write_file
-from selrel_jax.attribution import METHODS
+from selrel_jax.attribution import METHODS, registry
 from selrel_jax.errors import OptionError
 from selrel_jax.models.checkpoint import writable_directory
 from selrel_jax.models.registry import HEADS
@@ -89,9 +89,12 @@ def run_sanity(
     layers = list(variables["params"])
     if head is not None and layers[-1] != head:
         raise OptionError(f"{model}: the last params key is {layers[-1]!r}, not the head {head!r}")
+    bounded = [m for m in methods if {"low", "high"} <= set(registry.get(m).options)]
+    low, high = info.input_bounds()  # as a sweep gives lrp.epsilon_gamma_box its bounds
     result = metrics.cascading_randomization(
         module, variables, info.normalize(np.asarray(clips.video)), None, methods,
         key=jax.random.key(seed), sigma=sigma,
+        method_options={m: {"low": low, "high": high} for m in bounded},
     )  # fmt: skip
     fig = viz.randomization_curves(result, threshold=threshold)
     path.parent.mkdir(parents=True, exist_ok=True)  # as viz.save_figure does

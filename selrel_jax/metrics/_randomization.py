@@ -196,6 +196,7 @@ def cascading_randomization(
     key: Any,
     sigma: float = 1.0,
     layers: Sequence[str] | None = None,
+    method_options: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Randomization:
     """Cascading randomisation of a Flax linen ``model``'s ``variables``.
 
@@ -205,7 +206,9 @@ def cascading_randomization(
     the model's own initialisers (``model.init`` with ``key``); other
     collections (batch statistics) stay trained. ``target`` None is the trained
     model's predicted class, kept for every step. ``sigma`` is selective
-    relevance's. Scores are :func:`spearman` and :func:`ssim` per clip.
+    relevance's. ``method_options``: per method name, its options (e.g.
+    ``{"lrp.epsilon_gamma_box": {"low": ..., "high": ...}}``). Scores are
+    :func:`spearman` and :func:`ssim` per clip.
 
     Examples:
         A model-free map does not change when the head is randomised:
@@ -240,7 +243,8 @@ def cascading_randomization(
     for method in names:
         # Inputs are checked above, so the explainer runs jitted (eager checks would
         # cost seconds per method) and one compilation serves every step.
-        explain = jax.jit(make_explainer(model, method))
+        options = dict((method_options or {}).get(method, {}))
+        explain = jax.jit(make_explainer(model, method, **options))
         trained = explain(variables, clips, target)
         check_finite(f"{FN}: the trained model's {method} map", trained, batched=True)
         rows.append([_scores(trained, explain(step, clips, target), sigma) for step in steps])

@@ -73,3 +73,14 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(model_dir, tmp_path, ar
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("selrel: error:") and words in lines[0]
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_the_box_rule_gets_the_models_input_bounds(model_dir, tmp_path):
+    # lrp.epsilon_gamma_box was refused ("needs low= and high="): a sweep fills them in
+    # from the model's input range, sanity did not.
+    result = run(model_dir, "--method", "lrp.epsilon_gamma_box",
+                 "--figure", str(tmp_path / "s.png"))  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    scores = json.loads(result.stdout)["methods"]["lrp.epsilon_gamma_box"]["spearman"]
+    assert len(scores) == 5 and all(np.isfinite(scores))
