@@ -39,15 +39,12 @@ import selrel_jax as sr  # noqa: E402
 from tests.attribution.conformance import vit  # noqa: E402
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
+def measure(repeats: int = 20, threads: int = 2) -> dict:
+    """The medians of lrp.attn, the input gradient and lxt on the tiny ViT at batch 1,
+    and the ratios (``bench/run_all.py --only vit`` reports them too)."""
     import torch
 
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(threads)
     w, clips = vit.weights(), vit.clips()
     params, x = jax.tree.map(jnp.asarray, w), jnp.asarray(clips)
     target = jnp.asarray([vit.TARGET])
@@ -58,18 +55,29 @@ def main() -> None:
         "gradient": lambda: gradient(params, x, target).block_until_ready(),
         "lxt": lambda: vit.lxt_relevance(w, clips, dtype="float32"),
     }
-    times = alternate(calls, args.repeats)
-    for name, t in times.items():
-        print(f"{name:9s} median {t['median'] * 1e3:7.2f} ms  (min {t['min'] * 1e3:.2f}, "
-              f"max {t['max'] * 1e3:.2f})")  # fmt: skip
+    times = alternate(calls, repeats)
     ours = times["lrp.attn"]["median"]
-    result = {
-        "lrp_over_gradient_vit_b1": ours / times["gradient"]["median"],
-        "lrp_over_lxt_vit_b1": ours / times["lxt"]["median"],
+    return {
+        "ratios": {
+            "lrp_over_gradient_vit_b1": ours / times["gradient"]["median"],
+            "lrp_over_lxt_vit_b1": ours / times["lxt"]["median"],
+        },
         "cosine_vit_b1": _cosine(np.asarray(lrp(params, x, target)), calls["lxt"]()[0]),
-        "medians_s": {name: t["median"] for name, t in times.items()},
+        "times": {name.replace(".", "_"): t for name, t in times.items()},
         "device": jax.devices()[0].device_kind,
     }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    result = measure(args.repeats, args.threads)
+    for name, t in result["times"].items():
+        print(f"{name:9s} median {t['median'] * 1e3:7.2f} ms  (min {t['min'] * 1e3:.2f}, "
+              f"max {t['max'] * 1e3:.2f})")  # fmt: skip
     print(json.dumps(result, indent=1))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")

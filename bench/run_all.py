@@ -37,7 +37,10 @@ Writes one flat JSON object (a contract; keys below are ratios, null with a
 other keys. ``--quick`` (under 10 minutes on 2 cores): C3D at batch 1 and 4,
 R3D-18 at batch 1, fewer repeats; the full run adds C3D at batch 8.
 
-Usage: ``python bench/run_all.py [--quick] [--json OUT.json] [--only lrp selective sweep rss]``
+* ``vit``: ``lrp.attn`` on the tiny video ViT at batch 1 against its input gradient
+  and against lxt 2.1's AttnLRP on the PyTorch twin (``bench/lrp_vit.py``).
+
+Usage: ``python bench/run_all.py [--quick] [--json OUT.json] [--only lrp selective sweep rss vit]``
 """
 
 from __future__ import annotations
@@ -70,6 +73,8 @@ KEYS = (
     "selective_over_one_pass",
     "sweep_over_explain",
     "rss_over_zennit",
+    "lrp_over_gradient_vit_b1",
+    "lrp_over_lxt_vit_b1",
 )
 
 
@@ -372,8 +377,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--only", nargs="+", default=["lrp", "selective", "sweep", "rss"],
-                        choices=["lrp", "selective", "sweep", "rss"])  # fmt: skip
+    parser.add_argument("--only", nargs="+", default=["lrp", "selective", "sweep", "rss", "vit"],
+                        choices=["lrp", "selective", "sweep", "rss", "vit"])  # fmt: skip
     parser.add_argument("--rss-worker", choices=["jax", "zennit"])
     parser.add_argument("--selective-worker", type=int, metavar="REPEATS")
     args = parser.parse_args()
@@ -418,6 +423,11 @@ def main() -> None:
             table["rss"] |= {f"{side}_peak_mib" + ("" if k == "median" else f"_{k}"): v
                              for k, v in stats.items()}  # fmt: skip
         report("rss", table["rss"])
+    if "vit" in args.only:  # AttnLRP on the tiny video ViT (bench/lrp_vit.py; needs lxt)
+        from lrp_vit import measure
+
+        table["vit"] = measure(10 if args.quick else 20)
+        report("vit", table["vit"])
     out = flat(table, args.quick)
     out.update(machine=machine, quick=args.quick, seconds=time.time() - start,
                load_average_end=list(os.getloadavg()))  # fmt: skip

@@ -547,7 +547,7 @@ def test_a_batch_size_beyond_the_clips_is_capped_and_one_that_cannot_fit_is_refu
 def test_an_out_of_memory_first_batch_leaves_no_manifest_to_refuse_the_rerun(
     model_dir, tmp_path, monkeypatch
 ):
-    def exhausted(self, batch):
+    def exhausted(self, batch, note=None):
         raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 103 GiB")
 
     monkeypatch.setattr(_compute.BatchScorer, "score", exhausted)

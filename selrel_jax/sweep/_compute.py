@@ -73,9 +73,10 @@ def _selection_ginis(ranked: _Ranked, masks: jax.Array) -> jax.Array:
 
 
 def _share_of_shown(relevance: jax.Array, mask: jax.Array) -> jax.Array:
-    """Share of mass in ``mask``; NaN for a clip the mask is empty in (the clip shows no
-    motion, or no static object: no share to read)."""
-    mass = metrics.mass_in_mask(relevance, mask)
+    """Share of the magnitudes ``relevance`` (N, T, H, W) in ``mask``; NaN for a clip
+    the mask is empty in (the clip shows no motion, or no static object: no share to
+    read)."""
+    mass = metrics.mass_in_mask(relevance, mask, layout="NTHW")
     return jnp.where(jnp.any(mask, axis=_AXES), mass, jnp.nan)
 
 
@@ -106,16 +107,19 @@ def _map_scores(
     relevance: jax.Array, v: jax.Array, truth: Mapping[str, jax.Array], suffix: str, gini
 ) -> dict:
     """The scores of one map that need no motion mask of its own, named ``*_suffix``
-    (``v``: its channel-summed magnitudes; ``gini``: its Gini index)."""
-    out = {f"gini_{suffix}": gini, f"entropy_{suffix}": metrics.entropy(relevance)}
+    (``v``: its channel-summed magnitudes; ``gini``: its Gini index; ``relevance``: the
+    raw maps, for their shape)."""
+    # Every score here reads the channel-summed magnitudes: from ``v``, not the
+    # (N, T, H, W, C) map, which summed the channels again for each score and sigma.
+    out = {f"gini_{suffix}": gini, f"entropy_{suffix}": metrics.entropy(v, layout="NTHW")}
     if "mask" in truth:
         out |= _motion_scores(v, truth, suffix)
     if "static_mask" in truth:
-        out[f"static_mass_{suffix}"] = _share_of_shown(relevance, truth["static_mask"])
+        out[f"static_mass_{suffix}"] = _share_of_shown(v, truth["static_mask"])
     if "boxes" in truth:
         _, _, h, w, _ = relevance.shape
         out[f"box_mass_{suffix}"] = metrics.mass_in_mask(
-            relevance, metrics.box_mask(truth["boxes"], h, w)
+            v, metrics.box_mask(truth["boxes"], h, w), layout="NTHW"
         )
     return out
 
@@ -123,8 +127,11 @@ def _map_scores(
 def _sigma_scores(relevance, ranked: _Ranked, sigma, mask, gini, truth, select) -> dict:
     """Every score of one sigma's selection, (N,) each (``gini``: the selective map's
     Gini index from :func:`_selection_ginis`)."""
-    selective = selective_relevance(relevance, sigma, **select)
-    mass = jnp.sum(jax.vmap(_inputs.magnitudes)(selective), axis=_AXES)
+    # The selective map's magnitudes are the raw map's inside ``mask``: its mass from
+    # them, with no selective map computed (each was another temporal-gradient pass).
+    # NaN where selective_relevance's map is: a clip with NaN/Inf, an invalid sigma.
+    invalid = ~jnp.isfinite(jnp.sum(ranked.magnitudes, axis=_AXES)) | ~(sigma >= 0)
+    mass = _nan_where(invalid, jnp.sum(jnp.where(mask, ranked.magnitudes, 0), axis=_AXES))
     gini = jnp.where(jnp.isfinite(mass), gini, jnp.nan)
     kept = jnp.sum(mask, axis=_AXES)
     # The selective map's magnitudes, NaN where the map is (an invalid sigma or clip).
@@ -132,7 +139,7 @@ def _sigma_scores(relevance, ranked: _Ranked, sigma, mask, gini, truth, select) 
     out = {
         "spatial_bias": _spatial_bias(ranked, mass),
         "kept_voxels": metrics.kept_voxels(mask),
-        **_map_scores(selective, v, truth, "selective", gini),
+        **_map_scores(relevance, v, truth, "selective", gini),
     }
     if "mask" in truth:
         for name, truth_mask in (("", truth["mask"]), ("_tolerant", truth["tolerant_mask"])):
