@@ -102,15 +102,15 @@ zero biased_still-biased_still /biased_still c3d_small_biased_still
 }
 
 randomised() {  # cascading randomisation of the seed-0 motion and biased models
-# Every model method but lrp.epsilon_gamma_box (selrel sanity has no way to pass the box
-# rule's low/high), and a model-free baseline, whose maps cannot depend on the weights:
+# Every model method (selrel sanity gives lrp.epsilon_gamma_box the model's input bounds,
+# as a sweep does), and a model-free baseline, whose maps cannot depend on the weights:
 # it must be flagged.
 sanity() {  # sanity NAME CONFIG MODEL
     [ -s "$RUNS/sanity-$1.json" ] && return 0
     step "sanity-$1" selrel sanity --model "$3" --dataset "synthetic_motion$2" --split test \
         --data-seed "$SEED" --limit 6 --method gradient_x_input \
         --method integrated_gradients --method grad_cam --method lrp.epsilon_plus_flat \
-        --method baseline.frame_difference \
+        --method lrp.epsilon_gamma_box --method baseline.frame_difference \
         --figure "$RUNS/sanity-$1.png" >"$RUNS/sanity-$1.json.tmp"
     mv "$RUNS/sanity-$1.json.tmp" "$RUNS/sanity-$1.json"
 }

@@ -29,7 +29,8 @@ Seed = Annotated[int, typer.Option(help="Seed of the bootstrap (the report is de
 Sanity = Annotated[
     list[Path] | None,
     typer.Option(help="A file holding the JSON line of selrel sanity (repeatable): the "
-                 "report draws its curves per layer and names the flagged methods."),
+                 "report draws its curves per layer and names the flagged methods.",
+                 metavar="FILE"),
 ]  # fmt: skip
 
 

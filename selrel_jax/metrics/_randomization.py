@@ -200,19 +200,15 @@ def cascading_randomization(
 ) -> Randomization:
     """Cascading randomisation of a Flax linen ``model``'s ``variables``.
 
-    ``layers`` are the top-level ``params`` keys in the order the model uses
-    them (default: all, in the order Flax recorded them, which for the zoo
-    models is the call order, the head last); they are randomised head first by
-    the model's own initialisers (``model.init`` with ``key``); other
-    collections (batch statistics) stay trained. ``target`` None is the trained
-    model's predicted class, kept for every step. ``sigma`` is selective
-    relevance's. ``method_options``: per method name, its options (e.g.
-    ``{"lrp.epsilon_gamma_box": {"low": ..., "high": ...}}``). Scores are
-    :func:`spearman` and :func:`ssim` per clip.
+    ``layers`` are the top-level ``params`` keys in the order the model uses them
+    (default: all, in the order Flax recorded them: for the zoo models the call
+    order, the head last), randomised head first by the model's own initialisers
+    (``model.init`` with ``key``); batch statistics stay trained. ``target`` None is
+    the trained model's predicted class, kept for every step. ``sigma``: selective
+    relevance's; ``method_options``: per method its options (``{"lrp.epsilon_gamma_box":
+    {"low": ..., "high": ...}}``). Scores: :func:`spearman`, :func:`ssim` per clip.
 
-    Examples:
-        A model-free map does not change when the head is randomised:
-
+    Examples (a model-free map does not change when the head is randomised):
         >>> import jax
         >>> import jax.numpy as jnp
         >>> from selrel_jax import metrics, models
@@ -243,8 +239,7 @@ def cascading_randomization(
     for method in names:
         # Inputs are checked above, so the explainer runs jitted (eager checks would
         # cost seconds per method) and one compilation serves every step.
-        options = dict((method_options or {}).get(method, {}))
-        explain = jax.jit(make_explainer(model, method, **options))
+        explain = jax.jit(make_explainer(model, method, **(method_options or {}).get(method, {})))
         trained = explain(variables, clips, target)
         check_finite(f"{FN}: the trained model's {method} map", trained, batched=True)
         rows.append([_scores(trained, explain(step, clips, target), sigma) for step in steps])
