@@ -43,6 +43,8 @@ JOBS = {
     "selrel_jax.sweep._run",
     "selrel_jax.sweep._store",
     "selrel_jax.train",
+    # not a job, but a full-size X3D built and run on CPU (8 s)
+    "selrel_jax.models.x3d",
 }
 
 

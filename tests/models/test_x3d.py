@@ -196,6 +196,7 @@ def test_clips_smaller_than_the_head_window_are_a_shape_error():
         jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 4, 32, 32, 3))))
 
 
+@pytest.mark.slow  # a full-size X3D-XS state dict written and converted (7 s)
 def test_convert_a_pytorchvideo_hub_file_keeps_the_published_head(tmp_path):
     """pytorchvideo's hub files hold {"model_state": state_dict}; the published head
     pools 5x5 windows (input_crop_size 160) of the 6x6 map a 182 crop leaves."""
