@@ -135,7 +135,7 @@ def window_weights(length: int, blend: str = DEFAULT_WINDOW_BLEND) -> jax.Array:
     ends: a frame covered by one window only (the video's first and last frames)
     keeps that window's maps. ``"mean"``: all 1, the plain mean over windows.
 
-    Example:
+    Examples:
         >>> from selrel_jax.video_explanation import window_weights
         >>> window_weights(4, "mean").tolist()
         [1.0, 1.0, 1.0, 1.0]
@@ -468,7 +468,7 @@ def unlike_synthetic_share(frames: np.ndarray) -> float:
     channel below 0.15 of full scale) or grey (saturation below 0.12): below 0.3% on
     synthetic clips, more on camera pictures (:data:`FAR_PIXEL_SHARE`).
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> from selrel_jax.video_explanation import unlike_synthetic_share
         >>> frames = np.zeros((1, 2, 2, 3), np.uint8)
@@ -490,7 +490,7 @@ def domain_warnings(info: ModelInfo, frames: np.ndarray, source_size: Sequence[i
     whose sampled ``frames`` have :data:`FAR_PIXEL_SHARE` of pixels unlike any synthetic
     clip's (:func:`unlike_synthetic_share`); empty for any other model or video.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> from selrel_jax import models
         >>> from selrel_jax.video_explanation import domain_warnings
