@@ -1,4 +1,4 @@
-"""The two shipped checkpoints load, carry their metadata, and classify unseen clips."""
+"""The shipped checkpoints load, carry their metadata, and classify unseen clips."""
 
 from __future__ import annotations
 
@@ -18,7 +18,9 @@ SHIPPED = {
     "c3d_small_biased": "synthetic_motion/biased",
     "c3d_small_distractors": "synthetic_motion/distractors",
     "c3d_small_biased_still": "synthetic_motion/biased_still",
+    "vit_small_motion": "synthetic_motion",
 }
+ARCHS = {"vit_small_motion": "vit_small"}  # the others are c3d_small
 BIASED = ("c3d_small_biased", "c3d_small_biased_still")  # at chance without their cue
 FRESH_SEED = 20261126
 SPLITS = {
@@ -45,7 +47,7 @@ def test_shipped_checkpoint_loads_with_its_metadata(name):
     assert size <= 30 * 2**20, f"{name} is {size} bytes"
     model, variables, info = models.load(name)
     cfg = synthetic_motion.get_config(SHIPPED[name].partition("/")[2] or "default")
-    assert info.arch == "c3d_small"
+    assert info.arch == ARCHS.get(name, "c3d_small")
     assert info.class_names == synthetic_motion.CLASS_NAMES
     assert info.clip_size == (cfg.frames, cfg.height, cfg.width)
     assert (info.channel_order, info.value_range) == ("RGB", (0.0, 1.0))
@@ -63,6 +65,7 @@ def test_shipped_checkpoint_loads_with_its_metadata(name):
 def test_motion_models_classify_fresh_test_clips():
     assert accuracy("c3d_small_motion", "default", "test", 192) >= 0.90
     assert accuracy("c3d_small_distractors", "distractors", "test", 192) >= 0.90
+    assert accuracy("vit_small_motion", "default", "test", 192) >= 0.90
 
 
 @pytest.mark.slow
