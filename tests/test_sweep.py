@@ -192,6 +192,7 @@ def test_each_column_equals_the_metrics_called_on_one_clip(reference, model_dir,
     _check_columns(reference[0], model_dir, 2, method, SETTINGS["sigmas"], faithful=False)
 
 
+@pytest.mark.slow  # four methods swept end to end (15 s)
 def test_dtd_occlusion_and_the_model_free_baselines_are_sweep_methods(model_dir, tmp_path):
     methods = ["lrp.dtd", "occlusion", "baseline.random", "baseline.frame_difference",
                "baseline.input_sobel"]  # fmt: skip
@@ -632,7 +633,10 @@ def _oracle_measures(rel, sel, kept_mask, truth, tolerance):
     return out
 
 
-@pytest.mark.parametrize("tolerance", [0, 1, 2])
+@pytest.mark.parametrize(
+    "tolerance",
+    [0, 1, pytest.param(2, marks=pytest.mark.slow)],  # the property test covers 2
+)
 def test_the_motion_measures_equal_numpy_oracles_of_their_formulas(tolerance):
     rng = np.random.default_rng(11 + tolerance)
     shape = (3, 5, 9, 8, 2)

@@ -322,6 +322,7 @@ def test_killed_run_resumes_to_bitwise_identical_parameters(tmp_path):
         fit(strided, info, train, val, config=config, out_dir=out, progress=False)
 
 
+@pytest.mark.slow  # a fine-tune interrupted and resumed on decoded videos (13 s)
 def test_fine_tune_on_lazy_folder_clips_resumes_bitwise(tmp_path):
     root = write_video_folder(tmp_path / "videos")
     train, names = data.load_clips(f"folder:{root}", "train", clip_size=SMALL)
