@@ -42,7 +42,6 @@ import jax
 import numpy as np
 
 from selrel_jax import data, video_explanation
-from selrel_jax._checks import real
 from selrel_jax._jobs import (
     check_not_input,
     check_owned,
@@ -63,7 +62,6 @@ from selrel_jax.models.info import ModelInfo
 from selrel_jax.video_explanation import (
     ExplainSettings,
     VideoExplanation,
-    resolve_target,
     window_starts,
 )
 
@@ -336,13 +334,10 @@ def explain_files(
     videos = list(videos) or [data.sample_clip_path()]
     net, variables, info = models.load(model)
     checked = ExplainSettings(**settings, method_options=dict(method_options or {}))
-    target_index = resolve_target(target, info.class_names)
-    checked.stride_for(info)
-    expected = _Expected(checked, checked.options_for(info), info, model, save_arrays,
-                         target_index)  # fmt: skip
-    video_explanation.check_method_on_model(net, variables, info, checked, expected.options)
-    if decode_timeout is not None:
-        decode_timeout = real("decode_timeout", decode_timeout, above=0.0)
+    target_index, options, decode_timeout = video_explanation.check_request(
+        net, variables, info, checked, target, decode_timeout
+    )
+    expected = _Expected(checked, options, info, model, save_arrays, target_index)
     directories = output_directories(videos, out)
     check_not_input(directories, videos)
     explain_one = functools.partial(

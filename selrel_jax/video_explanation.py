@@ -353,6 +353,24 @@ def check_method_on_model(
     jax.eval_shape(run, variables, clips, targets)
 
 
+def check_request(
+    model: Any, variables: Any, info: ModelInfo, settings: ExplainSettings, target: Any,
+    decode_timeout: float | None,
+) -> tuple[int | None, dict[str, Any], float | None]:  # fmt: skip
+    """Every check of an explanation request before any video is read: the target
+    against the model's classes, the method's options (:meth:`ExplainSettings.options_for`),
+    the window stride, ``decode_timeout`` and the method on the model
+    (:func:`check_method_on_model`). Returns ``(target index, options, decode_timeout)``;
+    :func:`explain_video` and ``explain_files`` both start here."""
+    target_index = resolve_target(target, info.class_names)
+    options = settings.options_for(info)
+    settings.stride_for(info)
+    if decode_timeout is not None:
+        decode_timeout = real("decode_timeout", decode_timeout, above=0.0)
+    check_method_on_model(model, variables, info, settings, options)
+    return target_index, options, decode_timeout
+
+
 def _logits_function(model, info: ModelInfo) -> Callable:
     prepare = info.normalize
     return jax.jit(lambda variables, clips: model.apply(variables, prepare(clips)))
@@ -729,12 +747,9 @@ def explain_video(
     """
     settings = ExplainSettings(method, sigma, temporal_padding, threshold, clip_stride,
                                batch_size, dict(method_options), window_blend)  # fmt: skip
-    target_index = resolve_target(target, info.class_names)
-    options = settings.options_for(info)
-    settings.stride_for(info)
-    if decode_timeout is not None:
-        decode_timeout = real("decode_timeout", decode_timeout, above=0.0)
-    check_method_on_model(model, variables, info, settings, options)
+    target_index, options, decode_timeout = check_request(
+        model, variables, info, settings, target, decode_timeout
+    )
     clock = _Clock()
     label = display_name(video) if progress else None
     with progress_bar(1, progress, f"{label}: decode", unit="video") as bar:
@@ -742,15 +757,22 @@ def explain_video(
         bar.update()
     data.refuse_still(frames, _video_name(video))
     clock.lap("read_seconds")
-    notes = domain_warnings(info, frames, source_size, _video_name(video))
-    if len(frames) < info.clip_length:
-        notes.append(f"{_video_name(video)} has {len(frames)} sampled frames, fewer than the "
-                     f"model's clip of {info.clip_length}: it is loop-padded")  # fmt: skip
-    for note in notes:
-        warnings.warn(note, SelrelWarning, stacklevel=2)
+    notes = _warnings_of(info, frames, source_size, _video_name(video))
     result = _explain_frames(frames, model, variables, info, settings, options, target_index,
                              label, clock)  # fmt: skip
     return dataclasses.replace(result, video=_video_name(video), fps=fps, warnings=tuple(notes))
+
+
+def _warnings_of(info: ModelInfo, frames: np.ndarray, source_size, name: str) -> list[str]:
+    """The video's :func:`domain_warnings` and a loop-padding note, each also warned
+    as a SelrelWarning (stacklevel: explain_video's caller)."""
+    notes = domain_warnings(info, frames, source_size, name)
+    if len(frames) < info.clip_length:
+        notes.append(f"{name} has {len(frames)} sampled frames, fewer than the model's clip "
+                     f"of {info.clip_length}: it is loop-padded")  # fmt: skip
+    for note in notes:
+        warnings.warn(note, SelrelWarning, stacklevel=3)
+    return notes
 
 
 def _explain_frames(frames, model, variables, info, settings, options, target, label, clock):

@@ -363,10 +363,9 @@ def _summary(sweep: _Sweep, manifest: Mapping[str, Any], written: list, seconds:
     } | ({} if left_out is None else {"videos_left_out": left_out})
 
 
-# Over 60 lines for its docstring (every argument of the public sweep, documented where
-# users read it) and one keyword per setting; the work is in _prepare and _Sweep.run.
-# Over 60 lines only in its signature and docstring: 22 keyword arguments, each documented
-# under Args for the generated reference; the body is three calls (settings, prepare, run).
+# Over 60 lines only in its signature and docstring: one keyword argument per setting,
+# each documented under Args for the generated reference; the body is three calls
+# (settings, _prepare, _Sweep.run), where the work is.
 def run_sweep(
     out: str | os.PathLike,
     *,
