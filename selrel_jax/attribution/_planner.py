@@ -494,18 +494,31 @@ def _ancestors(graph: Graph, value: int, inside: set[int]) -> list[int]:
 
 
 def _custom_layer(planner: _Planner, region: Region) -> Layer:
-    """A region with parameters: a layer if the composite gives it a rule, else an error."""
+    """A region with parameters, or one adding a constant array in the params form: a
+    layer if the composite gives it a rule, else an error. In the params form a
+    constant is no parameter (a fixed position table) and, added alone, a ``Sum`` like
+    a parameter array; in the closure form it may be a bias the engine cannot see as
+    one, so it is refused."""
     graph, composite = planner.graph, planner.composite
-    path, _ = planner.param_path(region.params[0])
     first_node = graph.nodes[region.nodes[0]]
-    classes = planner.classes(None, path, first_node)
+    sums_only = all(graph.nodes[i].name in _SUMS for i in region.nodes)
+    if region.params:
+        path, _ = planner.param_path(region.params[0])
+        classes = planner.classes(None, path, first_node)
+    elif planner.traced.leaf_paths and sums_only:
+        module = planner.module(first_node)
+        path, classes = module[0] if module else None, planner.classes(None, None, first_node)
+    else:
+        raise UnsupportedLayerError(_custom_message(planner, region, None))
     kind = None
-    if all(graph.nodes[i].name in _SUMS for i in region.nodes):
-        kind = Sum  # an activation plus a parameter array (a position embedding)
+    if sums_only:
+        kind = Sum  # an activation plus a parameter or constant array (a position embedding)
         classes = (Sum, *classes)
     rule = composite.rule_for(classes, path_str(path), first=False, leaf=True)
     if rule is None or len(region.exits) != 1:
-        raise UnsupportedLayerError(_custom_message(planner, region, path))
+        raise UnsupportedLayerError(
+            _custom_message(planner, region, path if region.params else None)
+        )
     names: dict[str, Atom] = {}
     for atom in dict.fromkeys(region.params):
         name = planner.param_path(atom)[1]
@@ -513,25 +526,6 @@ def _custom_layer(planner: _Planner, region: Region) -> Layer:
     (output,) = region.exits
     return Layer(kind, list(region.nodes), [region.root], output, path, classes, rule,
                  params=names)  # fmt: skip
-
-
-def _constant_sum_layer(planner: _Planner, region: Region) -> Layer:
-    """An activation plus a constant array in the params form, where a constant is no
-    parameter (a fixed position table): a ``Sum`` like a parameter array's. In the
-    closure form the array may be a bias that could not be merged: refused."""
-    graph = planner.graph
-    first_node = graph.nodes[region.nodes[0]]
-    sums_only = all(graph.nodes[i].name in _SUMS for i in region.nodes)
-    if not (planner.traced.leaf_paths and sums_only and len(region.exits) == 1):
-        raise UnsupportedLayerError(_custom_message(planner, region, None))
-    module = planner.module(first_node)
-    path = module[0] if module else None
-    classes = (Sum, *planner.classes(None, None, first_node))
-    rule = planner.composite.rule_for(classes, path_str(path), first=False, leaf=True)
-    if rule is None:
-        raise UnsupportedLayerError(_custom_message(planner, region, None))
-    (output,) = region.exits
-    return Layer(Sum, list(region.nodes), [region.root], output, path, classes, rule, params={})
 
 
 def _custom_message(planner: _Planner, region: Region, path: Path | None) -> str:
@@ -620,11 +614,7 @@ def make_plan(graph: Graph, info: Analysis, traced: Any, composite: Composite) -
     planner.run()
     for region in planner.regions.values():
         _exits(planner, region)
-        if not region.params and region.bias_nodes:
-            planner.layers.append(_constant_sum_layer(planner, region))
-            for index in region.nodes:
-                planner.member[index] = planner.layers[-1]
-        if region.params:
+        if region.params or region.bias_nodes:
             planner.layers.append(_custom_layer(planner, region))
             for index in region.nodes:
                 planner.member[index] = planner.layers[-1]
