@@ -399,7 +399,7 @@ def test_the_sweeps_spatial_bias_and_gini_equal_the_metrics_on_every_kind_of_cli
         ranked = _compute._ranked(rel)
         masks = jax.vmap(lambda s: sr.motion_mask(rel, s))(sigmas)
         ginis = _compute._selection_ginis(ranked, masks)
-        scores = jax.vmap(lambda s, m, g: _compute._sigma_scores(rel, ranked, s, m, g, {}, {}))
+        scores = jax.vmap(lambda s, m, g: _compute._sigma_scores(ranked, s, m, g, {}))
         return scores(sigmas, masks, ginis)
 
     got = sweep_scores(rel)

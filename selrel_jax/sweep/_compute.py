@@ -103,12 +103,9 @@ def _motion_scores(v: jax.Array, truth: Mapping[str, jax.Array], suffix: str) ->
     return out
 
 
-def _map_scores(
-    relevance: jax.Array, v: jax.Array, truth: Mapping[str, jax.Array], suffix: str, gini
-) -> dict:
+def _map_scores(v: jax.Array, truth: Mapping[str, jax.Array], suffix: str, gini) -> dict:
     """The scores of one map that need no motion mask of its own, named ``*_suffix``
-    (``v``: its channel-summed magnitudes; ``gini``: its Gini index; ``relevance``: the
-    raw maps, for their shape)."""
+    (``v``: its channel-summed magnitudes (N, T, H, W); ``gini``: its Gini index)."""
     # Every score here reads the channel-summed magnitudes: from ``v``, not the
     # (N, T, H, W, C) map, which summed the channels again for each score and sigma.
     out = {f"gini_{suffix}": gini, f"entropy_{suffix}": metrics.entropy(v, layout="NTHW")}
@@ -117,29 +114,30 @@ def _map_scores(
     if "static_mask" in truth:
         out[f"static_mass_{suffix}"] = _share_of_shown(v, truth["static_mask"])
     if "boxes" in truth:
-        _, _, h, w, _ = relevance.shape
+        _, _, h, w = v.shape
         out[f"box_mass_{suffix}"] = metrics.mass_in_mask(
             v, metrics.box_mask(truth["boxes"], h, w), layout="NTHW"
         )
     return out
 
 
-def _sigma_scores(relevance, ranked: _Ranked, sigma, mask, gini, truth, select) -> dict:
+def _sigma_scores(ranked: _Ranked, sigma, mask, gini, truth) -> dict:
     """Every score of one sigma's selection, (N,) each (``gini``: the selective map's
     Gini index from :func:`_selection_ginis`)."""
     # The selective map's magnitudes are the raw map's inside ``mask``: its mass from
     # them, with no selective map computed (each was another temporal-gradient pass).
     # NaN where selective_relevance's map is: a clip with NaN/Inf, an invalid sigma.
     invalid = ~jnp.isfinite(jnp.sum(ranked.magnitudes, axis=_AXES)) | ~(sigma >= 0)
-    mass = _nan_where(invalid, jnp.sum(jnp.where(mask, ranked.magnitudes, 0), axis=_AXES))
+    kept_magnitudes = jnp.where(mask, ranked.magnitudes, 0)
+    mass = _nan_where(invalid, jnp.sum(kept_magnitudes, axis=_AXES))
     gini = jnp.where(jnp.isfinite(mass), gini, jnp.nan)
     kept = jnp.sum(mask, axis=_AXES)
     # The selective map's magnitudes, NaN where the map is (an invalid sigma or clip).
-    v = _nan_where(~jnp.isfinite(mass), jnp.where(mask, ranked.magnitudes, 0))
+    v = _nan_where(~jnp.isfinite(mass), kept_magnitudes)
     out = {
         "spatial_bias": _spatial_bias(ranked, mass),
         "kept_voxels": metrics.kept_voxels(mask),
-        **_map_scores(relevance, v, truth, "selective", gini),
+        **_map_scores(v, truth, "selective", gini),
     }
     if "mask" in truth:
         for name, truth_mask in (("", truth["mask"]), ("_tolerant", truth["tolerant_mask"])):
@@ -181,12 +179,10 @@ def _relevance_scores(
         wide = _masks._dilate(truth["mask"], tolerance) if tolerance else truth["mask"]
         truth = {**truth, "tolerant_mask": wide}
     masks = jax.vmap(lambda s: motion_mask(relevance, s, **select))(sigmas)
-    per_sigma = jax.vmap(
-        lambda s, m, g: _sigma_scores(relevance, ranked, s, m, g, truth, select), out_axes=1
-    )
+    per_sigma = jax.vmap(lambda s, m, g: _sigma_scores(ranked, s, m, g, truth), out_axes=1)
     gini = jax.vmap(_maps._gini_of_sorted)(ranked.ascending)
     return {
-        **_map_scores(relevance, ranked.magnitudes, truth, "raw", gini),
+        **_map_scores(ranked.magnitudes, truth, "raw", gini),
         **per_sigma(sigmas, masks, _selection_ginis(ranked, masks)),
     }
 
