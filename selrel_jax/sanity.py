@@ -89,12 +89,11 @@ def run_sanity(
     layers = list(variables["params"])
     if head is not None and layers[-1] != head:
         raise OptionError(f"{model}: the last params key is {layers[-1]!r}, not the head {head!r}")
-    bounded = [m for m in methods if {"low", "high"} <= set(registry.get(m).options)]
-    low, high = info.input_bounds()  # as a sweep gives lrp.epsilon_gamma_box its bounds
+    bounds = info.input_bounds()  # as a sweep gives lrp.epsilon_gamma_box its bounds
     result = metrics.cascading_randomization(
         module, variables, info.normalize(np.asarray(clips.video)), None, methods,
         key=jax.random.key(seed), sigma=sigma,
-        method_options={m: {"low": low, "high": high} for m in bounded},
+        method_options={m: registry.with_input_bounds(m, {}, bounds) for m in methods},
     )  # fmt: skip
     fig = viz.randomization_curves(result, threshold=threshold)
     path.parent.mkdir(parents=True, exist_ok=True)  # as viz.save_figure does

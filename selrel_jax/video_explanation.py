@@ -262,11 +262,8 @@ class ExplainSettings:
         """The method's options for a model of ``info``, ``low``/``high`` of
         ``lrp.epsilon_gamma_box`` defaulting to its normalised input range (per
         channel); an OptionError if one the method needs is still missing."""
-        options = dict(self.method_options)
-        if "low" in registry.get(self.method).options:
-            low, high = info.input_bounds()
-            options.setdefault("low", low)
-            options.setdefault("high", high)
+        options = registry.with_input_bounds(self.method, self.method_options,
+                                             info.input_bounds())  # fmt: skip
         registry.resolve(self.method, options)
         return options
 

@@ -144,6 +144,17 @@ def get(name: Any) -> Method:
     return _METHODS[name]
 
 
+def with_input_bounds(name: Any, options: Mapping[str, Any], bounds: tuple) -> dict[str, Any]:
+    """``options`` with ``low``/``high`` defaulting to ``bounds`` (a model's normalised
+    input range, ``ModelInfo.input_bounds()``) for a method that takes both (the box
+    rule, ``lrp.epsilon_gamma_box``, ``lrp.dtd``); other methods' options unchanged."""
+    options = dict(options)
+    if {"low", "high"} <= set(get(name).options):
+        options.setdefault("low", bounds[0])
+        options.setdefault("high", bounds[1])
+    return options
+
+
 def resolve(name: Any, options: Mapping[str, Any]) -> tuple[Method, dict[str, Any]]:
     """``(method, options with defaults filled in)``; OptionError for unknown or
     missing options, naming the method and its valid options."""

@@ -152,10 +152,7 @@ def options_of(method: str, settings: SweepSettings, info: ModelInfo) -> dict[st
     Raises OptionError if a required option is still missing."""
     taken = registry.get(method).options
     options = {k: v for k, v in settings.method_options.items() if k in taken}
-    if "low" in taken and "high" in taken:
-        low, high = info.input_bounds()
-        options.setdefault("low", low)
-        options.setdefault("high", high)
+    options = registry.with_input_bounds(method, options, info.input_bounds())
     registry.resolve(method, options)
     return options
 
