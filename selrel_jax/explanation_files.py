@@ -328,11 +328,14 @@ def explain_files(
     decode in this process).
     ``settings``: ``method``, ``sigma``, ``temporal_padding``, ``threshold``,
     ``window_blend``, ``clip_stride``, ``batch_size`` of
-    :func:`~selrel_jax.video_explanation.explain_video`."""
+    :func:`~selrel_jax.video_explanation.explain_video` (no ``method`` or None: the
+    model's :func:`~selrel_jax.video_explanation.default_method`)."""
     from selrel_jax import models
 
     videos = list(videos) or [data.sample_clip_path()]
     net, variables, info = models.load(model)
+    if settings.get("method") is None:
+        settings["method"] = video_explanation.default_method(info)
     checked = ExplainSettings(**settings, method_options=dict(method_options or {}))
     target_index, options, decode_timeout = video_explanation.check_request(
         net, variables, info, checked, target, decode_timeout

@@ -76,10 +76,10 @@ class Group(NamedTuple):
 
 def _training_record(model: str) -> tuple[dict[str, Any], dict[str, Any], int] | None:
     """(architecture, recipe, seed) of a model's info.json; None without a seed."""
-    from selrel_jax.models.checkpoint import _resolve, read_info
+    from selrel_jax.models import load_info
 
     try:
-        info = read_info(_resolve(model)).to_dict()
+        info = load_info(model).to_dict()
     except SelrelError:
         return None
     extra = dict(info.pop("extra", {}) or {})

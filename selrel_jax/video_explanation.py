@@ -73,6 +73,7 @@ __all__ = [
     "WINDOW_BLENDS",
     "VideoExplanation",
     "check_method_on_model",
+    "default_method",
     "domain_warnings",
     "explain_files",  # noqa: F822 (these three: __getattr__ below)
     "explain_video",
@@ -97,8 +98,9 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-#: The method of ``explain_video`` and ``selrel explain`` unless given.
-DEFAULT_METHOD = "lrp.epsilon_plus_flat"
+#: The method of ``explain_video`` and ``selrel explain`` for a 3D CNN unless given; a
+#: video transformer or X3D gets ``lrp.attn`` (:func:`default_method`).
+DEFAULT_METHOD = registry.CNN_METHOD
 #: Overlapping windows: under zero padding every window's first and last frame
 #: "moves" (the paper's end-frame artefact), and averaging windows would paint that
 #: artefact onto every ``clip_stride``-th frame of the video. Edge padding makes a
@@ -116,6 +118,14 @@ WINDOW_BLENDS = ("mean", "taper")
 #: the selective map's (0.21 vs 0.13); it lowers the gradient's (0.032 vs 0.055). A
 #: smaller ``clip_stride`` (more overlap) lowers all of them.
 DEFAULT_WINDOW_BLEND = "mean"
+
+
+def default_method(info: ModelInfo) -> str:
+    """The method ``explain_video``, ``explain_files`` and the sweep use for a model of
+    ``info`` unless given one: ``lrp.attn`` (AttnLRP) for the video transformers and
+    X3D, whose LayerNorm, softmax and gates the CNN composites refuse, else
+    :data:`DEFAULT_METHOD` (:func:`selrel_jax.attribution.registry.default_method`)."""
+    return registry.default_method(info.arch)
 
 
 def input_bounds(info: ModelInfo) -> tuple[np.ndarray, np.ndarray]:
@@ -709,7 +719,7 @@ def explain_video(
     variables: Any,
     info: ModelInfo,
     *,
-    method: str = DEFAULT_METHOD,
+    method: str | None = None,
     sigma: float = 1.0,
     target: int | str | None = None,
     clip_stride: int | None = None,
@@ -726,7 +736,9 @@ def explain_video(
     ``target``: None or ``"predicted"`` (the video's prediction, the mean of the
     clip logits, explained in every window), a class index or a class name.
     ``clip_stride``: sampled frames between window starts (default half the
-    clip length). ``method``/``method_options``: as :func:`selrel_jax.explain`;
+    clip length). ``method``/``method_options``: as :func:`selrel_jax.explain`
+    (``method`` None: the model's :func:`default_method`, ``lrp.epsilon_plus_flat``
+    for a 3D CNN, ``lrp.attn`` for a video transformer or X3D);
     ``lrp.epsilon_gamma_box``'s ``low``/``high`` default to the model's normalised
     input range. ``sigma``, ``temporal_padding`` (default ``"edge"``: see
     :data:`DEFAULT_TEMPORAL_PADDING`) and ``threshold`` go to
@@ -742,6 +754,7 @@ def explain_video(
     ``window_blend``: how overlapping windows make each frame's maps, ``"mean"``
     (default) or ``"taper"`` (:func:`window_weights`, :data:`DEFAULT_WINDOW_BLEND`).
     """
+    method = default_method(info) if method is None else method
     settings = ExplainSettings(method, sigma, temporal_padding, threshold, clip_stride,
                                batch_size, dict(method_options), window_blend)  # fmt: skip
     target_index, options, decode_timeout = check_request(

@@ -36,11 +36,16 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from selrel_jax.errors import OptionError
+from selrel_jax.models.vit import VIT_ARCHS
+from selrel_jax.models.x3d import X3D_ARCHS
 
 __all__ = [
+    "ATTN_METHOD",
+    "CNN_METHOD",
     "FAMILIES",
     "REQUIRED",
     "Method",
+    "default_method",
     "get",
     "method_names",
     "register_baseline",
@@ -142,6 +147,28 @@ def get(name: Any) -> Method:
     if not isinstance(name, str) or name not in _METHODS:
         raise OptionError(f"unknown method {name!r}; choose one of {', '.join(method_names())}")
     return _METHODS[name]
+
+
+#: The method of ``selrel explain``/``selrel sweep`` for a model whose arch is not in
+#: :data:`ATTN_ARCHS`: the paper's LRP composite for 3D CNNs.
+CNN_METHOD = "lrp.epsilon_plus_flat"
+#: The method for the archs with layers the CNN composites refuse (a ViT's LayerNorm,
+#: softmax and attention products; X3D's squeeze-excitation gates and Swish):
+#: AttnLRP, which has rules for all of them on top of the CNN composite's.
+ATTN_METHOD = "lrp.attn"
+
+
+def default_method(arch: str) -> str:
+    """The LRP composite that explains a zoo model of ``arch`` (``ModelInfo.arch``):
+    :data:`ATTN_METHOD` for the video transformers and X3D, :data:`CNN_METHOD`
+    otherwise (C3D, the video ResNets, an arch this library does not know).
+
+    Examples:
+        >>> from selrel_jax.attribution import registry
+        >>> registry.default_method("c3d_small"), registry.default_method("vit_small")
+        ('lrp.epsilon_plus_flat', 'lrp.attn')
+    """
+    return ATTN_METHOD if arch in (*VIT_ARCHS, *X3D_ARCHS) else CNN_METHOD
 
 
 def with_input_bounds(name: Any, options: Mapping[str, Any], bounds: tuple) -> dict[str, Any]:

@@ -24,7 +24,14 @@ Videos = Annotated[
     ),
 ]
 Model = Annotated[str, typer.Option(help="Shipped model name or checkpoint directory.")]
-Method = Annotated[str, typer.Option(help=f"Relevance method: {', '.join(METHODS)}.")]
+Method = Annotated[
+    str | None,
+    typer.Option(
+        help=f"Relevance method: {', '.join(METHODS)}. Default: the model's, "
+        "lrp.epsilon_plus_flat for a 3D CNN, lrp.attn (AttnLRP) for a video transformer or X3D.",
+        show_default=False,
+    ),
+]
 MethodOption = Annotated[
     list[str] | None,
     typer.Option(
@@ -88,7 +95,7 @@ Progress = Annotated[bool, typer.Option(help="Progress bars on stderr.")]
 def explain(
     videos: Videos = None,
     model: Model = "c3d_small_motion",
-    method: Method = "lrp.epsilon_plus_flat",
+    method: Method = None,
     method_option: MethodOption = None,
     sigma: Sigma = 1.0,
     temporal_padding: TemporalPadding = "edge",

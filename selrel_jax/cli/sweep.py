@@ -29,8 +29,13 @@ Split = Annotated[
 ]
 Model = Annotated[str, typer.Option(help="Shipped model name or checkpoint directory.")]
 Methods = Annotated[
-    str,
-    typer.Option(help="Relevance methods, comma-separated (e.g. lrp.epsilon_plus_flat,gradient)."),
+    str | None,
+    typer.Option(
+        help="Relevance methods, comma-separated (e.g. lrp.epsilon_plus_flat,gradient). "
+        "Default: the model's, lrp.epsilon_plus_flat for a 3D CNN, lrp.attn (AttnLRP) for "
+        "a video transformer or X3D.",
+        show_default=False,
+    ),
 ]
 Sigmas = Annotated[str, typer.Option(help="Selectivities, comma-separated numbers >= 0.")]
 MethodOption = Annotated[
@@ -113,7 +118,7 @@ def sweep(
     out: Out,
     split: Split = "test",
     model: Model = "c3d_small_motion",
-    methods: Methods = "lrp.epsilon_plus_flat",
+    methods: Methods = None,
     sigmas: Sigmas = "0.5,1,2,3",
     method_option: MethodOption = None,
     target: Target = "label",
@@ -144,7 +149,7 @@ def sweep(
     from selrel_jax.sweep import initialize_distributed, parse_list, run_sweep
 
     options = key_json_pairs("--method-option", method_option or [])
-    method_names = parse_list("--methods", methods, str)
+    method_names = None if methods is None else parse_list("--methods", methods, str)
     sigma_values = parse_list("--sigmas", sigmas, float)
     if (
         distributed

@@ -33,7 +33,7 @@ Examples:
 
 from selrel_jax.errors import CheckpointError
 from selrel_jax.models.c3d import C3D, C3DSmall
-from selrel_jax.models.checkpoint import load, save, shipped_checkpoints
+from selrel_jax.models.checkpoint import load, load_info, save, shipped_checkpoints
 from selrel_jax.models.classes import kinetics400_class_names, sports1m_class_names
 from selrel_jax.models.info import ModelInfo, numeric_class_names
 from selrel_jax.models.registry import ARCHS, create
@@ -55,6 +55,7 @@ __all__ = [
     "from_torch_state_dict",
     "kinetics400_class_names",
     "load",
+    "load_info",
     "numeric_class_names",
     "save",
     "shipped_checkpoints",

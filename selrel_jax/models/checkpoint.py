@@ -51,7 +51,14 @@ from selrel_jax.errors import CheckpointError, SelrelError
 from selrel_jax.models.info import ModelInfo
 from selrel_jax.models.registry import create
 
-__all__ = ["checkpoint_target", "load", "save", "shipped_checkpoints", "writable_directory"]
+__all__ = [
+    "checkpoint_target",
+    "load",
+    "load_info",
+    "save",
+    "shipped_checkpoints",
+    "writable_directory",
+]
 
 INFO_FILE = "info.json"
 VARIABLES_DIR = "variables"
@@ -309,6 +316,18 @@ def read_info(directory: pathlib.Path) -> ModelInfo:
         raise CheckpointError(f"cannot read {path}: {e.strerror or e}") from None
     except (SelrelError, TypeError) as e:
         raise CheckpointError(f"invalid metadata {path}: {e}") from None
+
+
+def load_info(name_or_path: str | os.PathLike) -> ModelInfo:
+    """A checkpoint's :class:`ModelInfo` by shipped name or directory, without reading
+    its variables (what a run needs to know before it loads the model).
+
+    Examples:
+        >>> from selrel_jax.models import load_info
+        >>> load_info("vit_small_motion").arch
+        'vit_small'
+    """
+    return read_info(_resolve(name_or_path))
 
 
 def load(name_or_path: str | pathlib.Path) -> tuple[nn.Module, dict[str, Any], ModelInfo]:

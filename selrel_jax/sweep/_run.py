@@ -34,13 +34,13 @@ from selrel_jax import models
 from selrel_jax._checks import integer, positive_int, real
 from selrel_jax._jobs import check_memory, file_sha256, output_lock, progress_bar, versions
 from selrel_jax._worker import DEFAULT_DECODE_TIMEOUT
+from selrel_jax.attribution import registry
 from selrel_jax.errors import DataError, OptionError
 from selrel_jax.sweep import _store
 from selrel_jax.sweep._compute import BatchScorer
 from selrel_jax.sweep._settings import (
     DEFAULT_FLOW_MIN_FLOW,
     DEFAULT_MASK_TOLERANCE,
-    DEFAULT_METHODS,
     DEFAULT_SIGMAS,
     DEFAULT_TEMPORAL_PADDING,
     SweepSettings,
@@ -372,7 +372,7 @@ def run_sweep(
     dataset: str,
     split: str = "test",
     model: str | os.PathLike = "c3d_small_motion",
-    methods: Sequence[str] = DEFAULT_METHODS,
+    methods: Sequence[str] | None = None,
     sigmas: Sequence[float] = DEFAULT_SIGMAS,
     method_options: Mapping[str, Any] | None = None,
     target: str = "label",
@@ -410,7 +410,10 @@ def run_sweep(
         where its folder is one of the model's classes (else label -1, which only target
         ``"predicted"`` can explain).
       model: a shipped model name or checkpoint directory.
-      methods: relevance methods (each computed once per batch, all sigmas from it).
+      methods: relevance methods (each computed once per batch, all sigmas from it);
+        None: the model's default, ``lrp.epsilon_plus_flat`` for a 3D CNN, ``lrp.attn``
+        for a video transformer or X3D
+        (:func:`selrel_jax.attribution.registry.default_method`).
       sigmas: selectivities of selective relevance.
       method_options: options given to every method that takes them;
         ``lrp.epsilon_gamma_box``'s ``low``/``high`` default to the model's input range.
@@ -443,6 +446,8 @@ def run_sweep(
       name -> how many videos that other split holds (none for ``"all"``).
     """
     start = time.perf_counter()
+    if methods is None:
+        methods = (registry.default_method(models.load_info(model).arch),)
     settings = SweepSettings(
         dataset, split, model, methods, sigmas, dict(method_options or {}), target, data_seed,
         faithfulness, batch_size, limit, temporal_padding, threshold, mask_tolerance,

@@ -22,7 +22,8 @@ from selrel_jax.selective import TEMPORAL_PADDINGS, THRESHOLDS
 ALL_VIDEOS = "all"
 #: ``"label"``: explain the dataset's label; ``"predicted"``: the model's prediction.
 TARGETS = ("label", "predicted")
-#: The methods of a sweep unless given.
+#: The methods of a sweep of a 3D CNN unless given (a video transformer or X3D: ``lrp.attn``,
+#: :func:`selrel_jax.attribution.registry.default_method`).
 DEFAULT_METHODS = ("lrp.epsilon_plus_flat",)
 #: The sigmas of a sweep unless given.
 DEFAULT_SIGMAS = (0.5, 1.0, 2.0, 3.0)

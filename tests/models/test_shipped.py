@@ -139,3 +139,33 @@ def test_fast_convolution_keeps_logits_and_gradients(name, monkeypatch):
     for got, want in zip(fast, plain, strict=True):
         scale = np.abs(np.asarray(want)).max()
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * scale)
+
+
+@pytest.mark.slow
+def test_the_transformer_explains_and_sweeps_without_naming_a_method(tmp_path):
+    """vit_small_motion out of the box: the CNN default (lrp.epsilon_plus_flat) refuses
+    its LayerNorm, so explain and sweep take the arch's default, lrp.attn, and record
+    it: a rerun naming it is the same run."""
+    from typer.testing import CliRunner
+
+    from selrel_jax.cli import app
+
+    runner = CliRunner()
+    explain = ["explain", "--model", "vit_small_motion", "--out", str(tmp_path / "e"),
+               "--no-progress"]  # fmt: skip
+    result = runner.invoke(app, explain)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "e" / "sample_clip" / "summary.json").read_text())
+    assert summary["method"] == "lrp.attn"
+    assert summary["predicted"]["name"] == "translate_right"
+    result = runner.invoke(app, [*explain, "--method", "lrp.attn"])
+    assert result.exit_code == 0 and json.loads(result.stdout)["kept"] is True, result.output
+    sweep = ["sweep", "--dataset", "synthetic_motion", "--out", str(tmp_path / "s"), "--model",
+             "vit_small_motion", "--limit", "2", "--batch-size", "2", "--data-seed", "5",
+             "--sigmas", "1", "--no-progress"]  # fmt: skip
+    result = runner.invoke(app, sweep)
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    assert manifest["settings"]["methods"] == ["lrp.attn"]
+    result = runner.invoke(app, [*sweep, "--methods", "lrp.attn"])
+    assert result.exit_code == 0 and json.loads(result.stdout)["shards_written"] == 0

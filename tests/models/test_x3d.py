@@ -218,18 +218,24 @@ def test_convert_a_pytorchvideo_hub_file_keeps_the_published_head(tmp_path):
 
 # X3D's deep stack compiles for ~20 s on two cores: in the slow step.
 @pytest.mark.parametrize("arch", [pytest.param("x3d_xs", marks=pytest.mark.slow), "vit_small"])
-def test_the_gradient_explains_the_new_archs(arch):
-    """Gradient methods need nothing of a model's layers (LRP on these archs waits
-    for rules for their products of activations: attention, norms, gates)."""
+def test_the_gradient_and_the_archs_default_method_explain_the_new_archs(arch):
+    """Gradient methods need nothing of a model's layers; LRP needs rules for the
+    products of activations (attention, norms, gates): the arch's default method
+    (lrp.attn) has them, the CNN default refuses naming it."""
     import selrel_jax as sr
+    from selrel_jax.attribution import UnsupportedLayerError, registry
 
     kwargs = {"width": 0.25, "blocks": (1, 1, 1, 1)} if arch == "x3d_xs" else {}
     model = models.create(arch, 5, clip_size=(2, 16, 16), **kwargs)
     x = np.random.default_rng(0).standard_normal((1, 2, 16, 16, 3)).astype(np.float32)
     variables = model.init(jax.random.key(0), x)
-    relevance = np.asarray(sr.explain(model, variables, x, np.array([1]), "gradient"))
-    assert relevance.shape == x.shape and np.isfinite(relevance).all()
-    assert np.abs(relevance).sum() > 0
+    assert registry.default_method(arch) == "lrp.attn"
+    for method in ("gradient", registry.default_method(arch)):
+        relevance = np.asarray(sr.explain(model, variables, x, np.array([1]), method))
+        assert relevance.shape == x.shape and np.isfinite(relevance).all(), method
+        assert np.abs(relevance).sum() > 0, method
+    with pytest.raises(UnsupportedLayerError, match=r"lrp\.attn"):
+        sr.explain(model, variables, x, np.array([1]), registry.CNN_METHOD)
 
 
 def test_drop_head_replaces_the_projection_and_a_class_mismatch_names_it():
