@@ -49,6 +49,12 @@ from selrel_jax.errors import CheckpointError, OptionError
 from selrel_jax.models.c3d import c3d_pool5_size, scaled
 from selrel_jax.models.checkpoint import checkpoint_target, save
 from selrel_jax.models.classes import kinetics400_class_names, sports1m_class_names
+from selrel_jax.models.hf_folder import (
+    CONFIG_FILE,
+    VideoMAEFolder,
+    read_videomae_folder,
+    weights_in,
+)
 from selrel_jax.models.info import ModelInfo, numeric_class_names, published_clip_size
 from selrel_jax.models.registry import ARCHS, HEADS, create
 from selrel_jax.models.resnet3d import BLOCKS_PER_STAGE, RESNET_ARCHS, fc_init
@@ -608,18 +614,45 @@ def _class_names(path: pathlib.Path | None, arch: str, num_classes: int) -> tupl
     return tuple(name for _, name in numbered)
 
 
-def _kwargs_record(arch: str, model: nn.Module) -> dict[str, Any]:
-    """``{"model_kwargs": ...}``: the options of ``model`` that the keys or the published
-    settings fixed (what :func:`~selrel_jax.models.checkpoint.load` builds it with)."""
-    names = set(_PUBLISHED_OPTIONS.get(arch, {})) | set(state_dict_options(arch, {}))
+def _kwargs_record(arch: str, model: nn.Module, given: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"model_kwargs": ...}``: the options of ``model`` that the keys, the published
+    settings or the folder's config (``given``) fixed (what
+    :func:`~selrel_jax.models.checkpoint.load` builds it with)."""
+    names = set(_PUBLISHED_OPTIONS.get(arch, {})) | set(state_dict_options(arch, {})) | set(given)
     if not names:
         return {}
     return {"model_kwargs": {name: getattr(model, name) for name in sorted(names)}}
 
 
+def _arch_and_folder(
+    weights: pathlib.Path, arch: str | None
+) -> tuple[str, pathlib.Path, VideoMAEFolder | None]:
+    """``(arch, weights file, VideoMAE folder or None)``: a folder's weights file, its
+    config's arch where ``arch`` is None, and ``arch`` checked against the config."""
+    weights = weights_in(weights)
+    folder = read_videomae_folder(weights)
+    if arch is None:
+        if folder is not None and folder.arch is not None:
+            return folder.arch, weights, folder
+        if folder is not None:
+            sizes = ", ".join(f"{k} {v}" for k, v in folder.layers.items())
+            raise CheckpointError(
+                f"{folder.path / CONFIG_FILE} describes a VideoMAE of no zoo size ({sizes}); "
+                f"pass --arch ({', '.join(VIT_ARCHS)}), its width is read from the weights"
+            )
+        raise CheckpointError(
+            f"{weights}: pass --arch (one of {', '.join(ARCHS)}); only a HuggingFace VideoMAE "
+            f"folder ({CONFIG_FILE} beside the weights) says its own"
+        )
+    arch = one_of("arch", arch, ARCHS)
+    if folder is not None:
+        folder.check(arch)
+    return arch, weights, folder
+
+
 def convert_torch_file(
     weights: str | os.PathLike,
-    arch: str,
+    arch: str | None,
     out: str | os.PathLike,
     *,
     class_names: str | os.PathLike | None = None,
@@ -633,31 +666,54 @@ def convert_torch_file(
     X3D's blocks and the published head's ``input_crop_size`` 160) and the
     class names: ``class_names`` (a text file, one name per line in head order),
     else Kinetics-400 for 400-class ResNets, Sports-1M for the 487-class C3D, else
-    ``class_<i>``. An existing checkpoint in ``out`` needs ``overwrite=True``. Nothing is
-    written on error.
+    ``class_<i>``. ``weights`` may be a HuggingFace VideoMAE folder
+    (``save_pretrained``'s or a hub download) or a weights file in one: its
+    ``config.json`` gives the arch (``arch`` None; else it is checked against it), the
+    clip, the LayerNorm epsilon and the class names (``id2label``), and its
+    ``preprocessor_config.json`` the mean, std and resize
+    (:mod:`~selrel_jax.models.hf_folder`). An existing checkpoint in ``out`` needs
+    ``overwrite=True``. Nothing is written on error.
     """
-    arch = one_of("arch", arch, ARCHS)
+    if arch is not None:
+        arch = one_of("arch", arch, ARCHS)
     out = checkpoint_target(out)  # before the slow part: a path we cannot write is refused
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise CheckpointError(
             f"{out} already holds a checkpoint; pass --overwrite (overwrite=True) to replace it"
         )
-    weights = pathlib.Path(weights)
+    arch, weights, folder = _arch_and_folder(pathlib.Path(weights), arch)
+    given = dict(folder.model_kwargs) if folder else {}
     state_dict = read_torch_state_dict(weights)
     try:
         model, variables = from_torch_state_dict(
-            arch, state_dict, model_kwargs=_PUBLISHED_OPTIONS.get(arch)
-        )
+            arch, state_dict, clip_size=folder.clip_size if folder else None,
+            model_kwargs={**_PUBLISHED_OPTIONS.get(arch, {}), **given},
+        )  # fmt: skip
     except CheckpointError as e:  # which file: the state_dict's problems name keys only
         raise CheckpointError(f"{weights}: {e}") from None
     num_classes = variables["params"][HEADS[arch]]["bias"].shape[0]
-    names_file = None if class_names is None else pathlib.Path(class_names)
+    names = _names_of(class_names, folder, arch, num_classes)
+    extra = {**_PUBLISHED[arch], "converted_from": weights.name,
+             **_kwargs_record(arch, model, given)}  # fmt: skip
+    if folder is not None:
+        extra["config_files"] = list(folder.files)
     info = ModelInfo.for_arch(
-        arch,
-        num_classes,
-        class_names=_class_names(names_file, arch, num_classes),
-        width=model.width,
-        fps=_PUBLISHED_FPS.get(arch),
-        extra={**_PUBLISHED[arch], "converted_from": weights.name, **_kwargs_record(arch, model)},
-    )
+        arch, num_classes, class_names=names, width=model.width, fps=_PUBLISHED_FPS.get(arch),
+        extra=extra, **(dict(folder.info_overrides) if folder else {}),
+    )  # fmt: skip
     return save(out, info, variables)
+
+
+def _names_of(
+    path: str | os.PathLike | None, folder: VideoMAEFolder | None, arch: str, num_classes: int
+) -> tuple[str, ...]:
+    """The class names: the file given, else the folder's ``id2label``, else the
+    published ones (:func:`_class_names`)."""
+    if path is None and folder is not None and folder.class_names:
+        if len(folder.class_names) != num_classes:
+            raise CheckpointError(
+                f"{folder.path / CONFIG_FILE}: id2label has {len(folder.class_names)} names; "
+                f"the weights' head has {num_classes} classes"
+            )
+        return folder.class_names
+    return _class_names(None if path is None else pathlib.Path(path), arch, num_classes)

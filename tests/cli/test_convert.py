@@ -121,9 +121,17 @@ def test_text_file_is_not_a_pytorch_weights_file(tmp_path, monkeypatch):
     assert not (tmp_path / "ck").exists()
 
 
-def test_weights_path_that_is_a_directory(tmp_path):
+def test_weights_path_that_is_a_directory_without_weights(tmp_path):
     code, stdout, stderr = _run(tmp_path, "--arch", "c3d", "--out", tmp_path / "ck")
-    _assert_one_line_error(code, stdout, stderr, "is a directory, not a PyTorch weights file")
+    _assert_one_line_error(
+        code, stdout, stderr, "is a folder without model.safetensors or pytorch_model.bin"
+    )
+
+
+def test_a_file_needs_arch(weights, tmp_path):
+    code, stdout, stderr = _run(weights[0], "--out", tmp_path / "ck")
+    _assert_one_line_error(code, stdout, stderr, "mc3.pth: pass --arch (one of c3d, ")
+    assert not (tmp_path / "ck").exists()
 
 
 def test_existing_checkpoint_needs_overwrite(weights, tmp_path):
