@@ -3,6 +3,7 @@ and resumed sweep, refused reruns, and a folder dataset with a corrupt video."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -657,9 +658,22 @@ def test_the_motion_measures_equal_numpy_oracles_of_their_formulas(tolerance):
                 column = np.asarray(got[name])
                 have = column[clip, k] if column.ndim == 2 else column[clip]
                 np.testing.assert_allclose(have, value, rtol=1e-5, atol=1e-6, err_msg=name)
-    with jax.disable_jit():  # eager: the same numbers
-        eager = _compute._relevance_scores(rel, {"mask": truth}, sigmas, select, tolerance)
-    for name in want:
+
+
+# Op by op, every primitive compiled on its own: ~10 s, so in the slow step.
+@pytest.mark.slow
+def test_the_motion_measures_jitted_equal_eager():
+    rng = np.random.default_rng(11)
+    shape = (3, 5, 9, 8, 2)
+    rel = (rng.standard_normal(shape) * (rng.random(shape) < 0.5)).astype(np.float32)
+    truth = {"mask": rng.random(shape[:4]) < 0.15}
+    sigmas = np.array([0.5, 2.0], np.float32)
+    select = {"temporal_padding": "edge", "threshold": "clip"}
+    got = jax.jit(lambda r: _compute._relevance_scores(r, truth, sigmas, select, 1))(rel)
+    with jax.disable_jit():
+        eager = _compute._relevance_scores(rel, truth, sigmas, select, 1)
+    assert set(eager) == set(got)
+    for name in got:
         np.testing.assert_allclose(eager[name], got[name], rtol=1e-5, atol=1e-6, err_msg=name)
 
 
@@ -689,6 +703,15 @@ def test_the_motion_measures_are_nan_only_for_a_broken_clip_or_sigma():
             assert np.isnan(column[:, 1]).all(), name
 
 
+@functools.partial(jax.jit, static_argnums=2)
+def _edge_scores(rel, truth, tolerance):
+    """The sweep's scores at sigmas 0.5 and 2, edge padding: compiled once per tolerance
+    for every draw (the mask an argument, not a constant of a new function per draw)."""
+    sigmas = np.array([0.5, 2.0], np.float32)
+    select = {"temporal_padding": "edge", "threshold": "clip"}
+    return _compute._relevance_scores(rel, truth, sigmas, select, tolerance)
+
+
 @settings(max_examples=15, deadline=None)
 @given(st.integers(0, 2**31 - 1), st.integers(0, 2), st.sampled_from([0.0, 0.05, 0.3]))
 def test_the_motion_measures_are_shares_and_a_tolerance_never_lowers_them(seed, tolerance, p):
@@ -696,9 +719,7 @@ def test_the_motion_measures_are_shares_and_a_tolerance_never_lowers_them(seed, 
     shape = (2, 4, 6, 7, 2)
     rel = (rng.standard_normal(shape) * (rng.random(shape) < 0.5)).astype(np.float32)
     truth = {"mask": rng.random(shape[:4]) < p}
-    sigmas = np.array([0.5, 2.0], np.float32)
-    select = {"temporal_padding": "edge", "threshold": "clip"}
-    got = jax.jit(lambda r: _compute._relevance_scores(r, truth, sigmas, select, tolerance))(rel)
+    got = _edge_scores(rel, truth, tolerance)
     moving = truth["mask"].any(axis=(1, 2, 3))
     for name in [n for n in got if n.startswith("motion_")]:
         column = np.asarray(got[name])

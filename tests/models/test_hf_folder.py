@@ -6,6 +6,7 @@ Folders written by transformers' own save_pretrained (random weights, no downloa
 from __future__ import annotations
 
 import json
+import shutil
 
 import jax
 import numpy as np
@@ -95,28 +96,43 @@ def test_a_videomae_of_another_width_needs_arch_and_takes_it(tmp_path):
     assert models.load_info(tmp_path / "b").width == 0.5
 
 
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """One folder saved by transformers; each case below edits a copy's JSON files."""
+    path = tmp_path_factory.mktemp("hf") / "hf"
+    _folder(path)
+    return path
+
+
 @pytest.mark.parametrize(
     ("config", "processor", "args", "needle"),
     [
-        ({}, PROCESSOR, ["--arch", "videomae_vit_s"],
+        ({}, {}, ["--arch", "videomae_vit_s"],
          "num_hidden_layers is 2 but videomae_vit_s has 12 (it describes vit_small)"),
-        ({}, PROCESSOR, ["--arch", "r3d_18"], "describes a VideoMAE, not r3d_18"),
-        ({"hidden_act": "gelu_new"}, PROCESSOR, [], "hidden_act 'gelu_new'"),
-        ({}, {**PROCESSOR, "crop_size": 20}, [], "crop_size 20 is not the model's image_size 16"),
-        ({}, {**PROCESSOR, "size": {"height": 18, "width": 18}}, [],
+        ({}, {}, ["--arch", "r3d_18"], "describes a VideoMAE, not r3d_18"),
+        ({"hidden_act": "gelu_new"}, {}, [], "hidden_act 'gelu_new'"),
+        ({"num_frames": 0}, {}, [], "num_frames must be a positive integer; got 0"),
+        ({}, {"crop_size": 20}, [], "crop_size 20 is not the model's image_size 16"),
+        ({}, {"size": {"height": 18, "width": 18}}, [],
          "size must be one side in pixels (an int or shortest_edge)"),
-        ({}, {**PROCESSOR, "image_std": [0.2]}, [], "image_std must be 3 numbers"),
-        ({}, {**PROCESSOR, "rescale_factor": 1.0}, [], "only pixels rescaled by 1/255"),
-        ({"num_labels": 5, "id2label": {0: "a", 1: "b", 2: "c", 3: "d", 4: "e"}}, PROCESSOR,
-         ["--class-names", "{names}"], "has 3 names; the model has 5 classes"),
+        ({}, {"image_std": [0.2]}, [], "image_std must be 3 numbers"),
+        ({}, {"rescale_factor": 1.0}, [], "only pixels rescaled by 1/255"),
+        ({"id2label": {str(i): n for i, n in enumerate("abcde")}}, {}, [],
+         "id2label has 5 names; the weights' head has 3 classes"),
+        ({"id2label": {"0": "a", "2": "b", "3": "c"}}, {}, [], "id2label's indices are not 0 to 2"),
+        ({}, {}, ["--class-names", "{names}"], "has 2 names; the model has 3 classes"),
     ],
 )  # fmt: skip
-def test_what_the_folder_says_is_checked(tmp_path, config, processor, args, needle):
-    _folder(tmp_path / "hf", processor, **config)
+def test_what_the_folder_says_is_checked(saved, tmp_path, config, processor, args, needle):
+    folder = tmp_path / "hf"
+    shutil.copytree(saved, folder)
+    for name, edits in (("config.json", config), ("preprocessor_config.json", processor)):
+        values = json.loads((folder / name).read_text())
+        (folder / name).write_text(json.dumps({**values, **edits}))
     names = tmp_path / "names.txt"
-    names.write_text("a\nb\nc\n")
+    names.write_text("a\nb\n")
     args = [a.format(names=names) for a in args]
-    code, stdout, stderr = _convert(tmp_path / "hf", *args, "--out", tmp_path / "ck")
+    code, stdout, stderr = _convert(folder, *args, "--out", tmp_path / "ck")
     assert code == 2 and stdout == "" and stderr.count("\n") == 1, stderr
     assert needle in stderr and "Traceback" not in stderr
     assert not (tmp_path / "ck").exists()
