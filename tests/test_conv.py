@@ -57,11 +57,7 @@ def _relative_error(got: jax.Array, want: jax.Array) -> float:
 @pytest.mark.parametrize("entry", [_conv.conv_general_dilated, _conv.fast_conv])
 @pytest.mark.parametrize(
     ("x_shape", "w_shape", "strides", "padding", "groups"),
-    [(*case, 1) for case in CASES]
-    + GROUPED_CASES[:1]
-    # the other grouped cases take 6-16 s each; the NumPy-oracle property test below
-    # covers groupings of every kind in the fast suite
-    + [pytest.param(*case, marks=pytest.mark.slow) for case in GROUPED_CASES[1:]],
+    [(*case, 1) for case in CASES] + GROUPED_CASES,
 )
 def test_equals_lax_forward_and_gradients(entry, x_shape, w_shape, strides, padding, groups):
     rng = np.random.default_rng(len(x_shape) + sum(w_shape))
@@ -77,21 +73,46 @@ def test_equals_lax_forward_and_gradients(entry, x_shape, w_shape, strides, padd
     def got_fn(a, b):
         return entry(a, b, strides, padding, **options)
 
-    want, pull_want = jax.vjp(want_fn, x, w)
-    got, pull_got = jax.vjp(got_fn, x, w)
-    assert got.shape == want.shape
-    cotangent = jnp.asarray(rng.standard_normal(want.shape), jnp.float32)
-    assert _relative_error(got, want) < 1e-5
-    assert _relative_error(jax.jit(got_fn)(x, w), want) < 1e-5
-    for got_grad, want_grad in zip(pull_got(cotangent), pull_want(cotangent), strict=True):
-        assert _relative_error(got_grad, want_grad) < 1e-5
+    cotangent = jnp.asarray(rng.standard_normal(want_fn(x, w).shape), jnp.float32)
+    want = _forward_and_gradients(want_fn, x, w, cotangent)
+    got = _forward_and_gradients(got_fn, x, w, cotangent)
+    assert got[0].shape == want[0].shape
+    for name, got_value, want_value in zip(("output", "dx", "dw", "penalty"), got, want,
+                                           strict=True):  # fmt: skip
+        assert _relative_error(got_value, want_value) < 1e-5, name
 
-    # The gradient of an input gradient with respect to the kernel (double
-    # backward, as a gradient penalty needs): the VJP is itself differentiable.
-    def penalty(fn):
-        return lambda b: jnp.sum(jax.vjp(lambda v: fn(v, b), x)[1](cotangent)[0] ** 2)
 
-    assert _relative_error(jax.grad(penalty(got_fn))(w), jax.grad(penalty(want_fn))(w)) < 1e-5
+def _forward_and_gradients(fn, x, w, cotangent):
+    """``fn``'s output, its VJP for ``cotangent`` and the kernel gradient of the input
+    gradient's squared norm (double backward, as a gradient penalty needs: the VJP is
+    itself differentiable), in one jitted program: op by op, the fast forms' many
+    small operations each compile on their own (8 s a case; eager: the test below)."""
+
+    def everything(a, b, c):
+        out, pull = jax.vjp(fn, a, b)
+        dx, dw = pull(c)
+        penalty = jax.grad(lambda k: jnp.sum(jax.vjp(lambda v: fn(v, k), a)[1](c)[0] ** 2))(b)
+        return out, dx, dw, penalty
+
+    return jax.jit(everything)(x, w, cotangent)
+
+
+@pytest.mark.parametrize("entry", [_conv.conv_general_dilated, _conv.fast_conv])
+def test_eager_equals_jit(entry):
+    x_shape, w_shape, strides, padding = CASES[-2]
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal(x_shape), jnp.float32)
+    w = jnp.asarray(rng.standard_normal(w_shape), jnp.float32)
+    options = {"dimension_numbers": LAYOUTS[1]}
+
+    def fn(a, b):
+        return entry(a, b, strides, padding, **options)
+
+    cotangent = jnp.asarray(rng.standard_normal(fn(x, w).shape), jnp.float32)
+    out, pull = jax.vjp(fn, x, w)
+    eager = (out, *pull(cotangent))
+    for got, want in zip(eager, _forward_and_gradients(fn, x, w, cotangent)[:3], strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 
 
 @settings(max_examples=12, deadline=None)
