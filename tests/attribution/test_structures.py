@@ -96,6 +96,39 @@ def test_softmax_then_dense_matches_the_formulas():
     np.testing.assert_allclose(_explain(apply_fn, p, x), _epsilon(x, w, R_z), rtol=2e-4, atol=1e-6)
 
 
+def _attention(fused: bool, causal: bool):
+    """Two-head attention over 6 tokens of 8 features: jax.nn.dot_product_attention, or
+    the same written as einsums, a softmax and (causal) a mask of -inf logits."""
+
+    def apply_fn(p, x):
+        n, tokens, _ = x.shape
+        q, k, v = ((x @ p[name]).reshape(n, tokens, 2, 4) for name in ("q", "k", "v"))
+        if fused:
+            out = jax.nn.dot_product_attention(q, k, v, is_causal=causal)
+        else:
+            logits = jnp.einsum("nqhd,nkhd->nhqk", q, k) / jnp.sqrt(4.0)
+            if causal:
+                logits = jnp.where(jnp.tril(jnp.ones((tokens, tokens), bool)), logits, -jnp.inf)
+            out = jnp.einsum("nhqk,nkhd->nqhd", jax.nn.softmax(logits, axis=-1), v)
+        return out.reshape(n, tokens, 8).mean(1) @ p["head"]
+
+    return apply_fn
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("composite", [composites.attn(), composites.cp()], ids=["attn", "cp"])
+def test_jax_nn_dot_product_attention_is_the_einsum_forms_relevance(composite, causal):
+    rng = np.random.default_rng(4)
+    p = {name: rng.normal(size=(8, 8)).astype(np.float32) for name in ("q", "k", "v")}
+    p["head"] = rng.normal(size=(8, 3)).astype(np.float32)
+    x = np.asarray(X)
+    logits = [_attention(fused, causal)(p, x) for fused in (True, False)]
+    np.testing.assert_allclose(logits[0], logits[1], rtol=1e-5, atol=1e-5)
+    fused, by_hand = (_explain(_attention(f, causal), p, x, composite) for f in (True, False))
+    assert np.isfinite(fused).all() and np.abs(fused).sum() > 0
+    np.testing.assert_allclose(fused, by_hand, rtol=0, atol=1e-5 * np.abs(by_hand).max())
+
+
 def test_rms_norm_passes_relevance_and_a_gate_held_constant_by_path_takes_none():
     """RMSNorm without bias: the identity rule (statistics held constant). The product
     named in the path map holds its sigmoid gate constant: all relevance to x @ a."""
