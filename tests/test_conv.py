@@ -148,10 +148,11 @@ def test_grouped_fast_forms_equal_a_numpy_oracle(
             )
     cotangent = rng.standard_normal(want.shape).astype(np.float32)
     options = {"dimension_numbers": LAYOUTS[1], "feature_group_count": groups}
-    got, pull = jax.vjp(lambda a, b: _conv.fast_conv(a, b, (stride,), (pad,), **options), x, w)
+    got, dx, dw, _ = _forward_and_gradients(
+        lambda a, b: _conv.fast_conv(a, b, (stride,), (pad,), **options), x, w, cotangent
+    )
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
     # The VJP is the adjoint: <conv(x), c> = <x, dx>, and linear in w likewise.
-    dx, dw = pull(jnp.asarray(cotangent))
     total = float(np.sum(want * cotangent))
     assert np.isclose(float(np.sum(x * np.asarray(dx))), total, rtol=1e-3, atol=1e-3)
     assert np.isclose(float(np.sum(w * np.asarray(dw))), total, rtol=1e-3, atol=1e-3)

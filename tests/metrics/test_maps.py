@@ -187,20 +187,26 @@ def _clip(dims, seed):
     return random_relevance(seed, (t, h, w) if c == 0 else (t, h, w, c))
 
 
+@jax.jit
+def _jitted_ginis_of_selections(rel, selections):
+    """As the sweep computes them: magnitudes, their sort and the Ginis in one program."""
+    from selrel_jax.metrics import _maps
+
+    v = _inputs.magnitudes(rel)
+    return _maps._ginis_of_selections(v, _inputs.ascending(v), selections)
+
+
 @settings(max_examples=40, deadline=None)
 @given(clip_dims, st.integers(0, 2**31 - 1), st.integers(1, 6), st.booleans())
 def test_ginis_of_selections_equal_the_gini_of_each_selected_map(dims, seed, count, coarse):
     # The sweep's one-sort Gini of S selections of a map (the selective maps of S sigmas)
     # against the pairwise oracle of each; coarse values make many ties.
-    from selrel_jax.metrics import _maps
-
     rel = _clip(dims, seed)
     if coarse:
         rel = np.round(rel * 2) / 2
     rng = np.random.default_rng(seed)
     selections = rng.random((count, *rel.shape[:3])) < rng.random((count, 1, 1, 1))
-    v = _inputs.magnitudes(jnp.asarray(rel))
-    got = jax.jit(_maps._ginis_of_selections)(v, _inputs.ascending(v), jnp.asarray(selections))
+    got = _jitted_ginis_of_selections(jnp.asarray(rel), jnp.asarray(selections))
     chosen = [rel * (s if rel.ndim == 3 else s[..., None]) for s in selections]
     np.testing.assert_allclose(got, [oracle_gini(c) for c in chosen], rtol=1e-5, atol=1e-6)
 
