@@ -251,6 +251,9 @@ def _sample_in_every_format(root):
     return paths
 
 
+# Four videos written, decoded and explained end to end (~12 s): the slow step. The
+# sample clip's own end-to-end run stays in the fast suite (test_no_arguments_...).
+@pytest.mark.slow
 def test_every_container_and_a_frame_folder_end_to_end(tmp_path):
     paths = _sample_in_every_format(tmp_path / "in")
     assert {"mp4", "avi", "gif", "frames"} <= set(paths)
