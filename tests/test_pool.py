@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from selrel_jax import _pool
 from selrel_jax.layers import MaxPool
+from tests.examples import examples
 
 
 def _check(x: jax.Array, window, strides, padding, eager: bool = True) -> None:
@@ -57,7 +58,7 @@ def test_tiled_windows_equal_xla_forward_and_gradient(shape, window, padding, ti
     _check(jnp.asarray(x), window, window, padding)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=examples(25), deadline=None)
 @given(
     window=st.lists(st.integers(1, 3), min_size=3, max_size=3),
     extra=st.lists(st.integers(0, 4), min_size=3, max_size=3),

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from scipy import ndimage
 
 import selrel_jax as sr
+from tests.examples import examples
 
 # --- the oracle: the spec's 3x3x3 temporal Sobel operator, cross-correlation, padding 1 ---
 
@@ -139,7 +140,7 @@ def _shape(t, h, w, c):
     return (t, h, w) if c == 0 else (t, h, w, c)
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=examples(30), deadline=None)
 @given(clip_shapes, st.integers(0, 2**31 - 1), st.floats(0.0, 3.0))
 def test_static_clip_selects_only_end_frames_with_zero_padding(dims, seed, sigma):
     frame = random_relevance(seed, _shape(1, *dims[1:]))
@@ -156,7 +157,7 @@ def test_static_clip_selects_only_end_frames_with_zero_padding(dims, seed, sigma
     assert not np.asarray(sr.temporal_gradient(clip, temporal_padding="edge")).any()
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=examples(30), deadline=None)
 @given(clip_shapes, st.integers(0, 2**31 - 1), st.integers(-6, 6), st.floats(0.0, 3.0))
 def test_power_of_two_scaling_leaves_mask_unchanged(dims, seed, k, sigma):
     rel = random_relevance(seed, _shape(*dims))
@@ -192,7 +193,7 @@ def undecided(r: np.ndarray, sigma: float, threshold: str = "clip") -> np.ndarra
     return np.abs(g - oracle_threshold(g, sigma, threshold)) <= 1e-4 * max(g.max(), 1e-300)
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=examples(30), deadline=None)
 @given(clip_shapes, st.integers(0, 2**31 - 1), scales, st.floats(0.0, 3.0))
 def test_motion_mask_does_not_depend_on_the_scale(dims, seed, c, sigma):
     r = unit_relevance(seed, _shape(*dims))
@@ -205,7 +206,7 @@ def test_motion_mask_does_not_depend_on_the_scale(dims, seed, c, sigma):
         assert not differ[~undecided(r, sigma, threshold)].any(), (c, threshold)
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=examples(30), deadline=None)
 @given(clip_shapes, st.integers(0, 2**31 - 1), scales, st.floats(0.0, 3.0))
 @example((5, 6, 7, 3), 1, 1e-38, 1.0)  # all subnormal: x * mask flushed them to 0
 @example((5, 6, 7, 0), 2, 1e-36, 0.5)  # partly subnormal
@@ -262,7 +263,7 @@ def test_a_batch_with_one_extreme_clip_leaves_the_other_clips_bitwise_unchanged(
     np.testing.assert_array_equal(loop[0], np.asarray(sr.selective_relevance(plain, 1.5))[0])
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=examples(30), deadline=None)
 @given(clip_shapes, st.integers(0, 2**31 - 1), st.sampled_from(["zero", "edge"]))
 def test_time_reversal_reverses_abs_d(dims, seed, padding):
     rel = random_relevance(seed, _shape(*dims))

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 import selrel_jax as sr
 from selrel_jax import metrics
 from selrel_jax.metrics import _inputs
+from tests.examples import examples
 
 # --- oracles ---
 
@@ -196,7 +197,7 @@ def _jitted_ginis_of_selections(rel, selections):
     return _maps._ginis_of_selections(v, _inputs.ascending(v), selections)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 @given(clip_dims, st.integers(0, 2**31 - 1), st.integers(1, 6), st.booleans())
 def test_ginis_of_selections_equal_the_gini_of_each_selected_map(dims, seed, count, coarse):
     # The sweep's one-sort Gini of S selections of a map (the selective maps of S sigmas)
@@ -211,7 +212,7 @@ def test_ginis_of_selections_equal_the_gini_of_each_selected_map(dims, seed, cou
     np.testing.assert_allclose(got, [oracle_gini(c) for c in chosen], rtol=1e-5, atol=1e-6)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 @given(clip_dims, st.integers(0, 2**31 - 1), st.integers(-8, 8), st.booleans())
 def test_gini_is_scale_and_sign_invariant(dims, seed, k, negate):
     rel = _clip(dims, seed)
@@ -219,7 +220,7 @@ def test_gini_is_scale_and_sign_invariant(dims, seed, k, negate):
     np.testing.assert_allclose(metrics.gini(rel * factor), metrics.gini(rel), rtol=1e-5, atol=1e-6)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 @given(clip_dims, st.integers(0, 2**31 - 1))
 def test_gini_is_permutation_invariant_and_bounded(dims, seed):
     rel = _clip(dims, seed)
@@ -242,7 +243,7 @@ def _times(r: np.ndarray, c: float) -> np.ndarray:
     return (r / max(np.abs(r).max(), 1e-300) * c).astype(np.float32)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 @given(clip_dims, st.integers(0, 2**31 - 1), scales)
 def test_gini_and_entropy_do_not_depend_on_the_scale(dims, seed, c):
     # Against the float64 oracles of the map at scale 1: at any scale the float32 scores
@@ -269,7 +270,7 @@ def test_gini_and_entropy_of_the_probed_scales():
         assert float(metrics.entropy(x)) == pytest.approx(entropy, rel=1e-3), c
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=examples(30), deadline=None)
 @given(clip_dims, st.integers(0, 2**31 - 1), st.integers(-8, 8))
 def test_entropy_is_bounded_by_log_n_and_invariant(dims, seed, k):
     rel = _clip(dims, seed)
@@ -281,7 +282,7 @@ def test_entropy_is_bounded_by_log_n_and_invariant(dims, seed, k):
     assert float(metrics.entropy(shuffled.reshape(rel.shape))) == pytest.approx(h, abs=1e-5)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 @given(clip_dims, st.integers(0, 2**31 - 1))
 def test_frame_mass_sums_to_the_clips_mass_and_follows_the_frames(dims, seed):
     rel = _clip(dims, seed)

@@ -15,6 +15,7 @@ import selrel_jax as sr
 from selrel_jax import metrics
 from selrel_jax.data import synthetic_motion as sm
 from selrel_jax.metrics import _inputs, _masks
+from tests.examples import examples
 
 # --- oracles ---
 
@@ -311,7 +312,7 @@ def _clip(d, seed):
     return tied_relevance(seed, (t, h, w) if c == 0 else (t, h, w, c))
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=examples(20), deadline=None)
 @given(dims, st.integers(0, 2**31 - 1))
 def test_recall_at_matched_sparsity_is_non_decreasing_in_k(d, seed):
     rel = _clip(d, seed)
@@ -324,7 +325,7 @@ def test_recall_at_matched_sparsity_is_non_decreasing_in_k(d, seed):
     np.testing.assert_allclose(recall, hits / max(mask.sum(), 1), rtol=1e-6)
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=examples(20), deadline=None)
 @given(dims, st.integers(0, 2**31 - 1), st.sampled_from([0.0, 0.125, 0.25, 0.5, 0.75, 1.0]))
 def test_mass_and_overlap_are_bounded_and_consistent(d, seed, fraction):
     rel = _clip(d, seed)
@@ -475,7 +476,7 @@ def oracle_dilation(mask: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=examples(30), deadline=None)
 @given(
     st.tuples(st.integers(1, 2), st.integers(1, 3), st.integers(1, 7), st.integers(1, 7)),
     st.integers(0, 3),
@@ -506,7 +507,7 @@ def test_dilate_mask_stays_in_its_frame():
     assert metrics.dilate_mask(mask, 9)[0, 1].all()  # wider than the frame: all of it
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=examples(20), deadline=None)
 @given(dims, st.integers(0, 2**31 - 1), st.integers(0, 2))
 def test_tolerance_never_lowers_a_score_and_keeps_it_a_share(d, seed, n):
     """Against a widened mask, precision (threshold, top k) and mass can only grow."""
