@@ -41,7 +41,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from selrel_jax import data, video_explanation
+from selrel_jax import data, models, video_explanation
 from selrel_jax._jobs import (
     check_not_input,
     check_owned,
@@ -330,13 +330,10 @@ def explain_files(
     ``window_blend``, ``clip_stride``, ``batch_size`` of
     :func:`~selrel_jax.video_explanation.explain_video` (no ``method`` or None: the
     model's :func:`~selrel_jax.video_explanation.default_method`)."""
-    from selrel_jax import models
-
     videos = list(videos) or [data.sample_clip_path()]
     net, variables, info = models.load(model)
-    if settings.get("method") is None:
-        settings["method"] = video_explanation.default_method(info)
-    checked = ExplainSettings(**settings, method_options=dict(method_options or {}))
+    checked = ExplainSettings.for_model(info, **settings,
+                                        method_options=dict(method_options or {}))  # fmt: skip
     target_index, options, decode_timeout = video_explanation.check_request(
         net, variables, info, checked, target, decode_timeout
     )

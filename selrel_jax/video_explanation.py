@@ -239,6 +239,13 @@ class ExplainSettings:
     method_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     window_blend: str = DEFAULT_WINDOW_BLEND
 
+    @classmethod
+    def for_model(cls, info: ModelInfo, method: str | None = None, *args: Any,
+                  **kwargs: Any) -> ExplainSettings:  # fmt: skip
+        """The settings for a model of ``info``: ``method`` None is its
+        :func:`default_method`; the other arguments as the fields'."""
+        return cls(default_method(info) if method is None else method, *args, **kwargs)
+
     def __post_init__(self) -> None:
         method = registry.get(self.method)
         unknown = sorted(set(self.method_options) - set(method.options))
@@ -754,9 +761,9 @@ def explain_video(
     ``window_blend``: how overlapping windows make each frame's maps, ``"mean"``
     (default) or ``"taper"`` (:func:`window_weights`, :data:`DEFAULT_WINDOW_BLEND`).
     """
-    method = default_method(info) if method is None else method
-    settings = ExplainSettings(method, sigma, temporal_padding, threshold, clip_stride,
-                               batch_size, dict(method_options), window_blend)  # fmt: skip
+    settings = ExplainSettings.for_model(info, method, sigma, temporal_padding, threshold,
+                                         clip_stride, batch_size, dict(method_options),
+                                         window_blend)  # fmt: skip
     target_index, options, decode_timeout = check_request(
         model, variables, info, settings, target, decode_timeout
     )

@@ -363,6 +363,14 @@ def _summary(sweep: _Sweep, manifest: Mapping[str, Any], written: list, seconds:
     } | ({} if left_out is None else {"videos_left_out": left_out})
 
 
+def _methods_for(model: str | os.PathLike, methods: Sequence[str] | None) -> Sequence[str]:
+    """``methods``, or where None the default method of ``model``'s arch (read from its
+    info.json alone: the settings are checked before the model is loaded)."""
+    if methods is not None:
+        return methods
+    return (registry.default_method(models.load_info(model).arch),)
+
+
 # Over 60 lines only in its signature and docstring: one keyword argument per setting,
 # each documented under Args for the generated reference; the body is three calls
 # (settings, _prepare, _Sweep.run), where the work is.
@@ -446,12 +454,10 @@ def run_sweep(
       name -> how many videos that other split holds (none for ``"all"``).
     """
     start = time.perf_counter()
-    if methods is None:
-        methods = (registry.default_method(models.load_info(model).arch),)
     settings = SweepSettings(
-        dataset, split, model, methods, sigmas, dict(method_options or {}), target, data_seed,
-        faithfulness, batch_size, limit, temporal_padding, threshold, mask_tolerance,
-        motion_mask, flow_min_flow,
+        dataset, split, model, _methods_for(model, methods), sigmas, dict(method_options or {}),
+        target, data_seed, faithfulness, batch_size, limit, temporal_padding, threshold,
+        mask_tolerance, motion_mask, flow_min_flow,
     )  # fmt: skip
     if decode_timeout is not None:
         decode_timeout = real("decode_timeout", decode_timeout, above=0.0)
