@@ -306,15 +306,11 @@ class FlaxGroupedNet(nn.Module):
 
 
 def _grouped_pair():
+    from tests.attribution.conformance.twin import randomise_biases_and_batch_norm
+
     torch.manual_seed(7)
     net = TorchGroupedNet().eval()
-    with torch.no_grad():
-        for m in (net.c1, net.c3, net.fc):
-            m.bias.normal_(0, 0.1)
-        net.b2.running_mean.normal_(0, 0.2)
-        net.b2.running_var.uniform_(0.5, 1.5)
-        net.b2.weight.uniform_(0.5, 1.5)
-        net.b2.bias.normal_(0, 0.1)
+    randomise_biases_and_batch_norm((net.c1, net.c3, net.fc), net.b2)
 
     def tensor(t, *axes):
         return jnp.asarray(t.detach().numpy().transpose(*axes) if axes else t.detach().numpy())

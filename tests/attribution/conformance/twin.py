@@ -52,17 +52,24 @@ class TorchTwin(torch.nn.Module):
         return self.fc(self.gap(self.pool2(self.dropout(x))).flatten(1))
 
 
+def randomise_biases_and_batch_norm(biased, batch_norm) -> None:
+    """In place, drawn from torch's generator in this order: each layer's bias
+    N(0, 0.1), then the BatchNorm's running mean N(0, 0.2), running variance and
+    scale U(0.5, 1.5), bias N(0, 0.1) (a fresh BatchNorm would be the identity)."""
+    with torch.no_grad():
+        for m in biased:
+            m.bias.normal_(0, 0.1)
+        batch_norm.running_mean.normal_(0, 0.2)
+        batch_norm.running_var.uniform_(0.5, 1.5)
+        batch_norm.weight.uniform_(0.5, 1.5)
+        batch_norm.bias.normal_(0, 0.1)
+
+
 def make_twin(residual_sum=StackSum, seed=0):
     """The twin in eval mode: seeded weights, biases N(0, 0.1), random BatchNorm."""
     torch.manual_seed(seed)
     net = TorchTwin(residual_sum)
-    with torch.no_grad():
-        for m in (net.conv1, net.conv2, net.fc):
-            m.bias.normal_(0, 0.1)
-        net.bn.running_mean.normal_(0, 0.2)
-        net.bn.running_var.uniform_(0.5, 1.5)
-        net.bn.weight.uniform_(0.5, 1.5)
-        net.bn.bias.normal_(0, 0.1)
+    randomise_biases_and_batch_norm((net.conv1, net.conv2, net.fc), net.bn)
     return net.eval()
 
 
