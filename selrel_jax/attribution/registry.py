@@ -149,8 +149,8 @@ def get(name: Any) -> Method:
     return _METHODS[name]
 
 
-#: The method of ``selrel explain``/``selrel sweep`` for a model whose arch is not in
-#: :data:`ATTN_ARCHS`: the paper's LRP composite for 3D CNNs.
+#: The method of ``selrel explain``/``selrel sweep`` for a model whose arch is neither
+#: a ViT nor an X3D (:func:`default_method`): the paper's LRP composite for 3D CNNs.
 CNN_METHOD = "lrp.epsilon_plus_flat"
 #: The method for the archs with layers the CNN composites refuse (a ViT's LayerNorm,
 #: softmax and attention products; X3D's squeeze-excitation gates and Swish):

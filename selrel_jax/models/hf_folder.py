@@ -35,6 +35,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from selrel_jax._checks import positive_int
 from selrel_jax.errors import CheckpointError
 from selrel_jax.models.info import IMAGENET_MEAN, IMAGENET_STD
 from selrel_jax.models.vit import HF_LAYER_NORM_EPS, VIT_ARCHS, VIT_CONFIGS
@@ -122,10 +123,7 @@ def _read_json(path: pathlib.Path) -> dict[str, Any]:
 
 
 def _positive(config: Mapping[str, Any], key: str, where: pathlib.Path) -> int:
-    value = config.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise CheckpointError(f"{where}: {key} must be a positive integer; got {value!r}")
-    return value
+    return positive_int(f"{where}: {key}", config.get(key), CheckpointError)
 
 
 def _arch_of(sizes: Mapping[str, int]) -> str | None:

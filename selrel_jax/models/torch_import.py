@@ -628,7 +628,8 @@ def _arch_and_folder(
     weights: pathlib.Path, arch: str | None
 ) -> tuple[str, pathlib.Path, VideoMAEFolder | None]:
     """``(arch, weights file, VideoMAE folder or None)``: a folder's weights file, its
-    config's arch where ``arch`` is None, and ``arch`` checked against the config."""
+    config's arch where ``arch`` is None, and ``arch`` (one of :data:`ARCHS`, checked by
+    the caller before the output folder) checked against the config."""
     weights = weights_in(weights)
     folder = read_videomae_folder(weights)
     if arch is None:
@@ -644,7 +645,6 @@ def _arch_and_folder(
             f"{weights}: pass --arch (one of {', '.join(ARCHS)}); only a HuggingFace VideoMAE "
             f"folder ({CONFIG_FILE} beside the weights) says its own"
         )
-    arch = one_of("arch", arch, ARCHS)
     if folder is not None:
         folder.check(arch)
     return arch, weights, folder

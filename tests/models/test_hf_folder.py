@@ -111,7 +111,7 @@ def saved(tmp_path_factory):
          "num_hidden_layers is 2 but videomae_vit_s has 12 (it describes vit_small)"),
         ({}, {}, ["--arch", "r3d_18"], "describes a VideoMAE, not r3d_18"),
         ({"hidden_act": "gelu_new"}, {}, [], "hidden_act 'gelu_new'"),
-        ({"num_frames": 0}, {}, [], "num_frames must be a positive integer; got 0"),
+        ({"num_frames": 0}, {}, [], "config.json: num_frames must be a positive int; got 0"),
         ({}, {"crop_size": 20}, [], "crop_size 20 is not the model's image_size 16"),
         ({}, {"size": {"height": 18, "width": 18}}, [],
          "size must be one side in pixels (an int or shortest_edge)"),
